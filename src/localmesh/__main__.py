@@ -1,0 +1,3 @@
+from localmesh.cli.main import main
+
+raise SystemExit(main())
