@@ -1,0 +1,119 @@
+"""The one owner of the mesh state.
+
+Inputs arrive from several places (the loaded config, resolved service ports, forwarders
+coming up and going down); each input only records a fact and marks the state dirty. One task
+then recomputes the whole desired `MeshSpec` from the recorded facts and publishes it when it
+differs from the last one published. Being level-triggered, a burst of events costs one
+recomputation, and no event order can leave Envoy with a stale endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[MeshSpec], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A host routed to a cluster: one services.yaml entry after its port is resolved."""
+
+    host: str
+    cluster: str
+    protocol: Protocol
+
+
+class Reconciler:
+    """Records facts synchronously (same event loop, no locks); `run()` publishes."""
+
+    def __init__(self, publish: Publish, *, listener_address: str, listener_port: int) -> None:
+        self._publish = publish
+        self._listener_address = listener_address
+        self._listener_port = listener_port
+        self._routes: tuple[Route, ...] = ()
+        self._endpoints: dict[str, set[Endpoint]] = {}
+        self._dirty = asyncio.Event()
+        self._published: MeshSpec | None = None
+        self._published_event = asyncio.Event()
+
+    # -- inputs ---------------------------------------------------------------------------
+    def set_routes(self, routes: Iterable[Route], *, listener_port: int | None = None) -> None:
+        self._routes = tuple(routes)
+        if listener_port is not None:
+            self._listener_port = listener_port
+        self._dirty.set()
+
+    def endpoint_up(self, cluster: str, endpoint: Endpoint) -> None:
+        self._endpoints.setdefault(cluster, set()).add(endpoint)
+        self._dirty.set()
+
+    def endpoint_down(self, cluster: str, endpoint: Endpoint) -> None:
+        endpoints = self._endpoints.get(cluster)
+        if endpoints is None:
+            return
+        endpoints.discard(endpoint)
+        if not endpoints:
+            del self._endpoints[cluster]
+        self._dirty.set()
+
+    # -- state ----------------------------------------------------------------------------
+    def desired(self) -> MeshSpec:
+        """The MeshSpec the recorded facts call for; a pure function of them."""
+        protocols: dict[str, Protocol] = {}
+        for route in self._routes:
+            protocols.setdefault(route.cluster, route.protocol)
+        clusters = tuple(
+            ClusterSpec(
+                name=name,
+                protocol=protocol,
+                endpoints=tuple(sorted(self._endpoints.get(name, ()))),
+            )
+            for name, protocol in sorted(protocols.items())
+        )
+        vhosts = tuple(
+            VirtualHostSpec(host=r.host, cluster=r.cluster, protocol=r.protocol)
+            for r in sorted(self._routes, key=lambda r: r.host)
+        )
+        return MeshSpec(
+            listener_address=self._listener_address,
+            listener_port=self._listener_port,
+            clusters=clusters,
+            virtual_hosts=vhosts,
+        )
+
+    @property
+    def published(self) -> MeshSpec | None:
+        return self._published
+
+    async def wait_published(self, predicate: Callable[[MeshSpec], bool]) -> MeshSpec:
+        """Wait until a published spec satisfies `predicate` (callers add their deadline)."""
+        while self._published is None or not predicate(self._published):
+            self._published_event.clear()
+            await self._published_event.wait()
+        return self._published
+
+    # -- the owning task ------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            spec = self.desired()
+            if spec == self._published:
+                continue
+            await self._publish(spec)
+            self._published = spec
+            self._published_event.set()
+            log.debug(
+                "mesh published",
+                clusters=len(spec.clusters),
+                hosts=len(spec.virtual_hosts),
+                endpoints=sum(len(c.endpoints) for c in spec.clusters),
+            )

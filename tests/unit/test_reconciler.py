@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from localmesh.mesh import Endpoint, MeshSpec, Protocol
+from localmesh.reconciler import Reconciler, Route
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.specs: list[MeshSpec] = []
+
+    async def publish(self, spec: MeshSpec) -> None:
+        self.specs.append(spec)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[Reconciler, Recorder]]:
+    recorder = Recorder()
+    rec = Reconciler(recorder.publish, listener_address="127.0.0.1", listener_port=8080)
+    task = asyncio.create_task(rec.run(), name="reconciler")
+    yield rec, recorder
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def endpoints_of(spec: MeshSpec, cluster: str) -> list[int]:
+    return [e.port for c in spec.clusters if c.name == cluster for e in c.endpoints]
+
+
+async def test_routes_and_endpoints_become_one_spec(running: tuple[Reconciler, Recorder]) -> None:
+    rec, _ = running
+    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP)])
+    rec.endpoint_up("c1", Endpoint("127.0.0.1", 4001, "pod-a"))
+    spec = await asyncio.wait_for(rec.wait_published(lambda s: endpoints_of(s, "c1") == [4001]), 5)
+    assert [v.host for v in spec.virtual_hosts] == ["a.localhost"]
+    assert spec.listener_port == 8080
+
+
+async def test_endpoint_down_withdraws_it(running: tuple[Reconciler, Recorder]) -> None:
+    rec, _ = running
+    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP)])
+    first, second = Endpoint("127.0.0.1", 4001, "p1"), Endpoint("127.0.0.1", 4002, "p2")
+    rec.endpoint_up("c1", first)
+    rec.endpoint_up("c1", second)
+    await asyncio.wait_for(rec.wait_published(lambda s: endpoints_of(s, "c1") == [4001, 4002]), 5)
+    rec.endpoint_down("c1", first)
+    await asyncio.wait_for(rec.wait_published(lambda s: endpoints_of(s, "c1") == [4002]), 5)
+
+
+async def test_a_burst_of_events_is_published_once() -> None:
+    recorder = Recorder()
+    rec = Reconciler(recorder.publish, listener_address="127.0.0.1", listener_port=80)
+    rec.set_routes([Route(f"h{i}.localhost", f"c{i}", Protocol.GRPC) for i in range(50)])
+    for i in range(50):
+        rec.endpoint_up(f"c{i}", Endpoint("127.0.0.1", 5000 + i))
+    task = asyncio.create_task(rec.run(), name="reconciler")
+    try:
+        await asyncio.wait_for(rec.wait_published(lambda s: len(s.clusters) == 50), 5)
+    finally:
+        task.cancel()
+    assert len(recorder.specs) == 1
+    assert all(len(c.endpoints) == 1 for c in recorder.specs[0].clusters)
+
+
+async def test_unchanged_state_is_not_republished(running: tuple[Reconciler, Recorder]) -> None:
+    rec, recorder = running
+    route = Route("a.localhost", "c1", Protocol.HTTP)
+    rec.set_routes([route])
+    await asyncio.wait_for(rec.wait_published(lambda s: len(s.virtual_hosts) == 1), 5)
+    rec.set_routes([route])  # same facts again
+    rec.set_routes([route, Route("b.localhost", "c2", Protocol.HTTP)])
+    await asyncio.wait_for(rec.wait_published(lambda s: len(s.virtual_hosts) == 2), 5)
+    assert [len(s.virtual_hosts) for s in recorder.specs] == [1, 2]
+
+
+def test_endpoints_of_unrouted_clusters_are_not_served() -> None:
+    rec = Reconciler(_never, listener_address="127.0.0.1", listener_port=80)
+    rec.endpoint_up("orphan", Endpoint("127.0.0.1", 4001))
+    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP)])
+    spec = rec.desired()
+    assert [c.name for c in spec.clusters] == ["c1"]
+    assert spec.clusters[0].endpoints == ()
+
+
+def test_two_hosts_share_one_cluster() -> None:
+    rec = Reconciler(_never, listener_address="127.0.0.1", listener_port=80)
+    rec.set_routes(
+        [Route("a.localhost", "c1", Protocol.HTTP), Route("b.localhost", "c1", Protocol.HTTP)]
+    )
+    spec = rec.desired()
+    assert [c.name for c in spec.clusters] == ["c1"]
+    assert sorted(v.host for v in spec.virtual_hosts) == ["a.localhost", "b.localhost"]
+
+
+async def _never(spec: MeshSpec) -> None:
+    raise AssertionError("not published in this test")
