@@ -1,16 +1,49 @@
 """services.yaml and mocks.yaml: loading and strict validation.
 
-INTERFACE ONLY (to be implemented): the dataclasses below are the contract other modules use.
+Both files are parsed with PyYAML's node API so that every value keeps its line and column.
+Validation never stops at the first problem: every issue found is collected and raised at
+once as a `ConfigValidationError` (a `localmesh.errors.ConfigError`), one line per issue:
+
+    services.yaml:7:11: services[1].port: 70000 is out of range (1..65535)
+
+services.yaml (the seed's format):
+
+    listener_port: 80            # optional, default 80
+    services:                    # required (may be an empty list)
+      - host: users-api.localhost   # RFC 1123 hostname, unique (case-insensitive)
+        namespace: users            # DNS-1123 label
+        service: users-api          # DNS-1035 label (what Kubernetes requires of a Service)
+        port_name: grpc             # the Service port's name ...
+        port: 50051                 # ... or its number: exactly one of the two
+        type: grpc                  # http (HTTP/1.1 upstream, the default) or grpc (h2c)
+
+mocks.yaml (offline port resolution for `dump-envoy-config --mock-config`):
+
+    mocks:
+      - namespace: users
+        service: users-api
+        port_name: grpc          # "" (or omitted) matches entries that give `port`
+        resolved_port: 50051
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from localmesh.errors import ConfigError
 from localmesh.mesh import Protocol
 
 DEFAULT_LISTENER_PORT = 80
+DEFAULT_PROTOCOL = Protocol.HTTP
 
 
 @dataclass(frozen=True)
@@ -43,6 +76,10 @@ class ServiceEntry:
         assert self.port is not None
         return self.port
 
+    def describe(self) -> str:
+        """`host -> namespace/service:port` for messages."""
+        return f"{self.host} -> {self.namespace}/{self.service}:{self.port_ref}"
+
 
 @dataclass(frozen=True)
 class Config:
@@ -57,9 +94,462 @@ class MockEntry:
     service: str
     port_name: str  # "" matches an entry that names its port by number
     resolved_port: int
+    location: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class MockConfig:
     mocks: tuple[MockEntry, ...] = ()
     source: Path | None = field(default=None, compare=False)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file: where, which field, what is wrong."""
+
+    location: Location
+    path: str  # field path such as `services[2].port`; "" for the document itself
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.location}: {where}{self.message}"
+
+
+class ConfigValidationError(ConfigError):
+    """Every issue found in one file; str() is one line per issue, in file order."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        ordered = sorted(
+            issues, key=lambda i: (i.location.file, i.location.line, i.location.column)
+        )
+        self.issues: tuple[ConfigIssue, ...] = tuple(ordered)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate services.yaml; raises ConfigError listing every problem."""
+    path = Path(path)
+    return parse_config(_read(path), str(path), source=path)
+
+
+def parse_config(text: str, filename: str = "services.yaml", source: Path | None = None) -> Config:
+    """Validate services.yaml given as text; `filename` is what messages call the file."""
+    checker = _Checker(filename)
+    root = checker.document(text)
+    if root is None:
+        checker.raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover
+    fields = checker.mapping(root, "", _CONFIG_KEYS, required=("services",))
+    listener_port = DEFAULT_LISTENER_PORT
+    if "listener_port" in fields:
+        listener_port = checker.port(fields["listener_port"], "listener_port", listener_port)
+    services: list[ServiceEntry] = []
+    if "services" in fields:
+        items = checker.sequence(fields["services"], "services")
+        for index, item in enumerate(items):
+            entry = _service_entry(checker, item, f"services[{index}]")
+            if entry is not None:
+                services.append(entry)
+        _check_duplicate_hosts(checker)
+    checker.raise_if_any()
+    return Config(listener_port=listener_port, services=tuple(services), source=source)
+
+
+def load_mocks(path: str | Path) -> MockConfig:
+    """Read and validate mocks.yaml; raises ConfigError listing every problem."""
+    path = Path(path)
+    return parse_mocks(_read(path), str(path), source=path)
+
+
+def parse_mocks(text: str, filename: str = "mocks.yaml", source: Path | None = None) -> MockConfig:
+    """Validate mocks.yaml given as text; `filename` is what messages call the file."""
+    checker = _Checker(filename)
+    root = checker.document(text)
+    if root is None:
+        checker.raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover
+    fields = checker.mapping(root, "", ("mocks",), required=("mocks",))
+    mocks: list[MockEntry] = []
+    if "mocks" in fields:
+        for index, item in enumerate(checker.sequence(fields["mocks"], "mocks")):
+            mock = _mock_entry(checker, item, f"mocks[{index}]")
+            if mock is not None:
+                mocks.append(mock)
+        _check_duplicate_mocks(checker, mocks)
+    checker.raise_if_any()
+    return MockConfig(mocks=tuple(mocks), source=source)
+
+
+# --------------------------------------------------------------------------- names
+
+# RFC 1123 hostname: dot-separated labels of letters, digits and inner hyphens.
+_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Kubernetes: namespaces and Service port names are DNS-1123 labels, Services DNS-1035 labels.
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def hostname_problem(host: str) -> str | None:
+    """Why `host` is not an RFC 1123 hostname, or None if it is one."""
+    if not host:
+        return "must not be empty"
+    if len(host) > 253:
+        return f"is {len(host)} characters long (at most 253)"
+    if ":" in host:
+        return "must not contain a port (the listener port comes from `listener_port`)"
+    if host.endswith("."):
+        return "must not end with a dot"
+    for label in host.split("."):
+        if not label:
+            return "has an empty label (two dots in a row or a leading dot)"
+        if len(label) > 63:
+            return f"has a label longer than 63 characters ({label[:20]}...)"
+        if not _HOST_LABEL.match(label.lower()):
+            return (
+                f"label '{label}' is invalid: use letters, digits and '-', "
+                "not starting or ending with '-' (RFC 1123)"
+            )
+    return None
+
+
+def _label_problem(value: str, pattern: re.Pattern[str], kind: str, rule: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value) > 63:
+        return f"is {len(value)} characters long (a {kind} has at most 63)"
+    if not pattern.match(value):
+        return f"'{value}' is not a valid {kind}: {rule}"
+    return None
+
+
+def namespace_problem(value: str) -> str | None:
+    return _label_problem(
+        value,
+        _DNS1123_LABEL,
+        "Kubernetes namespace name",
+        "use lowercase letters, digits and '-', starting and ending with a letter or digit",
+    )
+
+
+def service_problem(value: str) -> str | None:
+    return _label_problem(
+        value,
+        _DNS1035_LABEL,
+        "Kubernetes Service name",
+        "use lowercase letters, digits and '-', starting with a letter and ending with a "
+        "letter or digit",
+    )
+
+
+def port_name_problem(value: str) -> str | None:
+    return _label_problem(
+        value,
+        _DNS1123_LABEL,
+        "Kubernetes port name",
+        "use lowercase letters, digits and '-', starting and ending with a letter or digit",
+    )
+
+
+# --------------------------------------------------------------------------- entries
+
+_CONFIG_KEYS = ("listener_port", "services")
+_SERVICE_KEYS = ("host", "namespace", "service", "port_name", "port", "type")
+_MOCK_KEYS = ("namespace", "service", "port_name", "resolved_port")
+_PROTOCOLS = tuple(p.value for p in Protocol)
+
+
+def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | None:
+    fields = checker.mapping(node, path, _SERVICE_KEYS, required=("host", "namespace", "service"))
+    if not isinstance(node, MappingNode):
+        return None
+    ok = True
+    host = checker.string(fields.get("host"), f"{path}.host", hostname_problem)
+    if host is not None:
+        checker.hosts.append((host.lower(), f"{path}.host", checker.location(fields["host"])))
+    namespace = checker.string(fields.get("namespace"), f"{path}.namespace", namespace_problem)
+    service = checker.string(fields.get("service"), f"{path}.service", service_problem)
+    port_name: str | None = None
+    port: int | None = None
+    if "port_name" in fields and "port" in fields:
+        checker.add(
+            fields["port"],
+            f"{path}.port",
+            "give either `port_name` or `port`, not both",
+        )
+        ok = False
+    elif "port_name" in fields:
+        port_name = checker.string(fields["port_name"], f"{path}.port_name", port_name_problem)
+        ok = ok and port_name is not None
+    elif "port" in fields:
+        port = checker.port(fields["port"], f"{path}.port", None)
+        ok = ok and port is not None
+    else:
+        checker.add(
+            node,
+            path,
+            "missing `port_name` or `port`: name the Service port by name or by number",
+        )
+        ok = False
+    protocol: Protocol | None = DEFAULT_PROTOCOL
+    if "type" in fields:
+        protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
+    if not ok or host is None or namespace is None or service is None or protocol is None:
+        return None
+    return ServiceEntry(
+        host=host.lower(),
+        namespace=namespace,
+        service=service,
+        protocol=protocol,
+        port_name=port_name,
+        port=port,
+        location=checker.location(node),
+    )
+
+
+def _check_duplicate_hosts(checker: _Checker) -> None:
+    # Checked on every valid host, even of entries with other errors: report all at once.
+    first: dict[str, tuple[str, Location]] = {}
+    for host, path, location in checker.hosts:
+        earlier = first.setdefault(host, (path, location))
+        if earlier[1] != location:
+            checker.issues.append(
+                ConfigIssue(
+                    location,
+                    path,
+                    f"duplicate host '{host}': also used by {earlier[0]} at {earlier[1]}",
+                )
+            )
+
+
+def _mock_entry(checker: _Checker, node: Node, path: str) -> MockEntry | None:
+    fields = checker.mapping(
+        node, path, _MOCK_KEYS, required=("namespace", "service", "resolved_port")
+    )
+    if not isinstance(node, MappingNode):
+        return None
+    namespace = checker.string(fields.get("namespace"), f"{path}.namespace", namespace_problem)
+    service = checker.string(fields.get("service"), f"{path}.service", service_problem)
+    port_name: str | None = ""
+    if "port_name" in fields:
+        port_name = checker.string(
+            fields["port_name"],
+            f"{path}.port_name",
+            lambda v: port_name_problem(v) if v else None,
+            allow_null=True,
+        )
+    resolved = checker.port(fields.get("resolved_port"), f"{path}.resolved_port", None)
+    if namespace is None or service is None or port_name is None or resolved is None:
+        return None
+    return MockEntry(namespace, service, port_name, resolved, location=checker.location(node))
+
+
+def _check_duplicate_mocks(checker: _Checker, mocks: list[MockEntry]) -> None:
+    seen: dict[tuple[str, str, str], MockEntry] = {}
+    for mock in mocks:
+        key = (mock.namespace, mock.service, mock.port_name)
+        first = seen.setdefault(key, mock)
+        if first is mock:
+            continue
+        assert mock.location is not None
+        checker.issues.append(
+            ConfigIssue(
+                mock.location,
+                f"mocks[{checker.item_index[mock.location]}]",
+                f"duplicate mock for {mock.namespace}/{mock.service} port_name "
+                f"'{mock.port_name}' (first defined at {first.location})",
+            )
+        )
+
+
+# --------------------------------------------------------------------------- the checker
+
+_T = TypeVar("_T")
+
+_TAG_NAMES = {
+    "tag:yaml.org,2002:str": "a string",
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:map": "a mapping",
+    "tag:yaml.org,2002:seq": "a list",
+}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _describe(node: Node) -> str:
+    name = _TAG_NAMES.get(node.tag, node.tag)
+    if isinstance(node, ScalarNode) and node.tag != "tag:yaml.org,2002:null":
+        return f"{name} ({node.value!r})" if node.tag == _STR else f"{name} ({node.value})"
+    return name
+
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_NULL = "tag:yaml.org,2002:null"
+
+
+class _Checker:
+    """Collects issues for one file; each method checks one node and returns its value."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.issues: list[ConfigIssue] = []
+        self.item_index: dict[Location, int] = {}  # list item location -> its index
+        self.hosts: list[tuple[str, str, Location]] = []  # (host, path, location) seen
+        self._constructor = SafeConstructor()
+
+    def location(self, node: Node) -> Location:
+        mark = node.start_mark
+        return Location(self.filename, mark.line + 1, mark.column + 1)
+
+    def add(self, node: Node, path: str, message: str) -> None:
+        self.issues.append(ConfigIssue(self.location(node), path, message))
+
+    def raise_if_any(self) -> None:
+        if self.issues:
+            raise ConfigValidationError(self.issues)
+
+    def document(self, text: str) -> Node | None:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = exc.problem or exc.context or "invalid YAML"
+            if exc.context and exc.problem:
+                problem = f"{exc.context}, {exc.problem}"
+            self.issues.append(
+                ConfigIssue(
+                    Location(self.filename, line, column), "", f"YAML syntax error: {problem}"
+                )
+            )
+            return None
+        except yaml.YAMLError as exc:
+            self.issues.append(
+                ConfigIssue(Location(self.filename, 1, 1), "", f"YAML syntax error: {exc}")
+            )
+            return None
+        if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
+            self.issues.append(ConfigIssue(Location(self.filename, 1, 1), "", "the file is empty"))
+            return None
+        return root
+
+    def mapping(
+        self, node: Node, path: str, known: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> dict[str, Node]:
+        """The mapping's values by key; flags unknown, duplicate and missing keys."""
+        if not isinstance(node, MappingNode):
+            self.add(node, path, f"expected a mapping, got {_describe(node)}")
+            return {}
+        values: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag != _STR:
+                self.add(key_node, path, f"keys must be strings, got {_describe(key_node)}")
+                continue
+            key = key_node.value
+            key_path = f"{path}.{key}" if path else key
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""
+                self.add(
+                    key_node,
+                    key_path,
+                    f"unknown key `{key}`{suggestion}; known keys: {', '.join(known)}",
+                )
+                continue
+            if key in values:
+                self.add(
+                    key_node,
+                    key_path,
+                    f"duplicate key `{key}` (first at {self.location(values[key])})",
+                )
+                continue
+            values[key] = value_node
+        for key in required:
+            if key not in values:
+                self.add(node, path, f"missing required key `{key}`")
+        return values
+
+    def sequence(self, node: Node, path: str) -> list[Node]:
+        if not isinstance(node, SequenceNode):
+            self.add(node, path, f"expected a list, got {_describe(node)}")
+            return []
+        for index, item in enumerate(node.value):
+            self.item_index[self.location(item)] = index
+        return list(node.value)
+
+    def string(
+        self,
+        node: Node | None,
+        path: str,
+        problem: Callable[[str], str | None],
+        allow_null: bool = False,
+    ) -> str | None:
+        if node is None:
+            return None  # a missing required key is reported by mapping()
+        if allow_null and isinstance(node, ScalarNode) and node.tag == _NULL:
+            value = ""
+        elif not isinstance(node, ScalarNode) or node.tag != _STR:
+            hint = " (quote it if you mean the text)" if isinstance(node, ScalarNode) else ""
+            self.add(node, path, f"expected a string, got {_describe(node)}{hint}")
+            return None
+        else:
+            value = node.value
+        reason = problem(value)
+        if reason is not None:
+            self.add(node, path, reason)
+            return None
+        return value
+
+    def port(self, node: Node | None, path: str, default: _T) -> int | _T:
+        if node is None:
+            return default
+        if not isinstance(node, ScalarNode) or node.tag != _INT:
+            self.add(node, path, f"expected a port number (1..65535), got {_describe(node)}")
+            return default
+        try:
+            value = self._constructor.construct_yaml_int(node)
+        except (ConstructorError, ValueError):
+            self.add(node, path, f"expected a port number (1..65535), got {node.value!r}")
+            return default
+        if not 1 <= value <= 65535:
+            self.add(node, path, f"{value} is out of range (1..65535)")
+            return default
+        return int(value)
+
+    def choice(
+        self, node: Node, path: str, choices: tuple[str, ...], convert: Callable[[str], _T]
+    ) -> _T | None:
+        if not isinstance(node, ScalarNode) or node.tag != _STR:
+            self.add(node, path, f"expected one of {', '.join(choices)}; got {_describe(node)}")
+            return None
+        if node.value not in choices:
+            hint = difflib.get_close_matches(node.value.lower(), choices, n=1, cutoff=0.5)
+            suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""
+            self.add(
+                node,
+                path,
+                f"unknown type '{node.value}'{suggestion}; expected one of {', '.join(choices)}",
+            )
+            return None
+        return convert(node.value)
