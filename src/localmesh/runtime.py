@@ -1,0 +1,295 @@
+"""The per-user runtime directory of one mesh: sockets, Envoy bootstrap, the instance lock.
+
+Layout: `$XDG_RUNTIME_DIR/localmesh/<name>/` or, without XDG_RUNTIME_DIR,
+`/tmp/localmesh-<uid>/<name>/`. Every directory is created 0700 and must be owned by the
+user (a directory someone else pre-created in /tmp is refused, not used). Under sudo the
+"user" is the invoking one (SUDO_UID), so that `localmesh status` without sudo finds the
+instance that `sudo localmesh up` started.
+
+`InstanceLock` makes `up --name X` exclusive: it holds an flock on `<dir>/localmesh.pid`
+for the life of the process. The kernel drops the lock when the process dies, so a lock left
+by a crashed run is simply taken over; the pid written inside only serves the error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pwd
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from localmesh.errors import LocalmeshError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_NAME = "default"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class RuntimeDirError(LocalmeshError):
+    """The runtime directory is unusable (wrong owner, wrong mode, not creatable)."""
+
+
+class AlreadyRunningError(RuntimeDirError):
+    """Another `localmesh up` with the same --name holds the instance lock."""
+
+
+def validate_name(name: str) -> str:
+    """A mesh name is a path component and a word in /etc/hosts markers: keep it plain."""
+    if not _NAME_RE.match(name):
+        raise RuntimeDirError(
+            f"invalid --name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class InvokingUser:
+    """The human behind the process: the sudo caller when run under sudo, else ourselves."""
+
+    uid: int
+    gid: int
+    name: str
+    home: Path
+    via_sudo: bool
+
+
+def invoking_user(env: Mapping[str, str] | None = None, *, euid: int | None = None) -> InvokingUser:
+    """Who started us. Under `sudo` (euid 0 with SUDO_UID set) this is the sudo caller, whose
+    home holds the kubeconfig `up` must use (root's ~/.kube is the wrong cluster, or none)."""
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    sudo_uid = env.get("SUDO_UID")
+    if euid == 0 and sudo_uid and sudo_uid.isdigit() and int(sudo_uid) != 0:
+        uid = int(sudo_uid)
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            gid = int(env.get("SUDO_GID", "0") or 0)
+            return InvokingUser(uid, gid, env.get("SUDO_USER", str(uid)), Path("/"), True)
+        return InvokingUser(uid, entry.pw_gid, entry.pw_name, Path(entry.pw_dir), True)
+    uid = euid
+    try:
+        entry = pwd.getpwuid(uid)
+        home = Path(env.get("HOME") or entry.pw_dir)
+        return InvokingUser(uid, entry.pw_gid, entry.pw_name, home, False)
+    except KeyError:  # containers running as an arbitrary uid have no passwd entry
+        return InvokingUser(uid, os.getegid(), str(uid), Path(env.get("HOME", "/")), False)
+
+
+def invoking_user_home(env: Mapping[str, str] | None = None) -> Path:
+    """Home directory of the invoking user (see `invoking_user`); `up` reads its kubeconfig
+    from there (`<home>/.kube/config`) unless --kubeconfig or KUBECONFIG says otherwise."""
+    return invoking_user(env).home
+
+
+def runtime_base(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+    """The directory holding every mesh of this user (not created here)."""
+    env = os.environ if env is None else env
+    if uid is None:
+        uid = invoking_user(env).uid
+    xdg = env.get("XDG_RUNTIME_DIR")
+    # Under sudo XDG_RUNTIME_DIR is usually root's or absent; only trust it if it is ours.
+    if xdg and os.path.isabs(xdg) and _owned_by(Path(xdg), uid):
+        return Path(xdg) / "localmesh"
+    return Path("/tmp") / f"localmesh-{uid}"
+
+
+def _owned_by(path: Path, uid: int) -> bool:
+    try:
+        return path.stat().st_uid == uid
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Where one mesh keeps its runtime files. Pure: computing paths touches nothing."""
+
+    name: str
+    root: Path
+
+    @property
+    def xds_socket(self) -> Path:
+        return self.root / "xds.sock"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
+    def envoy_bootstrap(self) -> Path:
+        return self.root / "envoy-bootstrap.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "localmesh.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def owned_files(self) -> tuple[Path, ...]:
+        """Files `up` creates here and removes on exit (the lock file last)."""
+        return (
+            self.xds_socket,
+            self.control_socket,
+            self.envoy_bootstrap,
+            self.state_file,
+            self.lock_file,
+        )
+
+
+def runtime_paths(
+    name: str = DEFAULT_NAME,
+    *,
+    base: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RuntimePaths:
+    validate_name(name)
+    return RuntimePaths(name=name, root=(base or runtime_base(env)) / name)
+
+
+def ensure_private_dir(path: Path, uid: int | None = None) -> None:
+    """Create `path` (and missing parents) 0700 and verify it is a real directory owned by
+    `uid` with no group/other access. Refuses, rather than repairs, anything else."""
+    uid = os.geteuid() if uid is None else uid
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # raced with another process; verified below
+        except OSError as exc:
+            raise RuntimeDirError(f"cannot create runtime directory {directory}: {exc}") from exc
+        if os.geteuid() == 0 and uid != 0:
+            os.chown(directory, uid, -1)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot use runtime directory {path}: {exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is not a directory (or is a symlink)")
+    if st.st_uid != uid:
+        raise RuntimeDirError(
+            f"runtime directory {path} is owned by uid {st.st_uid}, not {uid}; "
+            f"remove it (it may have been created by someone else) or set XDG_RUNTIME_DIR"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise RuntimeDirError(
+            f"runtime directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+            f"it must be private: chmod 700 {path}"
+        )
+
+
+def prepare(paths: RuntimePaths, uid: int | None = None) -> RuntimePaths:
+    """Create the runtime directory of `paths` (private, verified) and return `paths`."""
+    if uid is None:
+        uid = invoking_user().uid
+    ensure_private_dir(paths.root.parent, uid)
+    ensure_private_dir(paths.root, uid)
+    return paths
+
+
+def read_owner_pid(paths: RuntimePaths) -> int | None:
+    """The pid written in the lock file, if any (only meaningful while the lock is held)."""
+    try:
+        text = paths.lock_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+class InstanceLock:
+    """Exclusive ownership of one mesh name for the life of this process.
+
+    Use as a context manager or call `acquire()` / `release()`. `release()` also removes the
+    runtime files listed by `RuntimePaths.owned_files` and the directory if it is empty.
+    """
+
+    def __init__(self, paths: RuntimePaths, *, uid: int | None = None) -> None:
+        self.paths = paths
+        self._uid = uid
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> InstanceLock:
+        if self._fd is not None:
+            return self
+        prepare(self.paths, self._uid)
+        path = self.paths.lock_file
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise RuntimeDirError(f"cannot lock {path}: {exc}") from exc
+                pid = read_owner_pid(self.paths)
+                who = f" (pid {pid})" if pid else ""
+                raise AlreadyRunningError(
+                    f"a localmesh instance named {self.paths.name!r} is already running{who}; "
+                    f"stop it with `localmesh down --name {self.paths.name}` "
+                    "or start this one with a different --name"
+                ) from None
+            # The previous owner may have unlinked the file between our open and flock: a
+            # lock on an unlinked inode protects nothing, so start over on the new file.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        stale = read_owner_pid(self.paths)
+        if stale and stale != os.getpid():
+            log.info("taking over stale instance lock", name=self.paths.name, dead_pid=stale)
+            # Leftover sockets of the dead run would make bind() fail.
+            for leftover in (self.paths.xds_socket, self.paths.control_socket):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove this instance's runtime files, then drop the lock. Idempotent."""
+        if self._fd is None:
+            return
+        for path in self.paths.owned_files():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            self.paths.root.rmdir()  # only if empty: files we don't know about stay
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> InstanceLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
