@@ -1,49 +1,162 @@
 """`localmesh` / `kubectl localmesh`: argument parsing and dispatch.
 
 Each subcommand lives in its own module under localmesh.cli and exposes
-`register(subparsers) -> None`, which adds its parser and sets `run=<callable>` as a default.
-`run(args)` returns an exit code; it may be a coroutine function, then it runs in asyncio.
+`register(subparsers) -> None`, which adds its parser with `subparsers.add_parser(...)` and
+sets `run=<callable>` as a default. `run(args)` returns an exit code (None means 0); it may be
+a coroutine function, then it runs in asyncio.
+
+Conventions the subcommands get for free:
+- the global options `--log-level` and `--log-format` are accepted before and after the
+  subcommand (`args.log_level`, `args.log_format`); logging is configured before `run`;
+- `add_parser` defaults to `RawDescriptionHelpFormatter`, so `description` and `epilog`
+  (put examples there) keep their line breaks; `%(prog)s` in them reads
+  `localmesh <command>` or `kubectl localmesh <command>`, however the user invoked it;
+- a `LocalmeshError` prints `localmesh: error: <message>` (one such line per line of the
+  message) and exits with its `exit_code`, without a traceback; Ctrl-C exits 130 quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from localmesh import __version__
 from localmesh.errors import LocalmeshError
+from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 
-# Subcommand modules, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+# Subcommand modules, in the order `--help` lists them. A module that does not exist (yet)
+# is skipped, so the CLI works while commands are still being built.
+COMMAND_MODULES: tuple[str, ...] = ("up", "status", "down", "dump", "demo", "sandbox")
+
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_FORMAT = "auto"
+
+DESCRIPTION = """\
+A local, Envoy-powered pseudo service mesh in front of Kubernetes: every Service
+listed in services.yaml gets a hostname on this machine (users-api.localhost),
+routed by one local Envoy listener, HTTP and gRPC alike, with nothing installed
+in the cluster.
+"""
+
+EPILOG = """\
+examples:
+  %(prog)s up -f services.yaml                 start the mesh for services.yaml
+  %(prog)s --log-level debug up services.yaml  the same, with debug logs (Envoy's too)
+  %(prog)s dump-envoy-config -f services.yaml --mock-config mocks.yaml
+                                               print the Envoy config, no cluster needed
+  %(prog)s status                              what the running mesh serves
+  %(prog)s down                                stop the running mesh
+
+Run `%(prog)s COMMAND --help` for a command's options.
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="localmesh",
-        description="A local, Envoy-powered pseudo service mesh in front of Kubernetes.",
+def program_name(argv0: str | None = None) -> str:
+    """`kubectl localmesh` when run as a kubectl plugin, else `localmesh`."""
+    name = os.path.basename(argv0 if argv0 is not None else sys.argv[0])
+    return "kubectl localmesh" if name.startswith("kubectl-") else "localmesh"
+
+
+def global_options(*, suppress_defaults: bool) -> argparse.ArgumentParser:
+    """The options every command accepts, before or after its name.
+
+    The copy attached to subcommands has SUPPRESS defaults, so that a value given before the
+    subcommand is not overwritten by the subcommand's default.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("global options")
+    group.add_argument(
+        "--log-level",
+        choices=LEVEL_NAMES,
+        type=str.lower,
+        default=argparse.SUPPRESS if suppress_defaults else DEFAULT_LOG_LEVEL,
+        help=f"log level of localmesh and Envoy (default: {DEFAULT_LOG_LEVEL})",
     )
-    parser.add_argument("--version", action="version", version=f"localmesh {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    import importlib
+    group.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=argparse.SUPPRESS if suppress_defaults else DEFAULT_LOG_FORMAT,
+        help="logs on stderr: console (for people), json (one object per line), or auto: "
+        "console on a terminal, json otherwise (default: auto)",
+    )
+    return parent
 
-    for name in COMMAND_MODULES:
+
+class _Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Gives every subcommand the global options and a help formatter that keeps layout."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs["parents"] = [*kwargs.get("parents", ()), global_options(suppress_defaults=True)]
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        return parser
+
+
+def available_commands() -> tuple[str, ...]:
+    """The modules of COMMAND_MODULES that exist in this installation."""
+    return tuple(
+        name for name in COMMAND_MODULES if importlib.util.find_spec(f"localmesh.cli.{name}")
+    )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog or program_name(),
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[global_options(suppress_defaults=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, action=_Subcommands, title="commands"
+    )
+    for name in available_commands():
         importlib.import_module(f"localmesh.cli.{name}").register(sub)
     return parser
+
+
+def print_error(exc: LocalmeshError) -> None:
+    message = str(exc) or type(exc).__name__
+    for line in message.splitlines():
+        print(f"localmesh: error: {line}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        configure_logging(args.log_level, args.log_format)
         result = args.run(args)
         if inspect.isawaitable(result):
-            result = asyncio.run(result)  # type: ignore[arg-type]
+            result = asyncio.run(_await(result))
         return int(result or 0)
     except LocalmeshError as exc:
-        print(f"localmesh: error: {exc}", file=sys.stderr)
+        print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `localmesh dump-envoy-config | head`: the reader left; not an error of ours.
+        _silence_stdout()
+        return 141
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; point it at /dev/null so that flush cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
