@@ -1,0 +1,159 @@
+"""The static Envoy bootstrap: who Envoy is, where its admin listens, where its xDS comes from.
+
+Everything else (listeners, routes, clusters, endpoints) arrives over ADS, so this file is
+written once per Envoy start and never changes with services.yaml.
+
+    BootstrapOptions(xds_socket_path=..., node_id=..., ads_mode=AdsMode.SOTW, ...)
+    build_bootstrap(options) -> dict        # JSON-able, for `envoy -c FILE`
+    build_bootstrap_message(options) -> Bootstrap
+
+Admin listens on 127.0.0.1 with port 0 by default: the kernel picks a free port and Envoy
+writes the address it bound to the file given by `envoy --admin-address-path FILE`
+(supported by Envoy 1.40), where the supervisor reads it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from envoy_data_plane.envoy.config.bootstrap.v3 import (
+    Admin,
+    Bootstrap,
+    BootstrapDynamicResources,
+    BootstrapStaticResources,
+)
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiConfigSource,
+    ApiConfigSourceApiType,
+    ApiVersion,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    Http2ProtocolOptions,
+    Node,
+    Pipe,
+    SocketAddress,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+
+from localmesh.xds.resources import ads_config_source, pack, to_json
+
+XDS_CLUSTER_NAME = "xds_cluster"
+DEFAULT_NODE_ID = "localmesh"
+DEFAULT_NODE_CLUSTER = "localmesh"
+
+
+class AdsMode(enum.Enum):
+    """How Envoy speaks ADS: state of the world or incremental (Delta)."""
+
+    SOTW = "sotw"
+    DELTA = "delta"
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """Inputs of the bootstrap. Exactly one of `xds_socket_path` and `xds_tcp` is set."""
+
+    xds_socket_path: str | None = None  # unix socket of the ADS server (the default transport)
+    xds_tcp: tuple[str, int] | None = None  # (host, port) of the ADS server, if TCP is used
+    node_id: str = DEFAULT_NODE_ID
+    node_cluster: str = DEFAULT_NODE_CLUSTER
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 0  # 0: ephemeral, read it back via --admin-address-path
+    ads_mode: AdsMode = AdsMode.SOTW
+
+    def __post_init__(self) -> None:
+        if (self.xds_socket_path is None) == (self.xds_tcp is None):
+            raise ValueError("BootstrapOptions needs exactly one of xds_socket_path and xds_tcp")
+
+
+def _xds_address(options: BootstrapOptions) -> Address:
+    if options.xds_socket_path is not None:
+        return Address(pipe=Pipe(path=options.xds_socket_path))
+    assert options.xds_tcp is not None
+    host, port = options.xds_tcp
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _xds_cluster(options: BootstrapOptions) -> Cluster:
+    # gRPC needs HTTP/2 to the control plane.
+    h2 = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions()
+        )
+    )
+    return Cluster(
+        name=XDS_CLUSTER_NAME,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=timedelta(seconds=1),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(h2)
+        },
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=XDS_CLUSTER_NAME,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_xds_address(options)))]
+                )
+            ],
+        ),
+    )
+
+
+def build_bootstrap_message(options: BootstrapOptions) -> Bootstrap:
+    api_type = (
+        ApiConfigSourceApiType.DELTA_GRPC
+        if options.ads_mode is AdsMode.DELTA
+        else ApiConfigSourceApiType.GRPC
+    )
+    return Bootstrap(
+        node=Node(id=options.node_id, cluster=options.node_cluster),
+        admin=Admin(
+            address=Address(
+                socket_address=SocketAddress(
+                    address=options.admin_address, port_value=options.admin_port
+                )
+            )
+        ),
+        dynamic_resources=BootstrapDynamicResources(
+            ads_config=ApiConfigSource(
+                api_type=api_type,
+                transport_api_version=ApiVersion.V3,
+                grpc_services=[
+                    GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=XDS_CLUSTER_NAME))
+                ],
+                # The server remembers the node per stream; later requests stay small.
+                set_node_on_first_message_only=True,
+            ),
+            cds_config=ads_config_source(),
+            lds_config=ads_config_source(),
+        ),
+        static_resources=BootstrapStaticResources(clusters=[_xds_cluster(options)]),
+    )
+
+
+def build_bootstrap(options: BootstrapOptions) -> dict[str, Any]:
+    """The bootstrap as a JSON-able dict (proto3 JSON, snake_case), for `envoy -c`."""
+    return to_json(build_bootstrap_message(options))
+
+
+__all__ = [
+    "XDS_CLUSTER_NAME",
+    "AdsMode",
+    "BootstrapOptions",
+    "build_bootstrap",
+    "build_bootstrap_message",
+]

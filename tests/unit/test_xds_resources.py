@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
+from localmesh.xds import resources
+from localmesh.xds.codec import encode
+from tests.unit.golden import assert_golden, envoy_validate
+
+HTTP = cluster_name("shop", "billing-api", "http", Protocol.HTTP)
+GRPC = cluster_name("shop", "orders", 9090, Protocol.GRPC)
+
+MESH = MeshSpec(
+    listener_address="127.0.0.1",
+    listener_port=18080,
+    clusters=(
+        ClusterSpec(HTTP, Protocol.HTTP, (Endpoint("127.0.0.1", 41001, "billing-0"),)),
+        ClusterSpec(
+            GRPC,
+            Protocol.GRPC,
+            (Endpoint("127.0.0.1", 41002, "orders-0"), Endpoint("127.0.0.1", 41003, "orders-1")),
+        ),
+        ClusterSpec(cluster_name("shop", "idle", 80, Protocol.HTTP), Protocol.HTTP, ()),
+    ),
+    virtual_hosts=(
+        VirtualHostSpec("billing-api.localhost", HTTP, Protocol.HTTP),
+        VirtualHostSpec("orders.localhost", GRPC, Protocol.GRPC),
+    ),
+)
+
+
+def _as_json(mesh: MeshSpec) -> dict[str, dict[str, object]]:
+    return {
+        type_url: {name: resources.to_json(msg) for name, msg in by_name.items()}
+        for type_url, by_name in resources.build_resources(mesh).items()
+    }
+
+
+def test_resources_golden() -> None:
+    assert_golden("xds_resources.json", _as_json(MESH))
+
+
+def test_static_config_golden() -> None:
+    assert_golden("static_config.json", resources.render_static_config(MESH))
+
+
+def test_virtual_host_matches_host_with_and_without_port() -> None:
+    vhost = resources.build_virtual_host(MESH.virtual_hosts[0])
+    assert vhost.domains == ["billing-api.localhost", "billing-api.localhost:*"]
+
+
+def test_grpc_route_has_no_timeouts_and_http_route_keeps_defaults() -> None:
+    grpc_route = resources.to_json(resources.build_virtual_host(MESH.virtual_hosts[1]))
+    action = grpc_route["routes"][0]["route"]
+    assert action["timeout"] == "0s"
+    assert action["idle_timeout"] == "0s"
+    assert action["retry_policy"]["retry_on"] == "connect-failure,refused-stream,reset"
+    http_action = resources.to_json(resources.build_virtual_host(MESH.virtual_hosts[0]))
+    assert "timeout" not in http_action["routes"][0]["route"]
+
+
+def test_grpc_cluster_speaks_h2_and_http_cluster_http1() -> None:
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    grpc = resources.to_json(resources.build_cluster(MESH.clusters[1]))
+    http = resources.to_json(resources.build_cluster(MESH.clusters[0]))
+    assert (
+        "http2_protocol_options"
+        in grpc["typed_extension_protocol_options"][options]["explicit_http_config"]
+    )
+    assert (
+        "http_protocol_options"
+        in http["typed_extension_protocol_options"][options]["explicit_http_config"]
+    )
+    assert grpc["type"] == "EDS"
+
+
+def test_listener_does_not_depend_on_services() -> None:
+    other = MeshSpec("127.0.0.1", 18080)
+    assert encode(resources.build_resources(other)[resources.LISTENER_TYPE]["localmesh_http"]) == (
+        encode(resources.build_resources(MESH)[resources.LISTENER_TYPE]["localmesh_http"])
+    )
+
+
+def test_encoder_is_byte_identical_to_betterproto() -> None:
+    for by_name in resources.build_resources(MESH).values():
+        for msg in by_name.values():
+            assert encode(msg) == bytes(msg)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mesh", [MESH, MeshSpec("127.0.0.1", 18081)], ids=["services", "empty"])
+def test_static_config_passes_envoy_validate(mesh: MeshSpec, tmp_path: Path) -> None:
+    envoy_validate(resources.render_static_config(mesh), tmp_path)
