@@ -1,0 +1,427 @@
+"""One Kubernetes cluster: resolve services.yaml entries and watch their ready pods.
+
+    cluster = Cluster.connect(kubeconfig=None, context=None)   # kubectl's rules
+    port = cluster.resolve(entry)              # PortResolver: the service port number
+    watch = await cluster.watch(entry)         # TargetError when the entry cannot resolve
+    watch.subscribe(callback)                  # callback(TargetUpdate) on every change
+    async for update in watch.updates(): ...   # or as a stream (latest value wins)
+    await cluster.close()
+
+Ready pods come from watches (EndpointSlices, or v1 Endpoints where the cluster has no
+EndpointSlice API) plus a pod watch for selectorless endpoints without a pod reference and
+for named target ports the endpoints do not resolve. There is one watch thread per
+(namespace, kind), shared by every entry of that namespace; nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
+
+from localmesh.config import ServiceEntry
+from localmesh.errors import TargetError
+from localmesh.kube.access import ClusterAccess, load_access
+from localmesh.kube.failures import describe
+from localmesh.kube.reflector import Reflector
+from localmesh.kube.targets import (
+    JSON,
+    SERVICE_NAME_LABEL,
+    PortNotFound,
+    ServiceInfo,
+    Target,
+    TargetSet,
+    service_info,
+    targets_from_endpoints,
+    targets_from_slices,
+)
+
+log = structlog.get_logger(__name__)
+
+REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read (seconds) for one-off REST calls
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    """A Kubernetes service port as services.yaml names it; forwarders are shared per key."""
+
+    namespace: str
+    service: str
+    port: int  # the service port number (an entry's port_name resolved)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.service}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TargetUpdate:
+    """The ready targets of one service port changed (or it became unresolvable)."""
+
+    key: ServiceKey
+    targets: frozenset[Target]
+    info: ServiceInfo | None
+    error: str | None = None  # why the targets may be stale or empty
+
+
+def entry_label(entry: ServiceEntry) -> str:
+    where = f"{entry.location}: " if entry.location is not None else ""
+    return f"{where}{entry.describe()}"
+
+
+class TargetWatch:
+    """The live ready targets of one service port; notifies subscribers on every change."""
+
+    def __init__(self, key: ServiceKey, port_ref: str | int, info: ServiceInfo) -> None:
+        self.key = key
+        self.port_ref = port_ref
+        self.info: ServiceInfo | None = info
+        self.targets: frozenset[Target] = frozenset()
+        self.error: str | None = None
+        self.uses_pods = False
+        self._subscribers: list[Callable[[TargetUpdate], None]] = []
+        self._changed = asyncio.Event()
+        self._serial = 0
+        self.closed = False
+
+    @property
+    def update(self) -> TargetUpdate:
+        return TargetUpdate(self.key, self.targets, self.info, self.error)
+
+    def subscribe(self, callback: Callable[[TargetUpdate], None]) -> Callable[[], None]:
+        """Call `callback` with the current state now and on every change; returns unsubscribe."""
+        self._subscribers.append(callback)
+        callback(self.update)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    async def updates(self) -> AsyncIterator[TargetUpdate]:
+        """The current state, then each new one; a slow consumer skips to the latest."""
+        seen = -1
+        while not self.closed:
+            if seen != self._serial:
+                seen = self._serial
+                yield self.update
+                continue
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_for(self, predicate: Callable[[TargetUpdate], bool]) -> TargetUpdate:
+        """Wait until the state satisfies `predicate` (callers add their own deadline)."""
+        async for update in self.updates():
+            if predicate(update):
+                return update
+        raise TargetError(f"{self.key}: watch closed")
+
+    def _set(self, targets: frozenset[Target], info: ServiceInfo | None, error: str | None) -> None:
+        if (targets, info, error) == (self.targets, self.info, self.error):
+            return
+        if targets != self.targets:
+            log.info(
+                "ready targets changed",
+                service=str(self.key),
+                pods=sorted(t.pod for t in targets),
+            )
+        self.targets, self.info, self.error = targets, info, error
+        self._serial += 1
+        self._changed.set()
+        for callback in list(self._subscribers):
+            try:
+                callback(self.update)
+            except Exception:
+                log.exception("target subscriber failed", service=str(self.key))
+
+    def _close(self) -> None:
+        self.closed = True
+        self._changed.set()
+
+
+@dataclass
+class _Namespace:
+    """Mirrors of one namespace's services, endpoints and pods, and the watches on them."""
+
+    name: str
+    use_slices: bool
+    services: dict[str, JSON] = field(default_factory=dict)
+    slices: dict[str, dict[str, JSON]] = field(default_factory=dict)  # service -> slice name
+    endpoints: dict[str, JSON] = field(default_factory=dict)
+    pods: dict[str, JSON] = field(default_factory=dict)
+    pods_by_ip: dict[str, str] = field(default_factory=dict)
+    synced: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)  # kind -> why its watch is failing
+    watches: dict[str, list[TargetWatch]] = field(default_factory=dict)  # service -> watches
+    reflectors: list[Reflector] = field(default_factory=list)
+
+
+def _name(obj: JSON) -> str:
+    return str(obj.get("metadata", {}).get("name", ""))
+
+
+class Cluster:
+    """Port resolution and ready-target watches for one cluster (one kubeconfig context)."""
+
+    def __init__(self, access: ClusterAccess) -> None:
+        self.access = access
+        self._api = k8s_client.ApiClient(access.configuration)
+        self._core = k8s_client.CoreV1Api(self._api)
+        self._discovery = k8s_client.DiscoveryV1Api(self._api)
+        self._namespaces: dict[str, _Namespace] = {}
+        self._use_slices: bool | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
+        return cls(load_access(kubeconfig, context))
+
+    # -- one-off resolution (blocking; PortResolver) --------------------------------------
+    def _fail(self, entry: ServiceEntry, exc: BaseException) -> TargetError:
+        return TargetError(
+            f"{entry_label(entry)}: {describe(exc, self.access.server, self.access.context)}"
+        )
+
+    def _read(self, call: Callable[..., Any], *args: Any) -> JSON:
+        response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        try:
+            body: JSON = json.loads(response.data)
+        finally:
+            response.release_conn()
+        return body
+
+    def service_info(self, entry: ServiceEntry) -> ServiceInfo:
+        """Check the entry against the cluster: namespace, service and port exist."""
+        label = entry_label(entry)
+        try:
+            service = self._read(self._core.read_namespaced_service, entry.service, entry.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise self._fail(entry, exc) from None
+            raise TargetError(self._missing(entry)) from None
+        except Exception as exc:
+            raise self._fail(entry, exc) from None
+        try:
+            return service_info(service, entry.port_ref)
+        except PortNotFound as exc:
+            raise TargetError(
+                f"{label}: service {entry.namespace}/{entry.service} has no port "
+                f"{exc.wanted!r}; available ports: {', '.join(exc.available) or 'none'}"
+            ) from None
+
+    def _missing(self, entry: ServiceEntry) -> str:
+        label = entry_label(entry)
+        try:
+            self._read(self._core.read_namespace, entry.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return f"{label}: namespace {entry.namespace!r} not found"
+        except Exception:
+            pass
+        return f"{label}: service {entry.service!r} not found in namespace {entry.namespace!r}"
+
+    def resolve(self, entry: ServiceEntry) -> int:
+        """The service port number the entry names (raises TargetError)."""
+        return self.service_info(entry).port.port
+
+    async def resolve_async(self, entry: ServiceEntry) -> ServiceInfo:
+        return await asyncio.to_thread(self.service_info, entry)
+
+    # -- watches ---------------------------------------------------------------------------
+    async def watch(self, entry: ServiceEntry) -> TargetWatch:
+        """Resolve `entry` (TargetError if it cannot be) and follow its ready targets."""
+        info = await self.resolve_async(entry)
+        async with self._lock:
+            namespace = await self._namespace(entry.namespace)
+        key = ServiceKey(entry.namespace, entry.service, info.port.port)
+        watch = TargetWatch(key, entry.port_ref, info)
+        namespace.watches.setdefault(entry.service, []).append(watch)
+        self._recompute(namespace, watch)
+        return watch
+
+    def unwatch(self, watch: TargetWatch) -> None:
+        namespace = self._namespaces.get(watch.key.namespace)
+        if namespace is not None:
+            watches = namespace.watches.get(watch.key.service, [])
+            if watch in watches:
+                watches.remove(watch)
+        watch._close()
+
+    async def close(self) -> None:
+        namespaces, self._namespaces = list(self._namespaces.values()), {}
+        for namespace in namespaces:
+            for reflector in namespace.reflectors:
+                reflector.stop()
+            for watches in namespace.watches.values():
+                for watch in watches:
+                    watch._close()
+        for namespace in namespaces:
+            for reflector in namespace.reflectors:
+                await reflector.join()
+        await asyncio.to_thread(self._api.close)
+
+    def _slices_available(self) -> bool:
+        try:
+            self._read(self._discovery.get_api_resources)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+        except Exception:
+            pass
+        return True
+
+    async def _namespace(self, name: str) -> _Namespace:
+        namespace = self._namespaces.get(name)
+        if namespace is not None:
+            return namespace
+        if self._use_slices is None:
+            self._use_slices = await asyncio.to_thread(self._slices_available)
+        namespace = _Namespace(name=name, use_slices=self._use_slices)
+        self._namespaces[name] = namespace
+        loop = asyncio.get_running_loop()
+        kinds: list[tuple[str, Callable[..., Any]]] = [
+            ("services", self._core.list_namespaced_service),
+            ("pods", self._core.list_namespaced_pod),
+        ]
+        if namespace.use_slices:
+            kinds.append(("endpointslices", self._discovery.list_namespaced_endpoint_slice))
+        else:
+            kinds.append(("endpoints", self._core.list_namespaced_endpoints))
+        for kind, list_fn in kinds:
+            reflector = Reflector(
+                f"{name}/{kind}",
+                list_fn,
+                name,
+                self._deliverer(namespace, kind),
+                loop=loop,
+                server=self.access.server,
+                context=self.access.context,
+            )
+            namespace.reflectors.append(reflector)
+            reflector.start()
+        return namespace
+
+    def _deliverer(self, namespace: _Namespace, kind: str) -> Callable[[str, Any], None]:
+        def deliver(event: str, payload: Any) -> None:
+            try:
+                self._apply(namespace, kind, event, payload)
+            except Exception:
+                log.exception("watch event failed", namespace=namespace.name, kind=kind)
+
+        return deliver
+
+    # -- applying watch events (on the event loop) -----------------------------------------
+    def _apply(self, namespace: _Namespace, kind: str, event: str, payload: Any) -> None:
+        if event in ("ERROR", "DOWN"):
+            namespace.errors[kind] = f"watching {kind} in namespace {namespace.name}: {payload}"
+            self._recompute_all(namespace)
+            return
+        cleared = namespace.errors.pop(kind, None) is not None
+        store = self._store(namespace, kind)
+        affected: set[str] | None = set()
+        if event == "SYNC":
+            store.clear()
+            if kind == "pods":
+                namespace.pods_by_ip.clear()
+            for obj in payload:
+                self._put(namespace, kind, obj)
+            namespace.synced.add(kind)
+            affected = None
+        elif event == "DELETED":
+            affected = {self._remove(namespace, kind, payload)}
+        else:
+            affected = {self._put(namespace, kind, payload)}
+        if kind == "pods" or cleared:
+            self._recompute_all(namespace, pods_only=not cleared and event != "SYNC")
+        elif affected is None:
+            self._recompute_all(namespace)
+        else:
+            for service in affected:
+                for watch in namespace.watches.get(service, []):
+                    self._recompute(namespace, watch)
+
+    def _store(self, namespace: _Namespace, kind: str) -> dict[str, Any]:
+        return {
+            "services": namespace.services,
+            "pods": namespace.pods,
+            "endpointslices": namespace.slices,
+            "endpoints": namespace.endpoints,
+        }[kind]
+
+    def _put(self, namespace: _Namespace, kind: str, obj: JSON) -> str:
+        """Store `obj`; return the name of the service it belongs to ("" for pods)."""
+        name = _name(obj)
+        if kind == "endpointslices":
+            service = str(obj.get("metadata", {}).get("labels", {}).get(SERVICE_NAME_LABEL, ""))
+            namespace.slices.setdefault(service, {})[name] = obj
+            return service
+        if kind == "pods":
+            old = namespace.pods.get(name)
+            if old is not None:
+                namespace.pods_by_ip.pop(str(old.get("status", {}).get("podIP", "")), None)
+            namespace.pods[name] = obj
+            ip = obj.get("status", {}).get("podIP")
+            if ip:
+                namespace.pods_by_ip[str(ip)] = name
+            return ""
+        self._store(namespace, kind)[name] = obj
+        return name
+
+    def _remove(self, namespace: _Namespace, kind: str, obj: JSON) -> str:
+        name = _name(obj)
+        if kind == "endpointslices":
+            service = str(obj.get("metadata", {}).get("labels", {}).get(SERVICE_NAME_LABEL, ""))
+            namespace.slices.get(service, {}).pop(name, None)
+            return service
+        if kind == "pods":
+            old = namespace.pods.pop(name, None)
+            if old is not None:
+                ip = str(old.get("status", {}).get("podIP", ""))
+                if namespace.pods_by_ip.get(ip) == name:
+                    del namespace.pods_by_ip[ip]
+            return ""
+        self._store(namespace, kind).pop(name, None)
+        return name
+
+    def _recompute_all(self, namespace: _Namespace, *, pods_only: bool = False) -> None:
+        for watches in namespace.watches.values():
+            for watch in watches:
+                if not pods_only or watch.uses_pods:
+                    self._recompute(namespace, watch)
+
+    def _recompute(self, namespace: _Namespace, watch: TargetWatch) -> None:
+        key = watch.key
+        error = "; ".join(namespace.errors.values()) or None
+        service = namespace.services.get(key.service)
+        info = watch.info
+        if "services" in namespace.synced:
+            if service is None:
+                watch._set(frozenset(), None, f"service {key.namespace}/{key.service} was deleted")
+                return
+            try:
+                info = service_info(service, watch.port_ref)
+            except PortNotFound as exc:
+                watch._set(frozenset(), None, f"service {key.namespace}/{key.service}: {exc}")
+                return
+        endpoints_kind = "endpointslices" if namespace.use_slices else "endpoints"
+        if info is None or endpoints_kind not in namespace.synced:
+            watch._set(watch.targets, info, error)
+            return
+        result: TargetSet
+        if namespace.use_slices:
+            result = targets_from_slices(
+                info,
+                namespace.slices.get(key.service, {}).values(),
+                namespace.pods,
+                namespace.pods_by_ip,
+            )
+        else:
+            result = targets_from_endpoints(
+                info, namespace.endpoints.get(key.service), namespace.pods, namespace.pods_by_ip
+            )
+        watch.uses_pods = result.uses_pods
+        if result.uses_pods and "pods" not in namespace.synced:
+            watch._set(watch.targets, info, error)
+            return
+        watch._set(result.targets, info, error)

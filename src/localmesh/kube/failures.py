@@ -1,0 +1,46 @@
+"""Turning client exceptions into sentences a user can act on."""
+
+from __future__ import annotations
+
+import json
+import ssl
+
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+
+def status_message(exc: ApiException) -> str:
+    """The `message` of the Status object the server sent, else the HTTP reason."""
+    try:
+        body = json.loads(exc.body or "")
+        message = body.get("message") if isinstance(body, dict) else None
+    except (TypeError, ValueError):
+        message = None
+    return str(message or exc.reason or f"HTTP {exc.status}")
+
+
+def describe(exc: BaseException, server: str, context: str | None) -> str:
+    """Why a request to the API server failed, with the likely fix."""
+    where = f"the Kubernetes API server at {server}" + (f" (context {context})" if context else "")
+    if isinstance(exc, ApiException):
+        if exc.status == 401:
+            return (
+                f"{where} rejected the credentials (401 Unauthorized): check the token or "
+                "client certificate of this context in your kubeconfig"
+            )
+        if exc.status == 403:
+            return f"forbidden by RBAC (403): {status_message(exc)}"
+        return f"{where} answered {exc.status}: {status_message(exc)}"
+    reason: BaseException = exc
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        reason = exc.reason
+    if isinstance(reason, urllib3.exceptions.SSLError | ssl.SSLError):
+        return (
+            f"TLS failure talking to {where}: {reason}; check certificate-authority(-data) "
+            "and the server address in your kubeconfig"
+        )
+    if isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionError):
+        return f"cannot reach {where}: connection refused or unreachable"
+    if isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError):
+        return f"cannot reach {where}: timed out"
+    return f"request to {where} failed: {reason}"
