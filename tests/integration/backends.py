@@ -1,0 +1,137 @@
+"""Tiny real backends on loopback ephemeral ports, for routing tests through a real Envoy.
+
+    HttpBackend("alpha")   aiohttp server; every request gets JSON
+                           {"backend": "alpha", "host": <Host header>, "method", "path"}
+    GrpcBackend("beta")    grpc.aio server with the standard health service and server
+                           reflection; its health status for the service name
+                           `backend_service("beta")` is SERVING, so a Check for that name
+                           tells which backend answered (others say NOT_FOUND)
+
+Both are async context managers and expose `port` and `requests` (requests served).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+LOOPBACK = "127.0.0.1"
+
+
+def backend_service(name: str) -> str:
+    """The gRPC service name a GrpcBackend reports SERVING for (and lists in reflection)."""
+    return f"localmesh.test.{name}.Backend"
+
+
+@dataclass
+class HttpBackend:
+    name: str
+    port: int = 0
+    requests: int = 0
+    _runner: web.AppRunner | None = field(default=None, repr=False)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        return web.json_response(
+            {
+                "backend": self.name,
+                "host": request.headers.get("Host", ""),
+                "method": request.method,
+                "path": request.path_qs,
+            }
+        )
+
+    async def start(self) -> HttpBackend:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((LOOPBACK, 0))  # bound here so the ephemeral port is known
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> HttpBackend:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class _CountingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, backend: GrpcBackend) -> None:
+        self._backend = backend
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        self._backend.requests += 1
+        return await continuation(handler_call_details)
+
+
+@dataclass
+class GrpcBackend:
+    name: str
+    port: int = 0
+    requests: int = 0
+    _server: grpc.aio.Server | None = field(default=None, repr=False)
+
+    @property
+    def service(self) -> str:
+        return backend_service(self.name)
+
+    async def start(self) -> GrpcBackend:
+        server = grpc.aio.server(interceptors=[_CountingInterceptor(self)])
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await servicer.set(self.service, health_pb2.HealthCheckResponse.SERVING)
+        names = (
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+            self.service,
+        )
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{LOOPBACK}:0")
+        await server.start()
+        self._server = server
+        return self
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace=None)
+
+    async def __aenter__(self) -> GrpcBackend:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def grpc_health_check(channel: grpc.aio.Channel, service: str = "") -> str:
+    """Health/Check through `channel`; the status name (SERVING, NOT_FOUND via RpcError...)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def grpc_list_services(channel: grpc.aio.Channel) -> list[str]:
+    """The service names server reflection lists through `channel`."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    names: list[str] = []
+    call = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    async for reply in call:
+        names.extend(s.name for s in reply.list_services_response.service)
+    return sorted(names)
