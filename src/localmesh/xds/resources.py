@@ -233,6 +233,11 @@ def build_route_configuration(virtual_hosts: Iterable[VirtualHost]) -> RouteConf
     return RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=list(virtual_hosts))
 
 
+def _sorted_hosts(mesh: MeshSpec) -> list[VirtualHostSpec]:
+    # Order does not matter to Envoy; sorting keeps versions independent of it.
+    return sorted(mesh.virtual_hosts, key=lambda v: v.host)
+
+
 def build_resources(mesh: MeshSpec) -> dict[str, dict[str, betterproto2.Message]]:
     """Every resource the control plane serves for `mesh`, by type URL, then by name."""
     return {
@@ -241,7 +246,7 @@ def build_resources(mesh: MeshSpec) -> dict[str, dict[str, betterproto2.Message]
         LISTENER_TYPE: {LISTENER_NAME: build_listener(mesh.listener_address, mesh.listener_port)},
         ROUTE_TYPE: {
             ROUTE_CONFIG_NAME: build_route_configuration(
-                build_virtual_host(v) for v in mesh.virtual_hosts
+                build_virtual_host(v) for v in _sorted_hosts(mesh)
             )
         },
     }
@@ -260,7 +265,7 @@ def render_static_config(
     Routes are inline in the listener and endpoints inline in STATIC clusters, so the
     output runs with `envoy -c FILE` and no control plane. Admin listens on loopback.
     """
-    route_config = build_route_configuration(build_virtual_host(v) for v in mesh.virtual_hosts)
+    route_config = build_route_configuration(build_virtual_host(v) for v in _sorted_hosts(mesh))
     listener = _listener(
         mesh.listener_address, mesh.listener_port, _http_connection_manager(route_config)
     )
