@@ -456,6 +456,9 @@ class EnvoySupervisor:
         await self._shutdown_process(drain=True)
         await self._close_session()
         self._ready.clear()
+        self._admin = None
+        with contextlib.suppress(FileNotFoundError):
+            self._admin_path.unlink()
 
     async def __aenter__(self) -> EnvoySupervisor:
         await self.start()
