@@ -544,7 +544,7 @@ class _Checker:
             self.add(node, path, f"expected one of {', '.join(choices)}; got {_describe(node)}")
             return None
         if node.value not in choices:
-            hint = difflib.get_close_matches(node.value.lower(), choices, n=1, cutoff=0.5)
+            hint = difflib.get_close_matches(node.value.lower(), choices, n=1, cutoff=0.6)
             suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""
             self.add(
                 node,
