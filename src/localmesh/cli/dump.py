@@ -15,16 +15,19 @@ come up). `--live` prints the snapshot a running `localmesh up` serves instead.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import asyncio
 import json
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from localmesh.config import Config, load_config, load_mocks
-from localmesh.errors import ConfigError, ControlError, KubeError, LocalmeshError
-from localmesh.resolve import MockResolver, PortResolver, mesh_spec_from_config, resolve_all
+from localmesh.config import Config, ServiceEntry, load_config, load_mocks
+from localmesh.errors import ControlError, LocalmeshError
+from localmesh.resolve import MockResolver, mesh_spec_from_config, resolve_all
+from localmesh.runtime import DEFAULT_NAME
 
 COMMAND = "dump-envoy-config"
 DEFAULT_BIND = "127.0.0.1"
@@ -101,7 +104,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--name",
-        default="default",
+        default=DEFAULT_NAME,
         help="which running mesh (with --live) or whose sockets the xds bootstrap names "
         "(default: default)",
     )
@@ -110,16 +113,20 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> int:
     if args.live:
         if args.config or args.file or args.mock_config:
             raise UsageError("--live prints the running instance's config: drop services.yaml")
-        document = live_document(args)
+        document = await live_document(args)
     else:
         config = load_config(config_path(args))
-        resolver = mock_resolver(args.mock_config) if args.mock_config else cluster_resolver(args)
-        document = build_document(config, resolver, args.format, args.bind, args.name)
-    print(render(document, args.output), end="")
+        if args.mock_config:
+            ports = resolve_all(config, MockResolver(load_mocks(args.mock_config)))
+        else:
+            ports = await cluster_ports(config, args.kubeconfig, args.context)
+        document = build_document(config, ports, args.format, args.bind, args.name)
+    sys.stdout.write(render(document, args.output))
+    sys.stdout.flush()
     return 0
 
 
@@ -132,19 +139,20 @@ def config_path(args: argparse.Namespace) -> Path:
     return Path(path)
 
 
-def mock_resolver(path: str) -> MockResolver:
-    return MockResolver(load_mocks(path))
+async def cluster_ports(
+    config: Config, kubeconfig: str | None, context: str | None
+) -> dict[ServiceEntry, int]:
+    """Every entry's service port, read from the cluster (one GET per entry, no watches)."""
+    from localmesh.kube import Cluster
+
+    cluster = await asyncio.to_thread(Cluster.connect, kubeconfig, context)
+    try:
+        return await asyncio.to_thread(resolve_all, config, cluster)
+    finally:
+        await cluster.close()
 
 
-def cluster_resolver(args: argparse.Namespace) -> PortResolver:
-    """Resolve ports from the Kubernetes API (seam for localmesh.kube's resolver)."""
-    raise KubeError(
-        "resolving service ports from the cluster is not available in this build; "
-        "pass --mock-config mocks.yaml to dump offline"
-    )
-
-
-def live_document(args: argparse.Namespace) -> dict[str, Any]:
+async def live_document(args: argparse.Namespace) -> dict[str, Any]:
     """The running instance's snapshot over the control API (seam for localmesh.control)."""
     raise ControlError(
         "--live needs the control API of a running `localmesh up`, which this build does not "
@@ -153,49 +161,31 @@ def live_document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_document(
-    config: Config, resolver: PortResolver, fmt: str, bind: str, name: str = "default"
+    config: Config,
+    ports: Mapping[ServiceEntry, int],
+    fmt: str,
+    bind: str,
+    name: str = DEFAULT_NAME,
 ) -> dict[str, Any]:
-    """The JSON-able document `dump-envoy-config` prints."""
-    ports = resolve_all(config, resolver)
+    """The JSON-able document `dump-envoy-config` prints. No forwarders: no endpoints."""
     mesh = mesh_spec_from_config(config, ports, {}, bind)
-    from localmesh.xds.resources import render_static_config
-
     if fmt == "envoy":
+        from localmesh.xds.resources import render_static_config
+
         return render_static_config(mesh)
     if fmt == "xds":
-        return xds_document(mesh, name)
-    raise ConfigError(f"unknown format {fmt!r}")
+        from localmesh.bootstrap import BootstrapOptions, build_bootstrap
+        from localmesh.runtime import runtime_paths
+        from localmesh.xds.snapshot import build_snapshot, render_xds_view
+
+        bootstrap = build_bootstrap(
+            BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
+        )
+        return render_xds_view(build_snapshot(mesh).check(), bootstrap)
+    raise UsageError(f"unknown format {fmt!r}: use envoy or xds")
 
 
-def xds_document(mesh: Any, name: str) -> dict[str, Any]:
-    from localmesh.bootstrap import BootstrapOptions, build_bootstrap
-    from localmesh.runtime import runtime_paths
-    from localmesh.xds.codec import encode
-    from localmesh.xds.resources import TYPE_ORDER, build_resources, to_json
-
-    bootstrap = build_bootstrap(
-        BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
-    )
-    by_type = build_resources(mesh)
-    types = []
-    for type_url in TYPE_ORDER:
-        resources = [
-            {
-                "name": res_name,
-                "version": content_version(encode(msg)),
-                "resource": {"@type": type_url, **to_json(msg)},
-            }
-            for res_name, msg in sorted(by_type.get(type_url, {}).items())
-        ]
-        types.append({"type_url": type_url, "resources": resources})
-    return {"bootstrap": bootstrap, "resources": types}
-
-
-def content_version(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def render(document: dict[str, Any], output: str) -> str:
+def render(document: Mapping[str, Any], output: str) -> str:
     if output == "json":
         return json.dumps(document, indent=2) + "\n"
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    return yaml.safe_dump(dict(document), sort_keys=False, default_flow_style=False)
