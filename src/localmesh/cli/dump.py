@@ -110,20 +110,21 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig for port resolution")
     parser.add_argument("--context", help="kubeconfig context for port resolution")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, command_prog=parser.prog)
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    # Synchronous on purpose: file reads block, and Ctrl-C must interrupt them at once.
     if args.live:
         if args.config or args.file or args.mock_config:
             raise UsageError("--live prints the running instance's config: drop services.yaml")
-        document = await live_document(args)
+        document = asyncio.run(live_document(args))
     else:
         config = load_config(config_path(args))
         if args.mock_config:
             ports = resolve_all(config, MockResolver(load_mocks(args.mock_config)))
         else:
-            ports = await cluster_ports(config, args.kubeconfig, args.context)
+            ports = asyncio.run(cluster_ports(config, args.kubeconfig, args.context))
         document = build_document(config, ports, args.format, args.bind, args.name)
     sys.stdout.write(render(document, args.output))
     sys.stdout.flush()
@@ -135,7 +136,8 @@ def config_path(args: argparse.Namespace) -> Path:
         raise UsageError("give services.yaml once: either -f FILE or a positional FILE")
     path = args.config or args.file
     if not path:
-        raise UsageError(f"which services.yaml? usage: localmesh {COMMAND} -f services.yaml")
+        prog = getattr(args, "command_prog", f"localmesh {COMMAND}")
+        raise UsageError(f"which services.yaml? usage: {prog} -f services.yaml")
     return Path(path)
 
 
