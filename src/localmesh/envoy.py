@@ -252,6 +252,7 @@ class _Run:
     )
     main_loop_started: bool = False
     fatal: str = ""  # last critical/error line: the likely cause if it exits
+    warning: str = ""  # last warning or worse: the likely cause if it never gets ready
     bind_errors: dict[int, ListenerBindError] = field(default_factory=dict)
 
     @property
@@ -529,7 +530,8 @@ class EnvoySupervisor:
                     raise EnvoyError(
                         f"Envoy (pid {run.pid}) is not ready after {within:g}s "
                         f"(state {state}): it waits for its first configuration from the "
-                        "control plane; see the Envoy log lines above"
+                        "control plane"
+                        + (f" (last Envoy warning: {run.warning})" if run.warning else "")
                     )
                 # Wake on exit or after the polling interval, whichever comes first.
                 await asyncio.wait([exited], timeout=0.05)
@@ -694,6 +696,8 @@ class EnvoySupervisor:
                 _STARTUP_NOISE
             ):
                 method = "debug"  # startup inventory (extensions, header maps): noise
+            elif method in ("warning", "error", "critical"):
+                run.warning = message
             getattr(bound, method)(message, envoy=component)
             bind_error = parse_bind_error(message, self.binary)
             if bind_error is not None and bind_error.port not in run.bind_errors:

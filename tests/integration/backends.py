@@ -8,12 +8,26 @@
                            tells which backend answered (others say NOT_FOUND)
 
 Both are async context managers and expose `port` and `requests` (requests served).
+
+Clients and waiting:
+    await curl_json(port, host, path="/")        real curl through Envoy, Host header set
+    await grpc_health_check(channel, service)    Health/Check status name
+    await grpc_list_services(channel)            names listed by server reflection
+    KeepAliveClient(port)                        ONE HTTP/1.1 connection; fails if it is
+                                                 ever replaced or closed
+    await eventually(check, within=5.0)          retry an async check until it passes
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -135,3 +149,87 @@ async def grpc_list_services(channel: grpc.aio.Channel) -> list[str]:
     async for reply in call:
         names.extend(s.name for s in reply.list_services_response.service)
     return sorted(names)
+
+
+async def curl_json(port: int, host: str, path: str = "/") -> dict[str, Any]:
+    """GET through a local listener with the real curl; the JSON body, or AssertionError."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "-H",
+        f"Host: {host}",
+        "-w",
+        "\n%{http_code}",
+        f"http://{LOOPBACK}:{port}{path}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    body, _, status = out.decode().rpartition("\n")
+    assert proc.returncode == 0, f"curl failed ({proc.returncode}): {err.decode().strip()}"
+    assert status == "200", f"HTTP {status} for {host}{path}: {body[:200]}"
+    data = json.loads(body)
+    assert isinstance(data, dict)
+    return data
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], within: float = 5.0, interval: float = 0.02
+) -> T:
+    """Run `check` until it returns without raising AssertionError (or an OSError-like
+    transport error); re-raise its last failure when `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await check()
+        except (AssertionError, OSError, grpc.aio.AioRpcError):
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(interval)  # polling interval, bounded by the deadline
+
+
+class KeepAliveClient:
+    """One keep-alive HTTP/1.1 connection to a local listener.
+
+    http.client would silently reconnect after a close; this refuses to: every request
+    must travel on the socket opened first (same object, same local port), and a response
+    saying `Connection: close` fails the request. The blocking client runs in a thread so
+    the backends on this event loop keep serving.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+        self._sock: socket.socket | None = None
+        self.local_address: tuple[str, int] | None = None
+        self.requests = 0
+
+    def _get(self, host: str, path: str) -> dict[str, Any]:
+        if self._sock is None:
+            self._conn.connect()
+            self._sock = self._conn.sock
+            assert self._sock is not None
+            self.local_address = self._sock.getsockname()
+        assert self._conn.sock is self._sock, "the keep-alive connection was replaced"
+        self._conn.request("GET", path, headers={"Host": host})
+        response = self._conn.getresponse()
+        body = response.read()
+        assert self._conn.sock is self._sock, "the keep-alive connection was closed"
+        assert response.getheader("connection", "").lower() != "close", (
+            "the server closed the keep-alive connection"
+        )
+        assert response.status == 200, f"HTTP {response.status} for {host}{path}: {body[:200]!r}"
+        self.requests += 1
+        data = json.loads(body)
+        assert isinstance(data, dict)
+        return data
+
+    async def get(self, host: str, path: str = "/") -> dict[str, Any]:
+        return await asyncio.to_thread(self._get, host, path)
+
+    def close(self) -> None:
+        self._conn.close()

