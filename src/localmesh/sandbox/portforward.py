@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def _status(code: int, reason: str, message: str) -> web.Response:
 
 def _dial_error(port: int, pod: str, pod_ip: str, exc: OSError) -> str:
     # Worded like the kubelet's, which kubectl prints after "an error occurred forwarding".
-    cause = exc.strerror or str(exc) or type(exc).__name__
+    cause = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
     return (
         f"error forwarding port {port} to pod {pod}, uid : "
         f"dial tcp {pod_ip}:{port}: connect: {cause.lower()}"
