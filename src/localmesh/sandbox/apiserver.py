@@ -1,0 +1,470 @@
+"""The HTTPS front of the sandbox: Kubernetes REST paths, auth, watches, port-forward."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from localmesh.sandbox import errors, resources, tables
+from localmesh.sandbox.cluster import Cluster
+from localmesh.sandbox.resources import BY_PATH, DEPLOYMENTS, PODS, ResourceType
+from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
+
+log = structlog.get_logger(__name__)
+
+# Paths anyone may read, as with the system:public-info-viewer role of a real cluster.
+PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez"})
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def status_response(err: errors.ApiError) -> web.Response:
+    return _json(err.status(), err.code)
+
+
+def _success(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {
+            "name": obj["metadata"]["name"],
+            "kind": rtype.plural,
+            "uid": obj["metadata"].get("uid", ""),
+            **({"group": rtype.group} if rtype.group else {}),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Route:
+    rtype: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+class ApiServer:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        tokens: dict[str, str],
+        readonly_tokens: dict[str, str] | None = None,
+        kube_version: str = "1.32",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.tokens = tokens
+        self.readonly_tokens = readonly_tokens or {}
+        self.kube_version = kube_version
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.requests: list[tuple[str, str]] = []  # (method, path) of recent requests
+        self.unknown_paths: list[str] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._stopping = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True
+        )
+        await site.start()
+        if self.port == 0:
+            server = site._server
+            assert isinstance(server, asyncio.Server)
+            self.port = server.sockets[0].getsockname()[1]
+        self._runner = runner
+        log.debug("sandbox API server listening", url=self.url)
+
+    async def stop(self) -> None:
+        self._stopping.set()  # ends every watch stream
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def restart(self, downtime: float = 0.0) -> None:
+        await self.stop()
+        if downtime > 0:
+            await asyncio.sleep(downtime)  # the outage a test asked for
+        await self.start()
+
+    # ---- dispatch ------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        self.requests.append((request.method, request.path_qs))
+        del self.requests[:-500]
+        try:
+            user = self._authenticate(request, path)
+            return await self._serve(request, path, user)
+        except errors.ApiError as err:
+            return status_response(err)
+
+    def _authenticate(self, request: web.Request, path: str) -> str:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if token in self.tokens:
+            return self.tokens[token]
+        if token in self.readonly_tokens:
+            user = self.readonly_tokens[token]
+            if request.method in WRITE_VERBS:
+                route = self._route(path)
+                verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                        "DELETE": "delete"}[request.method]
+                if route is None:
+                    raise errors.ApiError(403, "Forbidden", f'User "{user}" cannot {verb} {path}')
+                raise errors.forbidden(
+                    user, verb, route.rtype.plural, route.namespace, route.rtype.group
+                )
+            return user
+        if path in PUBLIC_PATHS:
+            return "system:anonymous"
+        raise errors.unauthorized()
+
+    async def _serve(self, request: web.Request, path: str, user: str) -> web.StreamResponse:
+        if path in ("/healthz", "/readyz", "/livez"):
+            return web.Response(text="ok")
+        if path == "/version":
+            return _json(self._version())
+        if path == "/api":
+            return _json(resources.api_versions(f"{self.host}:{self.port}"))
+        if path == "/apis":
+            return _json(resources.api_group_list())
+        parts = path.strip("/").split("/")
+        if parts[0] == "api" and len(parts) == 2:
+            found = resources.resource_list("", parts[1])
+            if found is not None:
+                return _json(found)
+        if parts[0] == "apis" and len(parts) == 2:
+            group = resources.api_group(parts[1])
+            if group is not None:
+                return _json(group)
+        if parts[0] == "apis" and len(parts) == 3:
+            found = resources.resource_list(parts[1], parts[2])
+            if found is not None:
+                return _json(found)
+        route = self._route(path)
+        if route is None:
+            self.unknown_paths.append(f"{request.method} {request.path_qs}")
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        return await self._resource(request, route)
+
+    def _version(self) -> dict[str, Any]:
+        minor = self.kube_version.split(".")[1]
+        return {
+            "major": "1",
+            "minor": minor,
+            "gitVersion": f"v{self.kube_version}.0" if self.kube_version.count(".") == 1
+            else f"v{self.kube_version}",
+            "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean",
+            "buildDate": "2025-01-01T00:00:00Z",
+            "goVersion": "go1.23.0",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
+
+    @staticmethod
+    def _route(path: str) -> Route | None:
+        parts = path.strip("/").split("/")
+        if parts[0] == "api" and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[0] == "apis" and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        namespace: str | None = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        rtype = BY_PATH.get((group, version, rest[0]))
+        if rtype is None:
+            return None
+        if namespace is not None and not rtype.namespaced:
+            return None
+        name = rest[1] if len(rest) >= 2 else None
+        sub = rest[2] if len(rest) >= 3 else None
+        if len(rest) > 3 or (sub is not None and sub not in rtype.subresources):
+            return None
+        if namespace is not None and rtype.plural == "namespaces":
+            return None
+        return Route(rtype, namespace, name, sub)
+
+    # ---- resources -----------------------------------------------------------------------
+    async def _resource(self, request: web.Request, route: Route) -> web.StreamResponse:
+        method = request.method
+        rtype, ns, name, sub = route.rtype, route.namespace, route.name, route.subresource
+        cluster = self.cluster
+        if sub == "portforward":
+            return await self._portforward(request, ns or "", name or "")
+        if name is None:
+            if method == "GET":
+                if request.query.get("watch") in ("1", "true", "True"):
+                    return await self._watch(request, rtype, ns)
+                return self._list(request, rtype, ns)
+            if method == "POST":
+                body = await self._body(request)
+                return _json(cluster.create(rtype, body, ns), 201)
+            if method == "DELETE":
+                selector = self._selector(request)
+                deleted = []
+                for obj in list(cluster.store.iter(rtype, ns, selector)):
+                    with contextlib.suppress(errors.ApiError):
+                        deleted.append(
+                            cluster.delete(rtype, obj["metadata"].get("namespace"),
+                                           obj["metadata"]["name"], self._grace(request, None))
+                        )
+                return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
+                              "metadata": {"resourceVersion": str(cluster.store.rv)},
+                              "items": deleted})
+            raise errors.method_not_allowed()
+        if sub == "log":
+            rt = cluster.kubelet.runtime(ns or "", name)
+            return web.Response(text="".join(f"{line}\n" for line in rt.logs))
+        if sub == "scale":
+            return await self._scale(request, ns or "", name)
+        if method == "GET":
+            obj = cluster.store.get(rtype, ns, name)
+            return self._object_response(request, rtype, obj)
+        if method == "PUT":
+            body = await self._body(request)
+            return _json(cluster.replace(rtype, ns, name, body, sub))
+        if method == "PATCH":
+            body = await self._body(request)
+            return _json(
+                cluster.patch(rtype, ns, name, request.headers.get("Content-Type", ""), body, sub)
+            )
+        if method == "DELETE":
+            body = await self._body(request, optional=True)
+            grace = self._grace(request, body)
+            pre = (body or {}).get("preconditions") or {}
+            current = cluster.store.get(rtype, ns, name)
+            if pre.get("uid") and pre["uid"] != current["metadata"]["uid"]:
+                raise errors.conflict(rtype.plural, name, rtype.group)
+            if pre.get("resourceVersion") and pre["resourceVersion"] != current["metadata"][
+                "resourceVersion"
+            ]:
+                raise errors.conflict(rtype.plural, name, rtype.group)
+            obj = cluster.delete(rtype, ns, name, grace)
+            if rtype is PODS:
+                return _json(obj)
+            return _json(_success(rtype, obj))
+        raise errors.method_not_allowed()
+
+    @staticmethod
+    def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:
+        raw = request.query.get("gracePeriodSeconds")
+        if raw is None and body:
+            raw = body.get("gracePeriodSeconds")
+        return None if raw is None else int(raw)
+
+    @staticmethod
+    async def _body(request: web.Request, optional: bool = False) -> Any:
+        raw = await request.read()
+        if not raw.strip():
+            if optional:
+                return None
+            raise errors.bad_request("the request body is empty")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            import yaml
+
+            try:
+                return yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise errors.bad_request("the request body is not valid JSON") from None
+
+    @staticmethod
+    def _selector(request: web.Request) -> Selector:
+        return Selector(
+            LabelSelector.parse(request.query.get("labelSelector")),
+            FieldSelector.parse(request.query.get("fieldSelector")),
+        )
+
+    @staticmethod
+    def _wants_table(request: web.Request) -> bool:
+        return "as=Table" in request.headers.get("Accept", "")
+
+    def _object_response(
+        self, request: web.Request, rtype: ResourceType, obj: dict[str, Any]
+    ) -> web.Response:
+        if self._wants_table(request):
+            return _json(tables.table(rtype, [obj], str(self.cluster.store.rv), request.query))
+        return _json(obj)
+
+    def _list(self, request: web.Request, rtype: ResourceType, ns: str | None) -> web.Response:
+        items, rv = self.cluster.store.list(rtype, ns, self._selector(request))
+        if self._wants_table(request):
+            return _json(tables.table(rtype, items, str(rv), request.query))
+        return _json(
+            {
+                "kind": rtype.list_kind,
+                "apiVersion": rtype.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": items,
+            }
+        )
+
+    async def _scale(self, request: web.Request, ns: str, name: str) -> web.Response:
+        cluster = self.cluster
+        if request.method in ("PUT", "PATCH"):
+            body = await self._body(request)
+            current = self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name))
+            if request.method == "PATCH":
+                from localmesh.sandbox.patch import apply_patch
+
+                body = apply_patch(request.headers.get("Content-Type", ""), current, body)
+            replicas = (body.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise errors.invalid("Scale", name, [("spec.replicas", "Invalid value")],
+                                     "autoscaling")
+            cluster.patch(DEPLOYMENTS, ns, name, "application/merge-patch+json",
+                          {"spec": {"replicas": replicas}})
+        return _json(self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name)))
+
+    @staticmethod
+    def _scale_of(deploy: dict[str, Any]) -> dict[str, Any]:
+        md = deploy["metadata"]
+        match = (deploy["spec"].get("selector") or {}).get("matchLabels") or {}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                            "creationTimestamp") if k in md},
+            "spec": {"replicas": deploy["spec"].get("replicas", 1)},
+            "status": {
+                "replicas": deploy.get("status", {}).get("replicas", 0),
+                "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items())),
+            },
+        }
+
+    # ---- watch ---------------------------------------------------------------------------
+    async def _watch(
+        self, request: web.Request, rtype: ResourceType, ns: str | None
+    ) -> web.StreamResponse:
+        q = request.query
+        timeout = float(q.get("timeoutSeconds") or 1800)
+        bookmarks = q.get("allowWatchBookmarks") in ("1", "true", "True")
+        send_initial = q.get("sendInitialEvents") in ("1", "true", "True")
+        resource_version = q.get("resourceVersion")
+        if send_initial:
+            resource_version = None
+        store = self.cluster.store
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        try:
+            initial, watcher = store.watch(rtype, ns, self._selector(request), resource_version)
+        except errors.ApiError as err:
+            if err.code != 410:
+                raise
+            await resp.prepare(request)
+            await resp.write(self._event("ERROR", err.status()))
+            await resp.write_eof()
+            return resp
+        stopping = self._stopping
+        try:
+            await resp.prepare(request)
+            for type_, obj in initial:
+                await resp.write(self._event(type_, obj))
+            if send_initial:
+                await resp.write(self._bookmark(rtype, initial_end=True))
+            deadline = time.monotonic() + timeout
+            next_bookmark = time.monotonic() + self.cluster.faults.bookmark_interval
+            while not stopping.is_set():
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if bookmarks and now >= next_bookmark:
+                    await resp.write(self._bookmark(rtype))
+                    next_bookmark = now + self.cluster.faults.bookmark_interval
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                wait = min(deadline - now, 1.0, max(next_bookmark - now, 0.01) if bookmarks else 1.0)
+                try:
+                    type_, obj = await asyncio.wait_for(watcher.queue.get(), wait)
+                except TimeoutError:
+                    continue
+                chunk = [self._event(type_, obj)]
+                while not watcher.queue.empty():
+                    t, o = watcher.queue.get_nowait()
+                    chunk.append(self._event(t, o))
+                await resp.write(b"".join(chunk))
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away
+        finally:
+            store.unwatch(watcher)
+        return resp
+
+    @staticmethod
+    def _event(type_: str, obj: dict[str, Any]) -> bytes:
+        return json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+    def _bookmark(self, rtype: ResourceType, initial_end: bool = False) -> bytes:
+        md: dict[str, Any] = {"resourceVersion": str(self.cluster.store.rv)}
+        if initial_end:
+            md["annotations"] = {"k8s.io/initial-events-end": "true"}
+        return self._event(
+            "BOOKMARK", {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": md}
+        )
+
+    # ---- port-forward --------------------------------------------------------------------
+    async def _portforward(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        if request.method not in ("GET", "POST"):
+            raise errors.method_not_allowed()
+        pod = self.cluster.store.get(PODS, ns, name)
+        status = pod.get("status", {})
+        if status.get("phase") != "Running" or not status.get("podIP"):
+            raise errors.bad_request(
+                f"unable to upgrade connection: pod {name} is not running "
+                f"(phase {status.get('phase', 'Unknown')})"
+            )
+        handler = _portforward_handler()
+        if handler is None:
+            raise errors.ApiError(501, "NotImplemented", "port-forward is not available")
+        return await handler(
+            request, status["podIP"], idle_timeout=self.cluster.faults.portforward_idle_timeout
+        )
+
+
+def _portforward_handler() -> Callable[..., Any] | None:
+    # Imported lazily: the port-forward protocols live in their own module.
+    try:
+        from localmesh.sandbox import portforward
+    except ImportError:
+        return None
+    handler: Callable[..., Any] | None = getattr(portforward, "handle_portforward", None)
+    return handler

@@ -1,0 +1,62 @@
+"""Scriptable faults for tests: readiness flips, dying listeners, slow starts, pod
+deletion, API server restarts, watch-history expiry, and knobs other parts read."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from localmesh.sandbox.resources import PODS
+
+if TYPE_CHECKING:
+    from localmesh.sandbox.cluster import Cluster
+
+
+class Faults:
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        # Idle timeout (seconds) the port-forward handler applies to its streams; None = none.
+        self.portforward_idle_timeout: float | None = None
+        # Seconds from a pod's start to Ready, for pods without their own ready delay.
+        self.ready_delay: float = 0.0
+        # Seconds a deleted pod keeps serving (unready, terminating) before it is gone.
+        self.termination_delay: float = 0.0
+        # Seconds between BOOKMARK events on watches that asked for them.
+        self.bookmark_interval: float = 1.0
+        self._restart_apiserver: Callable[[float], Awaitable[None]] | None = None
+
+    def set_ready(self, namespace: str, pod: str, ready: bool | None) -> None:
+        """Force a pod Ready (True) or unready (False); None returns it to normal."""
+        rt = self._cluster.kubelet.runtime(namespace, pod)
+        rt.forced_ready = ready
+        self._cluster.kubelet.sync_status(rt)
+
+    async def kill_listener(self, namespace: str, pod: str, port: int | None = None) -> None:
+        """Close a pod's server on `port` (all ports if None) and drop its connections.
+
+        The pod stays Running and Ready, like a crashed process before its probe notices:
+        connections to it are refused.
+        """
+        kubelet = self._cluster.kubelet
+        await kubelet.kill_listener(kubelet.runtime(namespace, pod), port)
+
+    async def revive_listener(self, namespace: str, pod: str, port: int | None = None) -> None:
+        """Start the servers `kill_listener` stopped again, on the same IP and port."""
+        kubelet = self._cluster.kubelet
+        await kubelet.revive_listener(kubelet.runtime(namespace, pod), port)
+
+    def delete_pod(self, namespace: str, pod: str, grace: int = 0) -> None:
+        """Delete a pod (its deployment creates a replacement with a new name and IP)."""
+        self._cluster.delete(PODS, namespace, pod, grace=grace)
+
+    def expire_watch_history(self) -> int:
+        """Forget the event history: watches from any older resourceVersion get 410 Expired.
+        Returns the current resourceVersion."""
+        return self._cluster.store.compact()
+
+    async def restart_apiserver(self, downtime: float = 0.0) -> None:
+        """Stop the API server (dropping every connection and watch), wait `downtime`
+        seconds, and serve again on the same port with the same objects."""
+        if self._restart_apiserver is None:
+            raise RuntimeError("the API server is not running")
+        await self._restart_apiserver(downtime)

@@ -1,0 +1,230 @@
+"""Defaults and validation of the objects clients create, as the API server applies them."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from typing import Any
+
+from localmesh.sandbox import errors
+from localmesh.sandbox.resources import ResourceType
+from localmesh.sandbox.store import Obj, meta, now_rfc3339
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_ALNUM = string.ascii_lowercase + string.digits
+LABEL_NAMES = ("namespaces", "services")
+
+
+def random_suffix(n: int = 5) -> str:
+    # The alphabet the API server uses for generateName (no vowels, no confusables).
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _check_name(rtype: ResourceType, name: str) -> list[tuple[str, str]]:
+    if not name:
+        return [("metadata.name", "Required value: name or generateName is required")]
+    label = rtype.plural in LABEL_NAMES
+    pattern, limit = (_DNS1123_LABEL, 63) if label else (_DNS1123_SUBDOMAIN, 253)
+    if len(name) > limit or not pattern.match(name):
+        what = "RFC 1123 label" if label else "RFC 1123 subdomain"
+        return [
+            (
+                "metadata.name",
+                f'Invalid value: "{name}": a lowercase {what} must consist of lower case '
+                "alphanumeric characters, '-' or '.', and must start and end with an "
+                "alphanumeric character",
+            )
+        ]
+    return []
+
+
+def _port_ok(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _validate_pod(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        return [("spec.containers", "Required value")]
+    for i, c in enumerate(containers):
+        if not isinstance(c, dict):
+            causes.append((f"spec.containers[{i}]", "Invalid value"))
+            continue
+        if not c.get("name"):
+            causes.append((f"spec.containers[{i}].name", "Required value"))
+        if not c.get("image"):
+            causes.append((f"spec.containers[{i}].image", "Required value"))
+        for j, p in enumerate(c.get("ports") or []):
+            if not _port_ok(p.get("containerPort")):
+                causes.append(
+                    (
+                        f"spec.containers[{i}].ports[{j}].containerPort",
+                        f"Invalid value: {p.get('containerPort')!r}: must be between 1 and "
+                        "65535, inclusive",
+                    )
+                )
+    return causes
+
+
+def _default_pod(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("enableServiceLinks", True)
+    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    spec.setdefault("priority", 0)
+    for c in spec.get("containers", []):
+        c.setdefault("imagePullPolicy", "IfNotPresent")
+        c.setdefault("terminationMessagePath", "/dev/termination-log")
+        c.setdefault("terminationMessagePolicy", "File")
+        c.setdefault("resources", {})
+        for p in c.get("ports") or []:
+            p.setdefault("protocol", "TCP")
+    status = obj.setdefault("status", {})
+    status.setdefault("phase", "Pending")
+    status.setdefault("qosClass", "BestEffort")
+
+
+def _validate_service(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    ports = spec.get("ports")
+    headless = spec.get("clusterIP") == "None"
+    if spec.get("type") == "ExternalName":
+        return causes
+    if not ports and not headless:
+        return [("spec.ports", "Required value")]
+    names: set[str] = set()
+    for i, p in enumerate(ports or []):
+        if not _port_ok(p.get("port")):
+            causes.append(
+                (
+                    f"spec.ports[{i}].port",
+                    f"Invalid value: {p.get('port')!r}: must be between 1 and 65535, inclusive",
+                )
+            )
+        if len(ports) > 1 and not p.get("name"):
+            causes.append((f"spec.ports[{i}].name", "Required value"))
+        if p.get("name") in names:
+            causes.append((f"spec.ports[{i}].name", f'Duplicate value: "{p.get("name")}"'))
+        names.add(p.get("name", ""))
+        target = p.get("targetPort")
+        if target is not None and not (_port_ok(target) or isinstance(target, str)):
+            causes.append((f"spec.ports[{i}].targetPort", f"Invalid value: {target!r}"))
+    return causes
+
+
+def _default_service(obj: Obj, allocate_ip: Any) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if spec["type"] != "ExternalName":
+        if not spec.get("clusterIP"):
+            spec["clusterIP"] = allocate_ip()
+        spec.setdefault("clusterIPs", [spec["clusterIP"]])
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+    for p in spec.get("ports") or []:
+        p.setdefault("protocol", "TCP")
+        p.setdefault("targetPort", p.get("port"))
+    obj.setdefault("status", {"loadBalancer": {}})
+
+
+def _validate_deployment(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    selector = spec.get("selector")
+    if not isinstance(selector, dict) or not (
+        selector.get("matchLabels") or selector.get("matchExpressions")
+    ):
+        causes.append(("spec.selector", "Required value"))
+    template = spec.get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    match = (selector or {}).get("matchLabels") or {}
+    if any(labels.get(k) != v for k, v in match.items()):
+        causes.append(
+            (
+                "spec.template.metadata.labels",
+                "Invalid value: `selector` does not match template `labels`",
+            )
+        )
+    causes += [(f"spec.template.{f}", m) for f, m in _validate_pod((template.get("spec") or {}))]
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or replicas < 0:
+        causes.append(("spec.replicas", f"Invalid value: {replicas!r}: must be >= 0"))
+    return causes
+
+
+def _default_deployment(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    spec.setdefault(
+        "strategy",
+        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+    )
+    obj.setdefault("status", {})
+
+
+def prepare_create(rtype: ResourceType, obj: Obj, allocate_cluster_ip: Any) -> Obj:
+    """Apply generateName, defaults and validation; raise 422 Invalid for bad objects."""
+    if not isinstance(obj, dict):
+        raise errors.bad_request("the request body must be a JSON object")
+    m = meta(obj)
+    if not m.get("name") and m.get("generateName"):
+        m["name"] = f"{m['generateName']}{random_suffix()}"
+    name = m.get("name", "")
+    causes = _check_name(rtype, name)
+    spec = obj.get("spec") or {}
+    if rtype.plural == "pods":
+        causes += _validate_pod(spec)
+    elif rtype.plural == "services":
+        causes += _validate_service(spec)
+    elif rtype.plural == "deployments":
+        causes += _validate_deployment(spec)
+    if causes:
+        raise errors.invalid(rtype.kind, name, causes, rtype.group)
+    validate_update(rtype, obj)
+    if rtype.plural == "pods":
+        _default_pod(obj)
+    elif rtype.plural == "services":
+        _default_service(obj, allocate_cluster_ip)
+    elif rtype.plural == "deployments":
+        _default_deployment(obj)
+    elif rtype.plural == "namespaces":
+        m.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+        obj["status"] = {"phase": "Active"}
+    elif rtype.plural == "events":
+        obj.setdefault("firstTimestamp", now_rfc3339())
+    return obj
+
+
+def validate_update(rtype: ResourceType, obj: Obj) -> None:
+    """Checks shared by create and update: labels must be string maps, names must exist."""
+    m = meta(obj)
+    for field in ("labels", "annotations"):
+        value = m.get(field)
+        if value is not None and (
+            not isinstance(value, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise errors.invalid(
+                rtype.kind,
+                m.get("name", ""),
+                [(f"metadata.{field}", "Invalid value")],
+                rtype.group,
+            )
+    if rtype.plural == "services" and obj.get("spec", {}).get("ports") is not None:
+        causes = _validate_service(obj["spec"])
+        if causes:
+            raise errors.invalid(rtype.kind, m.get("name", ""), causes, rtype.group)

@@ -1,0 +1,291 @@
+"""`Sandbox`: a whole stand-in cluster in this process, for the demo and the tests.
+
+    async with Sandbox.start(scenario=Scenario.default()) as sb:
+        subprocess.run(["kubectl", "get", "pods", "-A"], env=sb.env())
+        sb.faults.set_ready("billing", pod_name, False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import secrets
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from localmesh.sandbox import errors
+from localmesh.sandbox.apiserver import ApiServer
+from localmesh.sandbox.certs import make_serving_certs
+from localmesh.sandbox.cluster import Cluster
+from localmesh.sandbox.faults import Faults
+from localmesh.sandbox.kubeconfig import write_kubeconfig
+from localmesh.sandbox.resources import BY_KIND, DEPLOYMENTS, ENDPOINTSLICES, PODS
+from localmesh.sandbox.scenario import Scenario
+from localmesh.sandbox.selectors import LabelSelector, Selector
+from localmesh.sandbox.store import Obj, Store, StoredEvent
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_KUBE_VERSION = "1.32"
+
+
+class SandboxTimeout(AssertionError):
+    """A wait_* helper gave up; the message says what it waited for."""
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    # Every pod listener holds a socket: a thousand pods need more than the usual 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class Sandbox:
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        *,
+        kubeconfig_path: str | Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        kube_version: str = DEFAULT_KUBE_VERSION,
+        token: str | None = None,
+        ready_delay: float = 0.0,
+        wait_ready: bool = True,
+        ready_timeout: float = 60.0,
+        history_size: int = 20000,
+    ) -> None:
+        self.scenario = scenario if scenario is not None else Scenario.default()
+        self.cluster = Cluster(history_size=history_size)
+        self.cluster.faults.ready_delay = ready_delay
+        self.token = token or secrets.token_urlsafe(24)
+        self.readonly_token = secrets.token_urlsafe(24)
+        self.kube_version = kube_version
+        self._host, self._port = host, port
+        self._kubeconfig_arg = Path(kubeconfig_path) if kubeconfig_path else None
+        self._wait_ready = wait_ready
+        self._ready_timeout = ready_timeout
+        self._workdir: Path | None = None
+        self._server: ApiServer | None = None
+        self._changed = asyncio.Event()
+        self.kubeconfig_path = Path()
+        self.ca_path = Path()
+
+    @classmethod
+    def start(cls, scenario: Scenario | None = None, **kwargs: Any) -> Sandbox:
+        """For `async with Sandbox.start(...) as sb:` (the sandbox starts on entry)."""
+        return cls(scenario, **kwargs)
+
+    async def __aenter__(self) -> Sandbox:
+        await self.up()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.down()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def up(self) -> None:
+        started = time.monotonic()
+        _raise_fd_limit(4 * len(self.scenario.deployments) + 4096)
+        self._workdir = Path(tempfile.mkdtemp(prefix="localmesh-sandbox-"))
+        certs = make_serving_certs()
+        ca_path, cert_path, key_path = certs.write(self._workdir)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert_path, key_path)
+        self.ca_path = ca_path
+        self.store.subscribe(self._notify)
+        self.cluster.bootstrap()
+        self._server = ApiServer(
+            self.cluster,
+            tokens={self.token: "sandbox-admin"},
+            readonly_tokens={self.readonly_token: "sandbox-viewer"},
+            kube_version=self.kube_version,
+            host=self._host,
+            port=self._port,
+            ssl_context=ctx,
+        )
+        await self._server.start()
+        self.cluster.faults._restart_apiserver = self._server.restart
+        self.kubeconfig_path = write_kubeconfig(
+            self._kubeconfig_arg or self._workdir / "kubeconfig",
+            self._server.url,
+            certs.ca_pem,
+            self.token,
+        )
+        self.apply(self.scenario.manifests())
+        if self._wait_ready:
+            await self.wait_all_ready(self._ready_timeout)
+        log.info(
+            "sandbox up",
+            url=self.url,
+            kubeconfig=str(self.kubeconfig_path),
+            services=len(self.scenario.services),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def down(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        await self.cluster.shutdown()
+        if self._kubeconfig_arg is not None:
+            self._kubeconfig_arg.unlink(missing_ok=True)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    # ---- access --------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "the sandbox is not running"
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the sandbox is not running"
+        return self._server.port
+
+    @property
+    def apiserver(self) -> ApiServer:
+        assert self._server is not None, "the sandbox is not running"
+        return self._server
+
+    @property
+    def store(self) -> Store:
+        return self.cluster.store
+
+    @property
+    def faults(self) -> Faults:
+        return self.cluster.faults
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for subprocesses (kubectl, localmesh) that should use this cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path), **extra}
+
+    def apply(self, manifests: list[Obj]) -> list[Obj]:
+        """Create Kubernetes objects (dicts with apiVersion and kind) as a client would."""
+        created = []
+        for m in manifests:
+            rtype = BY_KIND.get(m.get("kind", ""))
+            if rtype is None:
+                raise errors.bad_request(f"the sandbox does not serve kind {m.get('kind')!r}")
+            created.append(self.cluster.create(rtype, m))
+        return created
+
+    def pods(self, namespace: str, selector: str | dict[str, str] | None = None) -> list[Obj]:
+        """Pods in a namespace (a label selector string or dict), oldest first."""
+        labels = (
+            LabelSelector.from_match_labels(selector)
+            if isinstance(selector, dict)
+            else LabelSelector.parse(selector)
+        )
+        items, _ = self.store.list(PODS, namespace, Selector(labels))
+        return sorted(items, key=lambda p: int(p["metadata"]["resourceVersion"]))
+
+    def service_pods(self, namespace: str, service: str) -> list[Obj]:
+        """The pods a service selects (live ones, not terminating)."""
+        svc = self.store.get(BY_KIND["Service"], namespace, service)
+        return [
+            p for p in self.pods(namespace, svc["spec"].get("selector") or {})
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def ready_endpoints(self, namespace: str, service: str) -> list[str]:
+        """IPs of a service's endpoints whose condition is ready, from its EndpointSlices."""
+        ips = []
+        for s in self.store.iter(ENDPOINTSLICES, namespace):
+            if s["metadata"].get("labels", {}).get("kubernetes.io/service-name") != service:
+                continue
+            for e in s.get("endpoints") or []:
+                if e.get("conditions", {}).get("ready"):
+                    ips.extend(e.get("addresses", []))
+        return sorted(ips)
+
+    # ---- waiting -------------------------------------------------------------------------
+    def _notify(self, ev: StoredEvent) -> None:
+        self._changed.set()
+
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+    ) -> Any:
+        """Re-evaluate `predicate` after every change in the cluster until it returns a
+        truthy value (returned), or fail with SandboxTimeout after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._changed.clear()
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxTimeout(f"timed out after {timeout}s waiting for {what}")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def wait_ready_endpoints(
+        self, namespace: str, service: str, count: int = 1, timeout: float = 10.0
+    ) -> list[str]:
+        """Wait until a service has at least `count` ready endpoints; returns their IPs."""
+        return list(
+            await self.wait_for(
+                lambda: (ips := self.ready_endpoints(namespace, service)) and len(ips) >= count
+                and ips,
+                timeout,
+                f"{count} ready endpoint(s) of {namespace}/{service}",
+            )
+        )
+
+    async def wait_all_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every deployment has all its replicas ready."""
+
+        def all_ready() -> bool:
+            return all(
+                d.get("status", {}).get("readyReplicas", 0) >= d["spec"].get("replicas", 1)
+                and d.get("status", {}).get("replicas", 0) == d["spec"].get("replicas", 1)
+                for d in self.store.iter(DEPLOYMENTS)
+            )
+
+        await self.wait_for(all_ready, timeout, "every deployment to be ready")
+
+    async def replace_pod(self, namespace: str, pod: str, timeout: float = 10.0) -> str:
+        """Delete a pod now and wait for its deployment's replacement to be Ready;
+        returns the replacement's name."""
+        old = self.store.get(PODS, namespace, pod)
+        owner = next(
+            (r["uid"] for r in old["metadata"].get("ownerReferences", [])), None
+        )
+        if owner is None:
+            raise errors.bad_request(f"pod {pod} has no owner to replace it")
+        before = {p["metadata"]["name"] for p in self.pods(namespace)}
+        self.faults.delete_pod(namespace, pod)
+
+        def replacement() -> str | None:
+            for p in self.store.iter(PODS, namespace):
+                md = p["metadata"]
+                if md["name"] in before or md.get("deletionTimestamp"):
+                    continue
+                if any(r["uid"] == owner for r in md.get("ownerReferences", [])) and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in p.get("status", {}).get("conditions", [])
+                ):
+                    return str(md["name"])
+            return None
+
+        return str(await self.wait_for(replacement, timeout, f"a replacement for {pod}"))
