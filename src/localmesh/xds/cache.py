@@ -327,7 +327,7 @@ class Stream:
         if self.delta:
             # Newly asked-for names that do not exist are answered as removed.
             removed |= fresh - desired.keys()
-            if not (changed or removed or (first and state.wildcard)):
+            if not (changed or removed or (first and state.wildcard and not state.acked_any)):
                 return None
         else:
             if not (changed or removed or grew):
