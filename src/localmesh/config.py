@@ -143,9 +143,6 @@ def parse_config(text: str, filename: str = "services.yaml", source: Path | None
     """Validate services.yaml given as text; `filename` is what messages call the file."""
     checker = _Checker(filename)
     root = checker.document(text)
-    if root is None:
-        checker.raise_if_any()
-        raise AssertionError("unreachable")  # pragma: no cover
     fields = checker.mapping(root, "", _CONFIG_KEYS, required=("services",))
     listener_port = DEFAULT_LISTENER_PORT
     if "listener_port" in fields:
@@ -172,9 +169,6 @@ def parse_mocks(text: str, filename: str = "mocks.yaml", source: Path | None = N
     """Validate mocks.yaml given as text; `filename` is what messages call the file."""
     checker = _Checker(filename)
     root = checker.document(text)
-    if root is None:
-        checker.raise_if_any()
-        raise AssertionError("unreachable")  # pragma: no cover
     fields = checker.mapping(root, "", ("mocks",), required=("mocks",))
     mocks: list[MockEntry] = []
     if "mocks" in fields:
@@ -190,10 +184,11 @@ def parse_mocks(text: str, filename: str = "mocks.yaml", source: Path | None = N
 # --------------------------------------------------------------------------- names
 
 # RFC 1123 hostname: dot-separated labels of letters, digits and inner hyphens.
-_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# (Used with fullmatch: `$` would also accept a trailing newline.)
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Kubernetes: namespaces and Service port names are DNS-1123 labels, Services DNS-1035 labels.
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 def hostname_problem(host: str) -> str | None:
@@ -211,9 +206,9 @@ def hostname_problem(host: str) -> str | None:
             return "has an empty label (two dots in a row or a leading dot)"
         if len(label) > 63:
             return f"has a label longer than 63 characters ({label[:20]}...)"
-        if not _HOST_LABEL.match(label.lower()):
+        if not _HOST_LABEL.fullmatch(label.lower()):
             return (
-                f"label '{label}' is invalid: use letters, digits and '-', "
+                f"label {label!r} is invalid: use letters, digits and '-', "
                 "not starting or ending with '-' (RFC 1123)"
             )
     return None
@@ -224,8 +219,8 @@ def _label_problem(value: str, pattern: re.Pattern[str], kind: str, rule: str) -
         return "must not be empty"
     if len(value) > 63:
         return f"is {len(value)} characters long (a {kind} has at most 63)"
-    if not pattern.match(value):
-        return f"'{value}' is not a valid {kind}: {rule}"
+    if not pattern.fullmatch(value):
+        return f"{value!r} is not a valid {kind}: {rule}"
     return None
 
 
@@ -323,7 +318,7 @@ def _check_duplicate_hosts(checker: _Checker) -> None:
                 ConfigIssue(
                     location,
                     path,
-                    f"duplicate host '{host}': also used by {earlier[0]} at {earlier[1]}",
+                    f"duplicate host {host!r}: also used by {earlier[0]} at {earlier[1]}",
                 )
             )
 
@@ -429,7 +424,15 @@ class _Checker:
         if self.issues:
             raise ConfigValidationError(self.issues)
 
-    def document(self, text: str) -> Node | None:
+    def document(self, text: str) -> Node:
+        """The root node; a file that is not one YAML document stops here."""
+        root = self._compose(text)
+        if root is None:
+            self.raise_if_any()
+            raise AssertionError("no root node and no issue")  # pragma: no cover
+        return root
+
+    def _compose(self, text: str) -> Node | None:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
@@ -549,7 +552,7 @@ class _Checker:
             self.add(
                 node,
                 path,
-                f"unknown type '{node.value}'{suggestion}; expected one of {', '.join(choices)}",
+                f"unknown type {node.value!r}{suggestion}; expected one of {', '.join(choices)}",
             )
             return None
         return convert(node.value)

@@ -512,3 +512,12 @@ def test_load_config_names_the_file_it_was_given(tmp_path: Path) -> None:
     with pytest.raises(ConfigValidationError) as info:
         load_config(path)
     assert str(info.value) == f"{path}:1:11: services: expected a list, got an integer (3)"
+
+
+def test_a_trailing_newline_does_not_sneak_through_and_messages_stay_one_line() -> None:
+    issues = issues_of(
+        'services:\n  - {host: "a.localhost\\n", namespace: "a\\n", service: a, port: 1}\n'
+    )
+    assert [i.path for i in issues] == ["services[0].host", "services[0].namespace"]
+    assert all("\n" not in str(i) for i in issues)
+    assert "'a\\n' is not a valid Kubernetes namespace name" in issues[1].message
