@@ -1,0 +1,64 @@
+"""The control API of a running instance: status, down, live snapshot dump.
+
+Server: `register_control(server, provider)` adds the service to any `grpc.aio.Server`;
+`bind_unix_socket` / `secure_socket` / `serve_control` put it on a 0600 unix socket.
+Client: `ControlClient`. Rendering for the CLI: `render_status_text`, `render_status_json`,
+`status_exit_code`. Data: the dataclasses of `localmesh.control.model`.
+"""
+
+from __future__ import annotations
+
+from localmesh.control.client import ControlClient, wait_for_exit
+from localmesh.control.model import (
+    POD_BACKOFF,
+    POD_CLOSED,
+    POD_CONNECTING,
+    POD_READY,
+    DownResult,
+    EnvoyStatus,
+    HostStatus,
+    InstanceStatus,
+    PodStatus,
+    SnapshotResource,
+    XdsTypeStatus,
+)
+from localmesh.control.render import (
+    render_snapshot_json,
+    render_status_json,
+    render_status_text,
+    status_exit_code,
+    status_to_dict,
+)
+from localmesh.control.server import (
+    ControlProvider,
+    bind_unix_socket,
+    register_control,
+    secure_socket,
+    serve_control,
+)
+
+__all__ = [
+    "POD_BACKOFF",
+    "POD_CLOSED",
+    "POD_CONNECTING",
+    "POD_READY",
+    "ControlClient",
+    "ControlProvider",
+    "DownResult",
+    "EnvoyStatus",
+    "HostStatus",
+    "InstanceStatus",
+    "PodStatus",
+    "SnapshotResource",
+    "XdsTypeStatus",
+    "bind_unix_socket",
+    "register_control",
+    "render_snapshot_json",
+    "render_status_json",
+    "render_status_text",
+    "secure_socket",
+    "serve_control",
+    "status_exit_code",
+    "status_to_dict",
+    "wait_for_exit",
+]

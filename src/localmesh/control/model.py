@@ -1,0 +1,155 @@
+"""What the control API talks about, as plain data: `up` fills these, clients read them.
+
+Nothing here imports protobuf or grpc; `localmesh.control.convert` maps these to the wire.
+Health is derived from the data itself (`InstanceStatus.problems`), so the server, the
+client and the renderers can never disagree about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# Forwarder states; only READY counts as a live endpoint.
+POD_READY = "ready"
+POD_CONNECTING = "connecting"
+POD_BACKOFF = "backoff"
+POD_CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    """One pod behind a host, with the local forwarder that reaches it."""
+
+    name: str
+    local_address: str
+    local_port: int
+    state: str = POD_READY
+    active_connections: int = 0
+    last_error: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.state == POD_READY
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One services.yaml entry."""
+
+    host: str
+    namespace: str
+    service: str
+    port: int | str  # as configured: number or port name
+    type: str  # "http" or "grpc"
+    cluster: str = ""
+    target_port: int = 0  # resolved container port; 0 while unresolved
+    pods: tuple[PodStatus, ...] = ()
+    last_reconnect: datetime | None = None
+    last_reconnect_reason: str = ""
+    requests: int = 0
+    errors: int = 0
+    error: str = ""  # why the target cannot be resolved, if so
+
+    @property
+    def target(self) -> str:
+        return f"{self.namespace}/{self.service}:{self.port}"
+
+    @property
+    def live_pods(self) -> tuple[PodStatus, ...]:
+        return tuple(p for p in self.pods if p.live)
+
+
+@dataclass(frozen=True)
+class XdsTypeStatus:
+    """The xDS exchange for one resource type: what was offered, what Envoy accepted."""
+
+    type_url: str
+    served_version: str = ""
+    acked_version: str = ""
+    nack: str = ""  # error_detail of the last NACK while it is still the current version
+
+    @property
+    def short_type(self) -> str:
+        return self.type_url.rsplit(".", 1)[-1]
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.nack and self.served_version == self.acked_version
+
+
+@dataclass(frozen=True)
+class EnvoyStatus:
+    running: bool
+    pid: int = 0
+    admin_address: str = ""
+    restarts: int = 0
+    version: str = ""
+    bootstrap_path: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    """Everything `localmesh status` shows about one running instance."""
+
+    name: str
+    pid: int
+    listener_address: str
+    listener_port: int
+    envoy: EnvoyStatus
+    hosts: tuple[HostStatus, ...] = ()
+    xds: tuple[XdsTypeStatus, ...] = ()
+    config_path: str = ""
+    started_at: datetime | None = None
+    # Problems only the instance knows about (e.g. "services.yaml is invalid, serving the
+    # previous version"); they make the status unhealthy like the derived ones.
+    extra_problems: tuple[str, ...] = ()
+
+    @property
+    def listener(self) -> str:
+        address = self.listener_address
+        return (
+            f"[{address}]:{self.listener_port}"
+            if ":" in address
+            else (f"{address}:{self.listener_port}")
+        )
+
+    def problems(self) -> tuple[str, ...]:
+        """Why the instance is unhealthy, one sentence each; empty when healthy."""
+        found: list[str] = []
+        if not self.envoy.running:
+            found.append("envoy is not running")
+        for host in self.hosts:
+            if not host.live_pods:
+                why = f": {host.error}" if host.error else ""
+                found.append(f"{host.host}: no live endpoints ({host.target}){why}")
+        for xds in self.xds:
+            if xds.nack:
+                found.append(
+                    f"envoy rejected {xds.short_type} version {xds.served_version}: {xds.nack}"
+                )
+        found.extend(p for p in self.extra_problems if p not in found)
+        return tuple(found)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems()
+
+
+@dataclass(frozen=True)
+class DownResult:
+    pid: int  # the process that is stopping
+
+
+@dataclass(frozen=True)
+class SnapshotResource:
+    """One resource of the live xDS snapshot."""
+
+    type_url: str
+    name: str
+    version: str
+    json: str  # the resource in the proto3 JSON mapping
+
+    @property
+    def short_type(self) -> str:
+        return self.type_url.rsplit(".", 1)[-1]
