@@ -140,8 +140,9 @@ class ApiServer:
             user = self.readonly_tokens[token]
             if request.method in WRITE_VERBS:
                 route = self._route(path)
-                verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
-                        "DELETE": "delete"}[request.method]
+                verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[
+                    request.method
+                ]
                 if route is None:
                     raise errors.ApiError(403, "Forbidden", f'User "{user}" cannot {verb} {path}')
                 raise errors.forbidden(
@@ -177,7 +178,9 @@ class ApiServer:
         route = self._route(path)
         if route is None:
             self.unknown_paths.append(f"{request.method} {request.path_qs}")
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.ApiError(
+                404, "NotFound", "the server could not find the requested resource"
+            )
         return await self._resource(request, route)
 
     def _version(self) -> dict[str, Any]:
@@ -185,7 +188,8 @@ class ApiServer:
         return {
             "major": "1",
             "minor": minor,
-            "gitVersion": f"v{self.kube_version}.0" if self.kube_version.count(".") == 1
+            "gitVersion": f"v{self.kube_version}.0"
+            if self.kube_version.count(".") == 1
             else f"v{self.kube_version}",
             "gitCommit": "0000000000000000000000000000000000000000",
             "gitTreeState": "clean",
@@ -241,12 +245,21 @@ class ApiServer:
                 for obj in list(cluster.store.iter(rtype, ns, selector)):
                     with contextlib.suppress(errors.ApiError):
                         deleted.append(
-                            cluster.delete(rtype, obj["metadata"].get("namespace"),
-                                           obj["metadata"]["name"], self._grace(request, None))
+                            cluster.delete(
+                                rtype,
+                                obj["metadata"].get("namespace"),
+                                obj["metadata"]["name"],
+                                self._grace(request, None),
+                            )
                         )
-                return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
-                              "metadata": {"resourceVersion": str(cluster.store.rv)},
-                              "items": deleted})
+                return _json(
+                    {
+                        "kind": rtype.list_kind,
+                        "apiVersion": rtype.api_version,
+                        "metadata": {"resourceVersion": str(cluster.store.rv)},
+                        "items": deleted,
+                    }
+                )
             raise errors.method_not_allowed()
         if sub == "log":
             rt = cluster.kubelet.runtime(ns or "", name)
@@ -262,7 +275,9 @@ class ApiServer:
         if method == "PATCH":
             body = await self._body(request)
             return _json(
-                cluster.patch(rtype, ns, name, request.headers.get("Content-Type", ""), body, sub)
+                cluster.patch(
+                    rtype, ns, name, request.headers.get("Content-Type", ""), body, subresource=sub
+                )
             )
         if method == "DELETE":
             body = await self._body(request, optional=True)
@@ -271,9 +286,10 @@ class ApiServer:
             current = cluster.store.get(rtype, ns, name)
             if pre.get("uid") and pre["uid"] != current["metadata"]["uid"]:
                 raise errors.conflict(rtype.plural, name, rtype.group)
-            if pre.get("resourceVersion") and pre["resourceVersion"] != current["metadata"][
-                "resourceVersion"
-            ]:
+            if (
+                pre.get("resourceVersion")
+                and pre["resourceVersion"] != current["metadata"]["resourceVersion"]
+            ):
                 raise errors.conflict(rtype.plural, name, rtype.group)
             obj = cluster.delete(rtype, ns, name, grace)
             if rtype is PODS:
@@ -347,10 +363,16 @@ class ApiServer:
                 body = apply_patch(request.headers.get("Content-Type", ""), current, body)
             replicas = (body.get("spec") or {}).get("replicas")
             if not isinstance(replicas, int) or replicas < 0:
-                raise errors.invalid("Scale", name, [("spec.replicas", "Invalid value")],
-                                     "autoscaling")
-            cluster.patch(DEPLOYMENTS, ns, name, "application/merge-patch+json",
-                          {"spec": {"replicas": replicas}})
+                raise errors.invalid(
+                    "Scale", name, [("spec.replicas", "Invalid value")], "autoscaling"
+                )
+            cluster.patch(
+                DEPLOYMENTS,
+                ns,
+                name,
+                "application/merge-patch+json",
+                {"spec": {"replicas": replicas}},
+            )
         return _json(self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name)))
 
     @staticmethod
@@ -360,8 +382,11 @@ class ApiServer:
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
-            "metadata": {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                            "creationTimestamp") if k in md},
+            "metadata": {
+                k: md[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if k in md
+            },
             "spec": {"replicas": deploy["spec"].get("replicas", 1)},
             "status": {
                 "replicas": deploy.get("status", {}).get("replicas", 0),
@@ -411,7 +436,9 @@ class ApiServer:
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break
-                wait = min(deadline - now, 1.0, max(next_bookmark - now, 0.01) if bookmarks else 1.0)
+                wait = min(
+                    deadline - now, 1.0, max(next_bookmark - now, 0.01) if bookmarks else 1.0
+                )
                 try:
                     type_, obj = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
@@ -455,9 +482,10 @@ class ApiServer:
         handler = _portforward_handler()
         if handler is None:
             raise errors.ApiError(501, "NotImplemented", "port-forward is not available")
-        return await handler(
+        response: web.StreamResponse = await handler(
             request, status["podIP"], idle_timeout=self.cluster.faults.portforward_idle_timeout
         )
+        return response
 
 
 def _portforward_handler() -> Callable[..., Any] | None:

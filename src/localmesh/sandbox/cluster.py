@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -55,18 +56,26 @@ class Cluster:
                 {
                     "metadata": {
                         "name": NODE_NAME,
-                        "labels": {"kubernetes.io/hostname": NODE_NAME,
-                                   "kubernetes.io/os": "linux"},
+                        "labels": {
+                            "kubernetes.io/hostname": NODE_NAME,
+                            "kubernetes.io/os": "linux",
+                        },
                     },
                     "spec": {},
                     "status": {
-                        "conditions": [{"type": "Ready", "status": "True",
-                                        "reason": "KubeletReady"}],
-                        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                                      {"type": "Hostname", "address": NODE_NAME}],
-                        "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux",
-                                     "architecture": "amd64",
-                                     "containerRuntimeVersion": "localmesh-sandbox"},
+                        "conditions": [
+                            {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+                        ],
+                        "addresses": [
+                            {"type": "InternalIP", "address": "127.0.0.1"},
+                            {"type": "Hostname", "address": NODE_NAME},
+                        ],
+                        "nodeInfo": {
+                            "kubeletVersion": "v1.32.0",
+                            "operatingSystem": "linux",
+                            "architecture": "amd64",
+                            "containerRuntimeVersion": "localmesh-sandbox",
+                        },
                     },
                 },
             )
@@ -92,9 +101,10 @@ class Cluster:
             ns = self.store.peek(NAMESPACES, None, md["namespace"])
             if ns is not None and ns["metadata"].get("deletionTimestamp"):
                 raise errors.ApiError(
-                    403, "Forbidden",
+                    403,
+                    "Forbidden",
                     f'{rtype.plural} "{md["name"]}" is forbidden: unable to create new content '
-                    f'in namespace {md["namespace"]} because it is being terminated',
+                    f"in namespace {md['namespace']} because it is being terminated",
                 )
         return self.store.create(rtype, obj)
 
@@ -117,7 +127,7 @@ class Cluster:
         md = obj.setdefault("metadata", {})
         if md.get("name", name) != name:
             raise errors.bad_request(
-                f'the name of the object ({md.get("name")}) does not match the name on the '
+                f"the name of the object ({md.get('name')}) does not match the name on the "
                 f"URL ({name})"
             )
         md["name"] = name
@@ -148,10 +158,16 @@ class Cluster:
 
         if strip(current.get("spec", {})) != strip(new.get("spec", {})):
             raise errors.invalid(
-                "Pod", current["metadata"]["name"],
-                [("spec", "Forbidden: pod updates may not change fields other than "
-                  "`spec.containers[*].image`, `spec.activeDeadlineSeconds` or "
-                  "`spec.tolerations` (only additions to existing tolerations)")],
+                "Pod",
+                current["metadata"]["name"],
+                [
+                    (
+                        "spec",
+                        "Forbidden: pod updates may not change fields other than "
+                        "`spec.containers[*].image`, `spec.activeDeadlineSeconds` or "
+                        "`spec.tolerations` (only additions to existing tolerations)",
+                    )
+                ],
             )
 
     def patch(
@@ -161,6 +177,7 @@ class Cluster:
         name: str,
         content_type: str,
         body: Any,
+        *,
         subresource: str | None = None,
     ) -> Obj:
         current = self.store.get(rtype, namespace, name)
@@ -181,9 +198,9 @@ class Cluster:
         if rtype is PODS:
             if grace is None:
                 grace = int(obj["spec"].get("terminationGracePeriodSeconds", 30))
-            running = obj["metadata"]["uid"] in self.kubelet.runtimes and obj.get(
-                "status", {}
-            ).get("podIP")
+            running = obj["metadata"]["uid"] in self.kubelet.runtimes and obj.get("status", {}).get(
+                "podIP"
+            )
             if grace > 0 and running:
                 return self.store.mark_deleting(rtype, namespace, name, grace)
             return self.store.delete(rtype, namespace, name)
@@ -197,10 +214,8 @@ class Cluster:
         for rtype in TYPES:
             if rtype.namespaced:
                 for obj in list(self.store.iter(rtype, name)):
-                    try:
+                    with contextlib.suppress(errors.ApiError):
                         self.store.delete(rtype, name, obj["metadata"]["name"])
-                    except errors.ApiError:
-                        pass
         return self.store.delete(NAMESPACES, None, name)
 
     def collect_garbage(self, owner_uid: str) -> None:
@@ -209,7 +224,7 @@ class Cluster:
             for obj in list(self.store.iter(rtype)):
                 refs = obj["metadata"].get("ownerReferences", [])
                 if any(r.get("uid") == owner_uid for r in refs):
-                    try:
-                        self.delete(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"])
-                    except errors.ApiError:
-                        pass
+                    with contextlib.suppress(errors.ApiError):
+                        self.delete(
+                            rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"]
+                        )

@@ -7,6 +7,7 @@ turn recomputes them, writing only what changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -45,8 +46,10 @@ def deployment_selector(deploy: Obj) -> LabelSelector:
 
 def template_hash(deploy: Obj) -> str:
     text = json.dumps(deploy.get("spec", {}).get("template", {}), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:10].translate(
-        str.maketrans("0123456789abcdef", "bcdfghjklmnpqrst")
+    return (
+        hashlib.sha256(text.encode())
+        .hexdigest()[:10]
+        .translate(str.maketrans("0123456789abcdef", "bcdfghjklmnpqrst"))
     )
 
 
@@ -131,7 +134,8 @@ class Controllers:
         owned = [p for p in self.store.iter(PODS, ns) if _owned_by(p, uid)]
         active = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
         current = [
-            p for p in active
+            p
+            for p in active
             if p["metadata"].get("labels", {}).get(TEMPLATE_HASH_LABEL) == want_hash
         ]
         stale = [p for p in active if p not in current]
@@ -200,32 +204,45 @@ class Controllers:
             value = "True" if ok else "False"
             prev = next((c for c in old.get("conditions", []) if c["type"] == type_), None)
             since = prev["lastTransitionTime"] if prev and prev["status"] == value else ts
-            return {"type": type_, "status": value, "reason": reason, "message": message,
-                    "lastUpdateTime": since, "lastTransitionTime": since}
+            return {
+                "type": type_,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastUpdateTime": since,
+                "lastTransitionTime": since,
+            }
 
         available = ready >= replicas
         status["conditions"] = [
-            cond("Available", available,
-                 "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                 "Deployment has minimum availability." if available
-                 else "Deployment does not have minimum availability."),
-            cond("Progressing", True, "NewReplicaSetAvailable",
-                 f'Deployment "{deploy["metadata"]["name"]}" has successfully progressed.'),
+            cond(
+                "Available",
+                available,
+                "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                "Deployment has minimum availability."
+                if available
+                else "Deployment does not have minimum availability.",
+            ),
+            cond(
+                "Progressing",
+                True,
+                "NewReplicaSetAvailable",
+                f'Deployment "{deploy["metadata"]["name"]}" has successfully progressed.',
+            ),
         ]
         if {k: v for k, v in old.items()} == status:
             return
         new = copy.deepcopy(deploy)
         new["status"] = status
-        try:
+        with contextlib.suppress(errors.ApiError):
             self.store.update(DEPLOYMENTS, new, check_version=False)
-        except errors.ApiError:
-            pass
 
     # ---- endpoints -----------------------------------------------------------------------
     def _reconcile_service(self, ns: str, name: str) -> None:
         svc = self.store.peek(SERVICES, ns, name)
         slices_now = [
-            s for s in self.store.iter(ENDPOINTSLICES, ns)
+            s
+            for s in self.store.iter(ENDPOINTSLICES, ns)
             if s["metadata"].get("labels", {}).get(SERVICE_NAME_LABEL) == name
         ]
         if svc is None:
@@ -301,8 +318,15 @@ class Controllers:
             for addr, ready in [(a, True) for a in subset.get("addresses") or []] + [
                 (a, False) for a in subset.get("notReadyAddresses") or []
             ]:
-                bucket.append({"ip": addr["ip"], "ready": ready, "serving": ready,
-                               "terminating": False, "pod": None})
+                bucket.append(
+                    {
+                        "ip": addr["ip"],
+                        "ready": ready,
+                        "serving": ready,
+                        "terminating": False,
+                        "pod": None,
+                    }
+                )
         return groups
 
     @staticmethod
@@ -325,8 +349,11 @@ class Controllers:
                 continue
 
             def addr(m: dict[str, Any]) -> dict[str, Any]:
-                return {"ip": m["ip"], "nodeName": m["pod"]["spec"].get("nodeName", ""),
-                        "targetRef": self._target_ref(m["pod"])}
+                return {
+                    "ip": m["ip"],
+                    "nodeName": m["pod"]["spec"].get("nodeName", ""),
+                    "targetRef": self._target_ref(m["pod"]),
+                }
 
             subset: dict[str, Any] = {}
             ready = sorted((addr(m) for m in live if m["ready"]), key=lambda a: a["ip"])
@@ -387,16 +414,21 @@ class Controllers:
                     "namespace": ns,
                     "labels": labels,
                     "ownerReferences": [
-                        {"apiVersion": "v1", "kind": "Service", "name": name,
-                         "uid": svc["metadata"]["uid"], "controller": True,
-                         "blockOwnerDeletion": True}
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Service",
+                            "name": name,
+                            "uid": svc["metadata"]["uid"],
+                            "controller": True,
+                            "blockOwnerDeletion": True,
+                        }
                     ],
                 },
                 "addressType": "IPv4",
                 "endpoints": endpoints,
-                "ports": [
-                    {"name": n, "port": p, "protocol": proto} for n, p, proto in ports
-                ] if ports else None,
+                "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports]
+                if ports
+                else None,
             }
             self._put(ENDPOINTSLICES, body, ("endpoints", "ports", "addressType"))
         for s in existing:
@@ -427,7 +459,5 @@ class Controllers:
         self.store.update(rtype, new, check_version=False)
 
     def _delete(self, rtype: Any, ns: str, name: str) -> None:
-        try:
+        with contextlib.suppress(errors.ApiError):
             self.store.delete(rtype, ns, name)
-        except errors.ApiError:
-            pass

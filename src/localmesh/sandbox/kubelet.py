@@ -8,6 +8,7 @@ unready. A deleted pod turns unready at once and keeps serving for the terminati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import errno
 import hashlib
@@ -87,9 +88,9 @@ class Kubelet:
             return
         uid = ev.obj["metadata"]["uid"]
         if ev.type == "ADDED":
-            rt = PodRuntime(ev.obj["metadata"]["namespace"], ev.obj["metadata"]["name"], uid)
-            self.runtimes[uid] = rt
-            rt.task = self.cluster.tasks.spawn(self._run(rt), f"pod/{rt.namespace}/{rt.name}")
+            new = PodRuntime(ev.obj["metadata"]["namespace"], ev.obj["metadata"]["name"], uid)
+            self.runtimes[uid] = new
+            new.task = self.cluster.tasks.spawn(self._run(new), f"pod/{new.namespace}/{new.name}")
         elif ev.type == "DELETED":
             rt = self.runtimes.pop(uid, None)
             if rt is not None:
@@ -159,10 +160,8 @@ class Kubelet:
         if rt.task is not None:
             rt.task.cancel()
         await self._close_listeners(rt)
-        try:
+        with contextlib.suppress(errors.ApiError):
             self.cluster.store.delete(PODS, rt.namespace, rt.name)
-        except errors.ApiError:
-            pass
 
     async def _stop(self, rt: PodRuntime) -> None:
         if rt.task is not None:
@@ -248,7 +247,5 @@ class Kubelet:
             "containerStatuses": containers,
             "qosClass": old_status.get("qosClass", "BestEffort"),
         }
-        try:
+        with contextlib.suppress(errors.ApiError):
             self.cluster.store.update(PODS, new, check_version=False)
-        except errors.ApiError:
-            pass

@@ -111,7 +111,7 @@ def _validate_service(spec: dict[str, Any]) -> list[tuple[str, str]]:
                     f"Invalid value: {p.get('port')!r}: must be between 1 and 65535, inclusive",
                 )
             )
-        if len(ports) > 1 and not p.get("name"):
+        if len(ports or []) > 1 and not p.get("name"):
             causes.append((f"spec.ports[{i}].name", "Required value"))
         if p.get("name") in names:
             causes.append((f"spec.ports[{i}].name", f'Duplicate value: "{p.get("name")}"'))
@@ -156,7 +156,7 @@ def _validate_deployment(spec: dict[str, Any]) -> list[tuple[str, str]]:
                 "Invalid value: `selector` does not match template `labels`",
             )
         )
-    causes += [(f"spec.template.{f}", m) for f, m in _validate_pod((template.get("spec") or {}))]
+    causes += [(f"spec.template.{f}", m) for f, m in _validate_pod(template.get("spec") or {})]
     replicas = spec.get("replicas", 1)
     if not isinstance(replicas, int) or replicas < 0:
         causes.append(("spec.replicas", f"Invalid value: {replicas!r}: must be >= 0"))

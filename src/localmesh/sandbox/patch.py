@@ -219,7 +219,7 @@ PATCH_TYPES = {
 
 
 def apply_patch(content_type: str, target: Any, body: Any) -> Any:
-    fn = PATCH_TYPES.get(content_type.split(";")[0].strip().lower())
+    fn = PATCH_TYPES.get(content_type.split(";", maxsplit=1)[0].strip().lower())
     if fn is None:
         raise errors.unsupported_media_type(content_type)
     return fn(target, body)

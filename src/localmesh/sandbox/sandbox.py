@@ -1,13 +1,14 @@
 """`Sandbox`: a whole stand-in cluster in this process, for the demo and the tests.
 
-    async with Sandbox.start(scenario=Scenario.default()) as sb:
-        subprocess.run(["kubectl", "get", "pods", "-A"], env=sb.env())
-        sb.faults.set_ready("billing", pod_name, False)
+async with Sandbox.start(scenario=Scenario.default()) as sb:
+    subprocess.run(["kubectl", "get", "pods", "-A"], env=sb.env())
+    sb.faults.set_ready("billing", pod_name, False)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import secrets
@@ -201,7 +202,8 @@ class Sandbox:
         """The pods a service selects (live ones, not terminating)."""
         svc = self.store.get(BY_KIND["Service"], namespace, service)
         return [
-            p for p in self.pods(namespace, svc["spec"].get("selector") or {})
+            p
+            for p in self.pods(namespace, svc["spec"].get("selector") or {})
             if not p["metadata"].get("deletionTimestamp")
         ]
 
@@ -221,11 +223,11 @@ class Sandbox:
         self._changed.set()
 
     async def wait_for(
-        self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+        self, predicate: Callable[[], Any], seconds: float = 10.0, what: str = "condition"
     ) -> Any:
         """Re-evaluate `predicate` after every change in the cluster until it returns a
-        truthy value (returned), or fail with SandboxTimeout after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
+        truthy value (returned), or fail with SandboxTimeout after `seconds` seconds."""
+        deadline = time.monotonic() + seconds
         while True:
             self._changed.clear()
             result = predicate()
@@ -233,26 +235,25 @@ class Sandbox:
                 return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise SandboxTimeout(f"timed out after {timeout}s waiting for {what}")
-            try:
+                raise SandboxTimeout(f"timed out after {seconds}s waiting for {what}")
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     async def wait_ready_endpoints(
-        self, namespace: str, service: str, count: int = 1, timeout: float = 10.0
+        self, namespace: str, service: str, count: int = 1, seconds: float = 10.0
     ) -> list[str]:
         """Wait until a service has at least `count` ready endpoints; returns their IPs."""
         return list(
             await self.wait_for(
-                lambda: (ips := self.ready_endpoints(namespace, service)) and len(ips) >= count
-                and ips,
-                timeout,
+                lambda: (
+                    (ips := self.ready_endpoints(namespace, service)) and len(ips) >= count and ips
+                ),
+                seconds,
                 f"{count} ready endpoint(s) of {namespace}/{service}",
             )
         )
 
-    async def wait_all_ready(self, timeout: float = 60.0) -> None:
+    async def wait_all_ready(self, seconds: float = 60.0) -> None:
         """Wait until every deployment has all its replicas ready."""
 
         def all_ready() -> bool:
@@ -262,15 +263,13 @@ class Sandbox:
                 for d in self.store.iter(DEPLOYMENTS)
             )
 
-        await self.wait_for(all_ready, timeout, "every deployment to be ready")
+        await self.wait_for(all_ready, seconds, "every deployment to be ready")
 
-    async def replace_pod(self, namespace: str, pod: str, timeout: float = 10.0) -> str:
+    async def replace_pod(self, namespace: str, pod: str, seconds: float = 10.0) -> str:
         """Delete a pod now and wait for its deployment's replacement to be Ready;
         returns the replacement's name."""
         old = self.store.get(PODS, namespace, pod)
-        owner = next(
-            (r["uid"] for r in old["metadata"].get("ownerReferences", [])), None
-        )
+        owner = next((r["uid"] for r in old["metadata"].get("ownerReferences", [])), None)
         if owner is None:
             raise errors.bad_request(f"pod {pod} has no owner to replace it")
         before = {p["metadata"]["name"] for p in self.pods(namespace)}
@@ -288,4 +287,4 @@ class Sandbox:
                     return str(md["name"])
             return None
 
-        return str(await self.wait_for(replacement, timeout, f"a replacement for {pod}"))
+        return str(await self.wait_for(replacement, seconds, f"a replacement for {pod}"))

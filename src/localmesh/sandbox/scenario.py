@@ -1,26 +1,26 @@
 """Scenario files: the namespaces, workloads and services a sandbox starts with.
 
-    namespaces: [users, billing]
-    deployments:
-      - name: billing-api            # pods billing-api-<hash>-<suffix>
-        namespace: billing
-        workload: http-echo          # http-echo | grpc-greeter | tcp-echo
-        replicas: 2                  # default 1
-        labels: {app: billing-api}   # default {app: <name>}
-        ports:                       # default: the workload's port (8080, 50051, 9000)
-          - {name: http, containerPort: 8080}
-        readyDelay: 0.5              # seconds from start to Ready (default: the cluster's)
-    services:
-      - name: billing-api
-        namespace: billing
-        selector: {app: billing-api} # omit for a selectorless service
-        clusterIP: None              # headless (optional)
-        ports:
-          - {name: http, port: 8080, targetPort: http}   # targetPort: number or port name
-        endpoints:                   # selectorless services: the manual Endpoints subsets
-          - addresses: [127.0.0.1]
-            ports: [{name: http, port: 8080}]
-    objects: []                      # any further Kubernetes manifests, created as given
+namespaces: [users, billing]
+deployments:
+  - name: billing-api            # pods billing-api-<hash>-<suffix>
+    namespace: billing
+    workload: http-echo          # http-echo | grpc-greeter | tcp-echo
+    replicas: 2                  # default 1
+    labels: {app: billing-api}   # default {app: <name>}
+    ports:                       # default: the workload's port (8080, 50051, 9000)
+      - {name: http, containerPort: 8080}
+    readyDelay: 0.5              # seconds from start to Ready (default: the cluster's)
+services:
+  - name: billing-api
+    namespace: billing
+    selector: {app: billing-api} # omit for a selectorless service
+    clusterIP: None              # headless (optional)
+    ports:
+      - {name: http, port: 8080, targetPort: http}   # targetPort: number or port name
+    endpoints:                   # selectorless services: the manual Endpoints subsets
+      - addresses: [127.0.0.1]
+        ports: [{name: http, port: 8080}]
+objects: []                      # any further Kubernetes manifests, created as given
 """
 
 from __future__ import annotations
@@ -99,32 +99,47 @@ class Scenario:
         unknown = set(data) - {"namespaces", "deployments", "services", "objects"}
         want(not unknown, "top level", f"unknown keys {sorted(unknown)}")
         namespaces = data.get("namespaces") or []
-        want(isinstance(namespaces, list) and all(isinstance(n, str) for n in namespaces),
-             "namespaces", "must be a list of names")
+        want(
+            isinstance(namespaces, list) and all(isinstance(n, str) for n in namespaces),
+            "namespaces",
+            "must be a list of names",
+        )
         deployments = []
         for i, d in enumerate(data.get("deployments") or []):
             where = f"deployments[{i}]"
             if not want(isinstance(d, dict) and "name" in d, where, "needs a name"):
                 continue
             workload = d.get("workload", "http-echo")
-            want(workload in WORKLOADS, f"{where}.workload",
-                 f"{workload!r} is not one of {', '.join(WORKLOADS)}")
+            want(
+                workload in WORKLOADS,
+                f"{where}.workload",
+                f"{workload!r} is not one of {', '.join(WORKLOADS)}",
+            )
             labels = d.get("labels") or {"app": d["name"]}
             ports = []
             for j, p in enumerate(d.get("ports") or []):
                 if isinstance(p, int):
                     ports.append(ContainerPort(p))
-                elif want(isinstance(p, dict) and isinstance(p.get("containerPort"), int),
-                          f"{where}.ports[{j}]", "needs containerPort (a number)"):
+                elif want(
+                    isinstance(p, dict) and isinstance(p.get("containerPort"), int),
+                    f"{where}.ports[{j}]",
+                    "needs containerPort (a number)",
+                ):
                     ports.append(ContainerPort(p["containerPort"], str(p.get("name", ""))))
             if not ports and workload in WORKLOADS:
                 ports.append(ContainerPort(default_port(workload)))
             replicas = d.get("replicas", 1)
-            want(isinstance(replicas, int) and replicas >= 0, f"{where}.replicas",
-                 "must be a number >= 0")
+            want(
+                isinstance(replicas, int) and replicas >= 0,
+                f"{where}.replicas",
+                "must be a number >= 0",
+            )
             delay = d.get("readyDelay")
-            want(delay is None or isinstance(delay, int | float), f"{where}.readyDelay",
-                 "must be a number of seconds")
+            want(
+                delay is None or isinstance(delay, int | float),
+                f"{where}.readyDelay",
+                "must be a number of seconds",
+            )
             deployments.append(
                 Deployment(
                     name=str(d["name"]),
@@ -141,36 +156,48 @@ class Scenario:
             where = f"services[{i}]"
             if not want(isinstance(s, dict) and "name" in s, where, "needs a name"):
                 continue
-            ports = []
+            sports: list[ServicePort] = []
             for j, p in enumerate(s.get("ports") or []):
                 if isinstance(p, int):
-                    ports.append(ServicePort(p))
-                elif want(isinstance(p, dict) and isinstance(p.get("port"), int),
-                          f"{where}.ports[{j}]", "needs port (a number)"):
-                    ports.append(
-                        ServicePort(p["port"], str(p.get("name", "")), p.get("targetPort"),
-                                    str(p.get("protocol", "TCP")))
+                    sports.append(ServicePort(p))
+                elif want(
+                    isinstance(p, dict) and isinstance(p.get("port"), int),
+                    f"{where}.ports[{j}]",
+                    "needs port (a number)",
+                ):
+                    sports.append(
+                        ServicePort(
+                            p["port"],
+                            str(p.get("name", "")),
+                            p.get("targetPort"),
+                            str(p.get("protocol", "TCP")),
+                        )
                     )
             headless = str(s.get("clusterIP", "")) == "None"
-            want(bool(ports) or headless, f"{where}.ports", "a service needs ports")
+            want(bool(sports) or headless, f"{where}.ports", "a service needs ports")
             selector = s.get("selector") or {}
             endpoints = s.get("endpoints") or []
-            want(not (selector and endpoints), where,
-                 "endpoints are only for services without a selector")
+            want(
+                not (selector and endpoints),
+                where,
+                "endpoints are only for services without a selector",
+            )
             services.append(
                 Service(
                     name=str(s["name"]),
                     namespace=str(s.get("namespace", "default")),
-                    ports=tuple(ports),
+                    ports=tuple(sports),
                     selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
                     headless=headless,
                     endpoints=tuple(endpoints),
                 )
             )
         objects = data.get("objects") or []
-        want(isinstance(objects, list) and all(isinstance(o, dict) and "kind" in o
-                                               for o in objects),
-             "objects", "must be a list of Kubernetes manifests")
+        want(
+            isinstance(objects, list) and all(isinstance(o, dict) and "kind" in o for o in objects),
+            "objects",
+            "must be a list of Kubernetes manifests",
+        )
         if problems:
             raise ConfigError("invalid scenario:\n  " + "\n  ".join(problems))
         return cls(
@@ -203,10 +230,15 @@ class Scenario:
     def manifests(self) -> list[dict[str, Any]]:
         """Every object of the scenario, in creation order (namespaces first)."""
         out: list[dict[str, Any]] = []
-        namespaces = list(dict.fromkeys(
-            [*self.namespaces, *(d.namespace for d in self.deployments),
-             *(s.namespace for s in self.services)]
-        ))
+        namespaces = list(
+            dict.fromkeys(
+                [
+                    *self.namespaces,
+                    *(d.namespace for d in self.deployments),
+                    *(s.namespace for s in self.services),
+                ]
+            )
+        )
         for ns in namespaces:
             out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         for d in self.deployments:
@@ -224,8 +256,11 @@ def deployment_manifest(d: Deployment) -> dict[str, Any]:
         pod_meta["annotations"] = {READY_DELAY_ANNOTATION: str(d.ready_delay)}
     container: dict[str, Any] = {"name": d.workload, "image": image_for(d.workload)}
     container["ports"] = [
-        {"containerPort": p.container_port, **({"name": p.name} if p.name else {}),
-         "protocol": "TCP"}
+        {
+            "containerPort": p.container_port,
+            **({"name": p.name} if p.name else {}),
+            "protocol": "TCP",
+        }
         for p in d.ports
     ]
     return {
@@ -257,8 +292,12 @@ def service_manifests(s: Service) -> list[dict[str, Any]]:
     if s.headless:
         spec["clusterIP"] = "None"
     out: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": s.name, "namespace": s.namespace}, "spec": spec}
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": s.name, "namespace": s.namespace},
+            "spec": spec,
+        }
     ]
     if s.endpoints:
         subsets = []
@@ -269,9 +308,14 @@ def service_manifests(s: Service) -> list[dict[str, Any]]:
                     "ports": [{"protocol": "TCP", **p} for p in e.get("ports", [])],
                 }
             )
-        out.append({"apiVersion": "v1", "kind": "Endpoints",
-                    "metadata": {"name": s.name, "namespace": s.namespace},
-                    "subsets": subsets})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": s.name, "namespace": s.namespace},
+                "subsets": subsets,
+            }
+        )
     return out
 
 
@@ -293,9 +337,9 @@ def scale_scenario(
         name = f"{prefix}-{i:04d}"
         ns = ns_names[i % namespaces]
         deployments.append(
-            Deployment(name, ns, workload, replicas, (("app", name),),
-                       (ContainerPort(port, port_name),))
+            Deployment(
+                name, ns, workload, replicas, (("app", name),), (ContainerPort(port, port_name),)
+            )
         )
-        svcs.append(Service(name, ns, (ServicePort(port, port_name, port_name),),
-                            (("app", name),)))
+        svcs.append(Service(name, ns, (ServicePort(port, port_name, port_name),), (("app", name),)))
     return Scenario(ns_names, tuple(deployments), tuple(svcs))

@@ -7,6 +7,7 @@ queued event and a history entry always show the object as it was at that versio
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import datetime
 import uuid
@@ -216,14 +217,14 @@ class Store:
         namespace: str | None,
         selector: Selector,
         resource_version: str | None,
-    ) -> tuple[list[tuple[str, Obj]], Watcher]:
+    ) -> tuple[builtins.list[tuple[str, Obj]], Watcher]:
         """Open a watch: the events to send first, and the watcher for live events.
 
         No resourceVersion (or "0"): ADDED for every matching object. A version older than
         the retained history: 410 Expired, so the client relists.
         """
         w = Watcher(rtype, namespace, selector)
-        initial: list[tuple[str, Obj]] = []
+        initial: builtins.list[tuple[str, Obj]] = []
         if not resource_version or resource_version == "0":
             objs = sorted(
                 self.iter(rtype, namespace, selector),

@@ -111,8 +111,10 @@ COLUMNS: dict[str, list[Column]] = {
             "Ready",
             "string",
             0,
-            lambda o: f"{o.get('status', {}).get('readyReplicas', 0)}/"
-            f"{o.get('spec', {}).get('replicas', 1)}",
+            lambda o: (
+                f"{o.get('status', {}).get('readyReplicas', 0)}/"
+                f"{o.get('spec', {}).get('replicas', 1)}"
+            ),
         ),
         ("Up-to-date", "integer", 0, lambda o: o.get("status", {}).get("updatedReplicas", 0)),
         ("Available", "integer", 0, lambda o: o.get("status", {}).get("availableReplicas", 0)),
@@ -132,15 +134,23 @@ COLUMNS: dict[str, list[Column]] = {
         ("Status", "string", 0, lambda o: "Ready"),
         ("Roles", "string", 0, lambda o: "<none>"),
         AGE,
-        ("Version", "string", 0,
-         lambda o: o.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "")),
+        (
+            "Version",
+            "string",
+            0,
+            lambda o: o.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", ""),
+        ),
     ],
     "endpoints": [NAME, ("Endpoints", "string", 0, _endpoints), AGE],
     "endpointslices": [
         NAME,
         ("AddressType", "string", 0, lambda o: o.get("addressType", "")),
-        ("Ports", "string", 0,
-         lambda o: ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>"),
+        (
+            "Ports",
+            "string",
+            0,
+            lambda o: ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>",
+        ),
         ("Endpoints", "string", 0, _slice_endpoints),
         AGE,
     ],
@@ -170,8 +180,13 @@ def table(
         "apiVersion": "meta.k8s.io/v1",
         "metadata": {"resourceVersion": resource_version},
         "columnDefinitions": [
-            {"name": name, "type": type_, "format": "name" if name == "Name" else "",
-             "description": "", "priority": prio}
+            {
+                "name": name,
+                "type": type_,
+                "format": "name" if name == "Name" else "",
+                "description": "",
+                "priority": prio,
+            }
             for name, type_, prio, _ in columns
         ],
         "rows": rows,

@@ -117,7 +117,7 @@ class _TcpEcho:
             await self.server.wait_closed()
 
 
-class _Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
+class _Greeter(greeter_pb2_grpc.GreeterServicer):
     def __init__(self, pod: PodInfo) -> None:
         self.pod = pod
 
@@ -144,7 +144,8 @@ class _GrpcGreeter:
         self.pod = pod
         # No SO_REUSEPORT: a second bind of the same IP and port must fail, as in a real pod.
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        greeter_pb2_grpc.add_GreeterServicer_to_server(_Greeter(pod), self.server)
+        add_greeter: Any = greeter_pb2_grpc.add_GreeterServicer_to_server
+        add_greeter(_Greeter(pod), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
