@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,15 @@ from localmesh.cli.main import (
     main,
     program_name,
 )
-from tests.unit.cli_helpers import BIN, EXAMPLES, cli_env, run_cli
+from tests.unit.cli_helpers import BIN, EXAMPLES, cli_env, logging_restored, run_cli
 
 DUMP = ["dump-envoy-config", str(EXAMPLES / "services.yaml")]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    with logging_restored():
+        yield
 
 
 def parse(*argv: str) -> argparse.Namespace:

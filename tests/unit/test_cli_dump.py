@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from localmesh.config import load_config, load_mocks
 from localmesh.resolve import MockResolver, mesh_spec_from_config, resolve_all
 from localmesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from localmesh.xds.snapshot import build_snapshot
-from tests.unit.cli_helpers import EXAMPLES, run_cli
+from tests.unit.cli_helpers import EXAMPLES, logging_restored, run_cli
 
 SERVICES = str(EXAMPLES / "services.yaml")
 MOCKS = str(EXAMPLES / "mocks.yaml")
@@ -28,6 +29,12 @@ HOSTS = {
     "billing-api.localhost": "http.billing.billing-api.8080",
     "admin.localhost": "http.admin.admin-web.8080",
 }
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    with logging_restored():
+        yield
 
 
 def dump(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
