@@ -109,13 +109,18 @@ def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -
         details: list[str] = []
         if host.error:
             details.append(f"    error: {host.error}")
-        for pod in host.pods:
-            text = f"    {pod.name}  {pod.local_address}:{pod.local_port}  {pod.state}"
-            if pod.active_connections:
-                text += f"  conns={pod.active_connections}"
-            if pod.last_error:
-                text += f"  last error: {pod.last_error}"
-            details.append(text)
+        if host.pods:
+            pod_rows = [
+                [
+                    pod.name,
+                    f"{pod.local_address}:{pod.local_port}",
+                    pod.state,
+                    f"conns={pod.active_connections}",
+                    f"last error: {pod.last_error}" if pod.last_error else "",
+                ]
+                for pod in host.pods
+            ]
+            details.extend("    " + line for line in _table(pod_rows))
         pod_lines[index] = details
     if status.hosts:
         for index, line in enumerate(_table(rows)):
@@ -128,7 +133,7 @@ def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -
         lines.append("")
         for xds in status.xds:
             if xds.nack:
-                sync = f"NACK of {xds.served_version}: {xds.nack}"
+                sync = f"REJECTED (acked {xds.acked_version or '-'}): {xds.nack}"
             elif xds.in_sync:
                 sync = "acked"
             else:
