@@ -7,6 +7,7 @@ writes out whatever `Stream.responses()` returns. All Envoys (nodes) get the sam
     cache.set_snapshot(snapshot)                  # consistency-checked, wakes every stream
     await cache.wait_for_ack(snapshot.version)    # every connected Envoy holds it
     cache.status() -> list[StreamStatus]          # per stream and type: ACKed version, NACKs
+    await cache.wait_changed()                    # until status() may differ
 
 Per stream and type it tracks the subscription, the response in flight (one at a time:
 the next waits for the ACK/NACK, unless Envoy asks for more names) and what Envoy ACKed.
@@ -459,6 +460,10 @@ class SnapshotCache:
 
     def status(self) -> list[StreamStatus]:
         return [s.status() for s in self._streams.values()]
+
+    async def wait_changed(self) -> None:
+        """Until the next change of status (for watchers of `status()`)."""
+        await self._changed.wait()
 
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
