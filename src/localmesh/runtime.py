@@ -132,6 +132,11 @@ class RuntimePaths:
         return self.root / "envoy-bootstrap.json"
 
     @property
+    def envoy_admin_address(self) -> Path:
+        """Where Envoy writes its admin address (`--admin-address-path`)."""
+        return self.root / "envoy-admin-address"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "localmesh.pid"
 
@@ -145,6 +150,7 @@ class RuntimePaths:
             self.xds_socket,
             self.control_socket,
             self.envoy_bootstrap,
+            self.envoy_admin_address,
             self.state_file,
             self.lock_file,
         )
