@@ -42,10 +42,13 @@ class ClusterAccess:
         """The authorization headers, running the credential refresh hook (may block)."""
         cfg = self.configuration
         headers: dict[str, str] = {}
-        token = cfg.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
-        elif cfg.username and cfg.password:
+        # The client's own auth settings: bearer token (static or exec plugin), basic auth.
+        for setting in cfg.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"])] = str(setting["value"])
+        if "authorization" in headers:
+            headers["Authorization"] = headers.pop("authorization")
+        if "Authorization" not in headers and cfg.username and cfg.password:
             headers["Authorization"] = cfg.get_basic_auth_token()
         return headers
 
