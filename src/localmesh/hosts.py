@@ -26,6 +26,16 @@ localmesh owns one marked block per mesh name and never touches any other byte:
   directory is read-only; then the file is rewritten in place in one write, padded with a
   comment so that no reader ever sees a truncated line, then truncated to its final size.
 * Concurrent writers (several meshes starting together) serialize on an flock of the file.
+
+Use from `up`:
+
+    hosts = HostsFile(args.hosts_file, args.name)
+    hosts.ensure(config_hosts, address=listener_address)  # at start and on every reload
+    ...
+    hosts.remove()                                         # on exit
+
+A HostsFileError from `ensure` carries the exact sudo command (`localmesh hosts add ...`)
+that adds the entries once, so that `up` itself never needs root.
 """
 
 from __future__ import annotations
@@ -153,10 +163,6 @@ def parse_blocks(lines: list[bytes]) -> list[Block]:
     return blocks
 
 
-def _is_unspecified(address: str) -> bool:
-    return ipaddress.ip_address(address).is_unspecified
-
-
 def _covers(first_address: dict[tuple[str, int], str], host: str, address: str) -> bool:
     """Whether lookups of `host` already land on `address` (first match wins in glibc)."""
     target = ipaddress.ip_address(address)
@@ -202,7 +208,7 @@ class HostsFile:
         """Make every host resolve to `address`: entries for those the file does not map yet,
         in this process's block. Also removes the blocks of crashed runs. Idempotent."""
         wanted = _checked_hosts(hosts)
-        _checked_address(address)
+        entry_address = _entry_address(address)
         with self._locked() as content:
             lines = content.splitlines(keepends=True)
             blocks = parse_blocks(lines)
@@ -222,12 +228,12 @@ class HostsFile:
             if own is not None and own.owner_pid is None:
                 # A persistent block is the user's: extend it, never turn it into ours.
                 missing = [h for h in needed if h not in own.hosts]
-                entries = own.entries + tuple((address, h) for h in missing)
+                entries = own.entries + tuple((entry_address, h) for h in missing)
                 new_block = self._render(lines, entries, persistent=True) if missing else None
                 replace: Block | None = own if missing else None
             else:
                 # Sorted: the same set of hosts always renders the same bytes.
-                entries = tuple(sorted((address, h) for h in needed))
+                entries = tuple(sorted((entry_address, h) for h in needed))
                 new_block = self._render(lines, entries, persistent=False) if entries else []
                 replace = own
                 missing = needed
@@ -277,7 +283,7 @@ class HostsFile:
         """`localmesh hosts add`: a block without owner pid, kept until `remove_persistent`.
         Extends an existing persistent block; replaces a stale or live block of the name."""
         wanted = _checked_hosts(hosts)
-        _checked_address(address)
+        entry_address = _entry_address(address)
         with self._locked() as content:
             lines = content.splitlines(keepends=True)
             own = next((b for b in parse_blocks(lines) if b.name == self.name), None)
@@ -286,7 +292,7 @@ class HostsFile:
                 entries = own.entries
             have = {h for _, h in entries}
             added = tuple(h for h in wanted if h not in have)
-            entries += tuple((address, h) for h in added)
+            entries += tuple((entry_address, h) for h in added)
             full = _splice(lines, own, self._render(lines, entries, persistent=True), drop=[])
             if full != content:
                 self._write(full, hosts=wanted)
@@ -498,8 +504,13 @@ def _checked_hosts(hosts: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _checked_address(address: str) -> None:
+def _entry_address(address: str) -> str:
+    """The address to write for a listener on `address`: a wildcard listener (0.0.0.0, ::)
+    is reached through loopback."""
     try:
-        ipaddress.ip_address(address)
+        parsed = ipaddress.ip_address(address)
     except ValueError:
         raise HostsFileError(f"invalid listener address {address!r} for the hosts file") from None
+    if parsed.is_unspecified:
+        return "127.0.0.1" if parsed.version == 4 else "::1"
+    return str(parsed)

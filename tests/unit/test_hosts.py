@@ -233,7 +233,9 @@ def test_any_loopback_counts_for_a_wildcard_listener(tmp_path: Path) -> None:
     path.write_bytes(b"127.0.1.1 debian-host\n")
     update = HostsFile(path, "dev").ensure(["debian-host", "x.localhost"], address="0.0.0.0")
     assert update.already_resolved == ("debian-host",)
-    assert b"0.0.0.0 x.localhost" in path.read_bytes()
+    assert b"\n127.0.0.1 x.localhost\n" in path.read_bytes()  # reached through loopback
+    HostsFile(path, "six").ensure(["y.localhost"], address="::")
+    assert b"\n::1 y.localhost\n" in path.read_bytes()
 
 
 def test_stale_block_of_crashed_run_is_removed_on_next_start(tmp_path: Path) -> None:
@@ -350,6 +352,13 @@ def test_invalid_hostnames_are_refused(tmp_path: Path, bad: str) -> None:
     path.write_bytes(b"")
     with pytest.raises(HostsFileError, match="invalid hostname"):
         HostsFile(path, "dev").ensure([bad])
+
+
+def test_invalid_listener_address_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
+    path.write_bytes(b"")
+    with pytest.raises(HostsFileError, match="invalid listener address 'localhost'"):
+        HostsFile(path, "dev").ensure(["a.localhost"], address="localhost")
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
