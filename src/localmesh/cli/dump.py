@@ -7,15 +7,18 @@ Two shapes:
 - `--format xds`: what `up` really runs: the Envoy bootstrap, then every resource the ADS
   server would serve, grouped by type, each with its name and content version.
 
-Ports are resolved offline from `--mock-config mocks.yaml`, or from the cluster. The dump has
-no forwarders, so clusters are listed without endpoints (`up` adds them as port-forwards
-come up). `--live` prints the snapshot a running `localmesh up` serves instead.
+Ports are resolved offline from `--mock-config mocks.yaml`, or from the cluster. A dump from
+services.yaml has no forwarders, so its clusters have no endpoints (`up` adds them as
+port-forwards come up). `--live` asks a running `localmesh up` for the snapshot it serves,
+live endpoints included, and prints it in either shape.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import copy
 import json
 import sys
 from collections.abc import Mapping
@@ -25,12 +28,26 @@ from typing import Any
 import yaml
 
 from localmesh.config import Config, ServiceEntry, load_config, load_mocks
-from localmesh.errors import ControlError, LocalmeshError
+from localmesh.errors import LocalmeshError
 from localmesh.resolve import MockResolver, mesh_spec_from_config, resolve_all
 from localmesh.runtime import DEFAULT_NAME
 
 COMMAND = "dump-envoy-config"
 DEFAULT_BIND = "127.0.0.1"
+FORMATS = ("envoy", "xds")
+OUTPUTS = ("yaml", "json")
+
+DESCRIPTION = """\
+Print the Envoy configuration for services.yaml.
+
+  --format envoy (default)  one self-contained static config, runnable with `envoy -c`
+  --format xds              what `up` runs: the bootstrap, then every resource the
+                            xDS server serves, by type, with its name and version
+
+Service ports are resolved from --mock-config mocks.yaml (offline) or from the
+cluster (kubeconfig as kubectl finds it). --live prints what a running
+`localmesh up` serves instead, live endpoints included.
+"""
 
 EPILOG = """\
 examples:
@@ -43,6 +60,9 @@ examples:
 
   # what `up` serves over xDS: the bootstrap and every resource with its version
   %(prog)s -f services.yaml --mock-config mocks.yaml --format xds --output json
+
+  # what the running mesh serves right now
+  %(prog)s --live --format xds
 
 mocks.yaml:
   mocks:
@@ -63,9 +83,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         COMMAND,
         help="print the Envoy configuration for services.yaml",
-        description=__doc__.split("\n\n", 1)[0].split(": ", 1)[1]
-        + "\n\n"
-        + "Ports are resolved from --mock-config mocks.yaml (offline) or from the cluster.",
+        description=DESCRIPTION,
         epilog=EPILOG,
     )
     parser.add_argument("config", nargs="?", metavar="SERVICES_YAML", help="services.yaml")
@@ -83,14 +101,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("envoy", "xds"),
+        choices=FORMATS,
         default="envoy",
         help="envoy: one static config for `envoy -c`; xds: the bootstrap and every xDS "
         "resource by type, name and version (default: envoy)",
     )
-    parser.add_argument(
-        "--output", "-o", choices=("yaml", "json"), default="yaml", help="(default: yaml)"
-    )
+    parser.add_argument("-o", "--output", choices=OUTPUTS, default="yaml", help="(default: yaml)")
     parser.add_argument(
         "--bind",
         default=DEFAULT_BIND,
@@ -100,13 +116,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--live",
         action="store_true",
-        help="print what the running `localmesh up` serves (no services.yaml needed)",
+        help="print what the running `localmesh up` serves (no services.yaml)",
     )
     parser.add_argument(
         "--name",
         default=DEFAULT_NAME,
-        help="which running mesh (with --live) or whose sockets the xds bootstrap names "
-        "(default: default)",
+        help="which running mesh --live asks, and whose xDS socket the xds bootstrap "
+        f"names (default: {DEFAULT_NAME})",
     )
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig for port resolution")
     parser.add_argument("--context", help="kubeconfig context for port resolution")
@@ -118,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         if args.config or args.file or args.mock_config:
             raise UsageError("--live prints the running instance's config: drop services.yaml")
-        document = asyncio.run(live_document(args))
+        view = asyncio.run(live_xds_view(args.name))
+        document = view if args.format == "xds" else static_config_from_xds_view(view)
     else:
         config = load_config(config_path(args))
         if args.mock_config:
@@ -154,14 +171,6 @@ async def cluster_ports(
         await cluster.close()
 
 
-async def live_document(args: argparse.Namespace) -> dict[str, Any]:
-    """The running instance's snapshot over the control API (seam for localmesh.control)."""
-    raise ControlError(
-        "--live needs the control API of a running `localmesh up`, which this build does not "
-        "have yet; dump from services.yaml instead"
-    )
-
-
 def build_document(
     config: Config,
     ports: Mapping[ServiceEntry, int],
@@ -184,7 +193,75 @@ def build_document(
             BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
         )
         return render_xds_view(build_snapshot(mesh).check(), bootstrap)
-    raise UsageError(f"unknown format {fmt!r}: use envoy or xds")
+    raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+# -- --live ---------------------------------------------------------------------------------
+
+
+async def live_xds_view(name: str) -> dict[str, Any]:
+    """The running instance's snapshot, shaped like `--format xds` (bootstrap when readable)."""
+    from localmesh.control.client import ControlClient
+    from localmesh.runtime import runtime_paths
+    from localmesh.xds.resources import TYPE_ORDER
+
+    async with ControlClient.for_name(name) as control:
+        resources = await control.dump()
+    by_type: dict[str, dict[str, Any]] = {t: {"resources": []} for t in TYPE_ORDER}
+    for resource in resources:
+        by_type.setdefault(resource.type_url, {"resources": []})["resources"].append(
+            {
+                "name": resource.name,
+                "version": resource.version,
+                "resource": json.loads(resource.json),
+            }
+        )
+    view: dict[str, Any] = {}
+    # The bootstrap file is optional here: the resources are what matters.
+    with contextlib.suppress(OSError, ValueError):
+        view["bootstrap"] = json.loads(runtime_paths(name).envoy_bootstrap.read_text())
+    view["resources"] = by_type
+    return view
+
+
+def static_config_from_xds_view(view: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn an xDS view (bootstrap + resources) into one static Envoy config.
+
+    Routes fetched by RDS go inline into their listener, EDS clusters become STATIC
+    clusters carrying their ClusterLoadAssignment: the same routing, no control plane.
+    """
+    from localmesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+
+    def named(type_url: str) -> dict[str, dict[str, Any]]:
+        listed = view.get("resources", {}).get(type_url, {}).get("resources", [])
+        return {r["name"]: copy.deepcopy(r["resource"]) for r in listed}
+
+    routes, endpoints = named(ROUTE_TYPE), named(ENDPOINT_TYPE)
+    listeners = []
+    for listener in named(LISTENER_TYPE).values():
+        listener.pop("@type", None)
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                hcm = network_filter.get("typed_config", {})
+                rds = hcm.pop("rds", None)
+                if rds is not None:
+                    route = routes.get(rds.get("route_config_name", ""), {})
+                    route.pop("@type", None)
+                    hcm["route_config"] = route
+        listeners.append(listener)
+    clusters = []
+    for name, cluster in named(CLUSTER_TYPE).items():
+        cluster.pop("@type", None)
+        if cluster.pop("eds_cluster_config", None) is not None or cluster.get("type") == "EDS":
+            cluster["type"] = "STATIC"
+            assignment = endpoints.get(name, {"cluster_name": name})
+            assignment.pop("@type", None)
+            cluster["load_assignment"] = assignment
+        clusters.append(cluster)
+    admin = view.get("bootstrap", {}).get("admin") or {
+        "address": {"socket_address": {"address": DEFAULT_BIND, "port_value": 0}}
+    }
+    return {"admin": admin, "static_resources": {"listeners": listeners, "clusters": clusters}}
 
 
 def render(document: Mapping[str, Any], output: str) -> str:
