@@ -70,6 +70,7 @@ class Controllers:
         self._dirty_deployments: set[tuple[str, str]] = set()
         self._dirty_services: set[tuple[str, str]] = set()
         self._orphaned: set[str] = set()  # uids of deleted owners
+        self._selector_index: dict[tuple[str, str, str], set[str]] = {}
         self._scheduled = False
 
     @property
@@ -86,6 +87,9 @@ class Controllers:
             else:
                 self._dirty_deployments.add((ns, name))
         elif ev.rtype is SERVICES:
+            self._index_selector(ev.old, add=False)
+            if ev.type != "DELETED":
+                self._index_selector(ev.obj, add=True)
             self._dirty_services.add((ns, name))
         elif ev.rtype is ENDPOINTS:
             svc = self.store.peek(SERVICES, ns, name)
@@ -96,14 +100,11 @@ class Controllers:
                 if ref.get("kind") == "Deployment":
                     self._dirty_deployments.add((ns, ref["name"]))
             labels = [ev.obj["metadata"].get("labels") or {}]
-            if ev.old is not None:
+            if ev.old is not None and ev.old["metadata"].get("labels") != labels[0]:
                 labels.append(ev.old["metadata"].get("labels") or {})
-            for svc in self.store.iter(SERVICES, ns):
-                selector = svc["spec"].get("selector")
-                if selector and any(
-                    all(lab.get(k) == v for k, v in selector.items()) for lab in labels
-                ):
-                    self._dirty_services.add((ns, svc["metadata"]["name"]))
+            for lab in labels:
+                for svc_name in self._services_selecting(ns, lab):
+                    self._dirty_services.add((ns, svc_name))
         else:
             return
         if not self._scheduled and (
@@ -124,6 +125,30 @@ class Controllers:
         for ns, name in sorted(services):
             self._reconcile_service(ns, name)
 
+    def _index_selector(self, svc: Obj | None, add: bool) -> None:
+        if svc is None:
+            return
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        for k, v in (svc.get("spec", {}).get("selector") or {}).items():
+            names = self._selector_index.setdefault((ns, k, v), set())
+            if add:
+                names.add(name)
+            else:
+                names.discard(name)
+
+    def _services_selecting(self, ns: str, labels: dict[str, str]) -> set[str]:
+        """Names of the services in `ns` whose selector matches `labels`."""
+        candidates: set[str] = set()
+        for k, v in labels.items():
+            candidates |= self._selector_index.get((ns, k, v), set())
+        out = set()
+        for name in candidates:
+            svc = self.store.peek(SERVICES, ns, name)
+            selector = (svc or {}).get("spec", {}).get("selector")
+            if selector and all(labels.get(k) == v for k, v in selector.items()):
+                out.add(name)
+        return out
+
     # ---- deployments ---------------------------------------------------------------------
     def _reconcile_deployment(self, ns: str, name: str) -> None:
         deploy = self.store.peek(DEPLOYMENTS, ns, name)
@@ -131,7 +156,8 @@ class Controllers:
             return
         uid = deploy["metadata"]["uid"]
         want_hash = template_hash(deploy)
-        owned = [p for p in self.store.iter(PODS, ns) if _owned_by(p, uid)]
+        match = (deploy["spec"].get("selector") or {}).get("matchLabels") or {}
+        owned = [p for p in self.store.select(PODS, ns, match) if _owned_by(p, uid)]
         active = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
         current = [
             p
@@ -267,10 +293,7 @@ class Controllers:
         ns = svc["metadata"]["namespace"]
         selector = svc["spec"]["selector"]
         groups: dict[tuple[tuple[str, int, str], ...], list[dict[str, Any]]] = {}
-        for pod in self.store.iter(PODS, ns):
-            labels = pod["metadata"].get("labels") or {}
-            if not all(labels.get(k) == v for k, v in selector.items()):
-                continue
+        for pod in self.store.select(PODS, ns, selector):
             ip = pod.get("status", {}).get("podIP")
             if not ip:
                 continue

@@ -86,6 +86,9 @@ class Store:
         self._compacted_rv = 1
         self._watchers: set[Watcher] = set()
         self._listeners: list[Callable[[StoredEvent], None]] = []
+        # (plural, namespace, label key, label value) -> names: selector lookups stay cheap
+        # with thousands of pods.
+        self._label_index: dict[tuple[str, str, str, str], set[str]] = {}
 
     # ---- reading -------------------------------------------------------------------------
     def _table(self, rtype: ResourceType) -> dict[tuple[str, str], Obj]:
@@ -112,6 +115,36 @@ class Store:
                 continue
             yield obj
 
+    def select(
+        self, rtype: ResourceType, namespace: str, match_labels: dict[str, str]
+    ) -> builtins.list[Obj]:
+        """Stored objects (read-only) in `namespace` whose labels include `match_labels`."""
+        if not match_labels:
+            return builtins.list(self.iter(rtype, namespace))
+        sets = [
+            self._label_index.get((rtype.plural, namespace, k, v), set())
+            for k, v in match_labels.items()
+        ]
+        names = set.intersection(*sets) if len(sets) > 1 else sets[0]
+        table = self._table(rtype)
+        return [table[(namespace, n)] for n in sorted(names) if (namespace, n) in table]
+
+    def _index(self, plural: str, obj: Obj | None, add: bool) -> None:
+        if obj is None:
+            return
+        md = obj["metadata"]
+        ns, name = md.get("namespace", ""), md["name"]
+        for k, v in (md.get("labels") or {}).items():
+            key = (plural, ns, k, v)
+            if add:
+                self._label_index.setdefault(key, set()).add(name)
+            else:
+                names = self._label_index.get(key)
+                if names is not None:
+                    names.discard(name)
+                    if not names:
+                        del self._label_index[key]
+
     def list(
         self, rtype: ResourceType, namespace: str | None = None, selector: Selector | None = None
     ) -> tuple[list[Obj], int]:
@@ -124,10 +157,12 @@ class Store:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        self._index(rtype.plural, old, add=False)
         if type_ == "DELETED":
             self._table(rtype).pop(key, None)
         else:
             self._table(rtype)[key] = obj
+            self._index(rtype.plural, obj, add=True)
         ev = StoredEvent(self.rv, rtype, type_, obj, old)
         self._history.append(ev)
         while len(self._history) > self._history_size:
