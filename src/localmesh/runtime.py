@@ -220,6 +220,34 @@ def read_owner_pid(paths: RuntimePaths) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def running_names(base: Path | None = None) -> list[str]:
+    """Names of the meshes of this user whose `up` process is alive (from the pid files;
+    never touches the locks, so it cannot disturb an `up` that is starting)."""
+    base = runtime_base() if base is None else base
+    try:
+        entries = sorted(base.iterdir())
+    except OSError:
+        return []
+    names = []
+    for entry in entries:
+        if not _NAME_RE.match(entry.name):
+            continue
+        pid = read_owner_pid(RuntimePaths(entry.name, entry))
+        if pid is not None and _pid_alive(pid):
+            names.append(entry.name)
+    return names
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class InstanceLock:
     """Exclusive ownership of one mesh name for the life of this process.
 

@@ -36,7 +36,7 @@ from localmesh.control import (
     serve_control,
 )
 from localmesh.errors import ControlError
-from localmesh.runtime import prepare, runtime_paths
+from localmesh.runtime import InstanceLock, prepare, runtime_paths
 
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -227,6 +227,15 @@ async def test_no_instance_running(tmp_path: Path) -> None:
         "start one with `localmesh up`"
     )
     await client.close()
+
+
+async def test_no_instance_names_the_ones_that_run(tmp_path: Path) -> None:
+    with InstanceLock(runtime_paths("blue", base=tmp_path)):
+        dead = prepare(runtime_paths("crashed", base=tmp_path))
+        dead.lock_file.write_text("999999999\n")  # pid of no process
+        async with ControlClient.for_name("green", base=tmp_path) as client:
+            with pytest.raises(ControlError, match=r"not found\); running: blue \(pick one"):
+                await client.status()
 
 
 async def test_stale_socket_of_a_crashed_instance(tmp_path: Path) -> None:

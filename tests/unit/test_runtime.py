@@ -190,3 +190,18 @@ def test_invoking_user_under_sudo_is_the_caller() -> None:
     assert user.via_sudo
     assert (user.uid, user.name) == (nobody.pw_uid, "nobody")
     assert user.home == Path(nobody.pw_dir)  # not $HOME, which sudo may leave as root's
+
+
+def test_running_names_lists_live_instances_only(tmp_path: Path) -> None:
+    assert runtime.running_names(tmp_path / "missing") == []
+    with (
+        InstanceLock(runtime_paths("a", base=tmp_path)),
+        InstanceLock(runtime_paths("b", base=tmp_path)),
+    ):
+        crashed = runtime.prepare(runtime_paths("c", base=tmp_path))
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        crashed.lock_file.write_text(f"{dead.pid}\n")
+        (tmp_path / "stray-file").write_text("")
+        assert runtime.running_names(tmp_path) == ["a", "b"]
+    assert runtime.running_names(tmp_path) == []

@@ -25,7 +25,7 @@ from localmesh.api.v1 import control_pb2_grpc as pb_grpc
 from localmesh.control.convert import resources_from_proto, status_from_proto
 from localmesh.control.model import DownResult, InstanceStatus, SnapshotResource
 from localmesh.errors import ControlError
-from localmesh.runtime import DEFAULT_NAME, runtime_paths
+from localmesh.runtime import DEFAULT_NAME, running_names, runtime_paths
 
 
 class ControlClient:
@@ -80,9 +80,15 @@ class ControlClient:
         return result
 
     def _not_running(self, why: str) -> ControlError:
+        others = [n for n in running_names(self.socket_path.parent.parent) if n != self.name]
+        hint = (
+            f"; running: {', '.join(others)} (pick one with --name)"
+            if others
+            else "; start one with `localmesh up`"
+        )
         return ControlError(
             f"no localmesh instance named {self.name!r} is running "
-            f"(socket {self.socket_path} {why}); start one with `localmesh up`"
+            f"(socket {self.socket_path} {why}){hint}"
         )
 
     async def _call(self, method: str, request: Any) -> Any:
