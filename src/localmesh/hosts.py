@@ -249,7 +249,7 @@ class HostsFile:
             if full == content:
                 return update
             try:
-                self._write(full, hosts=wanted)
+                self._write(full, hosts=missing)
             except HostsFileError:
                 if essential != content:
                     raise

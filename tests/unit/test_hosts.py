@@ -404,7 +404,7 @@ def test_unwritable_file_explains_the_sudo_step(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
     path = etc / "hosts"
-    path.write_bytes(b"127.0.0.1 localhost\n")
+    path.write_bytes(b"127.0.0.1 localhost a.localhost\n")
     path.chmod(0o444)
     etc.chmod(0o555)
     try:
@@ -413,12 +413,12 @@ def test_unwritable_file_explains_the_sudo_step(tmp_path: Path) -> None:
         etc.chmod(0o755)
     assert out.startswith(f"ERROR: cannot write {path} (Permission denied)")
     assert "does not need to run as root" in out
+    # Only the host that still needs an entry: a.localhost already resolves.
     assert (
-        f"sudo {sys.executable} -m localmesh hosts add --name dev --hosts-file {path} "
-        "a.localhost b.localhost"
+        f"sudo {sys.executable} -m localmesh hosts add --name dev --hosts-file {path} b.localhost\n"
     ) in out
     assert "--no-edit-hosts" in out
-    assert path.read_bytes() == b"127.0.0.1 localhost\n"
+    assert path.read_bytes() == b"127.0.0.1 localhost a.localhost\n"
 
 
 def test_unwritable_file_on_remove_names_the_remove_command(tmp_path: Path) -> None:
@@ -460,3 +460,22 @@ def test_writable_file_in_read_only_directory_is_rewritten_in_place(tmp_path: Pa
     assert path.read_bytes().endswith(
         b"127.0.0.1 b.localhost\n# END localmesh dev\n127.0.0.1 localhost"
     )
+
+
+def test_unwritable_file_with_only_stale_blocks_to_clean_is_not_an_error(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = etc / "hosts"
+    original = (
+        f"127.0.0.1 localhost a.localhost b.localhost\n# BEGIN localmesh old pid={_dead_pid()}\n"
+        "127.0.0.1 c.localhost\n# END localmesh old\n"
+    ).encode()
+    path.write_bytes(original)
+    path.chmod(0o444)
+    etc.chmod(0o555)
+    try:
+        out = _run_unprivileged(path, "ensure")
+    finally:
+        etc.chmod(0o755)
+    assert out == "False\n"  # nothing needed; the stale block waits for a writable run
+    assert path.read_bytes() == original
