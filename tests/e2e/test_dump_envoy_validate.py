@@ -11,6 +11,12 @@ import pytest
 import yaml
 
 from tests.unit.cli_helpers import EXAMPLES, run_cli
+from tests.unit.dump_helpers import (
+    private_runtime_dir,
+    run_cli_async,
+    running_instance,
+    seed_mesh_with_endpoints,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -129,3 +135,16 @@ def test_validation_catches_a_broken_dump(tmp_path: Path) -> None:
     document["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 70000
     path.write_text(json.dumps(document))
     assert envoy_validate(path).returncode != 0
+
+
+async def test_live_dump_with_endpoints_validates(tmp_path: Path) -> None:
+    runtime_dir = private_runtime_dir(tmp_path)
+    async with running_instance(runtime_dir, seed_mesh_with_endpoints()):
+        result = await run_cli_async(
+            runtime_dir, "dump-envoy-config", "--live", "--name", "dumptest"
+        )
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "live.yaml"
+    path.write_text(result.stdout)
+    checked = envoy_validate(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
