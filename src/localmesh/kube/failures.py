@@ -22,6 +22,12 @@ def status_message(exc: ApiException) -> str:
 def describe(exc: BaseException, server: str, context: str | None) -> str:
     """Why a request to the API server failed, with the likely fix."""
     where = f"the Kubernetes API server at {server}" + (f" (context {context})" if context else "")
+    if isinstance(exc, ApiException) and not exc.status:
+        # The client wraps TLS failures as a status-0 ApiException: "SSLError\n<reason>".
+        reason_text = str(exc.reason or "")
+        if reason_text.startswith("SSLError"):
+            return _tls(where, reason_text.split("\n", 1)[-1])
+        return f"request to {where} failed: {reason_text}"
     if isinstance(exc, ApiException):
         if exc.status == 401:
             return (
@@ -35,12 +41,16 @@ def describe(exc: BaseException, server: str, context: str | None) -> str:
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         reason = exc.reason
     if isinstance(reason, urllib3.exceptions.SSLError | ssl.SSLError):
-        return (
-            f"TLS failure talking to {where}: {reason}; check certificate-authority(-data) "
-            "and the server address in your kubeconfig"
-        )
+        return _tls(where, str(reason))
     if isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionError):
         return f"cannot reach {where}: connection refused or unreachable"
     if isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError):
         return f"cannot reach {where}: timed out"
     return f"request to {where} failed: {reason}"
+
+
+def _tls(where: str, reason: str) -> str:
+    return (
+        f"TLS failure talking to {where}: {reason}; check certificate-authority(-data) "
+        "and the server address in your kubeconfig"
+    )
