@@ -218,6 +218,7 @@ class _ChannelPort:
     index: int
     port: int
     writer: asyncio.StreamWriter | None = None
+    dialled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def _serve_channels(
@@ -253,14 +254,17 @@ async def _serve_channels(
             try:
                 reader, entry.writer = await asyncio.open_connection(pod_ip, entry.port)
             except OSError as exc:
+                entry.dialled.set()
                 await send(err_ch, _dial_error(entry.port, pod, pod_ip, exc).encode())
                 return
+            entry.dialled.set()
             while data := await reader.read(READ_SIZE):
                 watch.touch()
                 await send(data_ch, data)
         except (ConnectionError, RuntimeError):
             pass
         finally:
+            entry.dialled.set()
             _close_writer(entry.writer)
             pending -= 1
             if pending == 0:
@@ -320,6 +324,8 @@ async def _receive_channels(
         index, is_error = divmod(channel, 2)
         if is_error or index >= len(entries) or not payload:
             continue
+        # Data may come before the dial finished: it waits for it, like the kubelet.
+        await entries[index].dialled.wait()
         writer = entries[index].writer
         if writer is not None and not writer.is_closing():
             await _write_backend(writer, payload.tobytes())
