@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from localmesh.sandbox import errors, resources, tables
+from localmesh.sandbox import errors, openapi, resources, tables
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.resources import BY_PATH, DEPLOYMENTS, PODS, ResourceType
 from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
@@ -162,6 +162,12 @@ class ApiServer:
             return _json(resources.api_versions(f"{self.host}:{self.port}"))
         if path == "/apis":
             return _json(resources.api_group_list())
+        if path == "/openapi/v3":
+            return _json(openapi.root())
+        if path.startswith("/openapi/v3/"):
+            doc = openapi.lookup(path[len("/openapi/v3/") :])
+            if doc is not None:
+                return _json(doc)
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) == 2:
             found = resources.resource_list("", parts[1])
