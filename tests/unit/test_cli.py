@@ -254,3 +254,14 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
         os.close(write_end)
     assert proc.returncode == 141
     assert proc.stderr == ""
+
+
+def test_nested_subcommands_accept_the_global_options_too() -> None:
+    parser = build_parser("localmesh")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    outer = commands.add_parser("outer", help="a command with commands of its own")
+    outer.add_subparsers(dest="inner_command").add_parser("inner")
+    args = parser.parse_args(["--log-format", "json", "outer", "inner", "--log-level", "debug"])
+    assert (args.log_level, args.log_format, args.inner_command) == ("debug", "json", "inner")
+    args = parser.parse_args(["outer", "--log-level", "warn", "inner"])
+    assert (args.log_level, args.log_format) == ("warn", "auto")

@@ -99,6 +99,15 @@ class _Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
         return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose `add_subparsers` uses `_Subcommands`, at every depth
+    (`localmesh sandbox up --log-level debug` works too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Subcommands)
+
+
 def available_commands() -> tuple[str, ...]:
     """The modules of COMMAND_MODULES that exist in this installation."""
     return tuple(
@@ -107,7 +116,7 @@ def available_commands() -> tuple[str, ...]:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog or program_name(),
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -115,9 +124,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         parents=[global_options(suppress_defaults=False)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, action=_Subcommands, title="commands"
-    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
     for name in available_commands():
         importlib.import_module(f"localmesh.cli.{name}").register(sub)
     return parser
