@@ -137,9 +137,8 @@ def print_error(exc: LocalmeshError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         configure_logging(args.log_level, args.log_format)
         result = args.run(args)
         if inspect.isawaitable(result):
