@@ -2,7 +2,7 @@
 
 localmesh owns one marked block per mesh name and never touches any other byte:
 
-    # BEGIN localmesh <name> pid=<pid>
+    # BEGIN localmesh <name> pid=<pid> start=<ticks>
     127.0.0.1 billing-api.localhost
     # END localmesh <name>
 
@@ -12,6 +12,8 @@ localmesh owns one marked block per mesh name and never touches any other byte:
   bytes, blocks of other names) is preserved byte for byte.
 * Lifetime: `pid=` names the `up` process that owns the block; it is removed on exit. A block
   whose pid is dead was left by a crash and is removed by the next `ensure()` of any name.
+  `start=` (the process start time, Linux) tells a reused pid apart: in containers pids are
+  small and come back quickly, and a stranger holding the number must not keep a block.
   A block without `pid=` is persistent: written by `localmesh hosts add` (the one step a
   user runs with sudo when the file is not writable) and removed by `localmesh hosts remove`.
 * Which hosts need an entry: only those the file does not already map to the listener's
@@ -57,6 +59,7 @@ from pathlib import Path
 import structlog
 
 from localmesh.errors import HostsFileError
+from localmesh.runtime import pid_alive, process_start_ticks
 
 log = structlog.get_logger(__name__)
 
@@ -72,19 +75,6 @@ _PERMISSION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 Rename = Callable[[str, str], None]
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a process of another user counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass(frozen=True)
 class Block:
     """One `# BEGIN localmesh` ... `# END localmesh` block as found in the file."""
@@ -94,6 +84,7 @@ class Block:
     first_line: int  # index of the BEGIN line
     last_line: int  # index of the END line
     entries: tuple[tuple[str, str], ...]  # (address, host)
+    owner_start: int | None = None  # start time of the owner, tells a reused pid apart
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -145,15 +136,19 @@ def parse_blocks(lines: list[bytes]) -> list[Block]:
             continue
         name = words[0]
         pid: int | None = None
+        start: int | None = None
         for word in words[1:]:
-            if word.startswith("pid=") and word[4:].isdigit():
-                pid = int(word[4:])
+            key, _, value = word.partition("=")
+            if key == "pid" and value.isdigit():
+                pid = int(value)
+            elif key == "start" and value.isdigit():
+                start = int(value)
         entries: list[tuple[str, str]] = []
         for end in range(index + 1, len(lines)):
             text = _line_text(lines[end])
             end_words = _parse_marker(text, END)
             if end_words is not None and end_words[0] == name:
-                blocks.append(Block(name, pid, index, end, tuple(entries)))
+                blocks.append(Block(name, pid, index, end, tuple(entries), start))
                 index = end
                 break
             parsed = _parse_entry(text)
@@ -188,13 +183,14 @@ class HostsFile:
         *,
         owner_pid: int | None = None,
         rename: Rename = os.replace,
-        is_alive: Callable[[int], bool] = pid_alive,
+        is_alive: Callable[[int, int | None], bool] = pid_alive,
     ) -> None:
         if not _NAME_RE.match(name):
             raise HostsFileError(f"invalid mesh name {name!r} for the hosts file block")
         self.path = Path(path)
         self.name = name
         self.owner_pid = os.getpid() if owner_pid is None else owner_pid
+        self.owner_start = process_start_ticks(self.owner_pid)
         self._rename = rename
         self._is_alive = is_alive
 
@@ -213,7 +209,9 @@ class HostsFile:
             lines = content.splitlines(keepends=True)
             blocks = parse_blocks(lines)
             stale = [
-                b for b in blocks if b.owner_pid is not None and not self._is_alive(b.owner_pid)
+                b
+                for b in blocks
+                if b.owner_pid is not None and not self._is_alive(b.owner_pid, b.owner_start)
             ]
             own = next((b for b in blocks if b.name == self.name and b not in stale), None)
             if own is not None and own.owner_pid is not None and own.owner_pid != self.owner_pid:
@@ -322,7 +320,11 @@ class HostsFile:
         self, lines: list[bytes], entries: tuple[tuple[str, str], ...], *, persistent: bool
     ) -> list[bytes]:
         eol = b"\r\n" if lines and lines[0].endswith(b"\r\n") else b"\n"
-        owner = "" if persistent else f" pid={self.owner_pid}"
+        owner = ""
+        if not persistent:
+            owner = f" pid={self.owner_pid}"
+            if self.owner_start is not None:
+                owner += f" start={self.owner_start}"
         out = [f"{BEGIN} {self.name}{owner}".encode() + eol]
         out += [f"{addr} {host}".encode("utf-8", "surrogateescape") + eol for addr, host in entries]
         out.append(f"{END} {self.name}".encode() + eol)

@@ -233,19 +233,45 @@ def running_names(base: Path | None = None) -> list[str]:
         if not _NAME_RE.match(entry.name):
             continue
         pid = read_owner_pid(RuntimePaths(entry.name, entry))
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and pid_alive(pid):
             names.append(entry.name)
     return names
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 onwards); None without
+    /proc (not Linux) or when the process is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return data.rsplit(")", 1)[1].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with
+    the pid it identifies a process even after the pid number is reused."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Whether process `pid` runs (a zombie counts as dead) and, when `start_ticks` is
+    given, is still the same process rather than a new one that got the number."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True  # no /proc here: existence is all we can tell
+    if fields[0] == "Z":
+        return False
+    return start_ticks is None or process_start_ticks(pid) == start_ticks
 
 
 class InstanceLock:

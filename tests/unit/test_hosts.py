@@ -17,6 +17,7 @@ import pytest
 
 from localmesh.errors import HostsFileError
 from localmesh.hosts import HostsFile, parse_blocks
+from localmesh.runtime import process_start_ticks
 
 # Fragments of real-world hosts files, including the awkward ones.
 FRAGMENTS: tuple[bytes, ...] = (
@@ -113,7 +114,7 @@ def test_block_follows_crlf_line_endings(tmp_path: Path) -> None:
     assert (
         path.read_bytes()
         == (
-            f"# BEGIN localmesh dev pid={os.getpid()}\r\n"
+            f"# BEGIN localmesh dev pid={os.getpid()} start={process_start_ticks(os.getpid())}\r\n"
             "127.0.0.1 x.localhost\r\n"
             "# END localmesh dev\r\n"
             "127.0.0.1 localhost\r\n"
@@ -266,6 +267,35 @@ def test_stale_block_of_same_name_is_replaced(tmp_path: Path) -> None:
     assert (block.owner_pid, block.hosts) == (os.getpid(), ("a.localhost",))
     hosts.remove()
     assert path.read_bytes() == b""
+
+
+def test_block_of_a_reused_pid_is_stale(tmp_path: Path) -> None:
+    # The pid is alive, but it is another process now: its start time differs.
+    live = os.getppid()
+    start = process_start_ticks(live)
+    assert start is not None
+    path = tmp_path / "hosts"
+    reused = f"# BEGIN localmesh old pid={live} start={start + 1}\n127.0.0.1 r.localhost\n"
+    same = f"# BEGIN localmesh cur pid={live} start={start}\n127.0.0.1 s.localhost\n"
+    path.write_bytes((reused + "# END localmesh old\n" + same + "# END localmesh cur\n").encode())
+    update = HostsFile(path, "dev").ensure(["x.localhost"])
+    assert update.stale_removed == ("old",)
+    assert [b.name for b in HostsFile(path, "dev").blocks()] == ["dev", "cur"]
+
+
+def test_block_of_a_zombie_owner_is_stale(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Wait for the exit without reaping: the child stays a zombie with its pid.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        path = tmp_path / "hosts"
+        path.write_bytes(
+            f"# BEGIN localmesh z pid={child.pid}\n127.0.0.1 z.localhost\n"
+            "# END localmesh z\n".encode()
+        )
+        assert HostsFile(path, "dev").ensure(["z.localhost"]).stale_removed == ("z",)
+    finally:
+        child.wait()
 
 
 def test_live_block_of_same_name_is_refused(tmp_path: Path) -> None:

@@ -205,3 +205,20 @@ def test_running_names_lists_live_instances_only(tmp_path: Path) -> None:
         (tmp_path / "stray-file").write_text("")
         assert runtime.running_names(tmp_path) == ["a", "b"]
     assert runtime.running_names(tmp_path) == []
+
+
+def test_pid_alive_tells_dead_zombie_and_reused_pids_apart() -> None:
+    me = os.getpid()
+    start = runtime.process_start_ticks(me)
+    assert start is not None
+    assert runtime.pid_alive(me)
+    assert runtime.pid_alive(me, start)
+    assert not runtime.pid_alive(me, start + 1)  # same number, another process
+    assert not runtime.pid_alive(0)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        assert not runtime.pid_alive(child.pid)  # a zombie is dead
+    finally:
+        child.wait()
+    assert not runtime.pid_alive(child.pid)
