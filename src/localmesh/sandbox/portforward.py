@@ -59,7 +59,7 @@ async def handle_portforward(
     The caller has authenticated the request and found the pod. Returns the response
     aiohttp should finish (already sent for upgrades) once the forward is over.
     """
-    pod = request.match_info.get("pod", "")
+    pod = request.match_info.get("pod") or _pod_from_path(request.path)
     upgrade = request.headers.get("Upgrade", "").strip().lower()
     if upgrade == SPDY_UPGRADE.lower():
         return await _serve_spdy_upgrade(request, pod_ip, pod, idle_timeout)
@@ -92,6 +92,12 @@ async def handle_portforward(
         idle_timeout=idle_timeout,
     )
     return ws
+
+
+def _pod_from_path(path: str) -> str:
+    # .../namespaces/{ns}/pods/{pod}/portforward
+    parts = path.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "pods" else ""
 
 
 def _query_ports(request: web.Request) -> list[int]:
