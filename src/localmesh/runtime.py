@@ -1,7 +1,7 @@
 """The per-user runtime directory of one mesh: sockets, Envoy bootstrap, the instance lock.
 
-Layout: `$XDG_RUNTIME_DIR/localmesh/<name>/` or, without XDG_RUNTIME_DIR,
-`/tmp/localmesh-<uid>/<name>/`. Every directory is created 0700 and must be owned by the
+Layout: `$XDG_RUNTIME_DIR/localmesh/<name>/`, else `/run/user/<uid>/localmesh/<name>/`,
+else `/tmp/localmesh-<uid>/<name>/`. Every directory is created 0700 and must be owned by the
 user (a directory someone else pre-created in /tmp is refused, not used). Under sudo the
 "user" is the invoking one (SUDO_UID), so that `localmesh status` without sudo finds the
 instance that `sudo localmesh up` started.
@@ -93,15 +93,25 @@ def invoking_user_home(env: Mapping[str, str] | None = None) -> Path:
     return invoking_user(env).home
 
 
-def runtime_base(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
-    """The directory holding every mesh of this user (not created here)."""
+def runtime_base(
+    env: Mapping[str, str] | None = None,
+    uid: int | None = None,
+    *,
+    run_user: Path = Path("/run/user"),
+) -> Path:
+    """The directory holding every mesh of this user (not created here).
+
+    $XDG_RUNTIME_DIR if it belongs to the user, else systemd's /run/user/<uid> (sudo drops
+    XDG_RUNTIME_DIR, and `sudo localmesh up` must land where a plain `localmesh status`
+    looks), else /tmp/localmesh-<uid>."""
     env = os.environ if env is None else env
     if uid is None:
         uid = invoking_user(env).uid
     xdg = env.get("XDG_RUNTIME_DIR")
-    # Under sudo XDG_RUNTIME_DIR is usually root's or absent; only trust it if it is ours.
     if xdg and os.path.isabs(xdg) and _owned_by(Path(xdg), uid):
         return Path(xdg) / "localmesh"
+    if _owned_by(run_user / str(uid), uid):
+        return run_user / str(uid) / "localmesh"
     return Path("/tmp") / f"localmesh-{uid}"
 
 

@@ -29,10 +29,22 @@ def test_base_prefers_xdg_runtime_dir_owned_by_user(tmp_path: Path) -> None:
 
 
 def test_base_falls_back_to_tmp_per_uid_without_or_with_foreign_xdg(tmp_path: Path) -> None:
-    assert runtime_base({}, uid=4242) == Path("/tmp/localmesh-4242")
+    none = tmp_path / "no-run-user"
+    assert runtime_base({}, uid=4242, run_user=none) == Path("/tmp/localmesh-4242")
     # An XDG_RUNTIME_DIR not owned by the user (root's, kept through sudo) is not used.
     foreign = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    assert runtime_base(foreign, uid=os.geteuid() + 1) == Path(f"/tmp/localmesh-{os.geteuid() + 1}")
+    other = os.geteuid() + 1
+    assert runtime_base(foreign, uid=other, run_user=none) == Path(f"/tmp/localmesh-{other}")
+
+
+def test_base_uses_run_user_when_sudo_dropped_xdg(tmp_path: Path) -> None:
+    mine = tmp_path / str(os.geteuid())
+    mine.mkdir(mode=0o700)
+    assert runtime_base({}, uid=os.geteuid(), run_user=tmp_path) == mine / "localmesh"
+    # Someone else's /run/user/<uid> (or a missing one) is not used.
+    other = os.geteuid() + 1
+    (tmp_path / str(other)).mkdir()
+    assert runtime_base({}, uid=other, run_user=tmp_path) == Path(f"/tmp/localmesh-{other}")
 
 
 def test_paths_are_per_name_and_pure(tmp_path: Path) -> None:
