@@ -146,10 +146,10 @@ def test_missing_mock_is_a_clear_error(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"localmesh: error: no mock for billing-api.localhost -> billing/billing-api:http "
-        f"({SERVICES}:11:5) in {mocks}: add an entry with namespace: billing, "
+        f"({SERVICES}:12:5) in {mocks}: add an entry with namespace: billing, "
         "service: billing-api, port_name: http",
         f"localmesh: error: no mock for admin.localhost -> admin/admin-web:8080 "
-        f"({SERVICES}:17:5) in {mocks}: add an entry with namespace: admin, "
+        f"({SERVICES}:18:5) in {mocks}: add an entry with namespace: admin, "
         'service: admin-web, port_name: ""',
     ]
 

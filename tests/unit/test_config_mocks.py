@@ -40,7 +40,7 @@ def test_seed_mocks_example() -> None:
         )
     )
     assert mocks.source == EXAMPLES / "mocks.yaml"
-    assert mocks.mocks[2].location == Location(str(EXAMPLES / "mocks.yaml"), 12, 5)
+    assert mocks.mocks[2].location == Location(str(EXAMPLES / "mocks.yaml"), 13, 5)
 
 
 def test_port_name_may_be_omitted_or_null() -> None:
