@@ -5,21 +5,21 @@ Server: `register_control(server, provider)` adds the service to any `grpc.aio.S
 Client: `ControlClient`. Rendering for the CLI: `render_status_text`, `render_status_json`,
 `status_exit_code`. Data: the dataclasses of `localmesh.control.model`.
 
-Wiring in `up` (one gRPC server for xDS and control; every socket is 0600 in the private
-runtime directory, so either socket reaches both services, which is harmless):
+Wiring in `up` (one gRPC server for xDS and control, each on its own 0600 socket in the
+private runtime directory):
 
     paths = runtime_paths(args.name)
     with InstanceLock(paths):                       # refuses a second `up --name X`
-        server = grpc.aio.server()
-        ...                                         # the xDS service registers itself
-        register_control(server, provider)          # provider: a ControlProvider
-        bind_unix_socket(server, paths.xds_socket)
-        bind_unix_socket(server, paths.control_socket)
-        await server.start()
-        secure_socket(paths.xds_socket, owner_uid)
+        def control(server: grpc.aio.Server) -> None:
+            register_control(server, provider)      # provider: a ControlProvider
+            bind_unix_socket(server, paths.control_socket)
+
+        xds = await localmesh.xds.server.start_server(
+            cache, paths.xds_socket, services=[control]
+        )
         secure_socket(paths.control_socket, owner_uid)  # owner_uid: sudo caller or None
         ...                                         # provider.down() sets the stop event
-        await server.stop(grace=5)                  # last, so the Down reply gets out
+        await xds.stop(grace=5)                     # last, so the Down reply gets out
 
 `localmesh status`: `async with ControlClient.for_name(name) as c: status = await c.status()`,
 print `render_status_json(status)` or `render_status_text(status)`, exit with
