@@ -9,6 +9,7 @@ stderr is a terminal, one JSON object per line otherwise (or as `fmt` says).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal, TextIO
 
@@ -43,8 +44,7 @@ def level_number(level: str) -> int:
 def use_console(fmt: str, stream: TextIO) -> bool:
     """Whether `fmt` means the human console renderer on this stream."""
     if fmt == "auto":
-        isatty = getattr(stream, "isatty", None)
-        return bool(isatty and isatty())
+        return _isatty(stream)
     if fmt in ("console", "json"):
         return fmt == "console"
     raise ValueError(f"unknown log format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -122,6 +122,11 @@ def envoy_level(level: str) -> str:
     )
 
 
-def _colors(stream: TextIO) -> bool:
+def _isatty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _colors(stream: TextIO) -> bool:
+    # https://no-color.org: any non-empty NO_COLOR turns colours off.
+    return _isatty(stream) and not os.environ.get("NO_COLOR")

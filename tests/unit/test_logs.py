@@ -105,7 +105,10 @@ def test_json_exceptions_are_structured_without_locals() -> None:
     assert secret not in out.getvalue()
 
 
-def test_auto_picks_console_on_a_terminal_and_json_otherwise() -> None:
+def test_auto_picks_console_on_a_terminal_and_json_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
     assert use_console("auto", TtyStream()) is True
     assert use_console("auto", io.StringIO()) is False
     assert use_console("console", io.StringIO()) is True
@@ -129,3 +132,12 @@ def test_levels_and_their_envoy_names() -> None:
         level_number("loud")
     with pytest.raises(ValueError, match="unknown log format"):
         use_console("xml", io.StringIO())
+
+
+def test_no_color_turns_colours_off_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    tty = TtyStream()
+    configure_logging("info", "auto", stream=tty)
+    structlog.get_logger("localmesh.test").info("hello")
+    assert "hello" in tty.getvalue()
+    assert "\x1b[" not in tty.getvalue()
