@@ -10,7 +10,8 @@
 Both are async context managers and expose `port` and `requests` (requests served).
 
 Clients and waiting:
-    await curl_json(port, host, path="/")        real curl through Envoy, Host header set
+    await curl(port, host, path="/")             real curl through Envoy: (status, body)
+    await curl_json(port, host, path="/")        the same, JSON body of a 200 answer
     await grpc_health_check(channel, service)    Health/Check status name
     await grpc_list_services(channel)            names listed by server reflection
     KeepAliveClient(port)                        ONE HTTP/1.1 connection; fails if it is
@@ -151,25 +152,41 @@ async def grpc_list_services(channel: grpc.aio.Channel) -> list[str]:
     return sorted(names)
 
 
-async def curl_json(port: int, host: str, path: str = "/") -> dict[str, Any]:
-    """GET through a local listener with the real curl; the JSON body, or AssertionError."""
+async def curl(
+    port: int, host: str, path: str = "/", *, resolve: bool = False
+) -> tuple[int, bytes]:
+    """(status, body) of GET through a local listener with the real curl.
+
+    By default the Host header is set (`-H Host:`); with `resolve` curl is told that `host`
+    lives on 127.0.0.1 (`--resolve`) and sends `Host: host:port` itself, like a browser.
+    """
+    if resolve:
+        target = ["--resolve", f"{host}:{port}:{LOOPBACK}", f"http://{host}:{port}{path}"]
+    else:
+        target = ["-H", f"Host: {host}", f"http://{LOOPBACK}:{port}{path}"]
     proc = await asyncio.create_subprocess_exec(
         "curl",
         "-sS",
         "--max-time",
         "5",
-        "-H",
-        f"Host: {host}",
         "-w",
         "\n%{http_code}",
-        f"http://{LOOPBACK}:{port}{path}",
+        *target,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    body, _, status = out.decode().rpartition("\n")
     assert proc.returncode == 0, f"curl failed ({proc.returncode}): {err.decode().strip()}"
-    assert status == "200", f"HTTP {status} for {host}{path}: {body[:200]}"
+    body, _, status = out.rpartition(b"\n")
+    return int(status), body
+
+
+async def curl_json(
+    port: int, host: str, path: str = "/", *, resolve: bool = False
+) -> dict[str, Any]:
+    """The JSON body of a 200 answer through a local listener (see `curl`)."""
+    status, body = await curl(port, host, path, resolve=resolve)
+    assert status == 200, f"HTTP {status} for {host}{path}: {body[:200]!r}"
     data = json.loads(body)
     assert isinstance(data, dict)
     return data
@@ -208,7 +225,7 @@ class KeepAliveClient:
         self.local_address: tuple[str, int] | None = None
         self.requests = 0
 
-    def _get(self, host: str, path: str) -> dict[str, Any]:
+    def _request(self, host: str, path: str) -> tuple[int, bytes]:
         if self._sock is None:
             self._conn.connect()
             self._sock = self._conn.sock
@@ -222,14 +239,21 @@ class KeepAliveClient:
         assert response.getheader("connection", "").lower() != "close", (
             "the server closed the keep-alive connection"
         )
-        assert response.status == 200, f"HTTP {response.status} for {host}{path}: {body[:200]!r}"
         self.requests += 1
+        return response.status, body
+
+    async def status(self, host: str, path: str = "/") -> int:
+        """The status code of GET `path` with `Host: host` on the one connection."""
+        status, _ = await asyncio.to_thread(self._request, host, path)
+        return status
+
+    async def get(self, host: str, path: str = "/") -> dict[str, Any]:
+        """The JSON body of a 200 answer on the one connection."""
+        status, body = await asyncio.to_thread(self._request, host, path)
+        assert status == 200, f"HTTP {status} for {host}{path}: {body[:200]!r}"
         data = json.loads(body)
         assert isinstance(data, dict)
         return data
-
-    async def get(self, host: str, path: str = "/") -> dict[str, Any]:
-        return await asyncio.to_thread(self._get, host, path)
 
     def close(self) -> None:
         self._conn.close()

@@ -9,14 +9,22 @@ free_port() -> int                       a loopback port nobody listens on right
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
+from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
 from localmesh.envoy import EnvoySupervisor
+from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
+from localmesh.xds.cache import SnapshotCache
+from localmesh.xds.server import XdsServer, start_server
+from localmesh.xds.snapshot import Snapshot, build_snapshot
 from tests.integration.backends import GrpcBackend, HttpBackend
 
 
@@ -63,7 +71,7 @@ async def grpc_backends() -> AsyncIterator[Callable[[str], Awaitable[GrpcBackend
         await backend.stop()
 
 
-class SupervisorFactory(Protocol):
+class SupervisorFactory(typing.Protocol):
     def __call__(self, bootstrap: Mapping[str, Any] | Path, **kwargs: Any) -> EnvoySupervisor: ...
 
 
@@ -93,3 +101,75 @@ async def envoy_supervisors(tmp_path: Path) -> AsyncIterator[SupervisorFactory]:
         await supervisor.stop()
     leftovers = [pid for pid in pids if process_exists(pid)]
     assert not leftovers, f"Envoy processes left running: {leftovers}"
+
+
+# -- a control plane with a supervised Envoy ---------------------------------------------
+
+ACK_WITHIN = 10.0
+Service = tuple[ClusterSpec, VirtualHostSpec]
+
+
+def mesh_service(name: str, *ports: int, protocol: Protocol = Protocol.HTTP) -> Service:
+    """Host `<name>.localhost` routed to a cluster with an endpoint per local port."""
+    cluster = cluster_name("test", name, 80, protocol)
+    endpoints = tuple(Endpoint("127.0.0.1", port, f"{name}-{i}") for i, port in enumerate(ports))
+    return (
+        ClusterSpec(cluster, protocol, endpoints),
+        VirtualHostSpec(f"{name}.localhost", cluster, protocol),
+    )
+
+
+@dataclass
+class SupervisedMesh:
+    """The xDS cache and ADS server (unix socket) with an EnvoySupervisor connected to it."""
+
+    cache: SnapshotCache
+    server: XdsServer
+    supervisor: EnvoySupervisor
+    listener_port: int
+    ads_mode: AdsMode
+
+    def mesh(self, *services: Service, listener_port: int | None = None) -> MeshSpec:
+        return MeshSpec(
+            "127.0.0.1",
+            self.listener_port if listener_port is None else listener_port,
+            clusters=tuple(c for c, _ in services),
+            virtual_hosts=tuple(v for _, v in services),
+        )
+
+    def set(self, *services: Service, listener_port: int | None = None) -> Snapshot:
+        """Serve a snapshot of `services` without waiting for Envoy."""
+        mesh = self.mesh(*services, listener_port=listener_port)
+        snapshot = build_snapshot(mesh, self.cache.snapshot)
+        self.cache.set_snapshot(snapshot)
+        return snapshot
+
+    async def push(self, *services: Service, listener_port: int | None = None) -> Snapshot:
+        """Serve a snapshot of `services` and wait until Envoy ACKed all of it."""
+        snapshot = self.set(*services, listener_port=listener_port)
+        async with asyncio.timeout(ACK_WITHIN):
+            await self.cache.wait_for_ack(snapshot.version)
+        return snapshot
+
+
+@pytest.fixture
+async def supervised_mesh(
+    request: pytest.FixtureRequest, tmp_path: Path, envoy_supervisors: SupervisorFactory
+) -> AsyncIterator[SupervisedMesh]:
+    """Parametrize indirectly with an AdsMode to choose SotW or Delta (default SotW)."""
+    mode: AdsMode = getattr(request, "param", AdsMode.SOTW)
+    cache = SnapshotCache()
+    socket_path = tmp_path / "run" / "xds.sock"
+    server = await start_server(cache, socket_path)
+    try:
+        bootstrap = build_bootstrap(
+            BootstrapOptions(xds_socket_path=str(socket_path), ads_mode=mode)
+        )
+        supervisor = envoy_supervisors(bootstrap, runtime_dir=tmp_path / "run")
+        await supervisor.start()
+        try:
+            yield SupervisedMesh(cache, server, supervisor, free_port(), mode)
+        finally:
+            await supervisor.stop()  # Envoy first: its streams end before the server's
+    finally:
+        await server.stop(1.0)
