@@ -27,8 +27,17 @@ from typing import Any
 import pytest
 
 from localmesh.sandbox import Sandbox, Scenario
+from localmesh.sandbox.resources import ENDPOINTSLICES
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
+__all__ = [
+    "ENDPOINTSLICES",
+    "KubectlResult",
+    "kube_client",
+    "kubectl",
+    "sandbox",
+    "sandbox_factory",
+]
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,8 @@ def kube_client(sb: Sandbox, token: str | None = None) -> Any:
     load: Any = config.load_kube_config
     load(config_file=str(sb.kubeconfig_path), client_configuration=configuration)
     if token is not None:
-        configuration.api_key = {"authorization": f"Bearer {token}"}
+        configuration.api_key = {"BearerToken": f"Bearer {token}"}
+        configuration.refresh_api_key_hook = None
     return client.ApiClient(configuration)
 
 

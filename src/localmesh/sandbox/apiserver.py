@@ -18,12 +18,14 @@ from localmesh.sandbox import errors, openapi, resources, tables
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.resources import BY_PATH, DEPLOYMENTS, PODS, ResourceType
 from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
+from localmesh.sandbox.store import Watcher
 
 log = structlog.get_logger(__name__)
 
 # Paths anyone may read, as with the system:public-info-viewer role of a real cluster.
 PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez"})
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_STOP: tuple[str, dict[str, Any]] = ("_STOP", {})  # queued to end a watch on shutdown
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -82,6 +84,7 @@ class ApiServer:
         self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        self._watchers: set[Watcher] = set()
         self.requests: list[tuple[str, str]] = []  # (method, path) of recent requests
         self.unknown_paths: list[str] = []
 
@@ -110,6 +113,8 @@ class ApiServer:
 
     async def stop(self) -> None:
         self._stopping.set()  # ends every watch stream
+        for w in list(self._watchers):
+            w.queue.put_nowait(_STOP)
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -424,6 +429,7 @@ class ApiServer:
             await resp.write_eof()
             return resp
         stopping = self._stopping
+        self._watchers.add(watcher)
         try:
             await resp.prepare(request)
             for type_, obj in initial:
@@ -449,9 +455,13 @@ class ApiServer:
                     type_, obj = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
                     continue
+                if type_ == _STOP[0]:
+                    break
                 chunk = [self._event(type_, obj)]
                 while not watcher.queue.empty():
                     t, o = watcher.queue.get_nowait()
+                    if t == _STOP[0]:
+                        break
                     chunk.append(self._event(t, o))
                 await resp.write(b"".join(chunk))
             with contextlib.suppress(ConnectionError, RuntimeError):
@@ -460,6 +470,7 @@ class ApiServer:
             pass  # the client went away
         finally:
             store.unwatch(watcher)
+            self._watchers.discard(watcher)
         return resp
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 A pod is Running once its listeners are bound and Ready after its ready delay (annotation
 `sandbox.localmesh.dev/ready-delay`, else the cluster default), unless a fault forces it
-unready. A deleted pod turns unready at once and keeps serving for the termination delay.
+unready. A deleted pod keeps serving for the termination delay (its endpoints show it
+terminating, as the real kubelet keeps probing a terminating pod).
 """
 
 from __future__ import annotations
@@ -56,12 +57,7 @@ class PodRuntime:
 
     @property
     def ready(self) -> bool:
-        return (
-            bool(self.ip)
-            and self.delay_elapsed
-            and not self.terminating
-            and self.forced_ready is not False
-        )
+        return bool(self.ip) and self.delay_elapsed and self.forced_ready is not False
 
 
 def _container_id(uid: str, name: str) -> str:

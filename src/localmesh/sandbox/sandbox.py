@@ -207,6 +207,17 @@ class Sandbox:
             if not p["metadata"].get("deletionTimestamp")
         ]
 
+    def ready_pod(self, namespace: str, name: str) -> Obj | None:
+        """The pod if it exists and its Ready condition is True, else None."""
+        pod = self.store.peek(PODS, namespace, name)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return None
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in pod.get("status", {}).get("conditions", [])
+        )
+        return pod if ready else None
+
     def ready_endpoints(self, namespace: str, service: str) -> list[str]:
         """IPs of a service's endpoints whose condition is ready, from its EndpointSlices."""
         ips = []
