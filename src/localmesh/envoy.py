@@ -190,6 +190,11 @@ class ClusterTraffic:
     retries: int = 0
     healthy_endpoints: int = 0
 
+    @property
+    def errors(self) -> int:
+        """Requests that failed upstream: 5xx answers and connections that never opened."""
+        return self.responses_5xx + self.connect_failures
+
 
 _TRAFFIC_STATS: dict[str, str] = {
     "upstream_rq_total": "requests",
@@ -277,8 +282,9 @@ class EnvoySupervisor:
         concurrency: Envoy worker threads (Envoy's default: one per core).
         extra_args: appended to Envoy's command line.
 
-    Attributes (read-only): `binary`, `pid`, `admin_address` ("host:port"), `restart_count`,
-    `last_exit` (why the last process ended), `running`, `listener_errors`.
+    Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` ("host:port"),
+    `running`, `version` (e.g. "1.40.0"), `restart_count`, `last_exit` (why the last process
+    ended), `listener_errors` (bind failures by port).
     """
 
     def __init__(
@@ -320,6 +326,7 @@ class EnvoySupervisor:
 
         self.restart_count = 0
         self.last_exit: str | None = None
+        self.version = ""  # Envoy's version ("1.40.0") once a process was ready
         self._run: _Run | None = None
         self._admin: str | None = None
         self._ready = asyncio.Event()
@@ -338,6 +345,10 @@ class EnvoySupervisor:
     def admin_address(self) -> str | None:
         """ "host:port" of the current process's admin endpoint once it is known."""
         return self._admin if self.pid is not None else None
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self._bootstrap_path
 
     @property
     def running(self) -> bool:
@@ -525,6 +536,7 @@ class EnvoySupervisor:
                         async with session.get(base + "/ready") as resp:
                             state = (await resp.text()).strip()
                             if resp.status == 200 and state == "LIVE":
+                                await self._learn_version()
                                 return
                 if deadline is not None and loop.time() >= deadline:
                     raise EnvoyError(
@@ -539,6 +551,13 @@ class EnvoySupervisor:
             if not exited.done():
                 exited.cancel()
 
+    async def _learn_version(self) -> None:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, EnvoyError):
+            info = await self._admin_json("/server_info")
+            # "<commit>/1.40.0/Clean/RELEASE/BoringSSL"
+            parts = str(info.get("version", "")).split("/")
+            self.version = parts[1] if len(parts) > 1 else parts[0]
+
     def _exit_error(self, run: _Run) -> EnvoyError:
         returncode = run.proc.returncode
         reason = describe_exit(returncode if returncode is not None else -1)
@@ -546,6 +565,8 @@ class EnvoySupervisor:
         if run.bind_errors:
             return next(iter(run.bind_errors.values()))
         detail = run.fatal or " / ".join(list(run.tail)[-3:])
+        # Envoy decorates config errors with a link and the whole offending proto text.
+        detail = " ".join(detail.replace("goo.gle/debugonly", "").split())
         return EnvoyError(f"Envoy {reason} during startup: {detail}")
 
     async def _supervise(self) -> None:
@@ -582,9 +603,8 @@ class EnvoySupervisor:
                 continue
             try:
                 await self._wait_live(run, within=None)
-            except EnvoyError as exc:
-                log.error("restarted envoy exited before it was ready", error=str(exc))
-                continue
+            except EnvoyError:
+                continue  # it exited again: logged at the top of the loop
             self._ready.set()
             log.info("envoy restarted", pid=run.pid, admin=self._admin, restarts=self.restart_count)
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import socket
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from localmesh.envoy import ListenerBindError, cluster_traffic
+from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy
 from localmesh.errors import EnvoyError
 from tests.integration.backends import HttpBackend, KeepAliveClient, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
@@ -114,12 +117,15 @@ async def test_start_serve_stats_and_clean_stop(
 ) -> None:
     alpha = await http_backends("alpha")
     port = free_port()
-    supervisor = envoy_supervisors(static_bootstrap(port, {"alpha.localhost": alpha.port}))
+    bootstrap = static_bootstrap(port, {"alpha.localhost": alpha.port})
+    supervisor = envoy_supervisors(bootstrap)
     await supervisor.start()
     pid = supervisor.pid
     assert pid is not None and process_exists(pid)
     assert supervisor.admin_address is not None
     assert supervisor.restart_count == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+", supervisor.version)
+    assert json.loads(await asyncio.to_thread(supervisor.bootstrap_path.read_text)) == bootstrap
 
     reply = await curl_json(port, "alpha.localhost", "/hello")
     assert reply == {
@@ -219,6 +225,57 @@ async def test_taken_static_listener_port_is_a_clear_error(
     assert "listener_port" in str(error)
     assert supervisor.pid is None
     assert supervisor.last_exit is not None and "exited with status 1" in supervisor.last_exit
+
+
+@pytest.fixture
+def unprivileged_envoy() -> Iterator[tuple[Path, Path, int]]:
+    """(envoy binary, world-writable work dir, a port below the unprivileged range) such
+    that Envoy runs without privileges.
+
+    As root the binary is a wrapper that drops to `nobody` (setpriv) before exec'ing the
+    real Envoy, so a low port is refused exactly as for a normal user.
+    """
+    work = Path(tempfile.mkdtemp(prefix="localmesh-unpriv-"))
+    try:
+        work.chmod(0o777)
+        binary = find_envoy()
+        if os.geteuid() == 0:
+            wrapper = work / "envoy-as-nobody"
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                f'exec setpriv --reuid=65534 --regid=65534 --clear-groups {binary} "$@"\n'
+            )
+            wrapper.chmod(0o755)
+            binary = wrapper
+        first_unprivileged = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+        assert first_unprivileged > 1, "this kernel lets anyone bind low ports"
+        yield binary, work, first_unprivileged - 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def test_privileged_port_names_the_fix(
+    envoy_supervisors: SupervisorFactory,
+    http_backends: HttpBackends,
+    unprivileged_envoy: tuple[Path, Path, int],
+) -> None:
+    binary, work, port = unprivileged_envoy
+    alpha = await http_backends("alpha")
+    bootstrap = work / "bootstrap.json"
+    bootstrap.write_text(json.dumps(static_bootstrap(port, {"a.localhost": alpha.port})))
+    bootstrap.chmod(0o644)
+    runtime = work / "run"
+    runtime.mkdir(mode=0o777)
+    runtime.chmod(0o777)  # the unprivileged Envoy writes its admin address here
+    supervisor = envoy_supervisors(bootstrap, runtime_dir=runtime, envoy_path=binary)
+    with pytest.raises(ListenerBindError) as info:
+        await supervisor.start()
+    text = str(info.value)
+    assert info.value.port == port
+    assert f"127.0.0.1:{port}: Permission denied" in text
+    assert "1024" in text
+    assert f"sudo setcap cap_net_bind_service=+ep {binary}" in text
+    assert supervisor.pid is None
 
 
 async def test_taken_port_pushed_over_lds_is_reported(
