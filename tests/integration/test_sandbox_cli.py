@@ -66,7 +66,7 @@ async def test_sandbox_up_serves_until_sigterm(tmp_path: Path) -> None:
     )
     assert proc.stdout is not None
     try:
-        lines = []
+        lines: list[str] = []
         while not lines or not lines[-1].startswith("export KUBECONFIG="):
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert line, "sandbox up exited before printing the kubeconfig"
@@ -99,7 +99,7 @@ async def test_sandbox_up_serves_until_sigterm(tmp_path: Path) -> None:
 async def test_sandbox_up_reports_a_bad_scenario(tmp_path: Path) -> None:
     scenario = tmp_path / "bad.yaml"
     scenario.write_text("deployments:\n  - {name: x, workload: nginx}\n")
-    code, out, err = await run(
+    code, _, err = await run(
         sys.executable, "-m", "localmesh", "sandbox", "up", "--scenario", str(scenario)
     )
     assert code == 2
