@@ -24,11 +24,16 @@ Publish = Callable[[MeshSpec], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Route:
-    """A host routed to a cluster: one services.yaml entry after its port is resolved."""
+    """A host routed to a cluster: one services.yaml entry after its port is resolved.
+
+    `backend` names the forwarded service port whose live forwarders are the cluster's
+    endpoints; entries naming the same service port share them (even with different types).
+    """
 
     host: str
     cluster: str
     protocol: Protocol
+    backend: str
 
 
 class Reconciler:
@@ -51,32 +56,35 @@ class Reconciler:
             self._listener_port = listener_port
         self._dirty.set()
 
-    def endpoint_up(self, cluster: str, endpoint: Endpoint) -> None:
-        self._endpoints.setdefault(cluster, set()).add(endpoint)
+    def endpoint_up(self, backend: str, endpoint: Endpoint) -> None:
+        self._endpoints.setdefault(backend, set()).add(endpoint)
         self._dirty.set()
 
-    def endpoint_down(self, cluster: str, endpoint: Endpoint) -> None:
-        endpoints = self._endpoints.get(cluster)
+    def endpoint_down(self, backend: str, endpoint: Endpoint) -> None:
+        endpoints = self._endpoints.get(backend)
         if endpoints is None:
             return
         endpoints.discard(endpoint)
         if not endpoints:
-            del self._endpoints[cluster]
+            del self._endpoints[backend]
         self._dirty.set()
+
+    def endpoints(self, backend: str) -> tuple[Endpoint, ...]:
+        return tuple(sorted(self._endpoints.get(backend, ())))
 
     # -- state ----------------------------------------------------------------------------
     def desired(self) -> MeshSpec:
         """The MeshSpec the recorded facts call for; a pure function of them."""
-        protocols: dict[str, Protocol] = {}
+        backends: dict[str, Route] = {}
         for route in self._routes:
-            protocols.setdefault(route.cluster, route.protocol)
+            backends.setdefault(route.cluster, route)
         clusters = tuple(
             ClusterSpec(
                 name=name,
-                protocol=protocol,
-                endpoints=tuple(sorted(self._endpoints.get(name, ()))),
+                protocol=route.protocol,
+                endpoints=self.endpoints(route.backend),
             )
-            for name, protocol in sorted(protocols.items())
+            for name, route in sorted(backends.items())
         )
         vhosts = tuple(
             VirtualHostSpec(host=r.host, cluster=r.cluster, protocol=r.protocol)

@@ -34,8 +34,8 @@ def endpoints_of(spec: MeshSpec, cluster: str) -> list[int]:
 
 async def test_routes_and_endpoints_become_one_spec(running: tuple[Reconciler, Recorder]) -> None:
     rec, _ = running
-    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP)])
-    rec.endpoint_up("c1", Endpoint("127.0.0.1", 4001, "pod-a"))
+    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP, "b1")])
+    rec.endpoint_up("b1", Endpoint("127.0.0.1", 4001, "pod-a"))
     spec = await asyncio.wait_for(rec.wait_published(lambda s: endpoints_of(s, "c1") == [4001]), 5)
     assert [v.host for v in spec.virtual_hosts] == ["a.localhost"]
     assert spec.listener_port == 8080
@@ -43,21 +43,21 @@ async def test_routes_and_endpoints_become_one_spec(running: tuple[Reconciler, R
 
 async def test_endpoint_down_withdraws_it(running: tuple[Reconciler, Recorder]) -> None:
     rec, _ = running
-    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP)])
+    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP, "b1")])
     first, second = Endpoint("127.0.0.1", 4001, "p1"), Endpoint("127.0.0.1", 4002, "p2")
-    rec.endpoint_up("c1", first)
-    rec.endpoint_up("c1", second)
+    rec.endpoint_up("b1", first)
+    rec.endpoint_up("b1", second)
     await asyncio.wait_for(rec.wait_published(lambda s: endpoints_of(s, "c1") == [4001, 4002]), 5)
-    rec.endpoint_down("c1", first)
+    rec.endpoint_down("b1", first)
     await asyncio.wait_for(rec.wait_published(lambda s: endpoints_of(s, "c1") == [4002]), 5)
 
 
 async def test_a_burst_of_events_is_published_once() -> None:
     recorder = Recorder()
     rec = Reconciler(recorder.publish, listener_address="127.0.0.1", listener_port=80)
-    rec.set_routes([Route(f"h{i}.localhost", f"c{i}", Protocol.GRPC) for i in range(50)])
+    rec.set_routes([Route(f"h{i}.localhost", f"c{i}", Protocol.GRPC, f"b{i}") for i in range(50)])
     for i in range(50):
-        rec.endpoint_up(f"c{i}", Endpoint("127.0.0.1", 5000 + i))
+        rec.endpoint_up(f"b{i}", Endpoint("127.0.0.1", 5000 + i))
     task = asyncio.create_task(rec.run(), name="reconciler")
     try:
         await asyncio.wait_for(rec.wait_published(lambda s: len(s.clusters) == 50), 5)
@@ -69,11 +69,11 @@ async def test_a_burst_of_events_is_published_once() -> None:
 
 async def test_unchanged_state_is_not_republished(running: tuple[Reconciler, Recorder]) -> None:
     rec, recorder = running
-    route = Route("a.localhost", "c1", Protocol.HTTP)
+    route = Route("a.localhost", "c1", Protocol.HTTP, "b1")
     rec.set_routes([route])
     await asyncio.wait_for(rec.wait_published(lambda s: len(s.virtual_hosts) == 1), 5)
     rec.set_routes([route])  # same facts again
-    rec.set_routes([route, Route("b.localhost", "c2", Protocol.HTTP)])
+    rec.set_routes([route, Route("b.localhost", "c2", Protocol.HTTP, "b2")])
     await asyncio.wait_for(rec.wait_published(lambda s: len(s.virtual_hosts) == 2), 5)
     assert [len(s.virtual_hosts) for s in recorder.specs] == [1, 2]
 
@@ -81,7 +81,7 @@ async def test_unchanged_state_is_not_republished(running: tuple[Reconciler, Rec
 def test_endpoints_of_unrouted_clusters_are_not_served() -> None:
     rec = Reconciler(_never, listener_address="127.0.0.1", listener_port=80)
     rec.endpoint_up("orphan", Endpoint("127.0.0.1", 4001))
-    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP)])
+    rec.set_routes([Route("a.localhost", "c1", Protocol.HTTP, "b1")])
     spec = rec.desired()
     assert [c.name for c in spec.clusters] == ["c1"]
     assert spec.clusters[0].endpoints == ()
@@ -90,7 +90,7 @@ def test_endpoints_of_unrouted_clusters_are_not_served() -> None:
 def test_two_hosts_share_one_cluster() -> None:
     rec = Reconciler(_never, listener_address="127.0.0.1", listener_port=80)
     rec.set_routes(
-        [Route("a.localhost", "c1", Protocol.HTTP), Route("b.localhost", "c1", Protocol.HTTP)]
+        [Route("a.localhost", "c1", Protocol.HTTP, "b1"), Route("b.localhost", "c1", Protocol.HTTP, "b1")]
     )
     spec = rec.desired()
     assert [c.name for c in spec.clusters] == ["c1"]
@@ -99,3 +99,21 @@ def test_two_hosts_share_one_cluster() -> None:
 
 async def _never(spec: MeshSpec) -> None:
     raise AssertionError("not published in this test")
+
+
+def test_entries_of_one_service_port_share_its_forwarders() -> None:
+    """Two hosts on one service port, one as http and one as grpc: two clusters, same pods."""
+    rec = Reconciler(_never, listener_address="127.0.0.1", listener_port=80)
+    rec.set_routes(
+        [
+            Route("web.localhost", "http.ns.svc.80", Protocol.HTTP, "ns/svc:80"),
+            Route("rpc.localhost", "grpc.ns.svc.80", Protocol.GRPC, "ns/svc:80"),
+        ]
+    )
+    rec.endpoint_up("ns/svc:80", Endpoint("127.0.0.1", 4001, "pod-a"))
+    spec = rec.desired()
+    assert {c.name: [e.port for e in c.endpoints] for c in spec.clusters} == {
+        "grpc.ns.svc.80": [4001],
+        "http.ns.svc.80": [4001],
+    }
+    assert {c.name: c.protocol for c in spec.clusters}["grpc.ns.svc.80"] is Protocol.GRPC
