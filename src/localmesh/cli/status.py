@@ -1,0 +1,36 @@
+"""`localmesh status`: what a running mesh serves, and whether it is healthy."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from localmesh.cli.up import add_instance_arguments
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show what the running mesh serves",
+        description="Per host: the Kubernetes service port, its pods with their local "
+        "forwarders, request and error counts, and whether Envoy accepted the latest "
+        "config. Exits 1 when something is unhealthy (a host without live pods, a "
+        "rejected config, Envoy down), so scripts can wait on it.",
+    )
+    add_instance_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from localmesh.control import (
+        ControlClient,
+        render_status_json,
+        render_status_text,
+        status_exit_code,
+    )
+
+    async with ControlClient.for_name(args.name) as client:
+        status = await client.status()
+    print(render_status_json(status) if args.json else render_status_text(status))
+    return status_exit_code(status)

@@ -1,0 +1,115 @@
+"""`localmesh up`: start the mesh for services.yaml and serve until Ctrl-C or `down`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from localmesh.errors import ConfigError
+
+EPILOG = """\
+examples:
+  sudo %(prog)s -f services.yaml        serve, with /etc/hosts entries for every host
+  %(prog)s services.yaml --no-edit-hosts
+                                        serve; clients send the Host header themselves
+  %(prog)s -f services.yaml --watch     apply edits of services.yaml live
+  %(prog)s -f dev.yaml --name dev       a second mesh beside the default one
+
+Then: curl http://billing-api.localhost/   grpcurl -plaintext users-api.localhost list
+"""
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", type=Path, help="services.yaml (or use -f)")
+    parser.add_argument("-f", "--file", type=Path, dest="file", help="services.yaml")
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """Exactly one of the positional path and -f."""
+    if args.config is not None and args.file is not None:
+        raise ConfigError("give services.yaml once: either -f FILE or a positional path")
+    path: Path | None = args.file or args.config
+    if path is None:
+        raise ConfigError("which services.yaml? use -f services.yaml (or a positional path)")
+    return path
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: as kubectl)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+
+def add_instance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name",
+        default="default",
+        help="name of this mesh: several can run side by side (default: default)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="start the mesh for services.yaml",
+        description="Port-forward every service in services.yaml and serve them all through "
+        "one local Envoy listener, routed by Host / :authority. Runs until Ctrl-C, SIGTERM "
+        "or `localmesh down`; then everything it set up is removed again.",
+        epilog=EPILOG,
+    )
+    add_config_argument(parser)
+    parser.add_argument(
+        "--watch", action="store_true", help="apply edits of services.yaml live (no restart)"
+    )
+    parser.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address Envoy listens on (default: 127.0.0.1; 0.0.0.0 exposes the mesh "
+        "to the network)",
+    )
+    add_cluster_arguments(parser)
+    add_instance_arguments(parser)
+    parser.add_argument(
+        "--no-edit-hosts",
+        dest="edit_hosts",
+        action="store_false",
+        help="leave /etc/hosts alone (clients then send the Host header themselves)",
+    )
+    parser.add_argument(
+        "--hosts-file",
+        type=Path,
+        default=Path("/etc/hosts"),
+        metavar="PATH",
+        help="hosts file to manage (default: /etc/hosts)",
+    )
+    parser.add_argument(
+        "--envoy-path", metavar="PATH", help="Envoy binary (default: the one localmesh ships)"
+    )
+    parser.add_argument(
+        "--xds",
+        choices=("sotw", "delta"),
+        default="sotw",
+        help="how Envoy speaks xDS: state of the world or incremental (default: sotw)",
+    )
+    parser.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from localmesh.bootstrap import AdsMode
+    from localmesh.instance import MeshInstance, UpOptions
+
+    options = UpOptions(
+        config_path=config_path(args),
+        name=args.name,
+        bind=args.bind,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        edit_hosts=args.edit_hosts,
+        hosts_file=args.hosts_file,
+        watch=args.watch,
+        log_level=args.log_level,
+        envoy_path=args.envoy_path,
+        ads_mode=AdsMode(args.xds),
+    )
+    return await MeshInstance(options).run()
