@@ -1,0 +1,144 @@
+"""`localmesh demo`: the built-in sandbox cluster plus `up`, ready to try in one command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from localmesh.errors import ConfigError
+
+DEMO_SERVICES = """\
+# The seed example, on an unprivileged port. Edit this file while the demo runs:
+# localmesh applies it live (up --watch).
+listener_port: {port}
+services:
+  - host: users-api.localhost
+    namespace: users
+    service: users-api
+    port_name: grpc
+    type: grpc
+
+  - host: billing-api.localhost
+    namespace: billing
+    service: billing-api
+    port_name: http
+    type: http
+
+  - host: admin.localhost
+    namespace: admin
+    service: admin-web
+    port: 8080
+    type: http
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the built-in sandbox cluster with a mesh in front of it",
+        description="Start the sandbox (a stand-in Kubernetes cluster in this process, with "
+        "users-api (gRPC), billing-api and admin-web (HTTP)), then `localmesh up --watch` "
+        "for it on an unprivileged port, and print commands to try. Runs until Ctrl-C.",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="listener port (default: 8080 if free, else any free port)",
+    )
+    parser.add_argument(
+        "--edit-hosts",
+        action="store_true",
+        help="also add the demo hosts to /etc/hosts (not needed for curl: it resolves "
+        "*.localhost to loopback by itself)",
+    )
+    parser.set_defaults(run=run)
+
+
+def _free_port(preferred: int = 8080) -> int:
+    for candidate in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise ConfigError("no free TCP port on 127.0.0.1")
+
+
+async def run(args: argparse.Namespace) -> int:
+    from localmesh.instance import MeshInstance, UpOptions
+    from localmesh.sandbox import Sandbox
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a valid port")
+    port = args.port or _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="localmesh-demo-"))
+    services = workdir / "services.yaml"
+    services.write_text(DEMO_SERVICES.format(port=port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Sandbox.start(kubeconfig_path=workdir / "kubeconfig") as sandbox:
+            print(f"sandbox cluster: {sandbox.url} (kubeconfig: {sandbox.kubeconfig_path})")
+            mesh = MeshInstance(
+                UpOptions(
+                    config_path=services,
+                    name="demo",
+                    kubeconfig=str(sandbox.kubeconfig_path),
+                    edit_hosts=args.edit_hosts,
+                    watch=True,
+                    log_level=args.log_level,
+                    handle_signals=False,
+                )
+            )
+            task = asyncio.create_task(mesh.run(), name="mesh")
+            ready = asyncio.create_task(mesh.wait_ready(), name="mesh ready")
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                ready.cancel()
+                return await task  # start-up failed: its error propagates
+            _print_try(port, services, sandbox.kubeconfig_path)
+            stopped = asyncio.create_task(stop.wait(), name="wait for Ctrl-C")
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            mesh.request_stop()
+            stopped.cancel()
+            return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _print_try(port: int, services: Path, kubeconfig: Path) -> None:
+    grpcurl = "" if shutil.which("grpcurl") else "  (with grpcurl installed)"
+    print(
+        f"""
+localmesh demo is up. Try:
+
+  curl http://billing-api.localhost:{port}/hello
+  curl http://admin.localhost:{port}/health
+  grpcurl -plaintext -authority users-api.localhost 127.0.0.1:{port} list{grpcurl}
+  python -m localmesh.sandbox.greet --authority users-api.localhost 127.0.0.1:{port}
+
+  localmesh status --name demo          per-host pods, forwarders and traffic
+  KUBECONFIG={kubeconfig} kubectl get pods -A
+  KUBECONFIG={kubeconfig} kubectl delete pod -n billing -l app=billing-api
+                                        (a replacement comes up; traffic follows it)
+  $EDITOR {services}
+                                        (applied live, Envoy is not restarted)
+
+Ctrl-C stops the demo and removes everything it set up.
+""",
+        flush=True,
+    )
