@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -85,10 +87,13 @@ class EnvoyProcess:
         data = await self.admin_json("/clusters?format=json")
         out: dict[str, set[int]] = {}
         for cluster in data.get("cluster_statuses", []):
-            ports = {
-                h["address"]["socket_address"]["port_value"]
-                for h in cluster.get("host_statuses", [])
-            }
+            ports = set()
+            for host in cluster.get("host_statuses", []):
+                address = host["address"]
+                address = address.get("socket_address") or address.get("socketAddress")
+                if address is None:
+                    continue  # the xDS cluster's unix socket
+                ports.add(address.get("port_value") or address["portValue"])
             out[cluster["name"]] = ports
         return out
 
@@ -136,3 +141,46 @@ async def run_envoy(tmp_path: Path, bootstrap: dict[str, Any]) -> AsyncIterator[
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for Envoy's listener in tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def http_backend(body: bytes) -> AsyncIterator[int]:
+    """A tiny HTTP/1.1 server on an ephemeral loopback port answering `body` to anything."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def http_get(port: int, host: str, path: str = "/") -> tuple[int, bytes]:
+    """(status, body) of GET http://127.0.0.1:port/path with a Host header (blocking)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
