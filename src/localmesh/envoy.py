@@ -388,6 +388,7 @@ class EnvoySupervisor:
         """Start Envoy and wait until it is LIVE; then keep it running until `stop()`."""
         if self._task is not None:
             raise RuntimeError("EnvoySupervisor.start() called twice")
+        self._stopping = False
         self._prepare_runtime_dir()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         try:
@@ -471,6 +472,19 @@ class EnvoySupervisor:
         self._admin = None
         with contextlib.suppress(FileNotFoundError):
             self._admin_path.unlink()
+
+    async def join(self) -> None:
+        """Wait until supervision ends: returns after `stop()`, raises if it crashed.
+
+        Await it next to the other long-lived tasks so that a supervisor that died takes
+        the process down instead of leaving Envoy unsupervised.
+        """
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            raise EnvoyError(f"Envoy supervision failed: {task.exception()!r}")
 
     async def __aenter__(self) -> EnvoySupervisor:
         await self.start()
@@ -687,10 +701,11 @@ class EnvoySupervisor:
         return data
 
     async def _pump_logs(self, run: _Run) -> None:
+        """Read Envoy's stderr to the end. Never stops early: a full pipe would block Envoy."""
         stream = run.proc.stderr
         assert stream is not None
         bound = log.bind(envoy_pid=run.pid)
-        level = "info"
+        level = "info"  # lines outside the format (a crash backtrace) keep the last level
         while True:
             try:
                 raw = await stream.readline()
@@ -701,25 +716,30 @@ class EnvoySupervisor:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             if not text:
                 continue
-            parsed = parse_log_line(text)
-            if parsed is None:
-                component, message = "envoy", text  # e.g. a crash backtrace
-            else:
-                level, component, message = parsed
-            run.tail.append(message)
-            if _MAIN_LOOP_STARTED in message:
-                run.main_loop_started = True
-            if level in ("error", "critical"):
-                run.fatal = message
-            method = _STRUCTLOG_METHOD.get(level, "info")
-            if (method == "info" and not run.main_loop_started) or message.startswith(
-                _STARTUP_NOISE
-            ):
-                method = "debug"  # startup inventory (extensions, header maps): noise
-            elif method in ("warning", "error", "critical"):
-                run.warning = message
-            getattr(bound, method)(message, envoy=component)
-            bind_error = parse_bind_error(message, self.binary)
-            if bind_error is not None and bind_error.port not in run.bind_errors:
-                run.bind_errors[bind_error.port] = bind_error
-                log.error(str(bind_error), port=bind_error.port, envoy_pid=run.pid)
+            try:
+                level = self._on_log_line(run, bound, text, level)
+            except Exception:
+                log.exception("envoy log line not handled", line=text[:200])
+
+    def _on_log_line(self, run: _Run, bound: Any, text: str, level: str) -> str:
+        parsed = parse_log_line(text)
+        if parsed is None:
+            component, message = "envoy", text
+        else:
+            level, component, message = parsed
+        run.tail.append(message)
+        if _MAIN_LOOP_STARTED in message:
+            run.main_loop_started = True
+        if level in ("error", "critical"):
+            run.fatal = message
+        method = _STRUCTLOG_METHOD.get(level, "info")
+        if (method == "info" and not run.main_loop_started) or message.startswith(_STARTUP_NOISE):
+            method = "debug"  # startup inventory (extensions, header maps): noise
+        elif method in ("warning", "error", "critical"):
+            run.warning = message
+        getattr(bound, method)(message, envoy=component)
+        bind_error = parse_bind_error(message, self.binary)
+        if bind_error is not None and bind_error.port not in run.bind_errors:
+            run.bind_errors[bind_error.port] = bind_error
+            log.error(str(bind_error), port=bind_error.port, envoy_pid=run.pid)
+        return level

@@ -1,7 +1,8 @@
 """Tiny real backends on loopback ephemeral ports, for routing tests through a real Envoy.
 
     HttpBackend("alpha")   aiohttp server; every request gets JSON
-                           {"backend": "alpha", "host": <Host header>, "method", "path"}
+                           {"backend": "alpha", "host": <Host header>, "method", "path"},
+                           after `?delay=SECONDS` if asked
     GrpcBackend("beta")    grpc.aio server with the standard health service and server
                            reflection; its health status for the service name
                            `backend_service("beta")` is SERVING, so a Check for that name
@@ -52,6 +53,9 @@ class HttpBackend:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
+        delay = float(request.query.get("delay", "0"))
+        if delay:
+            await asyncio.sleep(delay)  # a slow answer, to have a request in flight
         return web.json_response(
             {
                 "backend": self.name,

@@ -20,7 +20,7 @@ import structlog
 
 from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy
 from localmesh.errors import EnvoyError
-from tests.integration.backends import HttpBackend, KeepAliveClient, curl_json, eventually
+from tests.integration.backends import HttpBackend, KeepAliveClient, curl, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,10 @@ async def test_start_serve_stats_and_clean_stop(
     only_alpha = await supervisor.stats(r"^cluster\.alpha\.localhost\.upstream_rq_total$")
     assert only_alpha == {"cluster.alpha.localhost.upstream_rq_total": 1}
 
+    joined = asyncio.create_task(supervisor.join(), name="join")
     await supervisor.stop()
+    async with asyncio.timeout(5):
+        await joined  # supervision ended without an error
     assert not process_exists(pid)
     assert supervisor.pid is None
     assert supervisor.admin_address is None
@@ -398,6 +401,28 @@ async def test_stop_drains_and_closes_an_idle_keepalive_connection(
         assert await asyncio.to_thread(sock.recv, 1) == b""
     finally:
         client.close()
+
+
+async def test_stop_lets_an_in_flight_request_finish(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    port = free_port()
+    supervisor = envoy_supervisors(
+        static_bootstrap(port, {"alpha.localhost": alpha.port}), drain_timeout=3.0
+    )
+    await supervisor.start()
+    slow = asyncio.create_task(curl(port, "alpha.localhost", "/?delay=0.5"), name="slow curl")
+
+    async def in_flight() -> None:
+        assert alpha.requests == 1
+
+    await eventually(in_flight)
+    await supervisor.stop()
+    status, body = await slow
+    assert status == 200
+    assert json.loads(body)["path"] == "/?delay=0.5"
+    assert supervisor.pid is None
 
 
 async def test_missing_binary_from_the_environment(
