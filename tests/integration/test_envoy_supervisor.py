@@ -189,6 +189,42 @@ async def test_killed_envoy_is_restarted_and_traffic_returns(
     assert not process_exists(first_pid)
 
 
+async def test_crash_loop_backs_off_and_recovers(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends, tmp_path: Path
+) -> None:
+    """An Envoy that keeps dying is retried with backoff until it starts again."""
+    broken = tmp_path / "broken"
+    wrapper = tmp_path / "envoy-wrapper"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ -e {broken} ]; then exit 3; fi\nexec {find_envoy()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    alpha = await http_backends("alpha")
+    port = free_port()
+    supervisor = envoy_supervisors(
+        static_bootstrap(port, {"alpha.localhost": alpha.port}),
+        envoy_path=wrapper,
+        backoff_initial=0.02,
+        backoff_max=0.1,
+    )
+    await supervisor.start()
+    first = supervisor.pid
+    assert first is not None
+    broken.touch()
+    os.kill(first, signal.SIGKILL)
+
+    async def crash_looping() -> None:
+        assert supervisor.restart_count >= 3
+        assert supervisor.last_exit == "exited with status 3"
+        assert not supervisor.running
+
+    await eventually(crash_looping, within=10)
+    broken.unlink()
+    await supervisor.wait_ready(within=10)
+    assert supervisor.pid not in (None, first)
+    assert (await curl_json(port, "alpha.localhost"))["backend"] == "alpha"
+
+
 async def test_envoy_log_lines_reach_structlog_at_their_level(
     envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
 ) -> None:
