@@ -2,9 +2,16 @@
 
     supervisor = EnvoySupervisor(bootstrap, runtime_dir=run_dir, log_level="info")
     await supervisor.start()       # spawned and LIVE on its admin /ready, or EnvoyError
-    await supervisor.wait_listening(listener_port)   # the LDS listener is bound, or why not
-    stats = await supervisor.stats()
-    await supervisor.stop()        # listeners drained, process terminated
+    try:
+        await supervisor.wait_listening(listener_port)  # the LDS listener is bound, or why not
+        traffic = cluster_traffic(await supervisor.stats())   # per-cluster request counts
+        await supervisor.join()    # returns after stop(); raises if supervision crashed
+    finally:
+        await supervisor.stop()    # listeners drained, process terminated
+
+Start Envoy after the ADS server serves a snapshot: it is LIVE only once it has its first
+CDS and LDS answers. Envoy runs in its own session, so a terminal's Ctrl-C reaches only
+localmesh, whose `stop()` (in a finally, or `async with`) drains Envoy before it exits.
 
 Envoy starts once from a static bootstrap; everything else reaches it over xDS. So when it
 dies unexpectedly a new process with the same bootstrap is all it takes: it re-syncs from
