@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -133,3 +134,77 @@ async def test_wrong_token_is_unauthorized(sandbox: Sandbox) -> None:
     res = await kubectl(sandbox, "get", "pods", "-A", "--token", "not-the-token")
     assert res.returncode != 0
     assert "You must be logged in to the server" in res.stderr
+
+
+APPLY = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: extra, namespace: billing}
+spec:
+  replicas: REPLICAS
+  selector: {matchLabels: {app: extra}}
+  template:
+    metadata: {labels: {app: extra}}
+    spec:
+      containers:
+        - name: web
+          image: localmesh.dev/sandbox/http-echo
+          ports: [{containerPort: 8080, name: http}]
+"""
+
+
+async def test_apply_creates_then_configures(sandbox: Sandbox) -> None:
+    res = await kubectl(sandbox, "apply", "-f", "-", input=APPLY.replace("REPLICAS", "1"))
+    assert "deployment.apps/extra created" in res.check().stdout
+    res = await kubectl(sandbox, "apply", "-f", "-", input=APPLY.replace("REPLICAS", "2"))
+    assert "deployment.apps/extra configured" in res.check().stdout
+    await sandbox.wait_for(
+        lambda: (
+            len([p for p in sandbox.pods("billing", "app=extra") if p["status"].get("podIP")]) == 2
+        ),
+        what="two pods of the applied deployment",
+    )
+
+
+async def test_get_watch_prints_table_rows(sandbox: Sandbox) -> None:
+    old = sandbox.pods("users")[0]["metadata"]["name"]
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl",
+        "get",
+        "pods",
+        "-n",
+        "users",
+        "-w",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=sandbox.env(),
+    )
+    assert proc.stdout is not None
+    try:
+        header = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
+        assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        first = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
+        assert first[:3] == [old, "1/1", "Running"]
+        sandbox.faults.delete_pod("users", old)
+        while True:
+            row = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
+            assert row, "kubectl get -w ended early"
+            if row[0] != old and row[1:3] == ["1/1", "Running"]:
+                break
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.33"])
+async def test_auth_can_i(sandbox_factory: SandboxFactory, version: str) -> None:
+    sb = await sandbox_factory(kube_version=version)
+    res = await kubectl(sb, "auth", "can-i", "delete", "pods", "-n", "billing")
+    assert res.check().stdout.strip() == "yes"
+    viewer = ("--token", sb.readonly_token)
+    res = await kubectl(sb, "auth", "can-i", "list", "pods", *viewer)
+    assert res.check().stdout.strip() == "yes"
+    res = await kubectl(sb, "auth", "can-i", "create", "configmaps", *viewer)
+    assert res.returncode == 1 and res.stdout.startswith("no")
+    res = await kubectl(sb, "delete", "pod", "-n", "billing", "--all", *viewer)
+    assert res.returncode != 0 and "Forbidden" in res.stderr

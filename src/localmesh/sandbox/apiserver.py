@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from localmesh.sandbox import errors, openapi, resources, tables
+from localmesh.sandbox import errors, openapi, protowire, resources, tables
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.resources import BY_PATH, DEPLOYMENTS, PODS, ResourceType
 from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
@@ -143,7 +143,9 @@ class ApiServer:
             return self.tokens[token]
         if token in self.readonly_tokens:
             user = self.readonly_tokens[token]
-            if request.method in WRITE_VERBS:
+            if request.method in WRITE_VERBS and not path.endswith(
+                f"/{resources.SELF_SUBJECT_ACCESS_REVIEWS}"
+            ):
                 route = self._route(path)
                 verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[
                     request.method
@@ -186,6 +188,11 @@ class ApiServer:
             found = resources.resource_list(parts[1], parts[2])
             if found is not None:
                 return _json(found)
+        if (
+            path
+            == f"/apis/{resources.AUTHORIZATION_GROUP}/v1/{resources.SELF_SUBJECT_ACCESS_REVIEWS}"
+        ):
+            return await self._access_review(request, user)
         route = self._route(path)
         if route is None:
             self.unknown_paths.append(f"{request.method} {request.path_qs}")
@@ -234,6 +241,28 @@ class ApiServer:
         if namespace is not None and rtype.plural == "namespaces":
             return None
         return Route(rtype, namespace, name, sub)
+
+    async def _access_review(self, request: web.Request, user: str) -> web.Response:
+        if request.method != "POST":
+            raise errors.method_not_allowed()
+        if "protobuf" in request.headers.get("Content-Type", ""):
+            try:
+                review = protowire.access_review(await request.read())
+            except ValueError as exc:
+                raise errors.bad_request(f"cannot decode the review: {exc}") from None
+        else:
+            review = await self._body(request)
+        if not isinstance(review, dict):
+            raise errors.bad_request("the request body must be a JSON object")
+        spec = review.get("spec") or {}
+        attrs = spec.get("resourceAttributes") or spec.get("nonResourceAttributes") or {}
+        verb = attrs.get("verb", "")
+        readonly = user in self.readonly_tokens.values()
+        allowed = not readonly or verb in ("get", "list", "watch")
+        review["status"] = {"allowed": allowed}
+        if not allowed:
+            review["status"]["reason"] = f'user "{user}" may only read'
+        return _json(review, 201)
 
     # ---- resources -----------------------------------------------------------------------
     async def _resource(self, request: web.Request, route: Route) -> web.StreamResponse:
@@ -317,6 +346,9 @@ class ApiServer:
 
     @staticmethod
     async def _body(request: web.Request, optional: bool = False) -> Any:
+        if "protobuf" in request.headers.get("Content-Type", ""):
+            # JSON only; clients fall back to JSON on 415.
+            raise errors.unsupported_media_type(request.headers["Content-Type"])
         raw = await request.read()
         if not raw.strip():
             if optional:
@@ -432,8 +464,22 @@ class ApiServer:
         self._watchers.add(watcher)
         try:
             await resp.prepare(request)
+            as_table = self._wants_table(request)
+            columns_sent = False
+
+            def encode(type_: str, obj: dict[str, Any]) -> bytes:
+                # `kubectl get -w` asks for Tables: one row per event, columns once.
+                nonlocal columns_sent
+                if not as_table:
+                    return self._event(type_, obj)
+                table = tables.table(rtype, [obj], obj["metadata"]["resourceVersion"], q)
+                if columns_sent:
+                    table["columnDefinitions"] = []
+                columns_sent = True
+                return self._event(type_, table)
+
             for type_, obj in initial:
-                await resp.write(self._event(type_, obj))
+                await resp.write(encode(type_, obj))
             if send_initial:
                 await resp.write(self._bookmark(rtype, initial_end=True))
             deadline = time.monotonic() + timeout
@@ -457,12 +503,12 @@ class ApiServer:
                     continue
                 if type_ == _STOP[0]:
                     break
-                chunk = [self._event(type_, obj)]
+                chunk = [encode(type_, obj)]
                 while not watcher.queue.empty():
                     t, o = watcher.queue.get_nowait()
                     if t == _STOP[0]:
                         break
-                    chunk.append(self._event(t, o))
+                    chunk.append(encode(t, o))
                 await resp.write(b"".join(chunk))
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await resp.write_eof()

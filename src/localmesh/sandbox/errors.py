@@ -118,7 +118,7 @@ def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format: "
-        f"accepted media types include: application/json-patch+json, "
-        f"application/merge-patch+json, application/strategic-merge-patch+json ({content_type})",
+        f"the body of the request was in an unknown format: {content_type}; the sandbox "
+        "accepts application/json and, for PATCH, application/json-patch+json, "
+        "application/merge-patch+json and application/strategic-merge-patch+json",
     )

@@ -27,8 +27,9 @@ import base64
 import contextlib
 import json
 import os
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ READ_SIZE = 64 * 1024
 # Received bytes buffered for a slow backend before reading from the client pauses.
 BACKEND_HIGH_WATER = 1024 * 1024
 MAX_WS_MESSAGE = 16 * 1024 * 1024
+# How long close_portforwards waits for the forwards it ended.
+SHUTDOWN_GRACE = 5.0
 
 
 async def handle_portforward(
@@ -59,10 +62,60 @@ async def handle_portforward(
     The caller has authenticated the request and found the pod. Returns the response
     aiohttp should finish (already sent for upgrades) once the forward is over.
     """
+    with _registered(request.app) as stop:
+        return await _serve(request, pod_ip, idle_timeout, stop)
+
+
+async def close_portforwards(app: web.Application) -> None:
+    """End every forward `app` is serving, and wait (briefly) until they are over.
+
+    For the API server's `on_shutdown` (a restart fault): upgraded connections are not
+    idle requests, so aiohttp alone would wait its whole shutdown timeout for them.
+    """
+    forwards = list(_ACTIVE.get(app, ()))
+    for forward in forwards:
+        forward.stop.set()
+    if not forwards:
+        return
+    try:
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            for forward in forwards:
+                await forward.finished.wait()
+    except TimeoutError:
+        log.warning(
+            "portforward.shutdown_slow", still_open=sum(not f.finished.is_set() for f in forwards)
+        )
+
+
+@dataclass(eq=False)
+class _Active:
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_ACTIVE: weakref.WeakKeyDictionary[web.Application, set[_Active]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _registered(app: web.Application) -> Iterator[asyncio.Event]:
+    active = _Active()
+    _ACTIVE.setdefault(app, set()).add(active)
+    try:
+        yield active.stop
+    finally:
+        active.finished.set()
+        forwards = _ACTIVE.get(app)
+        if forwards is not None:
+            forwards.discard(active)
+
+
+async def _serve(
+    request: web.Request, pod_ip: str, idle_timeout: float | None, stop: asyncio.Event
+) -> web.StreamResponse:
     pod = request.match_info.get("pod") or _pod_from_path(request.path)
     upgrade = request.headers.get("Upgrade", "").strip().lower()
     if upgrade == SPDY_UPGRADE.lower():
-        return await _serve_spdy_upgrade(request, pod_ip, pod, idle_timeout)
+        return await _serve_spdy_upgrade(request, pod_ip, pod, idle_timeout, stop)
     if upgrade != "websocket":
         return _status(400, "BadRequest", "Upgrade request required")
     ws = web.WebSocketResponse(
@@ -76,7 +129,7 @@ async def handle_portforward(
         return _status(400, "BadRequest", "invalid websocket upgrade")
     if ready.protocol == SPDY_TUNNEL_PROTOCOL:
         await ws.prepare(request)
-        await _serve_spdy_tunnel(ws, pod_ip, pod, idle_timeout)
+        await _serve_spdy_tunnel(ws, pod_ip, pod, idle_timeout, stop)
         return ws
     try:
         ports = _query_ports(request)
@@ -90,6 +143,7 @@ async def handle_portforward(
         ports=ports,
         use_base64=ready.protocol == BASE64_CHANNEL_PROTOCOL,
         idle_timeout=idle_timeout,
+        stop=stop,
     )
     return ws
 
@@ -235,10 +289,11 @@ async def _serve_channels(
     ports: list[int],
     use_base64: bool,
     idle_timeout: float | None,
+    stop: asyncio.Event,
 ) -> None:
     tasks = _TaskGroup(f"portforward-ws:{pod}")
     pending = len(ports)
-    all_done = asyncio.Event()
+    all_done = stop
 
     async def send(channel: int, payload: bytes) -> None:
         if use_base64:
@@ -459,13 +514,15 @@ class _PortForwardStreams:
 async def _run_spdy(
     sink: ByteSink,
     chunks: Callable[[_IdleWatch], AsyncIterator[bytes]],
+    *,
     pod_ip: str,
     pod: str,
     idle_timeout: float | None,
+    done: asyncio.Event,
 ) -> None:
-    """Serve one SPDY session until the peer leaves, the transport fails or it idles out."""
+    """Serve one SPDY session until the peer leaves, the transport fails, it idles out
+    or `done` is set from outside."""
     tasks = _TaskGroup(f"portforward-spdy:{pod}")
-    done = asyncio.Event()
     watch = _IdleWatch(idle_timeout, done.set)
     streams = _PortForwardStreams(pod_ip, pod, tasks, watch)
     session = SpdySession(sink, streams)
@@ -504,7 +561,11 @@ class _WebSocketSink:
 
 
 async def _serve_spdy_tunnel(
-    ws: web.WebSocketResponse, pod_ip: str, pod: str, idle_timeout: float | None
+    ws: web.WebSocketResponse,
+    pod_ip: str,
+    pod: str,
+    idle_timeout: float | None,
+    stop: asyncio.Event,
 ) -> None:
     async def chunks(watch: _IdleWatch) -> AsyncIterator[bytes]:
         while True:
@@ -518,7 +579,14 @@ async def _serve_spdy_tunnel(
                 return
 
     try:
-        await _run_spdy(_WebSocketSink(ws), chunks, pod_ip, pod, idle_timeout)
+        await _run_spdy(
+            _WebSocketSink(ws),
+            chunks,
+            pod_ip=pod_ip,
+            pod=pod,
+            idle_timeout=idle_timeout,
+            done=stop,
+        )
     finally:
         await ws.close()
 
@@ -605,7 +673,11 @@ class _RawConnection(asyncio.Protocol):
 
 
 async def _serve_spdy_upgrade(
-    request: web.Request, pod_ip: str, pod: str, idle_timeout: float | None
+    request: web.Request,
+    pod_ip: str,
+    pod: str,
+    idle_timeout: float | None,
+    stop: asyncio.Event,
 ) -> web.StreamResponse:
     protocols = [
         p.strip()
@@ -638,7 +710,7 @@ async def _serve_spdy_upgrade(
     try:
         await response.prepare(request)
         await _run_spdy(
-            raw, lambda watch: _touching(raw.chunks(), watch), pod_ip, pod, idle_timeout
+            raw, lambda watch: _touching(raw.chunks(), watch), pod_ip, pod, idle_timeout, stop
         )
     finally:
         # Hand the (now finished) connection back so aiohttp sees it close and forgets it.

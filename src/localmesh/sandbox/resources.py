@@ -65,12 +65,18 @@ CONFIGMAPS = BY_PLURAL["configmaps"]
 EVENTS = BY_PLURAL["events"]
 
 
+# Served outside the store: `kubectl auth can-i` creates these and reads the answer.
+AUTHORIZATION_GROUP = "authorization.k8s.io"
+SELF_SUBJECT_ACCESS_REVIEWS = "selfsubjectaccessreviews"
+
+
 def groups() -> dict[str, str]:
     """group name -> its one served version (core excluded)."""
     out: dict[str, str] = {}
     for t in TYPES:
         if t.group:
             out[t.group] = t.version
+    out[AUTHORIZATION_GROUP] = "v1"
     return out
 
 
@@ -107,6 +113,21 @@ def api_group(group: str) -> dict[str, Any] | None:
 
 
 def resource_list(group: str, version: str) -> dict[str, Any] | None:
+    if (group, version) == (AUTHORIZATION_GROUP, "v1"):
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}",
+            "resources": [
+                {
+                    "name": SELF_SUBJECT_ACCESS_REVIEWS,
+                    "singularName": "selfsubjectaccessreview",
+                    "namespaced": False,
+                    "kind": "SelfSubjectAccessReview",
+                    "verbs": ["create"],
+                }
+            ],
+        }
     types = [t for t in TYPES if t.group == group and t.version == version]
     if not types:
         return None

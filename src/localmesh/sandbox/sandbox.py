@@ -175,8 +175,18 @@ class Sandbox:
         return self.cluster.faults
 
     def env(self, **extra: str) -> dict[str, str]:
-        """Environment for subprocesses (kubectl, localmesh) that should use this cluster."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path), **extra}
+        """Environment for subprocesses (kubectl, localmesh) that should use this cluster.
+
+        kubectl caches discovery per host:port; a private cache directory keeps a later
+        sandbox on a reused port from seeing an earlier one's answers.
+        """
+        cache = (self._workdir or Path(tempfile.gettempdir())) / "kube-cache"
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig_path),
+            "KUBECACHEDIR": str(cache),
+            **extra,
+        }
 
     def apply(self, manifests: list[Obj]) -> list[Obj]:
         """Create Kubernetes objects (dicts with apiVersion and kind) as a client would."""
