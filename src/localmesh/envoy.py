@@ -9,7 +9,7 @@
     finally:
         await supervisor.stop()    # listeners drained, process terminated
 
-Start Envoy after the ADS server serves a snapshot: it is LIVE only once it has its first
+Start Envoy once the ADS server is serving: it is LIVE only after its first
 CDS and LDS answers. Envoy runs in its own session, so a terminal's Ctrl-C reaches only
 localmesh, whose `stop()` (in a finally, or `async with`) drains Envoy before it exits.
 
@@ -653,24 +653,29 @@ class EnvoySupervisor:
             self.last_exit = f"stopped ({describe_exit(run.proc.returncode)})"
 
     async def _drain(self, run: _Run) -> None:
-        """Stop accepting, let open downstream connections finish, up to drain_timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._drain_timeout
+        """Stop accepting, let open downstream connections finish, up to drain_timeout.
+
+        The whole drain is bounded: an Envoy that no longer answers its admin API (hung,
+        stopped) is terminated after drain_timeout all the same.
+        """
         try:
-            session, base = self._admin_target()
-            async with session.post(base + "/drain_listeners?graceful") as resp:
-                await resp.read()
-            while loop.time() < deadline and run.proc.returncode is None:
-                stats = await self.stats(r"^listener\..*downstream_cx_active$")
-                open_cx = sum(
-                    value
-                    for name, value in stats.items()
-                    if not name.startswith("listener.admin.") and ".worker_" not in name
-                )
-                if open_cx == 0:
-                    return
-                await asyncio.sleep(0.05)  # polling interval of the admin API
-        except (aiohttp.ClientError, TimeoutError, EnvoyError) as exc:
+            async with asyncio.timeout(self._drain_timeout):
+                session, base = self._admin_target()
+                async with session.post(base + "/drain_listeners?graceful") as resp:
+                    await resp.read()
+                while run.proc.returncode is None:
+                    stats = await self.stats(r"^listener\..*downstream_cx_active$")
+                    open_cx = sum(
+                        value
+                        for name, value in stats.items()
+                        if not name.startswith("listener.admin.") and ".worker_" not in name
+                    )
+                    if open_cx == 0:
+                        return
+                    await asyncio.sleep(0.05)  # polling interval of the admin API
+        except TimeoutError:
+            log.debug("envoy drain ended by its deadline", pid=run.pid)
+        except (aiohttp.ClientError, EnvoyError) as exc:
             log.debug("envoy drain skipped", pid=run.pid, error=str(exc))
 
     async def _terminate(self, run: _Run) -> None:

@@ -461,6 +461,26 @@ async def test_stop_lets_an_in_flight_request_finish(
     assert supervisor.pid is None
 
 
+async def test_stop_kills_an_envoy_that_does_not_answer(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    supervisor = envoy_supervisors(
+        static_bootstrap(free_port(), {"alpha.localhost": alpha.port}),
+        drain_timeout=0.5,
+        stop_timeout=0.5,
+    )
+    await supervisor.start()
+    pid = supervisor.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung: no admin answers, SIGTERM stays pending
+    started = time.monotonic()
+    await supervisor.stop()
+    assert time.monotonic() - started < 3
+    assert not process_exists(pid)
+    assert supervisor.last_exit == "stopped (killed by SIGKILL)"
+
+
 async def test_missing_binary_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, envoy_supervisors: SupervisorFactory
 ) -> None:
