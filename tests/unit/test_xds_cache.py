@@ -296,3 +296,25 @@ def test_empty_mesh_is_served_and_acked() -> None:
     assert names(first[CDS]) == []
     sync_all(stream, first)
     assert stream.status().in_sync
+
+
+def test_unsubscribing_everything_releases_an_unanswered_response() -> None:
+    # Envoy answers nothing for a type it no longer watches (all clusters removed).
+    first = build_snapshot(MESH)
+    cache = SnapshotCache(first)
+    stream, pending = connect_sotw(cache)
+    sync_all(stream, pending)
+    empty = build_snapshot(MeshSpec("127.0.0.1", 18080), first)
+    cache.set_snapshot(empty)
+    step = by_type(stream.responses())  # routes, and the cluster no route uses
+    routed = sorted(v.cluster for v in MESH.virtual_hosts)
+    assert names(step[CDS]) == routed
+    ack(stream, step[RDS], ["localmesh_routes"])
+    ack(stream, step[CDS])
+    ack(stream, step[EDS], routed)
+    step = by_type(stream.responses())
+    assert names(step[CDS]) == [] and names(step[EDS]) == []
+    ack(stream, step[CDS])
+    sotw(stream, EDS, [], nonce="stale")  # Envoy drops its EDS watch instead of ACKing
+    assert stream.status().types[1].pending_nonce is None
+    assert stream.status().in_sync

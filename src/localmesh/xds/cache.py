@@ -174,9 +174,21 @@ class Stream:
             if names - state.names:
                 state.grew = True
                 state.fresh |= names - state.names
+            for name in state.names - names:
+                # Envoy forgets what it no longer asks for.
+                state.sent.pop(name, None)
+                state.acked.pop(name, None)
             state.names = names
         self._on_answer(state, response_nonce, error_detail)
+        self._forget_if_unsubscribed(state)
         self._wake.set()
+
+    def _forget_if_unsubscribed(self, state: _TypeState) -> None:
+        # With no names left Envoy has no watch for the type and answers no response of
+        # it: an unanswered one must not block the stream (nor wait_for_ack).
+        if not state.wildcard and not state.names and state.pending is not None:
+            state.pending = None
+            self._cache.changed()
 
     def on_delta_request(
         self,
@@ -217,6 +229,7 @@ class Stream:
             state.sent.pop(name, None)
             state.acked.pop(name, None)
         self._on_answer(state, response_nonce, error_detail)
+        self._forget_if_unsubscribed(state)
         self._wake.set()
 
     def _held(self, type_url: str, versions: Mapping[str, str]) -> dict[str, Resource]:
