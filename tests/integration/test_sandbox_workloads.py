@@ -90,8 +90,17 @@ async def test_grpc_greeter_with_health_and_reflection(sandbox: Sandbox) -> None
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
         services = [s.name async for r in responses for s in r.list_services_response.service]
+        # The same service under grpc.reflection.v1, which newer clients try first.
+        v1_call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        v1_responses = v1_call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        v1_services = [s.name async for r in v1_responses for s in r.list_services_response.service]
     assert "localmesh.api.sandbox.v1.Greeter" in services
     assert "grpc.health.v1.Health" in services
+    assert sorted(v1_services) == sorted(services)
 
 
 async def test_replicas_share_a_port_on_their_own_ips(sandbox_factory: SandboxFactory) -> None:

@@ -50,6 +50,8 @@ READ_SIZE = 64 * 1024
 # Received bytes buffered for a slow backend before reading from the client pauses.
 BACKEND_HIGH_WATER = 1024 * 1024
 MAX_WS_MESSAGE = 16 * 1024 * 1024
+# How long closing a websocket waits for the peer's close frame.
+CLOSE_TIMEOUT = 2.0
 # How long close_portforwards waits for the forwards it ended.
 SHUTDOWN_GRACE = 5.0
 
@@ -123,6 +125,7 @@ async def _serve(
         autoping=False,  # pings are traffic for the idle timeout; answered below
         max_msg_size=MAX_WS_MESSAGE,
         compress=False,
+        timeout=CLOSE_TIMEOUT,  # a peer that never answers our close frame
     )
     ready = ws.can_prepare(request)
     if not ready.ok:
@@ -710,7 +713,12 @@ async def _serve_spdy_upgrade(
     try:
         await response.prepare(request)
         await _run_spdy(
-            raw, lambda watch: _touching(raw.chunks(), watch), pod_ip, pod, idle_timeout, stop
+            raw,
+            lambda watch: _touching(raw.chunks(), watch),
+            pod_ip=pod_ip,
+            pod=pod,
+            idle_timeout=idle_timeout,
+            done=stop,
         )
     finally:
         # Hand the (now finished) connection back so aiohttp sees it close and forgets it.

@@ -15,11 +15,12 @@ from typing import Any, Protocol
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
 
 WORKLOADS = ("http-echo", "grpc-greeter", "tcp-echo")
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 IMAGE_PREFIX = "localmesh.dev/sandbox/"
 
 
@@ -151,9 +152,25 @@ class _GrpcGreeter:
         names = (
             greeter_pb2.DESCRIPTOR.services_by_name["Greeter"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            REFLECTION_V1,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
+        # grpcurl and recent clients ask grpc.reflection.v1 first; its messages are the
+        # v1alpha ones under a new service name, so the same servicer answers both.
+        servicer = reflection.aio.ReflectionServicer(names)
+        handler = grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+        self.server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    REFLECTION_V1, {"ServerReflectionInfo": handler}
+                ),
+            )
+        )
 
     async def start(self, port: int) -> None:
         try:
