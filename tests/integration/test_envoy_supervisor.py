@@ -247,6 +247,23 @@ async def test_envoy_log_lines_reach_structlog_at_their_level(
     assert loop_started and loop_started[0]["log_level"] == "info"
 
 
+async def test_log_level_sets_envoys_own_level(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    alpha = await http_backends("alpha")
+    supervisor = envoy_supervisors(
+        static_bootstrap(free_port(), {"a.localhost": alpha.port}), log_level="warn"
+    )
+    with structlog.testing.capture_logs() as logs:
+        await supervisor.start()
+        await supervisor.stop()
+    envoy_events = {entry["event"] for entry in logs if "envoy" in entry}
+    # Envoy itself was told `warning`: its info lines are never even printed.
+    assert "caught ENVOY_SIGTERM" in envoy_events
+    assert "starting main dispatch loop" not in envoy_events
+    assert "statically linked extensions:" not in envoy_events
+
+
 async def test_taken_static_listener_port_is_a_clear_error(
     envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
 ) -> None:
