@@ -375,10 +375,10 @@ def _python_client_get(api_url: str, port: int) -> tuple[bytes, str | None]:
         sock = forward.socket(port)
         sock.setblocking(True)
         sock.settimeout(10)
-        sock.sendall(b"GET / HTTP/1.0\r\nHost: billing-api\r\n\r\n")
         data = b""
         # The client resets its socket when the error channel speaks.
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: billing-api\r\n\r\n")
             while chunk := sock.recv(65536):
                 data += chunk
         sock.close()
@@ -402,3 +402,35 @@ async def test_python_client_sees_refused_port_error(tmp_path: Path) -> None:
         data, error = await asyncio.to_thread(_python_client_get, api.url, dead)
         assert data == b""
         assert error is not None and "connection refused" in error
+
+
+# --- API server shutdown ------------------------------------------------------------
+
+
+async def test_server_shutdown_ends_open_forwards_promptly(tmp_path: Path) -> None:
+    async with echo_backend() as backend, aiohttp.ClientSession() as http:
+        server = mini_api(tmp_path)
+        api = await server.__aenter__()
+        try:
+            ws = await http.ws_connect(
+                pf_url(api.url, backend.port), protocols=["v4.channel.k8s.io"]
+            )
+            await ws.receive_bytes()
+            await ws.receive_bytes()
+            ws_end = asyncio.create_task(ws.receive(timeout=10), name="ws-end")
+            async with spdy_client(api.url) as client:
+                _, data_id = client.open_pair(0, backend.port)
+                client.send(DataFrame(data_id, b"up"))
+                while await client.next_frame() != DataFrame(data_id, b"up"):
+                    pass
+                await wait_until(lambda: backend.open_connections == 2)
+                # Without close_portforwards aiohttp would wait its 60 s shutdown timeout.
+                async with asyncio.timeout(5):
+                    await server.__aexit__(None, None, None)
+                async with asyncio.timeout(5):
+                    while await client.next_frame() is not None:
+                        pass
+            assert (await ws_end).type is aiohttp.WSMsgType.CLOSE
+            await wait_until(lambda: backend.open_connections == 0)
+        finally:
+            await server.__aexit__(None, None, None)

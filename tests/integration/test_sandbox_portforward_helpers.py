@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from localmesh.sandbox.portforward import handle_portforward
+from localmesh.sandbox.portforward import close_portforwards, handle_portforward
 
 POD_IP = "127.0.55.1"
 REFUSING_IP = "127.0.55.2"  # nothing ever listens here
@@ -191,6 +191,7 @@ async def mini_api(
         return await handle_portforward(request, pod_ip, idle_timeout=idle_timeout)
 
     app = web.Application(middlewares=[record])
+    app.on_shutdown.append(close_portforwards)
     app.router.add_get("/version", version)
     app.router.add_get("/api", api)
     app.router.add_get("/apis", apis)
