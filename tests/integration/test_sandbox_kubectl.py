@@ -59,6 +59,9 @@ async def test_describe_pod(sandbox: Sandbox) -> None:
     assert "50051/TCP" in res.stdout
     ready = next(line for line in res.stdout.splitlines() if line.strip().startswith("Ready "))
     assert ready.split() == ["Ready", "True"]
+    events = res.stdout.split("Events:", 1)[1]
+    assert f"Successfully assigned users/{name} to sandbox-node" in events
+    assert "Started container grpc-greeter" in events
 
 
 async def test_delete_pod_brings_a_replacement(sandbox: Sandbox) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import secrets
 from typing import Any
 
 import structlog
@@ -19,13 +20,14 @@ from localmesh.sandbox.patch import apply_patch
 from localmesh.sandbox.resources import (
     DEPLOYMENTS,
     ENDPOINTSLICES,
+    EVENTS,
     NAMESPACES,
     NODES,
     PODS,
     TYPES,
     ResourceType,
 )
-from localmesh.sandbox.store import Obj, Store, StoredEvent
+from localmesh.sandbox.store import Obj, Store, StoredEvent, now_rfc3339
 from localmesh.sandbox.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -79,6 +81,44 @@ class Cluster:
                     },
                 },
             )
+
+    def record_event(
+        self,
+        obj: Obj,
+        reason: str,
+        message: str,
+        *,
+        type_: str = "Normal",
+        component: str = "kubelet",
+    ) -> None:
+        """Record a core/v1 Event about `obj`, as `kubectl describe` lists them."""
+        md = obj["metadata"]
+        ns = md.get("namespace", "default")
+        if self.store.peek(NAMESPACES, None, ns) is None:
+            return
+        now = now_rfc3339()
+        event = {
+            "metadata": {"name": f"{md['name']}.{secrets.token_hex(8)}", "namespace": ns},
+            "involvedObject": {
+                "kind": obj.get("kind", ""),
+                "apiVersion": obj.get("apiVersion", ""),
+                "namespace": ns,
+                "name": md["name"],
+                "uid": md.get("uid", ""),
+                "resourceVersion": md.get("resourceVersion", ""),
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": component, "host": NODE_NAME},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": component,
+            "reportingInstance": NODE_NAME,
+        }
+        with contextlib.suppress(errors.ApiError):
+            self.store.create(EVENTS, event)
 
     async def shutdown(self) -> None:
         await self.tasks.close()

@@ -30,6 +30,12 @@ class Faults:
         rt = self._cluster.kubelet.runtime(namespace, pod)
         rt.forced_ready = ready
         self._cluster.kubelet.sync_status(rt)
+        if ready is False:
+            obj = self._cluster.store.peek(PODS, namespace, pod)
+            if obj is not None:
+                self._cluster.record_event(
+                    obj, "Unhealthy", "Readiness probe failed (injected fault)", type_="Warning"
+                )
 
     async def kill_listener(self, namespace: str, pod: str, port: int | None = None) -> None:
         """Close a pod's server on `port` (all ports if None) and drop its connections.

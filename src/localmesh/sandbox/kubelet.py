@@ -134,8 +134,16 @@ class Kubelet:
         if pod is None:
             return
         rt.ports = self._containers(pod)
+        self.cluster.record_event(
+            pod,
+            "Scheduled",
+            f"Successfully assigned {rt.namespace}/{rt.name} to {NODE_NAME}",
+            component="default-scheduler",
+        )
         await self._bind(rt)
         rt.started_at = now_rfc3339()
+        for c in pod["spec"].get("containers", []):
+            self.cluster.record_event(pod, "Started", f"Started container {c['name']}")
         for _, workload, port in rt.ports:
             rt.log(f"{workload} listening on {rt.ip}:{port}")
         self.sync_status(rt)
@@ -149,6 +157,9 @@ class Kubelet:
     async def _terminate(self, rt: PodRuntime) -> None:
         self.sync_status(rt)
         pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
+        if pod is not None:
+            for c in pod["spec"].get("containers", []):
+                self.cluster.record_event(pod, "Killing", f"Stopping container {c['name']}")
         grace = float((pod or {}).get("metadata", {}).get("deletionGracePeriodSeconds", 0) or 0)
         delay = min(grace, self.cluster.faults.termination_delay)
         if delay > 0:

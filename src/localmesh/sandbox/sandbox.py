@@ -101,6 +101,14 @@ class Sandbox:
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def up(self) -> None:
+        """Start the API server and the scenario; on failure, undo what was started."""
+        try:
+            await self._up()
+        except BaseException:
+            await self.down()
+            raise
+
+    async def _up(self) -> None:
         started = time.monotonic()
         _raise_fd_limit(4 * len(self.scenario.deployments) + 4096)
         self._workdir = Path(tempfile.mkdtemp(prefix="localmesh-sandbox-"))
