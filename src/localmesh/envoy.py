@@ -290,8 +290,9 @@ class EnvoySupervisor:
         extra_args: appended to Envoy's command line.
 
     Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` ("host:port"),
-    `running`, `version` (e.g. "1.40.0"), `restart_count`, `last_exit` (why the last process
-    ended), `listener_errors` (bind failures by port).
+    `running`, `version` (e.g. "1.40.0"), `restart_count` (processes started after
+    unexpected exits), `last_exit` (why the last process ended), `listener_errors` (bind
+    failures by port).
     """
 
     def __init__(
@@ -586,8 +587,6 @@ class EnvoySupervisor:
         if run.bind_errors:
             return next(iter(run.bind_errors.values()))
         detail = run.fatal or " / ".join(list(run.tail)[-3:])
-        # Envoy decorates config errors with a link and the whole offending proto text.
-        detail = " ".join(detail.replace("goo.gle/debugonly", "").split())
         return EnvoyError(f"Envoy {reason} during startup: {detail}")
 
     async def _supervise(self) -> None:
@@ -743,7 +742,8 @@ class EnvoySupervisor:
         if _MAIN_LOOP_STARTED in message:
             run.main_loop_started = True
         if level in ("error", "critical"):
-            run.fatal = message
+            # Envoy decorates config errors with a link and the offending proto text.
+            run.fatal = " ".join(message.replace("goo.gle/debugonly", "").split())
         method = _STRUCTLOG_METHOD.get(level, "info")
         if (method == "info" and not run.main_loop_started) or message.startswith(_STARTUP_NOISE):
             method = "debug"  # startup inventory (extensions, header maps): noise
