@@ -83,6 +83,8 @@ _UNESCAPED = {"n": "\n", "t": "\t", "r": "\r"}
 # Warnings Envoy prints on every start that say nothing about this run.
 _STARTUP_NOISE = ("There is no configured limit to the number of allowed active downstream",)
 _MAIN_LOOP_STARTED = "starting main dispatch loop"
+# protobuf marks its debug text with a link whose spelling varies from run to run.
+_DEBUG_LINK = re.compile(r"goo\.gle/debug\w*")
 _TAIL_LINES = 30
 
 
@@ -743,7 +745,7 @@ class EnvoySupervisor:
             run.main_loop_started = True
         if level in ("error", "critical"):
             # Envoy decorates config errors with a link and the offending proto text.
-            run.fatal = " ".join(message.replace("goo.gle/debugonly", "").split())
+            run.fatal = " ".join(_DEBUG_LINK.sub("", message).split())
         method = _STRUCTLOG_METHOD.get(level, "info")
         if (method == "info" and not run.main_loop_started) or message.startswith(_STARTUP_NOISE):
             method = "debug"  # startup inventory (extensions, header maps): noise
