@@ -266,7 +266,7 @@ def _close_writer(writer: asyncio.StreamWriter | None) -> None:
         writer.close()
 
 
-async def _write_backend(writer: asyncio.StreamWriter, data: bytes) -> None:
+async def _write_backend(writer: asyncio.StreamWriter, data: bytes | memoryview) -> None:
     writer.write(data)
     transport = writer.transport
     if transport.get_write_buffer_size() > BACKEND_HIGH_WATER:
@@ -388,11 +388,13 @@ async def _receive_channels(
         index, is_error = divmod(channel, 2)
         if is_error or index >= len(entries) or not payload:
             continue
-        # Data may come before the dial finished: it waits for it, like the kubelet.
-        await entries[index].dialled.wait()
-        writer = entries[index].writer
+        entry = entries[index]
+        if not entry.dialled.is_set():
+            # Data may come before the dial finished: it waits, like the kubelet.
+            await entry.dialled.wait()
+        writer = entry.writer
         if writer is not None and not writer.is_closing():
-            await _write_backend(writer, payload.tobytes())
+            await _write_backend(writer, payload)
 
 
 # --- SPDY port-forward streams ------------------------------------------------------
@@ -475,7 +477,8 @@ class _PortForwardStreams:
         pair = self._by_stream.get(stream.stream_id)
         if pair is None or stream is not pair.data:
             return  # kubectl never writes to the error stream
-        await pair.dialled.wait()
+        if not pair.dialled.is_set():
+            await pair.dialled.wait()
         writer = pair.writer
         if writer is not None and not writer.is_closing():
             try:

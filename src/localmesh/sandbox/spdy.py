@@ -318,34 +318,37 @@ class FrameReader:
         self._headers = decompressor or HeaderDecompressor()
 
     def feed(self, data: bytes) -> list[Frame]:
-        if self._buf:
+        buffered = bool(self._buf)
+        if buffered:
             self._buf += data
-            buf: bytes | bytearray = self._buf
+            view = memoryview(self._buf)
         else:
-            buf = data
+            view = memoryview(data)
         frames: list[Frame] = []
         pos = 0
-        end_of_data = len(buf)
-        while end_of_data - pos >= 8:
-            (word, flags_len) = _U32_PAIR.unpack_from(buf, pos)
-            length = flags_len & 0xFFFFFF
-            end = pos + 8 + length
-            if end > end_of_data:
-                break
-            flags = flags_len >> 24
-            payload = bytes(buf[pos + 8 : end])
-            if word & 0x80000000:
-                version = (word >> 16) & 0x7FFF
-                if version != VERSION:
-                    raise SpdyError(f"unsupported SPDY version {version}")
-                frames.append(self._control(word & 0xFFFF, flags, payload))
-            else:
-                frames.append(DataFrame(word & 0x7FFFFFFF, payload, flags))
-            pos = end
-        if buf is self._buf:
+        end_of_data = len(view)
+        try:
+            while end_of_data - pos >= 8:
+                (word, flags_len) = _U32_PAIR.unpack_from(view, pos)
+                end = pos + 8 + (flags_len & 0xFFFFFF)
+                if end > end_of_data:
+                    break
+                flags = flags_len >> 24
+                payload = view[pos + 8 : end].tobytes()  # the one copy per frame
+                if word & 0x80000000:
+                    version = (word >> 16) & 0x7FFF
+                    if version != VERSION:
+                        raise SpdyError(f"unsupported SPDY version {version}")
+                    frames.append(self._control(word & 0xFFFF, flags, payload))
+                else:
+                    frames.append(DataFrame(word & 0x7FFFFFFF, payload, flags))
+                pos = end
+        finally:
+            view.release()  # a bytearray cannot shrink while a view is exported
+        if buffered:
             del self._buf[:pos]
         elif pos < end_of_data:
-            self._buf += buf[pos:]
+            self._buf += data[pos:]
         return frames
 
     def _control(self, kind: int, flags: int, p: bytes) -> Frame:
