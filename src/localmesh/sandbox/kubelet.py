@@ -69,6 +69,7 @@ class Kubelet:
         self.cluster = cluster
         self.ips = LoopbackAllocator()
         self.runtimes: dict[str, PodRuntime] = {}  # by pod uid
+        self._stopping: set[asyncio.Task[Any]] = set()
 
     # ---- lookups used by faults and the API server -------------------------------------
     def runtime(self, namespace: str, name: str) -> PodRuntime:
@@ -90,7 +91,11 @@ class Kubelet:
         elif ev.type == "DELETED":
             rt = self.runtimes.pop(uid, None)
             if rt is not None:
-                self.cluster.tasks.spawn(self._stop(rt), f"stop-pod/{rt.namespace}/{rt.name}")
+                task = self.cluster.tasks.spawn(
+                    self._stop(rt), f"stop-pod/{rt.namespace}/{rt.name}"
+                )
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
         elif ev.obj["metadata"].get("deletionTimestamp"):
             rt = self.runtimes.get(uid)
             if rt is not None and not rt.terminating:
@@ -181,6 +186,11 @@ class Kubelet:
         listeners, rt.listeners = list(rt.listeners.values()), {}
         for listener in listeners:
             await listener.close()
+
+    async def stopped(self) -> None:
+        """Wait until every deleted pod's servers are closed."""
+        while self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def shutdown(self) -> None:
         for rt in list(self.runtimes.values()):
