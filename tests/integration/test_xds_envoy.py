@@ -164,3 +164,37 @@ async def test_envoy_resyncs_after_a_control_plane_restart(plane: Plane) -> None
         async with asyncio.timeout(ACK_WITHIN):
             await plane.cache.wait_for_ack(changed.version)
         assert await plane.get("svc.localhost") == (200, b"two")
+
+
+async def statuses_while_pushing(plane: Plane, host: str, snapshot: Snapshot) -> list[int]:
+    """Request `host` back to back while `snapshot` is pushed, until it answers 200."""
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            seen.append((await plane.get(host))[0])
+
+    prober = asyncio.create_task(probe(), name="probe")
+    try:
+        await wait_until(lambda: len(seen) > 0, what="first probe")
+        plane.cache.set_snapshot(snapshot)
+        async with asyncio.timeout(ACK_WITHIN):
+            await plane.cache.wait_for_ack(snapshot.version)
+        await wait_until(lambda: seen[-1] == 200, what=f"{host} to answer")
+    finally:
+        done.set()
+        await prober
+    return seen
+
+
+async def test_new_service_never_answers_503_while_it_is_added(plane: Plane) -> None:
+    """Routes reach Envoy only after their cluster is warm: 404 until then, never 503."""
+    async with http_backend(b"base") as base, http_backend(b"fresh") as fresh:
+        services = [service("base", base)]
+        await plane.push(mesh_of(plane.listener_port, *services))
+        for round_ in range(3):
+            services.append(service(f"fresh{round_}", fresh))
+            snapshot = build_snapshot(mesh_of(plane.listener_port, *services), plane.cache.snapshot)
+            seen = await statuses_while_pushing(plane, f"fresh{round_}.localhost", snapshot)
+            assert set(seen) <= {404, 200}, seen
