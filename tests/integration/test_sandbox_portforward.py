@@ -434,3 +434,43 @@ async def test_server_shutdown_ends_open_forwards_promptly(tmp_path: Path) -> No
             await wait_until(lambda: backend.open_connections == 0)
         finally:
             await server.__aexit__(None, None, None)
+
+
+# --- SPDY tunnelled in websocket with a minimal client -----------------------------------
+
+
+async def test_spdy_tunnel_forwards_and_websocket_pings_keep_it_alive(tmp_path: Path) -> None:
+    async with (
+        echo_backend() as backend,
+        mini_api(tmp_path, idle_timeout=IDLE) as api,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            f"{api.url}{PF_PATH}".replace("http://", "ws://"),
+            protocols=["SPDY/3.1+portforward.k8s.io"],
+        ) as ws,
+    ):
+        assert ws.protocol == "SPDY/3.1+portforward.k8s.io"
+        compressor, reader = HeaderCompressor(), FrameReader()
+        pending: list[Frame] = []
+
+        async def next_frame() -> Frame:
+            while not pending:
+                pending.extend(reader.feed(await ws.receive_bytes(timeout=10)))
+            return pending.pop(0)
+
+        common = {"port": [str(backend.port)], "requestid": ["0"]}
+        await ws.send_bytes(
+            encode_frame(SynStream(1, {"streamtype": ["error"], **common}), compressor)
+            + encode_frame(SynStream(3, {"streamtype": ["data"], **common}), compressor)
+        )
+        assert [await next_frame(), await next_frame()] == [SynReply(1, {}), SynReply(3, {})]
+        for _ in range(12):  # websocket keepalives (pacing) over three idle periods
+            await ws.ping()
+            await asyncio.sleep(IDLE / 4)
+        await ws.send_bytes(encode_frame(DataFrame(3, b"tunnelled")))
+        assert await next_frame() == DataFrame(3, b"tunnelled")
+        assert backend.accepted == 1
+        # Silence now: the idle timeout closes the websocket and the backend connection.
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        await wait_until(lambda: backend.open_connections == 0)

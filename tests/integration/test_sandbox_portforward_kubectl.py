@@ -98,3 +98,26 @@ async def test_kubectl_reports_a_refused_pod_port(
     assert fwd.process.returncode == 1
     assert f"error forwarding port {dead} to pod billing-api-0" in text
     assert "connection refused" in text
+
+
+@pytest.mark.parametrize(
+    ("minor", "env"),
+    [
+        pytest.param(33, {}, id="kubectl-1.33-websocket-tunnel"),
+        pytest.param(33, NO_WEBSOCKETS, id="kubectl-1.33-plain-spdy"),
+    ],
+)
+async def test_idle_timeout_fault_drops_an_idle_kubectl_forward(
+    tmp_path: Path, minor: int, env: dict[str, str]
+) -> None:
+    async with (
+        http_backend() as port,
+        mini_api(tmp_path, minor=minor, idle_timeout=0.5) as api,
+        kubectl_port_forward(api.kubeconfig, "pod/billing-api-0", port, env=env) as fwd,
+    ):
+        rc, _, err = await run_curl(f"http://127.0.0.1:{fwd.local_port}/")
+        assert rc == 0, err
+        async with asyncio.timeout(20):
+            await fwd.process.wait()
+        await wait_until(lambda: b"lost connection to pod" in fwd.stderr)
+    assert fwd.process.returncode == 1
