@@ -47,6 +47,13 @@ class Listener(Protocol):
     async def close(self) -> None: ...
 
 
+def _number(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
+
+
 class _HttpEcho:
     def __init__(self, pod: PodInfo) -> None:
         self.pod = pod
@@ -63,10 +70,12 @@ class _HttpEcho:
         if request.path in ("/health", "/healthz"):
             return web.json_response({"status": "ok", "pod": self.pod.name})
         body = await request.read()
-        delay = request.query.get("delay")
-        if delay:
-            await asyncio.sleep(min(float(delay), 30.0))  # a slow backend, on request
-        status = int(request.query.get("status", "200"))
+        delay = _number(request.query.get("delay"), 0.0)
+        if delay > 0:
+            await asyncio.sleep(min(delay, 30.0))  # a slow backend, on request
+        status = int(_number(request.query.get("status"), 200))
+        if not 200 <= status <= 599:
+            status = 400
         payload: dict[str, Any] = {
             "pod": self.pod.name,
             "namespace": self.pod.namespace,
