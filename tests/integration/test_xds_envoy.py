@@ -166,8 +166,10 @@ async def test_envoy_resyncs_after_a_control_plane_restart(plane: Plane) -> None
         assert await plane.get("svc.localhost") == (200, b"two")
 
 
-async def statuses_while_pushing(plane: Plane, host: str, snapshot: Snapshot) -> list[int]:
-    """Request `host` back to back while `snapshot` is pushed, until it answers 200."""
+async def statuses_while_pushing(
+    plane: Plane, host: str, snapshot: Snapshot, until: int = 200
+) -> list[int]:
+    """Request `host` back to back while `snapshot` is pushed, until it answers `until`."""
     seen: list[int] = []
     done = asyncio.Event()
 
@@ -181,7 +183,7 @@ async def statuses_while_pushing(plane: Plane, host: str, snapshot: Snapshot) ->
         plane.cache.set_snapshot(snapshot)
         async with asyncio.timeout(ACK_WITHIN):
             await plane.cache.wait_for_ack(snapshot.version)
-        await wait_until(lambda: seen[-1] == 200, what=f"{host} to answer")
+        await wait_until(lambda: seen[-1] == until, what=f"{host} to answer {until}")
     finally:
         done.set()
         await prober
@@ -198,3 +200,16 @@ async def test_new_service_never_answers_503_while_it_is_added(plane: Plane) -> 
             snapshot = build_snapshot(mesh_of(plane.listener_port, *services), plane.cache.snapshot)
             seen = await statuses_while_pushing(plane, f"fresh{round_}.localhost", snapshot)
             assert set(seen) <= {404, 200}, seen
+
+
+async def test_removed_service_answers_404_never_503(plane: Plane) -> None:
+    """Routes drop a cluster before the cluster goes: 200 until then 404, never 503."""
+    async with http_backend(b"x") as backend:
+        services = [service(f"gone{i}", backend) for i in range(3)]
+        await plane.push(mesh_of(plane.listener_port, *services))
+        while services:
+            removed = services.pop()
+            host = f"{removed[1].host}"
+            snapshot = build_snapshot(mesh_of(plane.listener_port, *services), plane.cache.snapshot)
+            seen = await statuses_while_pushing(plane, host, snapshot, until=404)
+            assert set(seen) <= {200, 404}, seen
