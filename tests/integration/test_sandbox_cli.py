@@ -105,3 +105,18 @@ async def test_sandbox_up_reports_a_bad_scenario(tmp_path: Path) -> None:
     assert code == 2
     assert "deployments[0].workload" in err and "nginx" in err
     assert "Traceback" not in err
+
+
+async def test_sandbox_up_reports_a_taken_port() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run(
+            sys.executable, "-m", "localmesh", "sandbox", "up", "--port", str(port)
+        )
+    assert code == 2, out
+    assert "cannot start the sandbox API server" in err and "address already in use" in err
+    assert "Traceback" not in err
