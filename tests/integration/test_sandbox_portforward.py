@@ -75,14 +75,19 @@ async def closing_backend(greeting: bytes) -> AsyncIterator[int]:
 # --- websocket v4.channel.k8s.io ------------------------------------------------
 
 
-async def test_v4_announces_ports_dials_on_open_and_echoes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["v4.channel.k8s.io", None], ids=["v4", "no-subprotocol"])
+async def test_v4_announces_ports_dials_on_open_and_echoes(
+    tmp_path: Path, protocol: str | None
+) -> None:
     async with (
         echo_backend() as backend,
         mini_api(tmp_path) as api,
         aiohttp.ClientSession() as http,
-        http.ws_connect(pf_url(api.url, backend.port), protocols=["v4.channel.k8s.io"]) as ws,
+        http.ws_connect(
+            pf_url(api.url, backend.port), protocols=[protocol] if protocol else ()
+        ) as ws,
     ):
-        assert ws.protocol == "v4.channel.k8s.io"
+        assert ws.protocol == protocol
         assert await ws.receive_bytes() == prefix(0, backend.port)
         assert await ws.receive_bytes() == prefix(1, backend.port)
         # Dialled when the websocket opened, before any data (kubelet behaviour).

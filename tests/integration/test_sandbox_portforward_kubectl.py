@@ -29,11 +29,15 @@ pytestmark = pytest.mark.integration
 NO_WEBSOCKETS = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
 
 FLAVOURS = [
-    pytest.param(33, {}, "websocket", id="kubectl-1.33-websocket-tunnel"),
+    *(
+        pytest.param(minor, {}, "websocket", id=f"kubectl-1.{minor}-websocket-tunnel")
+        for minor in (31, 32, 33)
+    ),
     pytest.param(33, NO_WEBSOCKETS, "SPDY/3.1", id="kubectl-1.33-plain-spdy"),
-    pytest.param(31, {}, "websocket", id="kubectl-1.31-websocket-tunnel"),
-    pytest.param(30, {}, "SPDY/3.1", id="kubectl-1.30-plain-spdy"),
-    pytest.param(27, {}, "SPDY/3.1", id="kubectl-1.27-plain-spdy"),
+    *(
+        pytest.param(minor, {}, "SPDY/3.1", id=f"kubectl-1.{minor}-plain-spdy")
+        for minor in (27, 28, 29, 30)
+    ),
 ]
 
 
