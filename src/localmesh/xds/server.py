@@ -138,6 +138,10 @@ class AdsService:
                 await stream.wait()
             if not reader.cancelled() and (error := reader.exception()) is not None:
                 log.warning("xds.stream_read_failed", stream=stream.id, error=repr(error))
+        except Exception:
+            # A bug, not Envoy going away: say so; Envoy reconnects and re-syncs.
+            log.exception("xds.stream_failed", stream=stream.id, node=stream.node_id)
+            raise
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
