@@ -65,7 +65,11 @@ async def handle_portforward(
     aiohttp should finish (already sent for upgrades) once the forward is over.
     """
     with _registered(request.app) as stop:
-        return await _serve(request, pod_ip, idle_timeout, stop)
+        log.debug("portforward.open", path=request.path, upgrade=request.headers.get("Upgrade"))
+        try:
+            return await _serve(request, pod_ip, idle_timeout, stop)
+        finally:
+            log.debug("portforward.closed", path=request.path)
 
 
 async def close_portforwards(app: web.Application) -> None:
