@@ -38,6 +38,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -243,6 +244,18 @@ def validate_config(path: Path, envoy_path: str | os.PathLike[str] | None = None
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise EnvoyError(f"Envoy rejects {path}: {' / '.join(detail[-5:])}")
+
+
+def _die_with_parent() -> list[str]:
+    """A launcher prefix that kills Envoy when localmesh dies, even by SIGKILL.
+
+    Envoy runs in its own session (Ctrl-C must reach localmesh, which drains it), so nothing
+    else would stop an Envoy whose localmesh crashed. `setpriv --pdeathsig` sets the
+    parent-death signal and then execs Envoy (same pid): unlike a preexec_fn it runs no
+    Python in the forked child, which is unsafe next to grpc's threads.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 def describe_exit(returncode: int) -> str:
@@ -522,6 +535,7 @@ class EnvoySupervisor:
             self._admin_path.unlink()
         try:
             proc = await asyncio.create_subprocess_exec(
+                *_die_with_parent(),
                 *self.command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -520,3 +521,46 @@ async def test_validate_config_accepts_and_rejects(tmp_path: Path) -> None:
     bad.write_text(json.dumps(bad_config))
     with pytest.raises(EnvoyError, match=r"Envoy rejects .*bad\.json: .*65535"):
         await asyncio.to_thread(validate_config, bad)
+
+
+SUPERVISING_PROCESS = """
+import asyncio, json, sys
+from pathlib import Path
+from localmesh.envoy import EnvoySupervisor
+from localmesh.logs import configure_logging
+
+async def main() -> None:
+    configure_logging("warn")  # logs to stderr: stdout carries the pid
+    supervisor = EnvoySupervisor(json.loads(sys.argv[1]), runtime_dir=Path(sys.argv[2]))
+    await supervisor.start()
+    print(supervisor.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_envoy_dies_with_a_killed_localmesh(tmp_path: Path) -> None:
+    """A crashed (SIGKILLed) localmesh must not leave its Envoy behind."""
+    bootstrap = static_bootstrap(free_port(), {})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SUPERVISING_PROCESS,
+        json.dumps(bootstrap),
+        str(tmp_path / "run"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        envoy_pid = int(line)
+        assert process_exists(envoy_pid)
+    finally:
+        proc.kill()
+        await proc.wait()
+
+    async def envoy_gone() -> None:
+        assert not process_exists(envoy_pid), f"envoy {envoy_pid} outlived its localmesh"
+
+    await eventually(envoy_gone, within=10)
