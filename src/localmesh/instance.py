@@ -81,7 +81,7 @@ class UpOptions:
     watch: bool = False
     log_level: str = "info"
     envoy_path: str | None = None
-    ads_mode: AdsMode = AdsMode.SOTW
+    ads_mode: AdsMode = AdsMode.DELTA  # changes cost only what changed (bench/xds_push)
     runtime_base: Path | None = None  # tests: a private directory instead of XDG_RUNTIME_DIR
     handle_signals: bool = True
 
@@ -193,6 +193,7 @@ class MeshInstance:
         )
         self._started.envoy = envoy
         await envoy.start()
+        self._spawn("envoy supervision", envoy.join)  # a dead supervisor stops `up`
         await envoy.wait_listening(config.listener_port)
         await self._wait_in_sync()
 
@@ -492,6 +493,7 @@ class MeshInstance:
                 pid=(envoy.pid or 0) if envoy is not None else 0,
                 admin_address=(envoy.admin_address or "") if envoy is not None else "",
                 restarts=envoy.restart_count if envoy is not None else 0,
+                version=(envoy.version or "") if envoy is not None else "",
                 bootstrap_path=str(self.paths.envoy_bootstrap),
             ),
             hosts=tuple(hosts),

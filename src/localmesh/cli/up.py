@@ -89,8 +89,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--xds",
         choices=("sotw", "delta"),
-        default="sotw",
-        help="how Envoy speaks xDS: state of the world or incremental (default: sotw)",
+        default="delta",
+        help="how Envoy speaks xDS: incremental or state of the world (default: delta)",
     )
     parser.set_defaults(run=run)
 
