@@ -90,7 +90,10 @@ def test_endpoints_of_unrouted_clusters_are_not_served() -> None:
 def test_two_hosts_share_one_cluster() -> None:
     rec = Reconciler(_never, listener_address="127.0.0.1", listener_port=80)
     rec.set_routes(
-        [Route("a.localhost", "c1", Protocol.HTTP, "b1"), Route("b.localhost", "c1", Protocol.HTTP, "b1")]
+        [
+            Route("a.localhost", "c1", Protocol.HTTP, "b1"),
+            Route("b.localhost", "c1", Protocol.HTTP, "b1"),
+        ]
     )
     spec = rec.desired()
     assert [c.name for c in spec.clusters] == ["c1"]
