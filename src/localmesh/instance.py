@@ -157,15 +157,15 @@ class MeshInstance:
 
         user = invoking_user()
         owner_uid = user.uid if user.uid != os.geteuid() else None
+        # First the name (a second `up --name X` must not touch X's hosts block), then the
+        # hosts file: both fail before anything long-lived has started.
+        self._started.lock = InstanceLock(self.paths, uid=owner_uid).acquire()
         hosts = HostsFile(opts.hosts_file, opts.name) if opts.edit_hosts else None
         if hosts is not None:
-            # Fail before starting anything when the hosts file cannot be written.
             update = hosts.ensure(_hosts(config), address=_hosts_address(opts.bind))
             self._started.hosts = hosts
             for name in update.stale_removed:
                 log.info("removed hosts entries left by a crashed run", mesh=name)
-
-        self._started.lock = InstanceLock(self.paths, uid=owner_uid).acquire()
         cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
         self._started.cluster = cluster
 
