@@ -1,15 +1,18 @@
 """A local listener forwarding every accepted connection to one pod port.
 
-Each connection gets its own websocket (the protocol carries one TCP connection each). One
-websocket is kept open in reserve so a new connection does not wait for the upgrade; the
-reserve is refilled in the background, with backoff when the pod side keeps failing.
+Each connection gets its own websocket (the protocol carries one TCP connection each), and
+opening one (TCP, TLS, HTTP upgrade, the pod-side dial) costs milliseconds. So a forwarder
+keeps a reserve of open websockets: a new connection takes one at once and the reserve is
+refilled in the background, several upgrades in parallel. The reserve grows while
+connections arrive faster than it refills and shrinks back once they stop; when the pod
+side keeps failing, refills back off so a broken pod port is not hammered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import time
 
 import structlog
 
@@ -20,8 +23,10 @@ log = structlog.get_logger(__name__)
 
 LISTEN_BACKLOG = 1024
 STREAM_LIMIT = 256 * 1024
-SPARE_BACKOFF_INITIAL = 0.05
-SPARE_BACKOFF_MAX = 5.0
+BACKOFF_INITIAL = 0.05
+BACKOFF_MAX = 5.0
+RESERVE_MAX = 16  # websockets held open for one pod at the busiest
+RESERVE_DECAY_SECONDS = 10.0  # without a miss for this long the reserve halves
 
 
 class PodForwarder:
@@ -35,21 +40,29 @@ class PodForwarder:
         *,
         bind: str = "127.0.0.1",
         spares: int = 1,
+        max_spares: int = RESERVE_MAX,
     ) -> None:
         self.namespace = namespace
         self.target = target
         self.stats = ForwardStats()
-        self._connector = connector
-        self._bind = bind
-        self._spare_count = spares
-        self._spares: list[Tunnel] = []
-        self._want_spare = asyncio.Event()
-        self._spare_delay = SPARE_BACKOFF_INITIAL
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._refill: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (bind, 0)
         self.label = f"{namespace}/{target.pod}:{target.port}"
+        self._connector = connector
+        self._bind = bind
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        # The reserve.
+        self._spares: list[Tunnel] = []
+        self._opening: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reserve_min = max(0, spares)
+        self._reserve_max = max(self._reserve_min, max_spares) if spares > 0 else 0
+        self._reserve = self._reserve_min
+        self._last_miss = 0.0
+        self._delay = 0.0  # backoff before the next refill; 0 while the pod side is fine
+        self._retry: asyncio.TimerHandle | None = None
+        self._decay: asyncio.TimerHandle | None = None
+        self._stopped = False
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -57,24 +70,26 @@ class PodForwarder:
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (str(host), int(port))
-        if self._spare_count > 0:
-            self._refill = asyncio.create_task(self._keep_spares(), name=f"spares {self.label}")
-            self._refill.add_done_callback(self._refill_done)
-            self._want_spare.set()
+        self._fill()
         log.debug("forwarder listening", target=self.label, address=f"{host}:{port}")
         return self.address
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop accepting; let open connections finish for up to `grace` seconds."""
+        self._stopped = True
         if self._server is not None:
             self._server.close()
-        if self._refill is not None:
-            self._refill.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refill
+        for handle in (self._retry, self._decay):
+            if handle is not None:
+                handle.cancel()
+        for task in list(self._opening):
+            task.cancel()
+        if self._opening:
+            await asyncio.wait(set(self._opening))
         spares, self._spares = self._spares, []
-        for tunnel in spares:
-            await tunnel.close()
+        await asyncio.gather(*(tunnel.close() for tunnel in spares))
+        if self._closing:
+            await asyncio.wait(set(self._closing))
         if self._connections and grace > 0:
             await asyncio.wait(set(self._connections), timeout=grace)
         for task in list(self._connections):
@@ -98,6 +113,9 @@ class PodForwarder:
         except TunnelError as exc:
             log.warning("port-forward failed", target=self.label, error=str(exc))
             writer.close()
+        except asyncio.CancelledError:
+            # Stopped: end quietly (Python 3.11's stream server logs cancelled handlers).
+            writer.close()
         finally:
             self.stats.active -= 1
             self._connections.discard(task)
@@ -108,42 +126,94 @@ class PodForwarder:
         )
 
     def _take_spare(self) -> Tunnel | None:
-        while self._spares:
-            tunnel = self._spares.pop()
-            self._want_spare.set()
+        found: Tunnel | None = None
+        while self._spares and found is None:
+            tunnel = self._spares.pop(0)
             if tunnel.usable:
-                return tunnel
-            asyncio.get_running_loop().create_task(tunnel.close(), name=f"close {tunnel.label}")
-        return None
+                found = tunnel
+            else:
+                self._close_later(tunnel)
+        if found is None and self._reserve_max:
+            # Connections outpace the reserve: hold more open, for a while.
+            self._reserve = min(self._reserve_max, max(1, self._reserve * 2))
+            self._last_miss = time.monotonic()
+            self._schedule_decay()
+        self._fill()
+        return found
 
     # -- the reserve ------------------------------------------------------------------------
-    async def _keep_spares(self) -> None:
-        while True:
-            await self._want_spare.wait()
-            self._want_spare.clear()
-            while len(self._spares) < self._spare_count:
-                if self._spare_delay > SPARE_BACKOFF_INITIAL:
-                    await asyncio.sleep(self._spare_delay)
-                try:
-                    tunnel = await self._open()
-                except TunnelError as exc:
-                    log.debug("reserve port-forward failed", target=self.label, error=str(exc))
-                    self._spare_delay = min(self._spare_delay * 2, SPARE_BACKOFF_MAX)
-                    continue
-                self._spares.append(tunnel)
-                tunnel.add_done_callback(functools.partial(self._spare_closed, tunnel))
+    def _fill(self) -> None:
+        if self._stopped or self._retry is not None:
+            return
+        missing = self._reserve - len(self._spares) - len(self._opening)
+        if missing <= 0:
+            return
+        if self._delay > 0:
+            self._retry = asyncio.get_running_loop().call_later(self._delay, self._retry_fill)
+            return
+        for _ in range(missing):
+            task = asyncio.create_task(self._open_spare(), name=f"reserve {self.label}")
+            self._opening.add(task)
+            task.add_done_callback(self._opened)
 
-    def _spare_closed(self, tunnel: Tunnel) -> None:
-        if tunnel in self._spares:
-            # The pod side closed an idle reserve (error, idle timeout): replace it, slower
-            # each time it happens in a row so a broken pod port is not hammered.
-            self._spares.remove(tunnel)
-            asyncio.get_running_loop().create_task(tunnel.close(), name=f"close {tunnel.label}")
-            self._spare_delay = min(self._spare_delay * 2, SPARE_BACKOFF_MAX)
-            self._want_spare.set()
-        else:
-            self._spare_delay = SPARE_BACKOFF_INITIAL
+    def _retry_fill(self) -> None:
+        self._retry = None
+        missing = self._reserve - len(self._spares) - len(self._opening)
+        if missing > 0 and not self._stopped:
+            # One probe at a time while backing off.
+            task = asyncio.create_task(self._open_spare(), name=f"reserve {self.label}")
+            self._opening.add(task)
+            task.add_done_callback(self._opened)
 
-    def _refill_done(self, task: asyncio.Task[None]) -> None:
+    async def _open_spare(self) -> None:
+        try:
+            tunnel = await self._open()
+        except TunnelError as exc:
+            log.debug("reserve port-forward failed", target=self.label, error=str(exc))
+            self._fail()
+            return
+        if self._stopped:
+            await tunnel.close()
+            return
+        self._spares.append(tunnel)
+        tunnel.add_done_callback(functools.partial(self._tunnel_done, tunnel))
+
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        self._opening.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("reserve task died", target=self.label, exc_info=task.exception())
+            log.error("reserve task failed", target=self.label, exc_info=task.exception())
+        self._fill()
+
+    def _tunnel_done(self, tunnel: Tunnel) -> None:
+        if tunnel in self._spares:
+            # The pod side closed an unused websocket (an error, an idle timeout).
+            self._spares.remove(tunnel)
+            self._close_later(tunnel)
+            self._fail()
+            self._fill()
+        elif tunnel.error is None:
+            self._delay = 0.0  # a connection went through: the pod side works
+
+    def _fail(self) -> None:
+        self._delay = min(BACKOFF_MAX, max(BACKOFF_INITIAL, self._delay * 2))
+
+    def _schedule_decay(self) -> None:
+        if self._decay is None:
+            loop = asyncio.get_running_loop()
+            self._decay = loop.call_later(RESERVE_DECAY_SECONDS, self._shrink)
+
+    def _shrink(self) -> None:
+        self._decay = None
+        if time.monotonic() - self._last_miss < RESERVE_DECAY_SECONDS:
+            self._schedule_decay()
+            return
+        self._reserve = max(self._reserve_min, self._reserve // 2)
+        while len(self._spares) > self._reserve:
+            self._close_later(self._spares.pop())
+        if self._reserve > self._reserve_min:
+            self._schedule_decay()
+
+    def _close_later(self, tunnel: Tunnel) -> None:
+        task = asyncio.get_running_loop().create_task(tunnel.close(), name=f"close {tunnel.label}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
