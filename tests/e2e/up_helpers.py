@@ -64,6 +64,14 @@ def services_yaml(port: int, entries: Sequence[dict[str, Any]]) -> str:
     return yaml.safe_dump({"listener_port": port, "services": list(entries)}, sort_keys=False)
 
 
+async def read_text(path: Path) -> str:
+    return await asyncio.to_thread(path.read_text)
+
+
+async def read_bytes(path: Path) -> bytes:
+    return await asyncio.to_thread(path.read_bytes)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Save like an editor does: a new file renamed over the old one."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,0 +1,193 @@
+"""`localmesh up --watch`: edits of services.yaml are applied live, Envoy is never restarted,
+and an invalid edit keeps the previous config serving until the file is fixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localmesh.sandbox import Sandbox
+from tests.e2e.conftest import UP_LOOP
+from tests.e2e.up_helpers import (
+    envoy_pid,
+    eventually,
+    free_port,
+    http_get,
+    read_text,
+    routed_to,
+    run_cli,
+    seed_services,
+    services_yaml,
+    start_up,
+    status_is,
+    status_json,
+    write_atomically,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, UP_LOOP]
+
+BILLING = {
+    "host": "billing-api.localhost",
+    "namespace": "billing",
+    "service": "billing-api",
+    "port_name": "http",
+}
+ADMIN = {"host": "admin.localhost", "namespace": "admin", "service": "admin-web", "port": 8080}
+APPLY_WITHIN = 10.0  # generous for a loaded 2-core machine; typically ~0.2 s
+
+
+async def test_watch_applies_add_remove_edit_and_port_change_without_restarting_envoy(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(services_yaml(port, [BILLING, ADMIN]))
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("127.0.0.1 localhost\n")
+    up = await start_up(
+        up_runtime_dir,
+        services,
+        up_sandbox.kubeconfig_path,
+        "--watch",
+        "--hosts-file",
+        hosts_file,
+    )
+    try:
+        _, status = await status_json(up_runtime_dir)
+        pid = envoy_pid(status)
+        assert await routed_to(port, "billing-api.localhost", "billing")
+        assert await routed_to(port, "admin.localhost", "admin")
+        assert (await http_get(port, "new.localhost")).status == 404
+
+        # Add: a new host (to an existing service) and a new service (gRPC).
+        new = {**BILLING, "host": "new.localhost"}
+        users = {
+            "host": "users-api.localhost",
+            "namespace": "users",
+            "service": "users-api",
+            "port_name": "grpc",
+            "type": "grpc",
+        }
+        write_atomically(services, services_yaml(port, [BILLING, ADMIN, new, users]))
+        await eventually(
+            lambda: routed_to(port, "new.localhost", "billing"),
+            seconds=APPLY_WITHIN,
+            what="the added host to be routed",
+        )
+        code, status = await status_json(up_runtime_dir)
+        hosts = {h["host"]: h for h in status["hosts"]}
+        assert hosts["users-api.localhost"]["target_port"] == 50051, hosts
+        assert "127.0.0.1 new.localhost" in await read_text(hosts_file)
+
+        # Remove: its host gets Envoy's 404, the others keep serving.
+        write_atomically(services, services_yaml(port, [BILLING, new, users]))
+        await eventually(
+            lambda: status_is(port, "admin.localhost", 404),
+            seconds=APPLY_WITHIN,
+            what="the removed host to get 404",
+        )
+        reply = await http_get(port, "admin.localhost")
+        assert reply.status == 404 and reply.body == "", reply
+        assert await routed_to(port, "billing-api.localhost", "billing")
+
+        # Edit: the host now points at another service in another namespace.
+        moved = {**ADMIN, "host": "new.localhost"}
+        write_atomically(services, services_yaml(port, [BILLING, moved, users]))
+        await eventually(
+            lambda: routed_to(port, "new.localhost", "admin"),
+            seconds=APPLY_WITHIN,
+            what="the edited host to reach admin-web",
+        )
+
+        # listener_port: the listener moves; Envoy stays.
+        port2 = free_port()
+        write_atomically(services, services_yaml(port2, [BILLING, moved, users]))
+        await eventually(
+            lambda: routed_to(port2, "billing-api.localhost", "billing"),
+            seconds=APPLY_WITHIN,
+            what="the new listener port to serve",
+        )
+        await eventually(
+            lambda: status_is(port, "billing-api.localhost", 0),
+            seconds=APPLY_WITHIN,
+            what="the old listener port to be closed",
+        )
+
+        code, status = await status_json(up_runtime_dir)
+        assert code == 0, status
+        assert envoy_pid(status) == pid
+        assert status["envoy"]["restarts"] == 0
+        assert status["listener_port"] == port2
+        assert {h["host"] for h in status["hosts"]} == {
+            "billing-api.localhost",
+            "new.localhost",
+            "users-api.localhost",
+        }
+        assert "127.0.0.1 admin.localhost" not in await read_text(hosts_file)
+    finally:
+        assert await up.stop() == 0, up.describe()
+
+
+def _error_logs(entries: list[dict[str, Any]], needle: str) -> list[dict[str, Any]]:
+    return [e for e in entries if e.get("level") == "error" and needle in str(e)]
+
+
+async def test_invalid_edit_keeps_serving_and_a_fix_applies(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    good = seed_services(port)
+    services.write_text(good)
+    up = await start_up(
+        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        assert await routed_to(port, "billing-api.localhost", "billing")
+        code, _ = await status_json(up_runtime_dir)
+        assert code == 0
+
+        # An unknown key in the billing entry, with the admin entry removed in the same edit:
+        # none of it may be applied.
+        lines = good.splitlines()
+        billing_at = lines.index("  - host: billing-api.localhost")
+        lines.insert(billing_at + 2, "    bogus_key: 1")
+        bad = "\n".join(lines[: lines.index("  - host: admin.localhost")]) + "\n"
+        write_atomically(services, bad)
+        bad_line = billing_at + 3  # 1-based line number of the inserted key
+        where = f"{services}:{bad_line}:"
+        await up.wait_log(
+            lambda e: bool(_error_logs([e], where)),
+            seconds=APPLY_WITHIN,
+            what=f"an error log naming {where}",
+        )
+        assert "bogus_key" in str(_error_logs(up.logs(), where)[0])
+
+        for host, ns in (("billing-api.localhost", "billing"), ("admin.localhost", "admin")):
+            assert await routed_to(port, host, ns), f"{host} stopped serving after a bad edit"
+        text = await run_cli(up_runtime_dir, "status")
+        assert text.returncode != 0, text
+        assert "bogus_key" in text.stdout + text.stderr, text
+        assert "Traceback" not in text.stderr
+        code, status = await status_json(up_runtime_dir)
+        assert code != 0
+        assert "bogus_key" in str(status), status
+
+        # The fix (which also drops admin) is applied, and status is healthy again.
+        fixed = "\n".join(line for line in bad.splitlines() if "bogus_key" not in line)
+        write_atomically(services, fixed + "\n")
+        await eventually(
+            lambda: status_is(port, "admin.localhost", 404),
+            seconds=APPLY_WITHIN,
+            what="the fixed file to be applied",
+        )
+
+        async def healthy() -> bool:
+            return (await status_json(up_runtime_dir))[0] == 0
+
+        await eventually(healthy, seconds=APPLY_WITHIN, what="status to be healthy again")
+        assert await routed_to(port, "billing-api.localhost", "billing")
+    finally:
+        assert await up.stop() == 0, up.describe()
