@@ -233,7 +233,9 @@ async def serve_sandbox(scenario_path: str, kubeconfig: str, ready_timeout: floa
     from localmesh.sandbox import Sandbox, Scenario
     from localmesh.sandbox.resources import PODS
 
-    scenario = Scenario.from_dict(json.loads(Path(scenario_path).read_text()))
+    scenario = Scenario.from_dict(
+        json.loads(await asyncio.to_thread(Path(scenario_path).read_text))
+    )
     ready_at: dict[tuple[str, str], float] = {}
 
     def is_ready(pod: dict[str, Any]) -> bool:
@@ -330,10 +332,10 @@ class MeshProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    async def wait_ready(self, timeout: float = 60.0) -> float:
+    async def wait_ready(self, seconds: float = 60.0) -> float:
         """Until `up` printed its `listen:` line; returns seconds since the process started."""
         assert self.proc.stdout is not None
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             while True:
                 line = await asyncio.to_thread(self.proc.stdout.readline)
                 if not line:
@@ -457,10 +459,10 @@ class Connection:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
 
-    async def get(self, host: str, path: str = "/bench", timeout: float = 5.0) -> int:
+    async def get(self, host: str, path: str = "/bench", seconds: float = 5.0) -> int:
         """Status of one GET; 0 for a connection failure (the connection is then reset)."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.open_connection(
                         self.address, self.port
@@ -483,18 +485,18 @@ async def wait_status(
     host: str,
     want: int,
     *,
-    timeout: float,
+    within: float,
     pause: float = 0.002,
 ) -> float:
     """Poll until a GET for `host` answers `want`; returns time.monotonic() of that answer."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         status = await conn.get(host)
         now = time.monotonic()
         if status == want:
             return now
         if now > deadline:
-            raise TimeoutError(f"{host} did not answer {want} within {timeout}s (last {status})")
+            raise TimeoutError(f"{host} did not answer {want} within {within}s (last {status})")
         await asyncio.sleep(pause)
 
 
@@ -520,7 +522,7 @@ class Load:
         conn = Connection(self.port, self.address)
         try:
             while True:
-                status = await conn.get(self.host, timeout=2.0)
+                status = await conn.get(self.host, seconds=2.0)
                 if status == 200:
                     self.ok += 1
                 else:
@@ -555,7 +557,7 @@ class Rate:
 
 
 async def keepalive_rate(
-    address: str, port: int, host: str, seconds: float, concurrency: int, max_requests: int
+    address: str, port: int, host: str, *, seconds: float, concurrency: int, max_requests: int
 ) -> Rate:
     """`concurrency` keep-alive connections, one request at a time each, for `seconds`."""
     result = Rate()
@@ -589,7 +591,7 @@ async def keepalive_rate(
 
 
 async def newconn_rate(
-    address: str, port: int, host: str, seconds: float, concurrency: int, max_requests: int
+    address: str, port: int, host: str, *, seconds: float, concurrency: int, max_requests: int
 ) -> Rate:
     """`concurrency` workers, each: connect, one request (Connection: close), close."""
     result = Rate()

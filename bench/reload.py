@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     ENVOY,
     Connection,
     Load,
@@ -53,8 +53,8 @@ from common import (  # noqa: E402
     wait_status,
 )
 
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec  # noqa: E402
-from localmesh.xds.resources import render_static_config  # noqa: E402
+from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec
+from localmesh.xds.resources import render_static_config
 
 NS = "bench"
 EXTRAS = 5
@@ -98,17 +98,17 @@ async def bench_localmesh(sandbox: SandboxProcess, workdir: Path, edits: int) ->
     try:
         await mesh.wait_ready()
         probe = Connection(port)
-        await wait_status(probe, "steady.localhost", 200, timeout=10)
+        await wait_status(probe, "steady.localhost", 200, within=10)
         load = Load(port, "steady.localhost").start()
         await asyncio.sleep(0.3)  # the load is running before the first edit
         for i in range(edits):
             host = f"edit-{i}.localhost"
             save_atomically(services, services_yaml(port, entries(i)))
             saved = time.monotonic()
-            adds.append(await wait_status(probe, host, 200, timeout=EDIT_TIMEOUT) - saved)
+            adds.append(await wait_status(probe, host, 200, within=EDIT_TIMEOUT) - saved)
             save_atomically(services, services_yaml(port, entries(None)))
             saved = time.monotonic()
-            removes.append(await wait_status(probe, host, 404, timeout=EDIT_TIMEOUT) - saved)
+            removes.append(await wait_status(probe, host, 404, within=EDIT_TIMEOUT) - saved)
             if (i + 1) % 10 == 0:
                 print(
                     f"  localmesh: {i + 1}/{edits} edits, last add {adds[-1] * 1000:.0f} ms, "
@@ -146,7 +146,8 @@ async def envoy_restart_count(mesh: MeshProcess) -> int | None:
 
 
 def static_config(port: int, forwards: dict[str, int], edit: int | None) -> dict[str, Any]:
-    clusters, vhosts = [], []
+    clusters: list[ClusterSpec] = []
+    vhosts: list[VirtualHostSpec] = []
     for host, _ns, svc, _port in entries(edit):
         name = f"{svc}_{NS}"
         if all(c.name != name for c in clusters):
@@ -183,7 +184,7 @@ async def bench_seed(sandbox: SandboxProcess, workdir: Path, edits: int) -> dict
         config.write_text(json.dumps(static_config(port, forwards, None)))
         envoy = start_envoy(config, log)
         probe = Connection(port)
-        await wait_status(probe, "steady.localhost", 200, timeout=20)
+        await wait_status(probe, "steady.localhost", 200, within=20)
         load = Load(port, "steady.localhost").start()
         await asyncio.sleep(0.3)
         for i in range(edits):
@@ -193,7 +194,7 @@ async def bench_seed(sandbox: SandboxProcess, workdir: Path, edits: int) -> dict
                 config.write_text(json.dumps(static_config(port, forwards, edit)))
                 stop_process(envoy)
                 envoy = start_envoy(config, log)
-                answered = await wait_status(probe, host, want, timeout=20)
+                answered = await wait_status(probe, host, want, within=20)
                 if want == 200:
                     adds.append(answered - saved)
             if (i + 1) % 5 == 0:
