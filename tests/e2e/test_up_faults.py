@@ -42,7 +42,7 @@ services:
   - {name: admin-web, namespace: admin, selector: {app: admin-web},
      ports: [{port: 8080, targetPort: 8080}]}
 """
-ENTRIES = [
+ENTRIES: list[dict[str, object]] = [
     {"host": "billing-api.localhost", "namespace": "billing", "service": "billing-api",
      "port_name": "http"},
     {"host": "admin.localhost", "namespace": "admin", "service": "admin-web", "port": 8080},

@@ -14,7 +14,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,7 +60,7 @@ def seed_services(port: int) -> str:
     return changed
 
 
-def services_yaml(port: int, entries: Sequence[dict[str, Any]]) -> str:
+def services_yaml(port: int, entries: Sequence[Mapping[str, object]]) -> str:
     return yaml.safe_dump({"listener_port": port, "services": list(entries)}, sort_keys=False)
 
 
