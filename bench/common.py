@@ -437,6 +437,11 @@ def request_bytes(host: str, path: str = "/bench", *, close: bool = False) -> by
 
 async def read_response(reader: asyncio.StreamReader) -> int:
     """One HTTP/1.1 response with a Content-Length body; returns the status."""
+    return (await read_body(reader))[0]
+
+
+async def read_body(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length body: status and body."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
@@ -446,8 +451,7 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    await reader.readexactly(length)
-    return status
+    return status, await reader.readexactly(length)
 
 
 @dataclass
@@ -461,6 +465,12 @@ class Connection:
 
     async def get(self, host: str, path: str = "/bench", seconds: float = 5.0) -> int:
         """Status of one GET; 0 for a connection failure (the connection is then reset)."""
+        return (await self.fetch(host, path, seconds))[0]
+
+    async def fetch(
+        self, host: str, path: str = "/bench", seconds: float = 5.0
+    ) -> tuple[int, bytes]:
+        """Status and body of one GET; (0, b"") for a connection failure."""
         try:
             async with asyncio.timeout(seconds):
                 if self.writer is None:
@@ -469,10 +479,10 @@ class Connection:
                     )
                 assert self.reader is not None
                 self.writer.write(request_bytes(host, path))
-                return await read_response(self.reader)
+                return await read_body(self.reader)
         except (OSError, HttpError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             self.close()
-            return 0
+            return 0, b""
 
     def close(self) -> None:
         if self.writer is not None:
