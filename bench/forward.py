@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/forward.py [--seconds 2] [--rounds 2] [--megabytes 64]
 
-Starts the sandbox cluster in its own process (an http-echo pod and a tcp-echo pod), a
-localmesh `PodForwarder` per pod in a second process and `kubectl port-forward pod/...` per
-pod, then drives each path with the same small asyncio client from this process:
+Starts the sandbox cluster in its own process (an http-echo pod and a tcp-echo pod),
+localmesh `PodForwarder`s per pod in a second process (`localmesh`: the default, one
+multiplexed SPDY-in-websocket session per pod; `localmesh-v4`: one `v4.channel.k8s.io`
+websocket per connection, for API servers without the former) and `kubectl port-forward
+pod/...` per pod, then drives each path with the same small asyncio client from this process:
 keep-alive requests per second (one connection, one request at a time), new-connection
 requests per second (connect, one request, close) and bulk MB/s (bytes echoed through the
 tcp-echo pod). Direct-to-backend (the pod's own loopback IP) is the limit. Paths alternate
@@ -24,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,13 @@ async def serve_forwarder(kubeconfig: str, targets: list[str]) -> None:
     ) as session:
         connector = Connector(access, session)
         forwarders = []
-        for spec in targets:
-            pod, port = spec.rsplit(":", 1)
-            forwarder = PodForwarder(connector, "bench", Target(pod, "", int(port)))
-            await forwarder.start()
-            forwarders.append(forwarder)
+        for multiplex in (True, False):
+            for spec in targets:
+                pod, port = spec.rsplit(":", 1)
+                target = Target(pod, "", int(port))
+                forwarder = PodForwarder(connector, "bench", target, multiplex=multiplex)
+                await forwarder.start()
+                forwarders.append(forwarder)
         print(json.dumps([f.address[1] for f in forwarders]), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         for forwarder in forwarders:
@@ -268,16 +271,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         procs.append(forwarder)
         assert forwarder.stdout is not None
-        lm_web, lm_echo = json.loads(await asyncio.to_thread(forwarder.stdout.readline))
+        lm_web, lm_echo, v4_web, v4_echo = json.loads(
+            await asyncio.to_thread(forwarder.stdout.readline)
+        )
         kc_web_proc, kc_web = kubectl_forward(kubeconfig, web["pod"], web["port"])
         kc_echo_proc, kc_echo = kubectl_forward(kubeconfig, echo["pod"], echo["port"])
         procs += [kc_web_proc, kc_echo_proc]
         paths: dict[str, tuple[str, int, int]] = {
             "direct": (web["ip"], web["port"], echo["port"]),
             "localmesh": ("127.0.0.1", lm_web, lm_echo),
+            "localmesh-v4": ("127.0.0.1", v4_web, v4_echo),
             "kubectl": ("127.0.0.1", kc_web, kc_echo),
         }
-        echo_hosts = {"direct": echo["ip"], "localmesh": "127.0.0.1", "kubectl": "127.0.0.1"}
+        echo_hosts = {name: "127.0.0.1" for name in paths} | {"direct": echo["ip"]}
         best: dict[str, dict[str, Any]] = {name: {} for name in paths}
 
         def keep(name: str, metric: str, value: float, extra: dict[str, Any]) -> None:
@@ -314,7 +320,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 errors = ka.errors + nc.errors
                 best[name]["errors"] = best[name].get("errors", 0) + errors
                 print(
-                    f"round {round_ + 1} {name:>9}: keep-alive {ka.rate:8.0f} req/s "
+                    f"round {round_ + 1} {name:>12}: keep-alive {ka.rate:8.0f} req/s "
                     f"(p50 {ka.ms(0.5):.3f} ms, p99 {ka.ms(0.99):.3f} ms)  "
                     f"new-conn {nc.rate:6.0f} req/s (p50 {nc.ms(0.5):.3f} ms)  "
                     f"bulk {mbps:6.1f} MB/s  errors {errors}",
@@ -351,10 +357,10 @@ def main() -> None:
         f"kubectl {info['kubectl']} (sandbox reports {info['sandbox_kube_version']})"
     )
     results = report["results"]
-    print(f"{'path':>10} {'keep-alive req/s':>17} {'new-conn req/s':>15} {'bulk MB/s':>10}")
+    print(f"{'path':>12} {'keep-alive req/s':>17} {'new-conn req/s':>15} {'bulk MB/s':>10}")
     for name, figures in results.items():
         print(
-            f"{name:>10} {figures['keepalive_rps']:>17.0f} {figures['newconn_rps']:>15.0f} "
+            f"{name:>12} {figures['keepalive_rps']:>17.0f} {figures['newconn_rps']:>15.0f} "
             f"{figures['bulk_mb_s']:>10.1f}"
         )
     lm, kc = results["localmesh"], results["kubectl"]

@@ -54,6 +54,7 @@ class ForwardOptions:
     heartbeat: float | None = 20.0  # websocket ping interval: idle connections stay up
     spares: int = 1  # websockets kept open per pod so new connections skip the upgrade
     grace: float = 5.0  # how long a withdrawn pod's open connections may finish
+    multiplex: bool = True  # one SPDY-in-websocket session per pod where the server offers it
 
 
 async def supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -108,6 +109,7 @@ class ServiceForwarder:
                 target,
                 bind=self._options.bind,
                 spares=self._options.spares,
+                multiplex=self._options.multiplex,
             )
             try:
                 address, port = await forwarder.start()

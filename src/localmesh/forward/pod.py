@@ -1,7 +1,9 @@
 """A local listener forwarding every accepted connection to one pod port.
 
-Each connection gets its own websocket (the protocol carries one TCP connection each), and
-opening one (TCP, TLS, HTTP upgrade, the pod-side dial) costs milliseconds. So a forwarder
+Where the API server offers it (Kubernetes 1.30+), all connections to a pod share one
+websocket carrying SPDY stream pairs (see multiplex.py), so a new connection costs a few
+frames. Otherwise each connection gets its own `v4.channel.k8s.io` websocket, and opening
+one (TCP, TLS, HTTP upgrade, the pod-side dial) costs milliseconds. So a forwarder then
 keeps a reserve of open websockets: a new connection takes one at once and the reserve is
 refilled in the background, several upgrades in parallel. The reserve grows while
 connections arrive faster than it refills and shrinks back once they stop; when the pod
@@ -16,6 +18,7 @@ import time
 
 import structlog
 
+from localmesh.forward.multiplex import SpdySession, open_session
 from localmesh.forward.tunnel import Connector, ForwardStats, Tunnel, TunnelError
 from localmesh.kube import Target
 
@@ -41,6 +44,7 @@ class PodForwarder:
         bind: str = "127.0.0.1",
         spares: int = 1,
         max_spares: int = RESERVE_MAX,
+        multiplex: bool = True,
     ) -> None:
         self.namespace = namespace
         self.target = target
@@ -63,6 +67,10 @@ class PodForwarder:
         self._retry: asyncio.TimerHandle | None = None
         self._decay: asyncio.TimerHandle | None = None
         self._stopped = False
+        # The multiplexed session, while the server offers one.
+        self._multiplex = multiplex
+        self._session: SpdySession | None = None
+        self._session_opening: asyncio.Task[SpdySession | None] | None = None
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -70,7 +78,11 @@ class PodForwarder:
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (str(host), int(port))
-        self._fill()
+        if self._multiplex:
+            # Open the session now: the first connection should not wait for it.
+            self._session_task().add_done_callback(_retrieve)
+        else:
+            self._fill()
         log.debug("forwarder listening", target=self.label, address=f"{host}:{port}")
         return self.address
 
@@ -82,10 +94,11 @@ class PodForwarder:
         for handle in (self._retry, self._decay):
             if handle is not None:
                 handle.cancel()
-        for task in list(self._opening):
+        opening = [*self._opening, *([self._session_opening] if self._session_opening else [])]
+        for task in opening:
             task.cancel()
-        if self._opening:
-            await asyncio.wait(set(self._opening))
+        if opening:
+            await asyncio.wait(opening)
         spares, self._spares = self._spares, []
         await asyncio.gather(*(tunnel.close() for tunnel in spares))
         if self._closing:
@@ -96,6 +109,8 @@ class PodForwarder:
             task.cancel()
         if self._connections:
             await asyncio.wait(set(self._connections))
+        if self._session is not None:
+            await self._session.close()
         log.debug("forwarder stopped", target=self.label)
 
     # -- connections ------------------------------------------------------------------------
@@ -106,11 +121,16 @@ class PodForwarder:
         self.stats.connections += 1
         self.stats.active += 1
         try:
+            session = await self._live_session() if self._multiplex else None
+            if session is not None:
+                connection = await session.open(self.target.port)
+                await connection.attach(reader, writer)
+                return
             tunnel = self._take_spare()
             if tunnel is None:
                 tunnel = await self._open()
             await tunnel.attach(reader, writer)
-        except TunnelError as exc:
+        except (TunnelError, ConnectionError) as exc:
             log.warning("port-forward failed", target=self.label, error=str(exc))
             writer.close()
         except asyncio.CancelledError:
@@ -140,6 +160,36 @@ class PodForwarder:
             self._schedule_decay()
         self._fill()
         return found
+
+    # -- the multiplexed session ----------------------------------------------------------
+    async def _live_session(self) -> SpdySession | None:
+        session = self._session
+        if session is not None and session.usable:
+            return session
+        return await asyncio.shield(self._session_task())
+
+    def _session_task(self) -> asyncio.Task[SpdySession | None]:
+        task = self._session_opening
+        if task is None or task.done():
+            task = asyncio.create_task(self._open_session(), name=f"session {self.label}")
+            self._session_opening = task
+        return task
+
+    async def _open_session(self) -> SpdySession | None:
+        old, self._session = self._session, None
+        if old is not None:
+            self._close_later(old)
+        session = await open_session(self._connector, self.namespace, self.target.pod, self.stats)
+        if session is None:
+            log.info("no multiplexed port-forward: one websocket per connection", target=self.label)
+            self._multiplex = False
+            self._fill()
+            return None
+        if self._stopped:
+            await session.close()
+            return None
+        self._session = session
+        return session
 
     # -- the reserve ------------------------------------------------------------------------
     def _fill(self) -> None:
@@ -213,7 +263,13 @@ class PodForwarder:
         if self._reserve > self._reserve_min:
             self._schedule_decay()
 
-    def _close_later(self, tunnel: Tunnel) -> None:
+    def _close_later(self, tunnel: Tunnel | SpdySession) -> None:
         task = asyncio.get_running_loop().create_task(tunnel.close(), name=f"close {tunnel.label}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+def _retrieve(task: asyncio.Task[SpdySession | None]) -> None:
+    # A failed early open is retried by the first connection, which reports the error.
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("early port-forward session failed", error=str(task.exception()))

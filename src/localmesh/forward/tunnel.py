@@ -30,6 +30,10 @@ CLOSE_TIMEOUT = 2.0
 class TunnelError(Exception):
     """The websocket to the pod could not be opened (the message says why)."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status when the server answered without upgrading
+
 
 @dataclass
 class ForwardStats:
@@ -61,18 +65,16 @@ class Connector:
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
 
-    async def open(
-        self, namespace: str, pod: str, port: int, stats: ForwardStats | None = None
-    ) -> Tunnel:
-        stats = stats if stats is not None else ForwardStats()
-        label = f"{namespace}/{pod}:{port}"
-        url = self.access.server + portforward_path(namespace, pod, port)
+    async def websocket(
+        self, path: str, protocol: str, label: str, stats: ForwardStats
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Upgrade `path` on the API server to a websocket speaking `protocol`."""
         try:
             async with asyncio.timeout(self._connect_timeout):
                 headers = await self.access.headers()
                 ws = await self._session.ws_connect(
-                    url,
-                    protocols=(SUBPROTOCOL,),
+                    self.access.server + path,
+                    protocols=(protocol,),
                     headers=headers,
                     ssl=self.access.ssl_context if self.access.ssl_context is not None else True,
                     server_hostname=self.access.server_hostname,
@@ -83,7 +85,8 @@ class Connector:
         except aiohttp.WSServerHandshakeError as exc:
             stats.open_failures += 1
             raise TunnelError(
-                f"port-forward to {label} refused by the API server: {exc.status} {exc.message}"
+                f"port-forward to {label} refused by the API server: {exc.status} {exc.message}",
+                status=exc.status,
             ) from None
         except TimeoutError:
             stats.open_failures += 1
@@ -97,6 +100,15 @@ class Connector:
                 f"port-forward to {label}: cannot reach {self.access.server}: {exc}"
             ) from None
         stats.tunnels += 1
+        return ws
+
+    async def open(
+        self, namespace: str, pod: str, port: int, stats: ForwardStats | None = None
+    ) -> Tunnel:
+        """A `v4.channel.k8s.io` websocket to `pod` carrying one connection to `port`."""
+        stats = stats if stats is not None else ForwardStats()
+        label = f"{namespace}/{pod}:{port}"
+        ws = await self.websocket(portforward_path(namespace, pod, port), SUBPROTOCOL, label, stats)
         return Tunnel(ws, label, stats)
 
 
