@@ -138,6 +138,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and everything it started (still running)."""
+    total = 0.0
+    for each in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(each)
+    return total
+
+
 def process_name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -355,6 +371,16 @@ class MeshProcess:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text()[-chars:]
 
+    def forwarder_ports(self) -> dict[str, list[int]]:
+        """host -> the local forwarder ports `up` printed (`pf: HOST -> ... via A:P, ...`)."""
+        found: dict[str, list[int]] = {}
+        for line in self.output:
+            match = re.match(r"pf: (\S+) -> \S+ via (.*)$", line)
+            if match:
+                ports = re.findall(r":(\d+)(?:,|$)", match.group(2))
+                found[match.group(1)] = [int(p) for p in ports]
+        return found
+
     def envoy_pid(self) -> int | None:
         for pid in children(self.pid):
             if process_name(pid) == "envoy":
@@ -415,6 +441,15 @@ def kubectl_port_forward(
             return proc, int(match.group(1))
     proc.kill()
     raise RuntimeError(f"kubectl port-forward {target} did not start")
+
+
+def start_static_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Envoy on a static config file (what the seed tool runs)."""
+    return subprocess.Popen(
+        [ENVOY, "-c", str(config), "--disable-hot-restart", "-l", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+    )
 
 
 def make_workdir(prefix: str) -> Path:

@@ -35,7 +35,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    ENVOY,
     Connection,
     Load,
     MeshProcess,
@@ -48,6 +47,7 @@ from common import (
     print_machine,
     save_atomically,
     services_yaml,
+    start_static_envoy,
     stop_process,
     summary_ms,
     wait_status,
@@ -157,14 +157,6 @@ def static_config(port: int, forwards: dict[str, int], edit: int | None) -> dict
     return render_static_config(MeshSpec("127.0.0.1", port, tuple(clusters), tuple(vhosts)))
 
 
-def start_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [ENVOY, "-c", str(config), "--disable-hot-restart", "-l", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
-
-
 async def bench_seed(sandbox: SandboxProcess, workdir: Path, edits: int) -> dict[str, Any]:
     env = sandbox.env()
     kubectls: list[subprocess.Popen[str]] = []
@@ -182,7 +174,7 @@ async def bench_seed(sandbox: SandboxProcess, workdir: Path, edits: int) -> dict
         config = workdir / "envoy-static.json"
         log = workdir / "envoy-static.log"
         config.write_text(json.dumps(static_config(port, forwards, None)))
-        envoy = start_envoy(config, log)
+        envoy = start_static_envoy(config, log)
         probe = Connection(port)
         await wait_status(probe, "steady.localhost", 200, within=20)
         load = Load(port, "steady.localhost").start()
@@ -193,7 +185,7 @@ async def bench_seed(sandbox: SandboxProcess, workdir: Path, edits: int) -> dict
                 saved = time.monotonic()
                 config.write_text(json.dumps(static_config(port, forwards, edit)))
                 stop_process(envoy)
-                envoy = start_envoy(config, log)
+                envoy = start_static_envoy(config, log)
                 answered = await wait_status(probe, host, want, within=20)
                 if want == 200:
                     adds.append(answered - saved)
