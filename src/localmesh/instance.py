@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +51,7 @@ from localmesh.control import (
     register_control,
     secure_socket,
 )
-from localmesh.envoy import EnvoySupervisor, cluster_traffic
+from localmesh.envoy import EnvoySupervisor, ListenerBindError, cluster_traffic
 from localmesh.errors import ConfigError, LocalmeshError, TargetError
 from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
 from localmesh.hosts import HostsFile
@@ -160,6 +162,7 @@ class MeshInstance:
         # First the name (a second `up --name X` must not touch X's hosts block), then the
         # hosts file: both fail before anything long-lived has started.
         self._started.lock = InstanceLock(self.paths, uid=owner_uid).acquire()
+        _check_port_free(opts.bind, config.listener_port)
         hosts = HostsFile(opts.hosts_file, opts.name) if opts.edit_hosts else None
         if hosts is not None:
             update = hosts.ensure(_hosts(config), address=_hosts_address(opts.bind))
@@ -546,6 +549,21 @@ def _hosts_address(bind: str) -> str:
 
 def _listen(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Envoy binds its listener with SO_REUSEPORT, so beside another process that does the
+    same (a second mesh on this port) its bind succeeds and the kernel splits connections
+    between the two. A plain bind first turns that into the usual "in use" error. Only that
+    error: a low port may be bindable by Envoy (setcap) and not by us."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenerBindError(_listen(address, port), exc.strerror or str(exc)) from None
 
 
 def _kubeconfig(opts: UpOptions) -> str | None:
