@@ -320,6 +320,11 @@ class UpProcess:
             self._changed.notify_all()
 
     @property
+    def finished(self) -> bool:
+        """Both output streams ended: the process exited (or closed them)."""
+        return all(r.done() for r in self._readers)
+
+    @property
     def output(self) -> str:
         return "\n".join(self.stdout)
 
@@ -346,7 +351,7 @@ class UpProcess:
             async with asyncio.timeout(seconds):
                 async with self._changed:
                     while not predicate():
-                        if all(r.done() for r in self._readers):
+                        if self.finished:
                             raise AssertionError(f"`up` exited before {what}\n{self.describe()}")
                         await self._changed.wait()
         except TimeoutError:
