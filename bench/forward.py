@@ -10,7 +10,7 @@ pod/...` per pod, then drives each path with the same small asyncio client from 
 keep-alive requests per second (one connection, one request at a time), new-connection
 requests per second (connect, one request, close) and bulk MB/s (bytes echoed through the
 tcp-echo pod). Direct-to-backend (the pod's own loopback IP) is the limit. Paths alternate
-within each round; the best round counts. Loopback only; bounded in time.
+within each round, metric by metric; the best round counts. Loopback only; bounded in time.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ SCENARIO: dict[str, Any] = {
     "services": [],
 }
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n"
+REQUEST_TIMEOUT = 5.0  # a request without an answer by then counts as an error
 REQUEST_CLOSE = b"GET /bench HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 
 
@@ -62,6 +63,14 @@ class Result:
 
 async def read_response(reader: asyncio.StreamReader) -> None:
     """One HTTP/1.1 response with a Content-Length body."""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await _read_response(reader)
+    except TimeoutError:
+        raise ConnectionError("no response") from None
+
+
+async def _read_response(reader: asyncio.StreamReader) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
@@ -101,11 +110,12 @@ async def new_connections(port: int, seconds: float, host: str = "127.0.0.1") ->
     deadline = began + seconds
     while (start := time.perf_counter()) < deadline:
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, port)
             writer.write(REQUEST_CLOSE)
             await read_response(reader)
             writer.close()
-        except (OSError, asyncio.IncompleteReadError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
             result.errors += 1
             continue
         result.latencies.append(time.perf_counter() - start)
@@ -291,10 +301,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 best[name][metric] = value
                 best[name].update(extra)
 
+        for name, (host, web_port, _) in paths.items():
+            await keepalive(web_port, 0.3, host)  # warm up: connections, sessions, caches
+        # Metric by metric, all paths back to back, so load from elsewhere hits them alike.
         for round_ in range(args.rounds):
-            for name, (host, web_port, echo_port) in paths.items():
-                # Warm up the path (connections, reserve websockets, caches).
-                await keepalive(web_port, 0.2, host)
+            for name, (host, web_port, _) in paths.items():
                 ka = await keepalive(web_port, args.seconds, host)
                 keep(
                     name,
@@ -305,6 +316,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         "keepalive_p99_ms": round(ka.ms(0.99), 3),
                     },
                 )
+                best[name]["errors"] = best[name].get("errors", 0) + ka.errors
+                print(
+                    f"round {round_ + 1} {name:>12}: keep-alive {ka.rate:8.0f} req/s "
+                    f"(p50 {ka.ms(0.5):.3f} ms, p99 {ka.ms(0.99):.3f} ms) errors {ka.errors}",
+                    flush=True,
+                )
+            for name, (host, web_port, _) in paths.items():
                 nc = await new_connections(web_port, args.seconds, host)
                 keep(
                     name,
@@ -315,17 +333,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         "newconn_p99_ms": round(nc.ms(0.99), 3),
                     },
                 )
-                mbps = await bulk(echo_port, args.megabytes, echo_hosts[name])
-                keep(name, "bulk_mb_s", round(mbps, 1), {})
-                errors = ka.errors + nc.errors
-                best[name]["errors"] = best[name].get("errors", 0) + errors
+                best[name]["errors"] = best[name].get("errors", 0) + nc.errors
                 print(
-                    f"round {round_ + 1} {name:>12}: keep-alive {ka.rate:8.0f} req/s "
-                    f"(p50 {ka.ms(0.5):.3f} ms, p99 {ka.ms(0.99):.3f} ms)  "
-                    f"new-conn {nc.rate:6.0f} req/s (p50 {nc.ms(0.5):.3f} ms)  "
-                    f"bulk {mbps:6.1f} MB/s  errors {errors}",
+                    f"round {round_ + 1} {name:>12}: new-conn {nc.rate:8.0f} req/s "
+                    f"(p50 {nc.ms(0.5):.3f} ms, p99 {nc.ms(0.99):.3f} ms) errors {nc.errors}",
                     flush=True,
                 )
+            for name, (_, _, echo_port) in paths.items():
+                mbps = await bulk(echo_port, args.megabytes, echo_hosts[name])
+                keep(name, "bulk_mb_s", round(mbps, 1), {})
+                print(f"round {round_ + 1} {name:>12}: bulk {mbps:8.1f} MB/s", flush=True)
         return {"machine": info, "results": best}
     finally:
         for proc in reversed(procs):
@@ -334,8 +351,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=1.5, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--megabytes", type=int, default=64, help="bulk transfer size")
     parser.add_argument("--serve-sandbox", metavar="KUBECONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--serve-forwarder", nargs="+", help=argparse.SUPPRESS)

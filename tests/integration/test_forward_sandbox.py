@@ -132,9 +132,18 @@ async def events() -> Events:
     return Events()
 
 
+@pytest.fixture(params=["spdy", "websocket"])
+def multiplex(request: pytest.FixtureRequest) -> bool:
+    """Both transports: one SPDY-in-websocket session per pod, one v4 websocket per connection."""
+    return bool(request.param == "spdy")
+
+
 @pytest.fixture
-async def manager(cluster: Cluster, events: Events) -> AsyncIterator[ForwardManager]:
-    async with ForwardManager(cluster, events, ForwardOptions(grace=0.5)) as started:
+async def manager(
+    cluster: Cluster, events: Events, multiplex: bool
+) -> AsyncIterator[ForwardManager]:
+    options = ForwardOptions(grace=0.5, multiplex=multiplex)
+    async with ForwardManager(cluster, events, options) as started:
         yield started
     assert not events.live, "every up event must be followed by a down event on close"
 
@@ -253,10 +262,12 @@ async def test_three_hundred_concurrent_connections_past_1024_descriptors(
         writer.close()
 
 
-async def idle_echo(cluster: Cluster, heartbeat: float | None, idle: float) -> bytes:
+async def idle_echo(
+    cluster: Cluster, multiplex: bool, heartbeat: float | None, idle: float
+) -> bytes:
     """Echo once, stay idle for `idle` seconds, echo again; returns the second answer."""
     seen = Events()
-    options = ForwardOptions(heartbeat=heartbeat, spares=0)
+    options = ForwardOptions(heartbeat=heartbeat, spares=0, multiplex=multiplex)
     async with ForwardManager(cluster, seen, options) as manager:
         await manager.add(entry("echo", "tcp"))
         await seen.until(lambda: len(seen.live) == 1, "the echo forwarder")
@@ -274,12 +285,31 @@ async def idle_echo(cluster: Cluster, heartbeat: float | None, idle: float) -> b
 
 
 async def test_idle_connection_outlives_the_idle_timeout(
-    sandbox: Sandbox, cluster: Cluster
+    sandbox: Sandbox, cluster: Cluster, multiplex: bool
 ) -> None:
     sandbox.faults.portforward_idle_timeout = 0.5
-    assert await idle_echo(cluster, heartbeat=0.15, idle=1.5) == b"again"
+    assert await idle_echo(cluster, multiplex, heartbeat=0.15, idle=1.5) == b"again"
     # Without keepalives the same idle period ends the connection.
-    assert await idle_echo(cluster, heartbeat=None, idle=1.5) == b""
+    assert await idle_echo(cluster, multiplex, heartbeat=None, idle=1.5) == b""
+
+
+async def test_half_close_still_gets_the_answer_when_multiplexed(
+    sandbox: Sandbox, cluster: Cluster, events: Events
+) -> None:
+    # SPDY streams can half-close: the client's FIN reaches the pod, the answer comes back.
+    async with ForwardManager(cluster, events, ForwardOptions(multiplex=True)) as manager:
+        service = await manager.add(entry("echo", "tcp"))
+        await events.until(lambda: len(events.live) == 1, "the echo forwarder")
+        port = next(iter(events.live.values())).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        writer.write(payload)
+        writer.write_eof()
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == payload  # complete, then EOF
+        writer.close()
+        stats = next(iter(service.forwarders.values())).stats
+        assert stats.tunnels == 1  # one session carried it
 
 
 async def test_wrong_token_and_bad_entries_fail_alone(
