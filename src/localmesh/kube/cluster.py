@@ -8,9 +8,9 @@
     await cluster.close()
 
 Ready pods come from watches (EndpointSlices, or v1 Endpoints where the cluster has no
-EndpointSlice API) plus a pod watch for selectorless endpoints without a pod reference and
-for named target ports the endpoints do not resolve. There is one watch thread per
-(namespace, kind), shared by every entry of that namespace; nothing polls.
+EndpointSlice API) plus, only once some entry needs it, a pod watch (selectorless endpoints
+without a pod reference, named target ports the endpoints leave unresolved). One watch per
+(namespace, kind), each in one thread, shared by every entry of that namespace; nothing polls.
 """
 
 from __future__ import annotations
@@ -155,6 +155,7 @@ class _Namespace:
     errors: dict[str, str] = field(default_factory=dict)  # kind -> why its watch is failing
     watches: dict[str, list[TargetWatch]] = field(default_factory=dict)  # service -> watches
     reflectors: list[Reflector] = field(default_factory=list)
+    followed: set[str] = field(default_factory=set)  # kinds with a running watch
 
 
 def _name(obj: JSON) -> str:
@@ -279,28 +280,32 @@ class Cluster:
             self._use_slices = await asyncio.to_thread(self._slices_available)
         namespace = _Namespace(name=name, use_slices=self._use_slices)
         self._namespaces[name] = namespace
-        loop = asyncio.get_running_loop()
-        kinds: list[tuple[str, Callable[..., Any]]] = [
-            ("services", self._core.list_namespaced_service),
-            ("pods", self._core.list_namespaced_pod),
-        ]
-        if namespace.use_slices:
-            kinds.append(("endpointslices", self._discovery.list_namespaced_endpoint_slice))
-        else:
-            kinds.append(("endpoints", self._core.list_namespaced_endpoints))
-        for kind, list_fn in kinds:
-            reflector = Reflector(
-                f"{name}/{kind}",
-                list_fn,
-                name,
-                self._deliverer(namespace, kind),
-                loop=loop,
-                server=self.access.server,
-                context=self.access.context,
-            )
-            namespace.reflectors.append(reflector)
-            reflector.start()
+        self._follow(namespace, "services")
+        self._follow(namespace, "endpointslices" if namespace.use_slices else "endpoints")
         return namespace
+
+    def _follow(self, namespace: _Namespace, kind: str) -> None:
+        """Start the watch thread of one kind in one namespace (once)."""
+        if kind in namespace.followed:
+            return
+        namespace.followed.add(kind)
+        list_fn = {
+            "services": self._core.list_namespaced_service,
+            "pods": self._core.list_namespaced_pod,
+            "endpointslices": self._discovery.list_namespaced_endpoint_slice,
+            "endpoints": self._core.list_namespaced_endpoints,
+        }[kind]
+        reflector = Reflector(
+            f"{namespace.name}/{kind}",
+            list_fn,
+            namespace.name,
+            self._deliverer(namespace, kind),
+            loop=asyncio.get_running_loop(),
+            server=self.access.server,
+            context=self.access.context,
+        )
+        namespace.reflectors.append(reflector)
+        reflector.start()
 
     def _deliverer(self, namespace: _Namespace, kind: str) -> Callable[[str, Any], None]:
         def deliver(event: str, payload: Any) -> None:
@@ -422,6 +427,10 @@ class Cluster:
             )
         watch.uses_pods = result.uses_pods
         if result.uses_pods and "pods" not in namespace.synced:
+            # Endpoints without a pod reference or a resolved port: pods are needed. Most
+            # clusters never get here (EndpointSlices carry both), so pods are not watched
+            # until then.
+            self._follow(namespace, "pods")
             watch._set(watch.targets, info, error)
             return
         watch._set(result.targets, info, error)

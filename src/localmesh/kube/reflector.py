@@ -168,7 +168,7 @@ class Reflector:
             try:
                 if version is None:
                     version = self._list()
-                    if not connected:
+                    if not connected and not self._stop.is_set():
                         log.debug("watch synced", watch=self.name)
                 connected = True
                 delay = BACKOFF_INITIAL
