@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,35 @@ async def test_wrong_token_and_bad_entries_fail_alone(
                 await other.add(entry())
     finally:
         await wrong.close()
+
+
+async def test_exec_plugin_credentials_reach_rest_and_port_forward(
+    sandbox: Sandbox, events: Events, tmp_path: Path
+) -> None:
+    credential = json.dumps(
+        {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "kind": "ExecCredential",
+            "status": {"token": sandbox.token},
+        }
+    )
+    document = yaml.safe_load(sandbox.kubeconfig_path.read_text())
+    document["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": ["-c", f"print({credential!r})"],
+            "interactiveMode": "Never",
+        }
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(document))
+    cluster = await asyncio.to_thread(Cluster.connect, str(path))
+    try:
+        async with ForwardManager(cluster, events) as manager:
+            await manager.add(entry())
+            await events.until(lambda: len(events.live) == 3, "three forwarders")
+            pod, event = sorted(events.live.items())[0]
+            assert (await http_get(event.port))["pod"] == pod
+    finally:
+        await cluster.close()
