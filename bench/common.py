@@ -421,26 +421,33 @@ def save_atomically(path: Path, text: str) -> None:
 def kubectl_port_forward(
     env: dict[str, str], namespace: str, target: str, port: int, timeout: float = 30.0
 ) -> tuple[subprocess.Popen[str], int]:
-    """`kubectl port-forward -n NS TARGET :PORT`; returns the process and its local port."""
-    proc = subprocess.Popen(
-        ["kubectl", "port-forward", "-n", namespace, target, f":{port}"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
+    """`kubectl port-forward -n NS TARGET :PORT`; returns the process and its local port.
+
+    Its output goes to a file, never a pipe: kubectl prints "Handling connection for ..."
+    per connection and blocks (all forwarding stops) once nobody reads a full pipe.
+    """
+    log = Path(tempfile.mkstemp(prefix="kubectl-port-forward-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["kubectl", "port-forward", "-n", namespace, target, f":{port}"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
-        if match:
-            return proc, int(match.group(1))
-    proc.kill()
-    raise RuntimeError(f"kubectl port-forward {target} did not start")
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", log.read_text())
+            if match:
+                return proc, int(match.group(1))
+            time.sleep(0.005)  # polling a file another process writes: no event to wait on
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"kubectl port-forward {target} did not start: {log.read_text()}")
+    finally:
+        log.unlink(missing_ok=True)  # kubectl keeps its descriptor; the name can go
 
 
 def start_static_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -589,6 +596,9 @@ class Load:
 
 
 # -- throughput ---------------------------------------------------------------------------------
+REQUEST_TIMEOUT = 5.0  # a request that takes longer counts as an error (a wedged path)
+
+
 @dataclass
 class Rate:
     requests: int = 0
@@ -616,8 +626,9 @@ async def keepalive_rate(
             while (start := time.perf_counter()) < deadline and result.requests < max_requests:
                 writer.write(request)
                 try:
-                    status = await read_response(reader)
-                except (HttpError, OSError, asyncio.IncompleteReadError):
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        status = await read_response(reader)
+                except (HttpError, OSError, asyncio.IncompleteReadError, TimeoutError):
                     result.errors += 1
                     writer.close()
                     reader, writer = await asyncio.open_connection(address, port)
@@ -647,13 +658,14 @@ async def newconn_rate(
     async def worker() -> None:
         while (start := time.perf_counter()) < deadline and result.requests < max_requests:
             try:
-                reader, writer = await asyncio.open_connection(address, port)
-                try:
-                    writer.write(request)
-                    status = await read_response(reader)
-                finally:
-                    writer.close()
-            except (HttpError, OSError, asyncio.IncompleteReadError):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    reader, writer = await asyncio.open_connection(address, port)
+                    try:
+                        writer.write(request)
+                        status = await read_response(reader)
+                    finally:
+                        writer.close()
+            except (HttpError, OSError, asyncio.IncompleteReadError, TimeoutError):
                 result.errors += 1
                 await asyncio.sleep(0.001)
                 continue

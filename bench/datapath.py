@@ -18,9 +18,10 @@ path runs through (the client excluded).
 For each concurrency level: keep-alive req/s (N connections, one request at a time each)
 and new-connection req/s (N workers: connect, one request with Connection: close, close).
 Within a round the paths run back to back for each metric (so load from elsewhere hits
-them alike); the best round counts, and the per-round ratios are printed too. Every measurement is bounded by
-`--seconds` and `--max-requests`. Targets: localmesh new-connection rate >= 2x kubectl's
-(Envoy keeps its upstream connections), keep-alive >= kubectl's, at every concurrency.
+them alike); the best round counts, and the per-round ratios are printed too. Every
+measurement is bounded by `--seconds` and `--max-requests`. Targets: localmesh
+new-connection rate >= 2x kubectl's (Envoy keeps its upstream connections), keep-alive
+>= kubectl's, at every concurrency.
 """
 
 from __future__ import annotations
