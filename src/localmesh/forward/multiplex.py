@@ -99,7 +99,10 @@ class SpdySession:
                         continue
                     return  # CLOSE, CLOSING, CLOSED, ERROR
                 for frame in self._frames.feed(msg.data):
-                    await self._dispatch(frame)
+                    if frame.kind == 0:
+                        await self._data(frame)
+                    else:
+                        await self._dispatch(frame)
         except spdy.SpdyProtocolError as exc:
             log.warning("port-forward session failed", target=self.label, error=str(exc))
         except (ConnectionError, aiohttp.ClientError) as exc:
@@ -109,15 +112,22 @@ class SpdySession:
                 connection.on_reset()
             self._streams.clear()
 
+    async def _data(self, frame: spdy.Frame) -> None:
+        """The hot path: one DATA frame; awaits only when a buffer asks for it."""
+        stream_id, payload = frame.stream_id, frame.payload
+        if payload:
+            updates = self._acknowledge(stream_id, len(payload))
+            if updates:
+                await self.send(updates)
+        connection = self._streams.get(stream_id)
+        if connection is not None:
+            writer = connection.on_data(stream_id, payload, frame.fin)
+            if writer is not None:
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+
     async def _dispatch(self, frame: spdy.Frame) -> None:
         kind = frame.kind
-        if kind == 0:
-            connection = self._streams.get(frame.stream_id)
-            if frame.payload:
-                await self._acknowledge(frame.stream_id, len(frame.payload))
-            if connection is not None:
-                await connection.on_data(frame.stream_id, frame.payload, frame.fin)
-            return
         if kind in (spdy.SYN_REPLY, spdy.HEADERS, spdy.SYN_STREAM):
             # Inflate every header block: the zlib context spans the whole session.
             offset = 10 if kind == spdy.SYN_STREAM else 4
@@ -128,7 +138,7 @@ class SpdySession:
             if kind == spdy.SYN_STREAM:  # server push: not part of port-forward
                 await self.send(spdy.rst_stream(frame.stream_id))
             elif frame.fin and (connection := self._streams.get(frame.stream_id)) is not None:
-                await connection.on_data(frame.stream_id, b"", True)
+                connection.on_data(frame.stream_id, b"", True)
         elif kind == spdy.RST_STREAM:
             connection = self._streams.get(frame.stream_id)
             if connection is not None:
@@ -140,7 +150,7 @@ class SpdySession:
         elif kind == spdy.GOAWAY:
             self._going_away = True
 
-    async def _acknowledge(self, stream_id: int, size: int) -> None:
+    def _acknowledge(self, stream_id: int, size: int) -> bytes:
         # Servers that enforce SPDY/3.1 flow control need window updates to keep sending.
         pending = self._unacked.get(stream_id, 0) + size
         session = self._unacked.get(0, 0) + size
@@ -153,8 +163,7 @@ class SpdySession:
             session = 0
         self._unacked[stream_id] = pending
         self._unacked[0] = session
-        if updates:
-            await self.send(updates)
+        return updates
 
 
 class SpdyConnection:
@@ -175,7 +184,9 @@ class SpdyConnection:
         self._remote_fin = False
         self.error: str | None = None
 
-    async def on_data(self, stream_id: int, payload: bytes, fin: bool) -> None:
+    def on_data(self, stream_id: int, payload: bytes, fin: bool) -> asyncio.StreamWriter | None:
+        """Deliver what the pod side sent; returns the writer when it must be drained."""
+        drain: asyncio.StreamWriter | None = None
         if stream_id == self.error_id:
             text = payload.decode("utf-8", "replace").strip()
             if text:
@@ -183,7 +194,7 @@ class SpdyConnection:
                 self._stats.errors += 1
                 self._stats.last_error = text
                 log.warning("port-forward error from the pod side", target=self.label, error=text)
-            return
+            return None
         if payload:
             self._stats.bytes_down += len(payload)
             writer = self._writer
@@ -192,11 +203,11 @@ class SpdyConnection:
             elif not writer.is_closing():
                 writer.write(payload)
                 if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                    with contextlib.suppress(ConnectionError):
-                        await writer.drain()
+                    drain = writer
         if fin:
             self._remote_fin = True
             self._remote_done.set()
+        return drain
 
     def on_reset(self) -> None:
         self._remote_done.set()

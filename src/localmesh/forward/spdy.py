@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SUBPROTOCOL = "SPDY/3.1+portforward.k8s.io"
 VERSION = 3
@@ -119,8 +119,7 @@ def window_update(stream_id: int, delta: int) -> bytes:
     return control(WINDOW_UPDATE, 0, _PAIR.pack(stream_id, delta))
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """A received frame: `kind` is 0 for DATA, else the control frame type."""
 
     kind: int
