@@ -15,6 +15,7 @@ from tests.e2e.up_helpers import (
     UpProcess,
     curl,
     envoy_pid,
+    eventually,
     free_port,
     grpc_greet,
     pid_alive,
@@ -272,3 +273,35 @@ async def test_demo_serves_and_stops_on_ctrl_c(up_runtime_dir: Path) -> None:
     assert exited == 0, demo.describe()
     await assert_cleaned_up(up_runtime_dir, envoy, port, "demo")
     assert_no_traceback(demo.log)
+
+
+async def test_a_killed_up_leaves_no_envoy_and_the_next_start_cleans_the_hosts_file(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(seed_services(port))
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_bytes(ODD_HOSTS)
+    args = ("--hosts-file", hosts_file)
+    crashed = await start_up(up_runtime_dir, services, up_sandbox.kubeconfig_path, *args)
+    _, status = await status_json(up_runtime_dir)
+    envoy = envoy_pid(status)
+    crashed.signal(signal.SIGKILL)
+    assert await crashed.wait_exit() == -signal.SIGKILL
+
+    async def envoy_gone() -> bool:
+        return not pid_alive(envoy)
+
+    await eventually(envoy_gone, seconds=10, what="Envoy to die with its `up`")
+    left = await read_bytes(hosts_file)
+    assert b"billing-api.localhost" in left  # nobody could remove the block
+
+    again = await start_up(up_runtime_dir, services, up_sandbox.kubeconfig_path, *args)
+    try:
+        now = await read_bytes(hosts_file)
+        assert now.count(b"127.0.0.1 billing-api.localhost") == 1, now
+        assert await routed_to(port, "billing-api.localhost", "billing")
+    finally:
+        assert await again.stop() == 0, again.describe()
+    assert await read_bytes(hosts_file) == ODD_HOSTS

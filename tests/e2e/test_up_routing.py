@@ -171,3 +171,13 @@ async def test_a_second_up_with_the_same_name_is_refused(mesh: Mesh, tmp_path: P
     assert "localmesh: error:" in result.stderr and str(mesh.up.proc.pid) in result.stderr
     assert "Traceback" not in result.stderr
     assert (await http_get(mesh.port, "billing-api.localhost")).status == 200
+
+
+async def test_dump_envoy_config_live(mesh: Mesh) -> None:
+    result = await run_cli(mesh.runtime_dir, "dump-envoy-config", "--live", "-o", "json")
+    assert result.returncode == 0, result
+    _, status = await status_json(mesh.runtime_dir)
+    for host in status["hosts"]:
+        assert host["host"] in result.stdout
+        for pod in host["pods"]:
+            assert f'"port_value": {pod["local_port"]}' in result.stdout, pod

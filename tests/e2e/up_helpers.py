@@ -375,8 +375,12 @@ class UpProcess:
         return next(e for e in self.logs() if predicate(e))
 
     def signal(self, sig: signal.Signals) -> None:
+        # Not proc.send_signal(): it polls (reaps) the child first, racing asyncio's child
+        # watcher, which then reports exit code 255. Until that watcher has reaped the
+        # child, its pid cannot be reused, so a plain kill is safe.
         if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
 
     async def wait_exit(self, seconds: float = 30.0) -> int:
         try:
