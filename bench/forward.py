@@ -242,6 +242,20 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its descendants (kubectl's dispatcher runs a child)."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child_pid in (task / "children").read_text().split():
+                total += cpu_seconds(int(child_pid))
+    except (OSError, IndexError, ValueError):
+        pass
+    return total
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -294,6 +308,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "kubectl": ("127.0.0.1", kc_web, kc_echo),
         }
         echo_hosts = {name: "127.0.0.1" for name in paths} | {"direct": echo["ip"]}
+        # The forwarding process of each path, for its CPU cost per request / per MB.
+        pids: dict[str, tuple[int, int]] = {
+            "localmesh": (forwarder.pid, forwarder.pid),
+            "localmesh-v4": (forwarder.pid, forwarder.pid),
+            "kubectl": (kc_web_proc.pid, kc_echo_proc.pid),
+        }
         best: dict[str, dict[str, Any]] = {name: {} for name in paths}
 
         def keep(name: str, metric: str, value: float, extra: dict[str, Any]) -> None:
@@ -301,12 +321,26 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 best[name][metric] = value
                 best[name].update(extra)
 
-        for name, (host, web_port, _) in paths.items():
+        def cost(name: str, which: int, before: float, units: float, metric: str) -> str:
+            """CPU of the forwarding process per unit; the lowest round is kept."""
+            if name not in pids or units <= 0:
+                return ""
+            per_unit = (cpu_seconds(pids[name][which]) - before) / units * 1e6
+            if per_unit < best[name].get(metric, float("inf")):
+                best[name][metric] = round(per_unit, 1)
+            return f" forwarder CPU {per_unit:.0f} us/{'MB' if 'mb' in metric else 'req'}"
+
+        def cpu_now(name: str, which: int) -> float:
+            return cpu_seconds(pids[name][which]) if name in pids else 0.0
+
+        for host, web_port, _ in paths.values():
             await keepalive(web_port, 0.3, host)  # warm up: connections, sessions, caches
         # Metric by metric, all paths back to back, so load from elsewhere hits them alike.
         for round_ in range(args.rounds):
             for name, (host, web_port, _) in paths.items():
+                before = cpu_now(name, 0)
                 ka = await keepalive(web_port, args.seconds, host)
+                used = cost(name, 0, before, ka.requests, "keepalive_cpu_us_per_req")
                 keep(
                     name,
                     "keepalive_rps",
@@ -319,11 +353,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 best[name]["errors"] = best[name].get("errors", 0) + ka.errors
                 print(
                     f"round {round_ + 1} {name:>12}: keep-alive {ka.rate:8.0f} req/s "
-                    f"(p50 {ka.ms(0.5):.3f} ms, p99 {ka.ms(0.99):.3f} ms) errors {ka.errors}",
+                    f"(p50 {ka.ms(0.5):.3f} ms, p99 {ka.ms(0.99):.3f} ms) errors {ka.errors}"
+                    f"{used}",
                     flush=True,
                 )
             for name, (host, web_port, _) in paths.items():
+                before = cpu_now(name, 0)
                 nc = await new_connections(web_port, args.seconds, host)
+                used = cost(name, 0, before, nc.requests, "newconn_cpu_us_per_req")
                 keep(
                     name,
                     "newconn_rps",
@@ -336,13 +373,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 best[name]["errors"] = best[name].get("errors", 0) + nc.errors
                 print(
                     f"round {round_ + 1} {name:>12}: new-conn {nc.rate:8.0f} req/s "
-                    f"(p50 {nc.ms(0.5):.3f} ms, p99 {nc.ms(0.99):.3f} ms) errors {nc.errors}",
+                    f"(p50 {nc.ms(0.5):.3f} ms, p99 {nc.ms(0.99):.3f} ms) errors {nc.errors}"
+                    f"{used}",
                     flush=True,
                 )
             for name, (_, _, echo_port) in paths.items():
+                before = cpu_now(name, 1)
                 mbps = await bulk(echo_port, args.megabytes, echo_hosts[name])
+                used = cost(name, 1, before, args.megabytes, "bulk_cpu_us_per_mb")
                 keep(name, "bulk_mb_s", round(mbps, 1), {})
-                print(f"round {round_ + 1} {name:>12}: bulk {mbps:8.1f} MB/s", flush=True)
+                print(f"round {round_ + 1} {name:>12}: bulk {mbps:8.1f} MB/s{used}", flush=True)
         return {"machine": info, "results": best}
     finally:
         for proc in reversed(procs):
@@ -374,11 +414,20 @@ def main() -> None:
         f"kubectl {info['kubectl']} (sandbox reports {info['sandbox_kube_version']})"
     )
     results = report["results"]
-    print(f"{'path':>12} {'keep-alive req/s':>17} {'new-conn req/s':>15} {'bulk MB/s':>10}")
+    print(
+        f"{'path':>12} {'keep-alive req/s':>17} {'new-conn req/s':>15} {'bulk MB/s':>10}"
+        f"   forwarder CPU: {'us/req (keep-alive)':>19} {'us/req (new conn)':>17} {'us/MB':>7}"
+    )
     for name, figures in results.items():
+        cpu = (
+            f"   {'':>14} {figures['keepalive_cpu_us_per_req']:>19.0f} "
+            f"{figures['newconn_cpu_us_per_req']:>17.0f} {figures['bulk_cpu_us_per_mb']:>7.0f}"
+            if "keepalive_cpu_us_per_req" in figures
+            else ""
+        )
         print(
             f"{name:>12} {figures['keepalive_rps']:>17.0f} {figures['newconn_rps']:>15.0f} "
-            f"{figures['bulk_mb_s']:>10.1f}"
+            f"{figures['bulk_mb_s']:>10.1f}{cpu}"
         )
     lm, kc = results["localmesh"], results["kubectl"]
     verdict = {
