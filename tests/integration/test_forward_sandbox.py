@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,22 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         yield sb
 
 
+FORWARD_TASKS = ("forward ", "spdy", "tunnel-", "reserve ", "session ", "withdraw ", "close ")
+
+
+def leftovers() -> list[str]:
+    """Tasks and watch threads of localmesh still alive (a clean shutdown leaves none)."""
+    tasks = [t.get_name() for t in asyncio.all_tasks() if not t.done()]
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("watch-")]
+    return [n for n in tasks if n.startswith(FORWARD_TASKS)] + threads
+
+
 @pytest.fixture
 async def cluster(sandbox: Sandbox) -> AsyncIterator[Cluster]:
     connected = await asyncio.to_thread(Cluster.connect, str(sandbox.kubeconfig_path))
     yield connected
     await connected.close()
+    assert not leftovers(), "left running after close"
 
 
 @pytest.fixture
@@ -147,6 +159,7 @@ async def manager(
     async with ForwardManager(cluster, events, options) as started:
         yield started
     assert not events.live, "every up event must be followed by a down event on close"
+    assert not [n for n in leftovers() if not n.startswith("watch-")], "tasks left running"
 
 
 async def test_three_replicas_are_forwarded_to_each_pod(
