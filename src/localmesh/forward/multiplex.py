@@ -56,7 +56,13 @@ class SpdySession:
     def usable(self) -> bool:
         return not self._going_away and not self._reader.done() and not self._ws.closed
 
+    @property
+    def idle(self) -> bool:
+        """No connection uses this session."""
+        return not self._streams
+
     def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the session has ended."""
         self._reader.add_done_callback(lambda _task: callback())
 
     async def close(self) -> None:

@@ -71,6 +71,7 @@ class PodForwarder:
         self._multiplex = multiplex
         self._session: SpdySession | None = None
         self._session_opening: asyncio.Task[SpdySession | None] | None = None
+        self._retired: set[SpdySession] = set()
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -109,8 +110,8 @@ class PodForwarder:
             task.cancel()
         if self._connections:
             await asyncio.wait(set(self._connections))
-        if self._session is not None:
-            await self._session.close()
+        sessions = [*self._retired, *([self._session] if self._session else [])]
+        await asyncio.gather(*(session.close() for session in sessions))
         log.debug("forwarder stopped", target=self.label)
 
     # -- connections ------------------------------------------------------------------------
@@ -178,7 +179,11 @@ class PodForwarder:
     async def _open_session(self) -> SpdySession | None:
         old, self._session = self._session, None
         if old is not None:
-            self._close_later(old)
+            if old.idle:
+                self._close_later(old)
+            else:  # going away: its connections finish first, the server then closes it
+                self._retired.add(old)
+                old.add_done_callback(functools.partial(self._retired.discard, old))
         session = await open_session(self._connector, self.namespace, self.target.pod, self.stats)
         if session is None:
             log.info("no multiplexed port-forward: one websocket per connection", target=self.label)
