@@ -1,4 +1,6 @@
-"""Port-forwarders: asyncio, one websocket (`v4.channel.k8s.io`) per local connection.
+"""Port-forwarders, asyncio only: a local listener per ready pod, every accepted connection
+carried to the pod through the API server, on one multiplexed SPDY-in-websocket session per
+pod (Kubernetes 1.30+) or else one `v4.channel.k8s.io` websocket per connection.
 
 Public surface: `ForwardManager` (supervises everything), `ForwarderEvent` (what it reports),
 `ForwardOptions`, and the building blocks `PodForwarder`, `Connector`, `Tunnel`.
