@@ -249,9 +249,13 @@ async def serve_sandbox(scenario_path: str, kubeconfig: str, ready_timeout: floa
     from localmesh.sandbox import Sandbox, Scenario
     from localmesh.sandbox.resources import PODS
 
-    scenario = Scenario.from_dict(
-        json.loads(await asyncio.to_thread(Path(scenario_path).read_text))
-    )
+    data = json.loads(await asyncio.to_thread(Path(scenario_path).read_text))
+    if "scale_scenario" in data:  # {"scale_scenario": {"services": N, ...}}
+        from localmesh.sandbox import scale_scenario
+
+        scenario = scale_scenario(**data["scale_scenario"])
+    else:
+        scenario = Scenario.from_dict(data)
     ready_at: dict[tuple[str, str], float] = {}
 
     def is_ready(pod: dict[str, Any]) -> bool:
