@@ -333,10 +333,25 @@ class MeshInstance:
             return Path(changed).resolve() == path
 
         # Watch the directory: editors save by writing a new file and renaming it over.
-        async for _changes in watchfiles.awatch(
+        changes = watchfiles.awatch(
             path.parent, watch_filter=ours, debounce=WATCH_DEBOUNCE_MS, step=20
-        ):
+        )
+        pending = asyncio.ensure_future(anext(changes))
+        try:
+            # awatch registers its watch in the first step of its first iteration (before
+            # any await), i.e. now. An edit saved before, while `up` was starting, would
+            # never be seen: catch up once.
+            await asyncio.sleep(0)
             await self.reload()
+            while True:
+                await pending
+                await self.reload()
+                pending = asyncio.ensure_future(anext(changes))
+        finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+            await changes.aclose()
 
     async def reload(self) -> bool:
         """Load services.yaml again and apply it; on error keep serving the last good one."""
