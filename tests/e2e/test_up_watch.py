@@ -3,6 +3,7 @@ and an invalid edit keeps the previous config serving until the file is fixed.""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -189,5 +190,37 @@ async def test_invalid_edit_keeps_serving_and_a_fix_applies(
 
         await eventually(healthy, seconds=APPLY_WITHIN, what="status to be healthy again")
         assert await routed_to(port, "billing-api.localhost", "billing")
+    finally:
+        assert await up.stop() == 0, up.describe()
+
+
+async def test_watch_to_a_taken_port_keeps_the_old_listener_and_says_why(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(services_yaml(port, [BILLING]))
+    up = await start_up(
+        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            write_atomically(services, services_yaml(taken, [BILLING]))
+
+            async def unhealthy() -> str | None:
+                result = await run_cli(up_runtime_dir, "status")
+                return result.stdout if result.returncode != 0 else None
+
+            try:
+                text = await eventually(
+                    unhealthy, seconds=APPLY_WITHIN, what="status to report the taken port"
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{up.describe()}") from None
+            assert f"127.0.0.1:{taken}" in text and "in use" in text, text
+            assert await routed_to(port, "billing-api.localhost", "billing")
     finally:
         assert await up.stop() == 0, up.describe()
