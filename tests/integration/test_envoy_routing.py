@@ -214,12 +214,17 @@ async def test_invalid_resource_is_nacked_and_the_old_config_keeps_serving(
         client.close()
 
 
+@pytest.mark.parametrize("holder_reuses_port", [False, True], ids=["plain", "reuseport"])
 async def test_taken_listener_port_is_nacked_and_reported(
-    supervised_mesh: SupervisedMesh, http_backends: HttpBackends
+    supervised_mesh: SupervisedMesh, http_backends: HttpBackends, holder_reuses_port: bool
 ) -> None:
+    """Also when the holder binds with SO_REUSEPORT, as another Envoy (a second mesh) does:
+    sharing the port would silently split connections between the two."""
     mesh = supervised_mesh
     alpha = await http_backends("alpha")
     with socket.socket() as holder:
+        if holder_reuses_port:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]

@@ -136,6 +136,10 @@ def _listener(address: str, port: int, hcm: HttpConnectionManager) -> Listener:
     return Listener(
         name=LISTENER_NAME,
         address=_socket_address(address, port),
+        # Envoy defaults to SO_REUSEPORT, which lets a second mesh (or any process doing the
+        # same) bind our port without error and silently take half of the connections.
+        # Without it a taken port fails the bind: Envoy NACKs, and `up` says so.
+        enable_reuse_port=False,
         filter_chains=[
             FilterChain(
                 filters=[
