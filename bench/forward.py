@@ -379,8 +379,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 )
             for name, (_, _, echo_port) in paths.items():
                 before = cpu_now(name, 1)
+                server_before = cpu_seconds(sandbox.pid)
                 mbps = await bulk(echo_port, args.megabytes, echo_hosts[name])
                 used = cost(name, 1, before, args.megabytes, "bulk_cpu_us_per_mb")
+                server = (cpu_seconds(sandbox.pid) - server_before) / args.megabytes * 1e6
+                used += f", sandbox CPU {server:.0f} us/MB"
                 keep(name, "bulk_mb_s", round(mbps, 1), {})
                 print(f"round {round_ + 1} {name:>12}: bulk {mbps:8.1f} MB/s{used}", flush=True)
         return {"machine": info, "results": best}
