@@ -24,6 +24,7 @@ from tests.e2e.up_helpers import (
     routed_to,
     services_yaml,
     start_up,
+    status_is,
     status_json,
 )
 
@@ -167,6 +168,40 @@ async def test_one_replica_traffic_returns_once_the_replacement_is_ready(
     admin = next(h for h in status["hosts"] if h["host"] == "admin.localhost")
     assert [p["name"] for p in admin["pods"]] == [replacement]
     assert admin["last_reconnect"] and old in admin["last_reconnect_reason"], admin
+
+
+async def test_unready_pod_makes_status_unhealthy_until_ready_again(
+    replicas_sandbox: Sandbox, mesh: tuple[UpProcess, int], up_runtime_dir: Path
+) -> None:
+    sb = replicas_sandbox
+    _, port = mesh
+    (pod,) = pod_names(sb, "admin")
+    sb.faults.set_ready("admin", pod, False)
+    try:
+        await eventually(
+            lambda: status_is(port, "admin.localhost", 503),
+            seconds=10,
+            what="503 without a ready pod",
+        )
+        code, status = await status_json(up_runtime_dir)
+        admin = next(h for h in status["hosts"] if h["host"] == "admin.localhost")
+        assert code != 0 and admin["pods"] == [], admin
+        assert await routed_to(port, "billing-api.localhost", "billing")
+    finally:
+        sb.faults.set_ready("admin", pod, None)
+    assert (
+        await eventually(
+            lambda: routed_to(port, "admin.localhost", "admin"),
+            seconds=10,
+            what="traffic once the pod is ready again",
+        )
+        == pod
+    )
+
+    async def healthy() -> bool:
+        return (await status_json(up_runtime_dir))[0] == 0
+
+    await eventually(healthy, seconds=10, what="status to be healthy again")
 
 
 async def test_envoy_crash_is_recovered(mesh: tuple[UpProcess, int], up_runtime_dir: Path) -> None:

@@ -55,8 +55,9 @@ async def assert_cleaned_up(
     assert await status_is(port, "billing-api.localhost", 0), "the listener is still open"
 
 
-async def test_sigterm_leaves_the_hosts_file_byte_identical(
-    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_leaves_the_hosts_file_byte_identical(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     port = free_port()
     services = tmp_path / "services.yaml"
@@ -75,7 +76,7 @@ async def test_sigterm_leaves_the_hosts_file_byte_identical(
         _, status = await status_json(up_runtime_dir)
         envoy = envoy_pid(status)
     finally:
-        up.signal(signal.SIGTERM)
+        up.signal(sig)
         code = await up.wait_exit()
     assert code == 0, up.describe()
     assert await read_bytes(hosts_file) == ODD_HOSTS

@@ -224,3 +224,33 @@ async def test_watch_to_a_taken_port_keeps_the_old_listener_and_says_why(
             assert await routed_to(port, "billing-api.localhost", "billing")
     finally:
         assert await up.stop() == 0, up.describe()
+
+
+async def test_watch_survives_the_file_going_away_and_coming_back(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(services_yaml(port, [BILLING, ADMIN]))
+    up = await start_up(
+        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        aside = tmp_path / "services.yaml.orig"
+        services.rename(aside)
+
+        async def unhealthy() -> bool:
+            return (await status_json(up_runtime_dir))[0] != 0
+
+        await eventually(unhealthy, seconds=APPLY_WITHIN, what="status to report the file gone")
+        assert await routed_to(port, "admin.localhost", "admin")
+        write_atomically(services, services_yaml(port, [BILLING]))
+        await eventually(
+            lambda: status_is(port, "admin.localhost", 404),
+            seconds=APPLY_WITHIN,
+            what="the file written again to be applied",
+        )
+        code, _ = await status_json(up_runtime_dir)
+        assert code == 0
+    finally:
+        assert await up.stop() == 0, up.describe()
