@@ -8,9 +8,11 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 
+from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
 from localmesh.sandbox import Sandbox, Scenario
 from tests import sandbox_fixtures
 from tests.e2e.conftest import UP_LOOP
@@ -31,13 +33,17 @@ from tests.e2e.up_helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, UP_LOOP]
 
 SCENARIO = """
-namespaces: [billing, admin]
+namespaces: [billing, admin, users]
 deployments:
+  - {name: users-api, namespace: users, workload: grpc-greeter, replicas: 2,
+     ports: [{name: grpc, containerPort: 50051}]}
   - {name: billing-api, namespace: billing, workload: http-echo, replicas: 2,
      ports: [{name: http, containerPort: 8080}]}
   - {name: admin-web, namespace: admin, workload: http-echo,
      ports: [{containerPort: 8080}]}
 services:
+  - {name: users-api, namespace: users, selector: {app: users-api},
+     ports: [{name: grpc, port: 50051, targetPort: grpc}]}
   - {name: billing-api, namespace: billing, selector: {app: billing-api},
      ports: [{name: http, port: 8080, targetPort: http}]}
   - {name: admin-web, namespace: admin, selector: {app: admin-web},
@@ -47,6 +53,8 @@ ENTRIES: list[dict[str, object]] = [
     {"host": "billing-api.localhost", "namespace": "billing", "service": "billing-api",
      "port_name": "http"},
     {"host": "admin.localhost", "namespace": "admin", "service": "admin-web", "port": 8080},
+    {"host": "users-api.localhost", "namespace": "users", "service": "users-api",
+     "port_name": "grpc", "type": "grpc"},
 ]  # fmt: skip
 
 
@@ -130,6 +138,67 @@ async def test_pod_deletion_with_two_replicas_loses_no_request(
         await load.stop()
     assert load.failures == [], f"{len(load.failures)} failed of {load.ok + len(load.failures)}"
     assert load.ok >= 20
+
+
+async def test_pod_deletion_with_two_replicas_loses_no_grpc_call(
+    replicas_sandbox: Sandbox, mesh: tuple[UpProcess, int], up_runtime_dir: Path
+) -> None:
+    sb = replicas_sandbox
+    _, port = mesh
+    before = pod_names(sb, "users")
+    assert len(before) == 2
+    ok: list[str] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+    options = [("grpc.default_authority", "users-api.localhost")]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        stub = greeter_pb2_grpc.GreeterStub(channel)  # type: ignore[no-untyped-call]
+
+        async def caller() -> None:
+            while not stop.is_set():
+                try:
+                    reply = await stub.SayHello(greeter_pb2.HelloRequest(name="e2e"), timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(f"{exc.code().name}: {exc.details()}")
+                else:
+                    ok.append(reply.pod)
+
+        callers = [asyncio.create_task(caller(), name=f"grpc caller {i}") for i in range(4)]
+        try:
+
+            async def calls(n: int) -> bool:
+                return len(ok) >= n
+
+            await eventually(lambda: calls(20), seconds=10, what="20 good calls")
+            victim = sorted(before)[0]
+            # As `kubectl delete pod` does: a grace period, during which the pod (now
+            # unready) still answers what reaches it.
+            sb.faults.termination_delay = 0.5
+            sb.faults.delete_pod("users", victim, grace=1)
+            replacement = await eventually(
+                lambda: _ready_new_pod(sb, "users", before),
+                seconds=15,
+                what="a Ready replacement",
+            )
+
+            async def reaches_replacement() -> bool:
+                return replacement in ok
+
+            await eventually(reaches_replacement, seconds=10, what="calls on the replacement")
+            seen = len(ok)
+            await eventually(lambda: calls(seen + 20), seconds=10, what="20 more good calls")
+        finally:
+            sb.faults.termination_delay = 0.0
+            stop.set()
+            await asyncio.gather(*callers)
+    assert failures == [], f"{len(failures)} failed of {len(ok) + len(failures)}: {failures[:5]}"
+
+
+async def _ready_new_pod(sb: Sandbox, namespace: str, before: set[str]) -> str | None:
+    for name in pod_names(sb, namespace) - before:
+        if sb.ready_pod(namespace, name):
+            return name
+    return None
 
 
 async def test_one_replica_traffic_returns_once_the_replacement_is_ready(
