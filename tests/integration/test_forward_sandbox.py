@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ import yaml
 from localmesh.config import ServiceEntry
 from localmesh.errors import TargetError
 from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
+from localmesh.forward import multiplex as multiplexed_session
 from localmesh.kube import Cluster
 from localmesh.mesh import Protocol
 from localmesh.sandbox import Sandbox, Scenario
@@ -379,3 +381,33 @@ async def test_exec_plugin_credentials_reach_rest_and_port_forward(
             assert (await http_get(event.port))["pod"] == pod
     finally:
         await cluster.close()
+
+
+async def test_client_that_stops_reading_does_not_stall_the_session(
+    cluster: Cluster, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(multiplexed_session, "STALL_SECONDS", 0.3)
+    async with ForwardManager(cluster, events, ForwardOptions(multiplex=True)) as manager:
+        service = await manager.add(entry("echo", "tcp"))
+        await events.until(lambda: len(events.live) == 1, "the echo forwarder")
+        port = next(iter(events.live.values())).port
+        stats = next(iter(service.forwarders.values())).stats
+        stuck_reader, stuck = await asyncio.open_connection("127.0.0.1", port)
+        stuck.write(b"x" * (32 << 20))  # echoed back to a client that does not read
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(4) == b"ping"
+            for _ in range(int(WAIT / 0.05)):
+                if stats.stalled:
+                    break
+                await asyncio.sleep(0.05)  # poll a counter: the cut-off has no event to await
+            assert stats.stalled == 1
+            # The stuck connection was cut off rather than holding up the session.
+            with contextlib.suppress(ConnectionError):
+                while await stuck_reader.read(1 << 20):
+                    pass
+            writer.write(b"pong")
+            assert await reader.readexactly(4) == b"pong"
+        for w in (stuck, writer):
+            w.close()

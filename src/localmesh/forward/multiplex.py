@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 READ_SIZE = 64 * 1024
 WINDOW_STEP = 256 * 1024  # received bytes acknowledged per WINDOW_UPDATE
 LINGER_SECONDS = 60.0  # after the client's FIN, how long the pod side may keep answering
+STALL_SECONDS = 10.0  # how long a local client that reads nothing may hold up its session
 
 
 class SpdySession:
@@ -52,6 +53,7 @@ class SpdySession:
         self._streams: dict[int, SpdyConnection] = {}
         self._unacked: dict[int, int] = {}
         self._going_away = False
+        self._sending: set[asyncio.Task[None]] = set()
         self._reader = asyncio.create_task(self._read(), name=f"spdy {label}")
 
     @property
@@ -68,6 +70,8 @@ class SpdySession:
         self._reader.add_done_callback(lambda _task: callback())
 
     async def close(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
         with contextlib.suppress(Exception):
             await self._ws.close()
         if not self._reader.done():
@@ -92,6 +96,18 @@ class SpdySession:
 
     async def send(self, frame: bytes) -> None:
         await self._ws.send_bytes(frame)
+
+    def _send_soon(self, frame: bytes) -> None:
+        """Send without waiting: the reading task must never wait on the writing side, or
+        a server that stops reading while it waits on us deadlocks the session."""
+        task = asyncio.create_task(self.send(frame), name=f"spdy-send {self.label}")
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("port-forward session write failed", target=self.label)
 
     def forget(self, connection: SpdyConnection) -> None:
         for stream_id in (connection.data_id, connection.error_id):
@@ -126,13 +142,32 @@ class SpdySession:
         if payload:
             updates = self._acknowledge(stream_id, len(payload))
             if updates:
-                await self.send(updates)
+                self._send_soon(updates)
         connection = self._streams.get(stream_id)
         if connection is not None:
             writer = connection.on_data(stream_id, payload, frame.fin)
             if writer is not None:
-                with contextlib.suppress(ConnectionError):
-                    await writer.drain()
+                await self._drain(connection, writer)
+
+    async def _drain(self, connection: SpdyConnection, writer: asyncio.StreamWriter) -> None:
+        """Wait for a slow local client; one that stops reading is cut off, not waited for:
+        while this waits, every connection of the session waits."""
+        try:
+            async with asyncio.timeout(STALL_SECONDS):
+                await writer.drain()
+        except ConnectionError:
+            pass
+        except TimeoutError:
+            log.warning(
+                "local client stopped reading; connection reset",
+                target=connection.label,
+                seconds=STALL_SECONDS,
+            )
+            self._stats.stalled += 1
+            self.forget(connection)
+            self._send_soon(spdy.rst_stream(connection.data_id))
+            writer.transport.abort()
+            connection.on_reset()
 
     async def _dispatch(self, frame: spdy.Frame) -> None:
         kind = frame.kind
@@ -144,7 +179,7 @@ class SpdySession:
             except zlib.error as exc:
                 raise spdy.SpdyProtocolError(f"header block does not inflate: {exc}") from None
             if kind == spdy.SYN_STREAM:  # server push: not part of port-forward
-                await self.send(spdy.rst_stream(frame.stream_id))
+                self._send_soon(spdy.rst_stream(frame.stream_id))
             elif frame.fin and (connection := self._streams.get(frame.stream_id)) is not None:
                 connection.on_data(frame.stream_id, b"", True)
         elif kind == spdy.RST_STREAM:
@@ -154,7 +189,7 @@ class SpdySession:
         elif kind == spdy.PING:
             ping_id = int.from_bytes(frame.payload[:4], "big")
             if ping_id % 2 == 0:  # the server's: echo it
-                await self.send(spdy.ping(ping_id))
+                self._send_soon(spdy.ping(ping_id))
         elif kind == spdy.GOAWAY:
             self._going_away = True
 

@@ -44,6 +44,7 @@ class ForwardStats:
     tunnels: int = 0  # websockets opened
     open_failures: int = 0  # websockets that could not be opened
     errors: int = 0  # error-channel messages from the pod side
+    stalled: int = 0  # connections cut off because the local client stopped reading
     last_error: str | None = None
     bytes_up: int = 0
     bytes_down: int = 0
