@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
 from tests.e2e.conftest import UP_LOOP
 from tests.e2e.up_helpers import (
     UpProcess,
@@ -23,6 +24,7 @@ from tests.e2e.up_helpers import (
     routed_to,
     run_cli,
     seed_services,
+    services_yaml,
     start_up,
     status_is,
     status_json,
@@ -306,3 +308,52 @@ async def test_a_killed_up_leaves_no_envoy_and_the_next_start_cleans_the_hosts_f
     finally:
         assert await again.stop() == 0, again.describe()
     assert await read_bytes(hosts_file) == ODD_HOSTS
+
+
+async def test_a_missing_service_is_reported_and_served_once_created(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    late = {"host": "late.localhost", "namespace": "admin", "service": "late-web", "port": 8080}
+    billing = {
+        "host": "billing-api.localhost",
+        "namespace": "billing",
+        "service": "billing-api",
+        "port_name": "http",
+    }
+    services.write_text(services_yaml(port, [billing, late]))
+    up = await start_up(up_runtime_dir, services, up_sandbox.kubeconfig_path, "--no-edit-hosts")
+    created = False
+    try:
+        line = next(x for x in up.stdout if x.startswith("pf: late.localhost"))
+        assert line.startswith(
+            f"pf: late.localhost -> admin/late-web:8080 not forwarded: {services}:"
+        )
+        assert "late-web" in line and "not found" in line, line
+        assert await routed_to(port, "billing-api.localhost", "billing")
+        code, status = await status_json(up_runtime_dir)
+        assert code != 0
+        entry = next(h for h in status["hosts"] if h["host"] == "late.localhost")
+        assert "not found" in entry["error"], entry
+
+        manifest = (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: late-web, namespace: admin}\n"
+            "spec:\n  selector: {app: admin-web}\n  ports: [{port: 8080, targetPort: 8080}]\n"
+        )
+        (await sandbox_fixtures.kubectl(up_sandbox, "apply", "-f", "-", input=manifest)).check()
+        created = True
+        await eventually(
+            lambda: routed_to(port, "late.localhost", "admin"),
+            seconds=15,
+            what="the created service to be served",
+            every=0.2,
+        )
+        code, status = await status_json(up_runtime_dir)
+        assert code == 0, status
+    finally:
+        if created:
+            await sandbox_fixtures.kubectl(
+                up_sandbox, "delete", "service", "-n", "admin", "late-web"
+            )
+        assert await up.stop() == 0, up.describe()
