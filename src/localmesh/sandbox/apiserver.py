@@ -117,7 +117,15 @@ class ApiServer:
             w.queue.put_nowait(_STOP)
         if self._runner is not None:
             runner, self._runner = self._runner, None
+            server = runner.server
+            transports = [
+                h.transport for h in (server.connections if server else []) if h.transport
+            ]
             await runner.cleanup()
+            # A TLS close waits for the peer's close_notify; idle pooled clients never send
+            # it, so drop whatever is still open.
+            for transport in transports:
+                transport.abort()
 
     async def restart(self, downtime: float = 0.0) -> None:
         await self.stop()
