@@ -28,6 +28,15 @@ def age(obj: Obj) -> str:
     return f"{secs // 86400}d"
 
 
+def _since(timestamp: str | None) -> str:
+    return age({"metadata": {"creationTimestamp": timestamp}})
+
+
+def _involved(event: Obj) -> str:
+    obj = event.get("involvedObject") or {}
+    return f"{str(obj.get('kind', '')).lower()}/{obj.get('name', '')}"
+
+
 def _pod_ready(pod: Obj) -> str:
     statuses = pod.get("status", {}).get("containerStatuses") or []
     total = len(pod.get("spec", {}).get("containers") or [])
@@ -155,6 +164,20 @@ COLUMNS: dict[str, list[Column]] = {
         AGE,
     ],
     "configmaps": [NAME, ("Data", "integer", 0, lambda o: len(o.get("data") or {})), AGE],
+    "secrets": [
+        NAME,
+        ("Type", "string", 0, lambda o: o.get("type", "Opaque")),
+        ("Data", "integer", 0, lambda o: len(o.get("data") or {})),
+        AGE,
+    ],
+    "events": [
+        ("Last Seen", "string", 0, lambda o: _since(o.get("lastTimestamp"))),
+        ("Type", "string", 0, lambda o: o.get("type", "")),
+        ("Reason", "string", 0, lambda o: o.get("reason", "")),
+        ("Object", "string", 0, _involved),
+        ("Message", "string", 0, lambda o: o.get("message", "")),
+        ("Name", "string", 1, lambda o: o["metadata"]["name"]),
+    ],
 }
 
 
