@@ -141,6 +141,10 @@ async def test_status_json(mesh: Mesh) -> None:
     ready = {p["metadata"]["name"] for p in mesh.sandbox.pods("billing")}
     assert {p["name"] for p in billing["pods"]} == ready
     assert all(p["state"] == "ready" and p["local_port"] > 0 for p in billing["pods"])
+    printed = {m["host"]: m["via"] for m in map(PF_LINE.match, mesh.up.stdout) if m}
+    for host, entry in hosts.items():  # the forwarders `up` printed are the ones serving
+        via = {f"127.0.0.1:{p['local_port']}" for p in entry["pods"]}
+        assert set(printed[host].split(", ")) == via, (host, printed, entry["pods"])
     assert billing["requests"] >= 1
     assert all(x["acked_version"] == x["served_version"] for x in status["xds"]), status["xds"]
 
