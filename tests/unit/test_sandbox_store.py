@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from localmesh.sandbox.errors import ApiError
-from localmesh.sandbox.resources import CONFIGMAPS, NAMESPACES
-from localmesh.sandbox.selectors import LabelSelector, Selector
+from localmesh.sandbox.resources import CONFIGMAPS, NAMESPACES, PODS
+from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
 from localmesh.sandbox.store import Store
 
 
@@ -87,3 +87,18 @@ async def test_label_index_select(store: Store) -> None:
     assert [o["metadata"]["name"] for o in store.select(CONFIGMAPS, "ns", {"tier": "2"})] == ["b"]
     store.delete(CONFIGMAPS, "ns", "b")
     assert store.select(CONFIGMAPS, "ns", {"tier": "2"}) == []
+
+
+async def test_field_selector_watch_sees_phase_transitions() -> None:
+    s = Store()
+    s.create(NAMESPACES, {"metadata": {"name": "ns"}})
+    pod = s.create(
+        PODS, {"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Pending"}}
+    )
+    _, w = s.watch(PODS, "ns", Selector(fields=FieldSelector.parse("status.phase=Running")), None)
+    pod["status"]["phase"] = "Running"
+    pod = s.update(PODS, pod)
+    pod["status"]["phase"] = "Succeeded"
+    s.update(PODS, pod)
+    assert [w.queue.get_nowait()[0] for _ in range(2)] == ["ADDED", "DELETED"]
+    assert w.queue.empty()
