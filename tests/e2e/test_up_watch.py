@@ -131,6 +131,26 @@ async def test_watch_applies_add_remove_edit_and_port_change_without_restarting_
         assert await up.stop() == 0, up.describe()
 
 
+async def test_watch_applies_an_edit_saved_right_after_start(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(services_yaml(port, [BILLING]))
+    up = await start_up(
+        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        write_atomically(services, services_yaml(port, [BILLING, ADMIN]))  # no pause
+        await eventually(
+            lambda: routed_to(port, "admin.localhost", "admin"),
+            seconds=APPLY_WITHIN,
+            what="the edit saved as `up` printed listen: to be applied",
+        )
+    finally:
+        assert await up.stop() == 0, up.describe()
+
+
 def _error_logs(entries: list[dict[str, Any]], needle: str) -> list[dict[str, Any]]:
     return [e for e in entries if e.get("level") == "error" and needle in str(e)]
 
