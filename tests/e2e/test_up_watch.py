@@ -151,6 +151,38 @@ async def test_watch_applies_an_edit_saved_right_after_start(
         assert await up.stop() == 0, up.describe()
 
 
+async def test_watch_to_a_port_freed_later_is_applied_when_saved_again(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    """The error for a taken port says "stop it, or choose another listener_port": after
+    the other process is stopped, saving services.yaml again must move the listener."""
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(services_yaml(port, [BILLING]))
+    up = await start_up(
+        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            write_atomically(services, services_yaml(taken, [BILLING]))
+
+            async def unhealthy() -> bool:
+                return (await status_json(up_runtime_dir))[0] != 0
+
+            await eventually(unhealthy, seconds=APPLY_WITHIN, what="the taken port reported")
+        write_atomically(services, services_yaml(taken, [BILLING]) + "# saved again\n")
+        await eventually(
+            lambda: routed_to(taken, "billing-api.localhost", "billing"),
+            seconds=APPLY_WITHIN,
+            what="the listener on the freed port",
+        )
+    finally:
+        assert await up.stop() == 0, up.describe()
+
+
 def _error_logs(entries: list[dict[str, Any]], needle: str) -> list[dict[str, Any]]:
     return [e for e in entries if e.get("level") == "error" and needle in str(e)]
 
