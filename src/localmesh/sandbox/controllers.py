@@ -173,10 +173,10 @@ class Controllers:
                 current.append(self._create_pod(deploy, want_hash))
         elif len(current) > replicas:
             # Scale down the unready and youngest pods first, as the ReplicaSet controller does.
-            order = sorted(
-                current,
-                key=lambda p: (_pod_ready(p), p["metadata"]["creationTimestamp"]),
+            youngest_first = sorted(
+                current, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True
             )
+            order = sorted(youngest_first, key=_pod_ready)  # stable: unready ones first
             for pod in order[: len(current) - replicas]:
                 self.cluster.delete(PODS, ns, pod["metadata"]["name"])
                 current.remove(pod)

@@ -117,20 +117,22 @@ class Kubelet:
         """Take a free loopback IP and start every listener on it (another IP if taken)."""
         for _ in range(_BIND_ATTEMPTS):
             ip = self.ips.allocate()
+            # Shared with the runtime at once, so a pod deleted mid-start closes them too.
             started: dict[int, Listener] = {}
+            rt.ip, rt.listeners = ip, started
             try:
                 for _, workload, port in rt.ports:
                     if port not in started:
                         info = PodInfo(rt.name, rt.namespace, ip)
                         started[port] = await start_listener(workload, info, port)
             except OSError as exc:
+                rt.ip, rt.listeners = "", {}
                 for listener in started.values():
                     await listener.close()
                 self.ips.release(ip)
                 if exc.errno not in (errno.EADDRINUSE, 98, errno.EADDRNOTAVAIL):
                     raise
                 continue
-            rt.ip, rt.listeners = ip, started
             return
         raise RuntimeError(f"no free loopback address for pod {rt.namespace}/{rt.name}")
 
