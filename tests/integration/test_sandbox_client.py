@@ -19,10 +19,10 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from localmesh.sandbox import Sandbox
+from localmesh.sandbox import Sandbox, scale_scenario
 from localmesh.sandbox.certs import make_serving_certs
 from tests import sandbox_fixtures
-from tests.sandbox_fixtures import kube_client
+from tests.sandbox_fixtures import SandboxFactory, kube_client, kubectl
 
 pytestmark = pytest.mark.integration
 sandbox = sandbox_fixtures.sandbox
@@ -376,3 +376,23 @@ async def test_endpoints_follow_readiness_and_termination(sandbox: Sandbox) -> N
     # Deleting again with a zero grace period removes it at once.
     await call(v1.delete_namespaced_pod, name, "billing", grace_period_seconds=0)
     await sandbox.wait_for(lambda: ip not in slice_conditions(), what="endpoint removal")
+
+
+async def test_chunked_list_with_limit_and_continue(sandbox_factory: SandboxFactory) -> None:
+    sb = await sandbox_factory(scale_scenario(7))
+    v1 = core(sb)
+    names: list[str] = []
+    token = None
+    pages = 0
+    while True:
+        page = await call(v1.list_namespaced_service, "scale-0", limit=3, _continue=token)
+        names.extend(s.metadata.name for s in page.items)
+        pages += 1
+        token = page.metadata._continue
+        if not token:
+            break
+        assert page.metadata.remaining_item_count == 7 - len(names)
+    assert pages == 3
+    assert names == [f"svc-{i:04d}" for i in range(7)]
+    res = await kubectl(sb, "get", "svc", "-n", "scale-0", "--chunk-size=2", "--no-headers")
+    assert len(res.check().stdout.splitlines()) == 7

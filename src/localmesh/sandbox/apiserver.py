@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
@@ -392,13 +393,28 @@ class ApiServer:
 
     def _list(self, request: web.Request, rtype: ResourceType, ns: str | None) -> web.Response:
         items, rv = self.cluster.store.list(rtype, ns, self._selector(request))
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        # Chunked lists (limit/continue), as kubectl asks for 500 at a time.
+        token = request.query.get("continue")
+        if token:
+            after, rv = _decode_continue(token)
+            meta["resourceVersion"] = str(rv)
+            items = [i for i in items if _list_key(i) > after]
+        limit = request.query.get("limit")
+        if limit and limit.isdigit() and 0 < int(limit) < len(items):
+            rest = len(items) - int(limit)
+            items = items[: int(limit)]
+            meta["continue"] = _encode_continue(_list_key(items[-1]), rv)
+            meta["remainingItemCount"] = rest
         if self._wants_table(request):
-            return _json(tables.table(rtype, items, str(rv), request.query))
+            table = tables.table(rtype, items, str(rv), request.query)
+            table["metadata"] = meta
+            return _json(table)
         return _json(
             {
                 "kind": rtype.list_kind,
                 "apiVersion": rtype.api_version,
-                "metadata": {"resourceVersion": str(rv)},
+                "metadata": meta,
                 "items": items,
             }
         )
@@ -557,6 +573,23 @@ class ApiServer:
             request, status["podIP"], idle_timeout=self.cluster.faults.portforward_idle_timeout
         )
         return response
+
+
+def _list_key(obj: dict[str, Any]) -> tuple[str, str]:
+    return (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+
+def _encode_continue(after: tuple[str, str], rv: int) -> str:
+    raw = json.dumps({"after": list(after), "rv": rv}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_continue(token: str) -> tuple[tuple[str, str], int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return (str(data["after"][0]), str(data["after"][1])), int(data["rv"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise errors.bad_request("invalid continue token") from None
 
 
 def _portforward_handler() -> Callable[..., Any] | None:
