@@ -396,3 +396,20 @@ async def test_chunked_list_with_limit_and_continue(sandbox_factory: SandboxFact
     assert names == [f"svc-{i:04d}" for i in range(7)]
     res = await kubectl(sb, "get", "svc", "-n", "scale-0", "--chunk-size=2", "--no-headers")
     assert len(res.check().stdout.splitlines()) == 7
+
+
+async def test_watch_list_initial_events_end_with_a_bookmark(sandbox: Sandbox) -> None:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {sandbox.token}"}
+    ) as session:
+        url = (
+            f"{sandbox.url}/api/v1/pods?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"
+            "&resourceVersionMatch=NotOlderThan&timeoutSeconds=5"
+        )
+        async with session.get(url, ssl=False) as resp:
+            events = []
+            while len(events) < 4:
+                events.append(json.loads(await asyncio.wait_for(resp.content.readline(), 5)))
+    assert [e["type"] for e in events] == ["ADDED"] * 3 + ["BOOKMARK"]
+    marker = events[3]["object"]["metadata"]
+    assert marker["annotations"] == {"k8s.io/initial-events-end": "true"}
