@@ -32,10 +32,12 @@ from tests.e2e.up_helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, UP_LOOP]
 
-# CRLF lines, a comment, a tab, a byte that is not UTF-8, and no final newline.
+# CRLF lines, a comment, a tab, a byte that is not UTF-8, an entry of one of the seed's
+# hosts (it needs no other), and no final newline.
 ODD_HOSTS = (
     b"# hosts of a machine with history\r\n127.0.0.1\tlocalhost\r\n"
-    b"::1 localhost ip6-localhost # v6\r\n\r\n10.1.2.3 caf\xe9.lan\r\n192.168.0.7 printer"
+    b"::1 localhost ip6-localhost # v6\r\n127.0.0.1 admin.localhost # mine\r\n"
+    b"\r\n10.1.2.3 caf\xe9.lan\r\n192.168.0.7 printer"
 )
 SEED_HOSTS = ("users-api.localhost", "billing-api.localhost", "admin.localhost")
 
@@ -73,7 +75,7 @@ async def test_signal_leaves_the_hosts_file_byte_identical(
         assert up.stdout[0] == "/etc/hosts updated successfully"
         during = await read_bytes(hosts_file)
         for host in SEED_HOSTS:
-            assert f"127.0.0.1 {host}".encode() in during, during
+            assert during.count(f"127.0.0.1 {host}".encode()) == 1, during
         assert await routed_to(port, "billing-api.localhost", "billing")
         _, status = await status_json(up_runtime_dir)
         envoy = envoy_pid(status)
