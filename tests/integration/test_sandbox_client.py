@@ -407,7 +407,7 @@ async def test_watch_list_initial_events_end_with_a_bookmark(sandbox: Sandbox) -
             "&resourceVersionMatch=NotOlderThan&timeoutSeconds=5"
         )
         async with session.get(url, ssl=False) as resp:
-            events = []
+            events: list[dict[str, Any]] = []
             while len(events) < 4:
                 events.append(json.loads(await asyncio.wait_for(resp.content.readline(), 5)))
     assert [e["type"] for e in events] == ["ADDED"] * 3 + ["BOOKMARK"]
