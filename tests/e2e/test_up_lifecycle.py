@@ -359,3 +359,51 @@ async def test_a_missing_service_is_reported_and_served_once_created(
                 up_sandbox, "delete", "service", "-n", "admin", "late-web"
             )
         assert await up.stop() == 0, up.describe()
+
+
+async def test_two_meshes_side_by_side_share_the_hosts_file(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_bytes(ODD_HOSTS)
+    meshes = []
+    for name in ("one", "two"):
+        port = free_port()
+        services = tmp_path / f"{name}.yaml"
+        services.write_text(
+            services_yaml(
+                port,
+                [
+                    {
+                        "host": f"{name}.localhost",
+                        "namespace": "billing",
+                        "service": "billing-api",
+                        "port_name": "http",
+                    }
+                ],
+            )
+        )
+        up = await start_up(
+            up_runtime_dir,
+            services,
+            up_sandbox.kubeconfig_path,
+            "--name",
+            name,
+            "--hosts-file",
+            hosts_file,
+        )
+        meshes.append((up, port, name))
+    try:
+        both = await read_bytes(hosts_file)
+        assert b"127.0.0.1 one.localhost" in both and b"127.0.0.1 two.localhost" in both
+        for _, port, name in meshes:
+            assert await routed_to(port, f"{name}.localhost", "billing")
+        first, second = meshes
+        assert await first[0].stop() == 0, first[0].describe()
+        left = await read_bytes(hosts_file)
+        assert b"one.localhost" not in left and b"127.0.0.1 two.localhost" in left, left
+        assert await routed_to(second[1], "two.localhost", "billing")
+    finally:
+        for up, _, _ in meshes:
+            assert await up.stop() == 0, up.describe()
+    assert await read_bytes(hosts_file) == ODD_HOSTS
