@@ -47,7 +47,7 @@ class Cluster:
         self.kubelet.on_event(ev)
         self.controllers.on_event(ev)
 
-    def bootstrap(self) -> None:
+    def bootstrap(self, kube_version: str = "1.32") -> None:
         """The objects every cluster has: default namespaces and one node."""
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             if self.store.peek(NAMESPACES, None, ns) is None:
@@ -73,7 +73,8 @@ class Cluster:
                             {"type": "Hostname", "address": NODE_NAME},
                         ],
                         "nodeInfo": {
-                            "kubeletVersion": "v1.32.0",
+                            "kubeletVersion": f"v{kube_version}"
+                            + (".0" if kube_version.count(".") == 1 else ""),
                             "operatingSystem": "linux",
                             "architecture": "amd64",
                             "containerRuntimeVersion": "localmesh-sandbox",

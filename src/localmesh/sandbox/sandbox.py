@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from localmesh.errors import ConfigError
 from localmesh.sandbox import errors
 from localmesh.sandbox.apiserver import ApiServer
 from localmesh.sandbox.certs import make_serving_certs
@@ -66,6 +68,10 @@ class Sandbox:
         ready_timeout: float = 60.0,
         history_size: int = 20000,
     ) -> None:
+        if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
+            raise ConfigError(
+                f"Kubernetes version {kube_version!r} is not of the form 1.MINOR[.PATCH]"
+            )
         self.scenario = scenario if scenario is not None else Scenario.default()
         self.cluster = Cluster(history_size=history_size)
         self.cluster.faults.ready_delay = ready_delay
@@ -118,7 +124,7 @@ class Sandbox:
         ctx.load_cert_chain(cert_path, key_path)
         self.ca_path = ca_path
         self.store.subscribe(self._notify)
-        self.cluster.bootstrap()
+        self.cluster.bootstrap(self.kube_version)
         self._server = ApiServer(
             self.cluster,
             tokens={self.token: "sandbox-admin"},
