@@ -356,7 +356,9 @@ class MeshInstance:
     async def reload(self) -> bool:
         """Load services.yaml again and apply it; on error keep serving the last good one."""
         try:
-            config = load_config(self.options.config_path)
+            # In a thread: parsing 1,000 entries takes a few hundred ms, which on the event
+            # loop would stall every forwarder (all traffic) for that long.
+            config = await asyncio.to_thread(load_config, self.options.config_path)
         except ConfigError as exc:
             self._config_problem = f"services.yaml is invalid, serving the previous version: {exc}"
             log.error("invalid services.yaml; keeping the previous config", error=str(exc))
@@ -366,6 +368,10 @@ class MeshInstance:
             log.error("cannot read services.yaml; keeping the previous config", error=str(exc))
             return False
         self._config_problem = ""
+        if self.cache.retry_rejected():
+            # Saving again is the user's "try again": a rejection may have had an outside
+            # cause that is gone now (the listener port was taken, and is free again).
+            log.info("offering the config Envoy rejected again")
         if config == self.config:
             return True
         await self._apply(config)

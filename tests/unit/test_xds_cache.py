@@ -318,3 +318,22 @@ def test_unsubscribing_everything_releases_an_unanswered_response() -> None:
     sotw(stream, EDS, [], nonce="stale")  # Envoy drops its EDS watch instead of ACKing
     assert stream.status().types[1].pending_nonce is None
     assert stream.status().in_sync
+
+
+def test_a_rejected_snapshot_is_offered_again_on_request() -> None:
+    """A rejection with an outside cause (a taken port) is retried when the user asks."""
+    good = build_snapshot(MESH)
+    cache = SnapshotCache(good)
+    stream, first = connect_sotw(cache)
+    sync_all(stream, first)
+    moved = build_snapshot(dataclasses.replace(MESH, listener_port=MESH.listener_port + 1), good)
+    cache.set_snapshot(moved)
+    push = by_type(stream.responses())[LDS]
+    sotw(stream, LDS, nonce=push.nonce, error="cannot bind: Address already in use")
+    assert stream.responses() == []
+    assert cache.retry_rejected() == 1
+    again = by_type(stream.responses())
+    assert list(again) == [LDS]
+    ack(stream, again[LDS])
+    assert stream.status().in_sync
+    assert cache.retry_rejected() == 0  # nothing rejected any more

@@ -286,6 +286,15 @@ class Stream:
     def wake(self) -> None:
         self._wake.set()
 
+    def forget_rejections(self) -> int:
+        """Let rejected types be offered again (see SnapshotCache.retry_rejected)."""
+        rejected = [t for t in self._types.values() if t.nacked_at is not None]
+        for state in rejected:
+            state.nacked_at = None
+        if rejected:
+            self.wake()
+        return len(rejected)
+
     def _routes_ready(self, snapshot: Snapshot) -> bool:
         """Envoy ACKed every cluster the snapshot's routes send traffic to."""
         return snapshot.route_clusters <= self._types[rs.CLUSTER_TYPE].acked.keys()
@@ -473,6 +482,18 @@ class SnapshotCache:
 
     def status(self) -> list[StreamStatus]:
         return [s.status() for s in self._streams.values()]
+
+    def retry_rejected(self) -> int:
+        """Offer every rejected (NACKed) type again, though the snapshot did not change.
+
+        A NACK can depend on the world rather than on the config: a listener port that was
+        taken may be free now. Callers use this on an explicit "try again" (services.yaml
+        saved again); returns how many stream types were re-offered.
+        """
+        count = 0
+        for stream in self._streams.values():
+            count += stream.forget_rejections()
+        return count
 
     async def wait_changed(self) -> None:
         """Until the next change of status (for watchers of `status()`)."""
