@@ -123,6 +123,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages (a binary's text) divided among their users."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -568,6 +576,7 @@ class Load:
     ok: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    max_latency: float = 0.0  # seconds, the slowest request (a stalled data path shows here)
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> Load:
@@ -578,7 +587,9 @@ class Load:
         conn = Connection(self.port, self.address)
         try:
             while True:
+                began = time.monotonic()
                 status = await conn.get(self.host, seconds=2.0)
+                self.max_latency = max(self.max_latency, time.monotonic() - began)
                 if status == 200:
                     self.ok += 1
                 else:

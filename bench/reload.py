@@ -127,6 +127,7 @@ async def bench_localmesh(sandbox: SandboxProcess, workdir: Path, edits: int) ->
         "load_ok": load.ok,
         "load_failed": load.failed,
         "load_failures": load.failures,
+        "load_slowest_ms": round(load.max_latency * 1000, 1),
         "envoy_restarts": envoy_restarts,
     }
 
