@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         if mesh is not None:
             mesh.stop()
         sandbox.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # logs, kubeconfig, runtime dir
 
 
 def main() -> None:

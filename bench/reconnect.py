@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -203,6 +204,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         kc = await bench_kubectl(sandbox, args.kubectl_rounds, args.ready_delay, args.kubectl_wait)
     finally:
         sandbox.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # logs, kubeconfig, runtime dir
     return {"machine": info, "ready_delay_s": args.ready_delay, "localmesh": lm, "kubectl": kc}
 
 

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -225,6 +226,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         seed = await bench_seed(sandbox, workdir, args.seed_edits)
     finally:
         sandbox.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # logs, kubeconfig, runtime dir
     return {"machine": info, "localmesh": lm, "envoy_restart": seed}
 
 

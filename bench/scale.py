@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import shutil
 import subprocess
 import sys
 import time
@@ -243,6 +244,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         kc = await bench_kubectl(sandbox, n, args.kubectl, args.idle)
     finally:
         sandbox.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # logs, kubeconfig, runtime dir
     return {"machine": info, "localmesh": lm, "kubectl": kc}
 
 
