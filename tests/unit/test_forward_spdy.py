@@ -53,3 +53,18 @@ def test_frames_parse_across_arbitrary_chunk_boundaries() -> None:
     ]
     assert frames[1].payload == b"hello" and not frames[1].fin
     assert frames[2].fin and frames[2].payload == b""
+
+
+def test_small_header_compressor_is_read_by_a_full_window_peer() -> None:
+    """The compressor's 2 KiB window (to keep one session per pod small) must still be
+    inflated by a peer that uses SPDY's standard 32 KiB window, block after block."""
+    import zlib
+
+    from localmesh.forward import spdy as fspdy
+
+    compressor = fspdy.Compressor()
+    peer = zlib.decompressobj(15, zdict=fspdy.DICTIONARY)
+    for request_id in range(3):
+        headers = {"streamtype": "data", "port": "8080", "requestid": str(request_id)}
+        block = compressor.compress(headers)
+        assert str(request_id).encode() in peer.decompress(block)

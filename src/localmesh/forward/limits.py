@@ -1,7 +1,9 @@
-"""Process limits a forwarder needs: one socket per client plus one per websocket."""
+"""Process limits a forwarder needs: one socket per client plus one per websocket, and
+one TLS connection to the API server per pod, which must stay small."""
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import resource
 
 import structlog
@@ -20,3 +22,14 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open files limit", soft=soft, hard=hard, error=str(exc))
     return soft
+
+
+# asyncio gives every TLS connection a 256 KiB read buffer up front. With one session per
+# pod that was about half of localmesh's memory at 1,000 services (bench/scale.py);
+# 64 KiB reads keep bulk transfers just as fast.
+TLS_READ_BUFFER = 64 * 1024
+
+
+def shrink_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
+    """Cap the read buffer of TLS connections created from now on in this process."""
+    asyncio.sslproto.SSLProtocol.max_size = min(asyncio.sslproto.SSLProtocol.max_size, size)
