@@ -296,8 +296,10 @@ class MeshInstance:
         try:
             service = await manager.add(state.entry)
         except TargetError as exc:
+            # Retried every few seconds: say it loudly once, then only when the reason changes.
+            report = log.error if str(exc) != state.error else log.debug
             state.error = str(exc)
-            log.error("cannot forward", host=state.entry.host, error=state.error)
+            report("cannot forward", host=state.entry.host, error=state.error)
             return
         state.key, state.error = service.key, ""
 
@@ -358,7 +360,16 @@ class MeshInstance:
         try:
             # In a thread: parsing 1,000 entries takes a few hundred ms, which on the event
             # loop would stall every forwarder (all traffic) for that long.
-            config = await asyncio.to_thread(load_config, self.options.config_path)
+            _t0 = time.perf_counter()
+            _ct = []
+            def _lc():
+                _t = time.thread_time(); _w = time.perf_counter()
+                try:
+                    return load_config(self.options.config_path)
+                finally:
+                    _ct.append((time.thread_time() - _t, time.perf_counter() - _w))
+            config = await asyncio.to_thread(_lc)
+            log.info("TIMING load", ms=round((time.perf_counter() - _t0) * 1000, 1), cpu=_ct)
         except ConfigError as exc:
             self._config_problem = f"services.yaml is invalid, serving the previous version: {exc}"
             log.error("invalid services.yaml; keeping the previous config", error=str(exc))
@@ -374,7 +385,9 @@ class MeshInstance:
             log.info("offering the config Envoy rejected again")
         if config == self.config:
             return True
+        _t0 = time.perf_counter()
         await self._apply(config)
+        log.info("TIMING apply", ms=round((time.perf_counter() - _t0) * 1000, 1))
         hosts = self._started.hosts
         if hosts is not None:
             try:
