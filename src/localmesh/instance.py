@@ -360,16 +360,7 @@ class MeshInstance:
         try:
             # In a thread: parsing 1,000 entries takes a few hundred ms, which on the event
             # loop would stall every forwarder (all traffic) for that long.
-            _t0 = time.perf_counter()
-            _ct = []
-            def _lc():
-                _t = time.thread_time(); _w = time.perf_counter()
-                try:
-                    return load_config(self.options.config_path)
-                finally:
-                    _ct.append((time.thread_time() - _t, time.perf_counter() - _w))
-            config = await asyncio.to_thread(_lc)
-            log.info("TIMING load", ms=round((time.perf_counter() - _t0) * 1000, 1), cpu=_ct)
+            config = await asyncio.to_thread(load_config, self.options.config_path)
         except ConfigError as exc:
             self._config_problem = f"services.yaml is invalid, serving the previous version: {exc}"
             log.error("invalid services.yaml; keeping the previous config", error=str(exc))
@@ -385,9 +376,7 @@ class MeshInstance:
             log.info("offering the config Envoy rejected again")
         if config == self.config:
             return True
-        _t0 = time.perf_counter()
         await self._apply(config)
-        log.info("TIMING apply", ms=round((time.perf_counter() - _t0) * 1000, 1))
         hosts = self._started.hosts
         if hosts is not None:
             try:
