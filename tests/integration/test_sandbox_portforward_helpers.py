@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,11 @@ async def kubectl_port_forward(
     if namespace:
         args += ["-n", namespace]
     args += ["port-forward", "--address", "127.0.0.1", target, f":{remote_port}"]
-    full_env = {**os.environ, **(env or {})}
+    # kubectl (and the dispatcher that picks kubectl's minor from the server's /version)
+    # caches discovery per host:port: a server started earlier on the same port would
+    # answer for this one. A private cache per forward keeps every run independent.
+    cache_dir = tempfile.mkdtemp(prefix="kube-cache-")
+    full_env = {**os.environ, "KUBECACHEDIR": cache_dir, **(env or {})}
     process = await asyncio.create_subprocess_exec(
         *args,
         stdout=asyncio.subprocess.PIPE,
@@ -298,6 +303,7 @@ async def kubectl_port_forward(
         stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stderr_task
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
