@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import os
 import signal
@@ -205,6 +206,7 @@ class MeshInstance:
         self._print_forwards()
         self._print(f"envoy config: {self.paths.envoy_bootstrap}")
         self._print(f"listen: {_listen(opts.bind, config.listener_port)}")
+        _freeze_heap()
         if opts.watch:
             self._spawn("watch services.yaml", self._watch_config)
         self._spawn("retry unresolved entries", self._retry_unresolved)
@@ -560,6 +562,19 @@ class MeshInstance:
             for type_url in TYPE_ORDER
             for r in snapshot.resources(type_url).values()
         ]
+
+
+def _freeze_heap() -> None:
+    """Exempt everything start-up built from the cyclic GC's full collections.
+
+    With 1,000 services that is ~1M long-lived objects: every full collection walked all
+    of them (~300 ms of CPU, holding the GIL), and the objects one reload allocates were
+    enough to trigger one every other edit. Start-up garbage is collected first; what is
+    frozen can only ever leak if it later becomes cyclic garbage, which bounds it by the
+    start-up heap that was live anyway.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _hosts(config: Config) -> list[str]:
