@@ -45,6 +45,13 @@ class Reconciler:
         self._listener_port = listener_port
         self._routes: tuple[Route, ...] = ()
         self._endpoints: dict[str, set[Endpoint]] = {}
+        # Derived from the facts above and rebuilt only when they change, so that an edit
+        # of one entry among 1,000 builds one new spec piece, and the unchanged ones are
+        # the very objects published last time (equality then stops at identity).
+        self._sorted: dict[str, tuple[Endpoint, ...]] = {}  # backend -> sorted endpoints
+        self._backends: tuple[tuple[str, Route], ...] = ()  # (cluster, route), by cluster
+        self._vhosts: tuple[VirtualHostSpec, ...] = ()
+        self._cluster_specs: dict[str, ClusterSpec] = {}
         self._dirty = asyncio.Event()
         self._published: MeshSpec | None = None
         self._published_event = asyncio.Event()
@@ -52,12 +59,25 @@ class Reconciler:
     # -- inputs ---------------------------------------------------------------------------
     def set_routes(self, routes: Iterable[Route], *, listener_port: int | None = None) -> None:
         self._routes = tuple(routes)
+        backends: dict[str, Route] = {}
+        for route in self._routes:
+            backends.setdefault(route.cluster, route)
+        self._backends = tuple(sorted(backends.items()))
+        previous = {v.host: v for v in self._vhosts}
+        vhosts = []
+        for r in sorted(self._routes, key=lambda r: r.host):
+            vh = previous.get(r.host)
+            if vh is None or vh.cluster != r.cluster or vh.protocol != r.protocol:
+                vh = VirtualHostSpec(host=r.host, cluster=r.cluster, protocol=r.protocol)
+            vhosts.append(vh)
+        self._vhosts = tuple(vhosts)
         if listener_port is not None:
             self._listener_port = listener_port
         self._dirty.set()
 
     def endpoint_up(self, backend: str, endpoint: Endpoint) -> None:
         self._endpoints.setdefault(backend, set()).add(endpoint)
+        self._sorted.pop(backend, None)
         self._dirty.set()
 
     def endpoint_down(self, backend: str, endpoint: Endpoint) -> None:
@@ -67,29 +87,29 @@ class Reconciler:
         endpoints.discard(endpoint)
         if not endpoints:
             del self._endpoints[backend]
+        self._sorted.pop(backend, None)
         self._dirty.set()
 
     def endpoints(self, backend: str) -> tuple[Endpoint, ...]:
-        return tuple(sorted(self._endpoints.get(backend, ())))
+        found = self._sorted.get(backend)
+        if found is None:
+            found = self._sorted[backend] = tuple(sorted(self._endpoints.get(backend, ())))
+        return found
 
     # -- state ----------------------------------------------------------------------------
     def desired(self) -> MeshSpec:
         """The MeshSpec the recorded facts call for; a pure function of them."""
-        backends: dict[str, Route] = {}
-        for route in self._routes:
-            backends.setdefault(route.cluster, route)
-        clusters = tuple(
-            ClusterSpec(
-                name=name,
-                protocol=route.protocol,
-                endpoints=self.endpoints(route.backend),
-            )
-            for name, route in sorted(backends.items())
-        )
-        vhosts = tuple(
-            VirtualHostSpec(host=r.host, cluster=r.cluster, protocol=r.protocol)
-            for r in sorted(self._routes, key=lambda r: r.host)
-        )
+        cached = self._cluster_specs
+        specs: dict[str, ClusterSpec] = {}
+        for name, route in self._backends:
+            endpoints = self.endpoints(route.backend)
+            spec = cached.get(name)
+            if spec is None or spec.protocol != route.protocol or spec.endpoints != endpoints:
+                spec = ClusterSpec(name=name, protocol=route.protocol, endpoints=endpoints)
+            specs[name] = spec
+        self._cluster_specs = specs
+        clusters = tuple(specs.values())
+        vhosts = self._vhosts
         return MeshSpec(
             listener_address=self._listener_address,
             listener_port=self._listener_port,

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from localmesh.mesh import Endpoint, MeshSpec, Protocol
 from localmesh.reconciler import Reconciler, Route
+from localmesh.xds.resources import TYPE_ORDER
+from localmesh.xds.snapshot import build_snapshot
 
 
 class Recorder:
@@ -120,3 +122,67 @@ def test_entries_of_one_service_port_share_its_forwarders() -> None:
         "http.ns.svc.80": [4001],
     }
     assert {c.name: c.protocol for c in spec.clusters}["grpc.ns.svc.80"] is Protocol.GRPC
+
+
+def test_cached_pieces_follow_every_kind_of_change() -> None:
+    """Each step's spec (built from caches) equals one built from scratch from the same
+    facts, and its snapshot (built from the previous one's memo) equals a fresh build."""
+
+    async def ignore(spec: MeshSpec) -> None:
+        return None
+
+    rec = Reconciler(ignore, listener_address="127.0.0.1", listener_port=80)
+    routes = {
+        f"h{i}.localhost": Route(f"h{i}.localhost", f"c{i}", Protocol.HTTP, f"b{i}")
+        for i in range(4)
+    }
+    e1, e2 = Endpoint("127.0.0.1", 4001, "p1"), Endpoint("127.0.0.1", 4002, "p2")
+    steps: list[Callable[[], object]] = [
+        lambda: rec.set_routes(routes.values()),
+        lambda: rec.endpoint_up("b0", e1),
+        lambda: rec.endpoint_up("b0", e2),
+        lambda: rec.endpoint_down("b0", e1),
+        lambda: rec.endpoint_up("b1", e1),
+        # Same host and cluster name, new protocol / new cluster / new backend.
+        lambda: routes.update({"h0.localhost": Route("h0.localhost", "c0", Protocol.GRPC, "b0")}),
+        lambda: routes.update({"h1.localhost": Route("h1.localhost", "c9", Protocol.HTTP, "b1")}),
+        lambda: routes.update({"h2.localhost": Route("h2.localhost", "c2", Protocol.HTTP, "b1")}),
+        lambda: routes.pop("h3.localhost"),
+        lambda: rec.endpoint_down("b0", e2),
+        lambda: rec.set_routes(routes.values(), listener_port=8080),
+    ]
+    snapshot = build_snapshot(rec.desired())
+    for step in steps:
+        step()
+        rec.set_routes(routes.values())
+        spec = rec.desired()
+        fresh = Reconciler(ignore, listener_address="127.0.0.1", listener_port=spec.listener_port)
+        fresh.set_routes(rec._routes)
+        for backend, endpoints in rec._endpoints.items():
+            for endpoint in endpoints:
+                fresh.endpoint_up(backend, endpoint)
+        assert spec == fresh.desired()
+        snapshot = build_snapshot(spec, snapshot)
+        fresh_snapshot = build_snapshot(spec)
+        for type_url in TYPE_ORDER:
+            assert snapshot.resources(type_url) == fresh_snapshot.resources(type_url)
+
+
+def test_unchanged_pieces_are_the_objects_published_before() -> None:
+    async def ignore(spec: MeshSpec) -> None:
+        return None
+
+    rec = Reconciler(ignore, listener_address="127.0.0.1", listener_port=80)
+    routes = [Route(f"h{i}.localhost", f"c{i}", Protocol.HTTP, f"b{i}") for i in range(3)]
+    rec.set_routes(routes)
+    rec.endpoint_up("b0", Endpoint("127.0.0.1", 4001))
+    before = rec.desired()
+    rec.set_routes([*routes, Route("new.localhost", "c9", Protocol.HTTP, "b9")])
+    rec.endpoint_up("b1", Endpoint("127.0.0.1", 4002))
+    after = rec.desired()
+    old = {c.name: c for c in before.clusters}
+    new = {c.name: c for c in after.clusters}
+    assert new["c0"] is old["c0"] and new["c2"] is old["c2"]
+    assert new["c1"].endpoints == (Endpoint("127.0.0.1", 4002),)
+    assert all(v in after.virtual_hosts for v in before.virtual_hosts)
+    assert {id(v) for v in before.virtual_hosts} <= {id(v) for v in after.virtual_hosts}

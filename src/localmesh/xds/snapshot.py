@@ -72,11 +72,14 @@ class InconsistentSnapshotError(Exception):
 
 @dataclass(frozen=True)
 class _Memo:
-    """Per-piece results of the previous build, keyed by the frozen spec pieces."""
+    """Per-piece results of the previous build, keyed by name with the spec they were
+    built from: a piece is reused when its spec is the same object (the reconciler keeps
+    unchanged pieces identical) or an equal one; nothing is hashed."""
 
-    clusters: Mapping[tuple[str, Protocol], Resource] = field(default_factory=dict)
-    endpoints: Mapping[ClusterSpec, Resource] = field(default_factory=dict)
-    vhosts: Mapping[VirtualHostSpec, bytes] = field(default_factory=dict)
+    clusters: Mapping[str, tuple[Protocol, Resource]] = field(default_factory=dict)
+    endpoints: Mapping[str, tuple[ClusterSpec, Resource]] = field(default_factory=dict)
+    # A virtual host's bytes framed as RouteConfiguration field 2, ready to concatenate.
+    vhosts: Mapping[str, tuple[VirtualHostSpec, bytes]] = field(default_factory=dict)
     listener: Mapping[tuple[str, int], Resource] = field(default_factory=dict)
 
 
@@ -170,40 +173,47 @@ class Snapshot:
         return f"<Snapshot {self.version} {counts}>"
 
 
-def _vhost_bytes(spec: VirtualHostSpec) -> bytes:
-    return encode(rs.build_virtual_host(spec))
+def _vhost_field(spec: VirtualHostSpec) -> bytes:
+    # RouteConfiguration: virtual_hosts = 2 (repeated): framed elements concatenate.
+    return field_bytes(2, encode(rs.build_virtual_host(spec)))
 
 
-def _route_configuration(vhost_bodies: Iterable[bytes]) -> bytes:
-    # RouteConfiguration: name = 1, virtual_hosts = 2 (repeated): bytes concatenate.
-    out = bytearray(field_bytes(1, rs.ROUTE_CONFIG_NAME.encode()))
-    for body in vhost_bodies:
-        out += field_bytes(2, body)
-    return bytes(out)
+def _route_configuration(vhost_fields: Iterable[bytes]) -> bytes:
+    # RouteConfiguration: name = 1, then the framed virtual hosts.
+    return field_bytes(1, rs.ROUTE_CONFIG_NAME.encode()) + b"".join(vhost_fields)
 
 
 def build_snapshot(mesh: MeshSpec, previous: Snapshot | None = None) -> Snapshot:
     """The snapshot of `mesh`, reusing every unchanged piece's bytes from `previous`."""
     old = previous._memo if previous is not None else _Memo()
-    clusters: dict[tuple[str, Protocol], Resource] = {}
-    endpoints: dict[ClusterSpec, Resource] = {}
+    clusters: dict[str, tuple[Protocol, Resource]] = {}
+    endpoints: dict[str, tuple[ClusterSpec, Resource]] = {}
     for spec in mesh.clusters:
-        key = (spec.name, spec.protocol)
-        cluster = old.clusters.get(key)
-        if cluster is None:
-            cluster = Resource.of(rs.CLUSTER_TYPE, spec.name, encode(rs.build_cluster(spec)))
-        clusters[key] = cluster
-        cla = old.endpoints.get(spec)
-        if cla is None:
+        name = spec.name
+        had = old.clusters.get(name)
+        if had is not None and had[0] == spec.protocol:
+            cluster = had[1]
+        else:
+            cluster = Resource.of(rs.CLUSTER_TYPE, name, encode(rs.build_cluster(spec)))
+        clusters[name] = (spec.protocol, cluster)
+        was = old.endpoints.get(name)
+        if was is not None and (was[0] is spec or was[0] == spec):
+            cla = was[1]
+        else:
             body = encode(rs.build_load_assignment(spec))
-            cla = Resource.of(rs.ENDPOINT_TYPE, spec.name, body)
-        endpoints[spec] = cla
+            cla = Resource.of(rs.ENDPOINT_TYPE, name, body)
+        endpoints[name] = (spec, cla)
 
-    vhosts: dict[VirtualHostSpec, bytes] = {}
+    vhosts: dict[str, tuple[VirtualHostSpec, bytes]] = {}
     for vh in sorted(mesh.virtual_hosts, key=lambda v: v.host):
-        body_or_none = old.vhosts.get(vh)
-        vhosts[vh] = body_or_none if body_or_none is not None else _vhost_bytes(vh)
-    routes = Resource.of(rs.ROUTE_TYPE, rs.ROUTE_CONFIG_NAME, _route_configuration(vhosts.values()))
+        seen = old.vhosts.get(vh.host)
+        if seen is not None and (seen[0] is vh or seen[0] == vh):
+            vhosts[vh.host] = seen
+        else:
+            vhosts[vh.host] = (vh, _vhost_field(vh))
+    routes = Resource.of(
+        rs.ROUTE_TYPE, rs.ROUTE_CONFIG_NAME, _route_configuration(f for _, f in vhosts.values())
+    )
 
     listener_key = (mesh.listener_address, mesh.listener_port)
     listener = old.listener.get(listener_key)
@@ -212,8 +222,8 @@ def build_snapshot(mesh: MeshSpec, previous: Snapshot | None = None) -> Snapshot
         listener = Resource.of(rs.LISTENER_TYPE, rs.LISTENER_NAME, body)
 
     by_type = {
-        rs.CLUSTER_TYPE: {r.name: r for r in clusters.values()},
-        rs.ENDPOINT_TYPE: {r.name: r for r in endpoints.values()},
+        rs.CLUSTER_TYPE: {n: r for n, (_, r) in clusters.items()},
+        rs.ENDPOINT_TYPE: {n: r for n, (_, r) in endpoints.items()},
         rs.LISTENER_TYPE: {listener.name: listener},
         rs.ROUTE_TYPE: {routes.name: routes},
     }
