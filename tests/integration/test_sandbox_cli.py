@@ -74,7 +74,8 @@ async def test_sandbox_up_serves_until_sigterm(tmp_path: Path) -> None:
         assert lines[-1] == f"export KUBECONFIG={kubeconfig}"
         assert f"kubeconfig: {kubeconfig}" in lines
         assert kubeconfig.exists() and (kubeconfig.stat().st_mode & 0o777) == 0o600
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        # A private discovery cache: kubectl caches per host:port across servers.
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBECACHEDIR": str(tmp_path / "kc")}
         code, out, err = await run("kubectl", "get", "svc", "-n", "shop", env=env)
         assert code == 0, err
         rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
