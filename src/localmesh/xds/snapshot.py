@@ -205,15 +205,16 @@ def build_snapshot(mesh: MeshSpec, previous: Snapshot | None = None) -> Snapshot
         endpoints[name] = (spec, cla)
 
     vhosts: dict[str, tuple[VirtualHostSpec, bytes]] = {}
+    # Every virtual host is served, even two with one host: Envoy must see (and reject)
+    # what the mesh says, not a de-duplicated version of it. The memo keeps one per host.
+    vhost_fields: list[bytes] = []
     for vh in sorted(mesh.virtual_hosts, key=lambda v: v.host):
         seen = old.vhosts.get(vh.host)
-        if seen is not None and (seen[0] is vh or seen[0] == vh):
-            vhosts[vh.host] = seen
-        else:
-            vhosts[vh.host] = (vh, _vhost_field(vh))
-    routes = Resource.of(
-        rs.ROUTE_TYPE, rs.ROUTE_CONFIG_NAME, _route_configuration(f for _, f in vhosts.values())
-    )
+        if seen is None or not (seen[0] is vh or seen[0] == vh):
+            seen = (vh, _vhost_field(vh))
+        vhosts[vh.host] = seen
+        vhost_fields.append(seen[1])
+    routes = Resource.of(rs.ROUTE_TYPE, rs.ROUTE_CONFIG_NAME, _route_configuration(vhost_fields))
 
     listener_key = (mesh.listener_address, mesh.listener_port)
     listener = old.listener.get(listener_key)
