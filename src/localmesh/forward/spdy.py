@@ -5,8 +5,9 @@ on `pods/{pod}/portforward`: SPDY frames inside binary websocket messages. Unlik
 `v4.channel.k8s.io`, one websocket then carries many TCP connections (a stream pair per
 connection), so a new connection costs a few frames instead of a TLS handshake and an HTTP
 upgrade. Only the client side a port-forward needs is here: open stream pairs, send DATA,
-FIN and RST_STREAM, answer PING; header blocks are zlib-compressed with the SPDY/3
-dictionary (draft section 2.6.10), one context per direction, sync-flushed per block.
+FIN and RST_STREAM, answer PING. Header blocks form a zlib stream with the SPDY/3
+dictionary (draft section 2.6.10); ours are stored blocks (see `Compressor`), and the
+server's are not read at all: port-forward needs nothing from its reply headers.
 """
 
 from __future__ import annotations
@@ -85,16 +86,37 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 
 
 class Compressor:
+    """Header blocks as a zlib stream of stored (uncompressed) deflate blocks.
+
+    Header blocks are a few dozen bytes and only open streams, so compressing them saves
+    nothing worth a zlib context per session (~15 KiB even at the smallest settings, times
+    one session per pod). A stored block is complete and byte-aligned by itself, which is
+    what a sync flush guarantees, so any SPDY peer inflates the stream block after block.
+    """
+
     def __init__(self) -> None:
-        # Header blocks are a few hundred bytes: a 2 KiB window and the smallest memLevel
-        # cost ~9 KiB per session instead of ~260 KiB (one session per pod), and any
-        # SPDY peer inflates them with its 32 KiB window.
-        self._z = zlib.compressobj(
-            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 11, memLevel=1, zdict=DICTIONARY
-        )
+        self._started = False
 
     def compress(self, headers: Mapping[str, str]) -> bytes:
-        return self._z.compress(encode_headers(headers)) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        out = bytearray()
+        if not self._started:
+            # zlib header: deflate with a 32 KiB window, FDICT set; then the dictionary id.
+            out += _ZLIB_HEADER + struct.pack(">I", zlib.adler32(DICTIONARY))
+            self._started = True
+        data = encode_headers(headers)
+        for start in range(0, len(data), 0xFFFF):
+            chunk = data[start : start + 0xFFFF]
+            out += struct.pack("<BHH", 0, len(chunk), len(chunk) ^ 0xFFFF) + chunk
+        return bytes(out)
+
+
+def _zlib_header() -> bytes:
+    cmf, flg = 0x78, 0x20  # CM 8 / CINFO 7; FDICT
+    flg += (31 - ((cmf << 8) | flg) % 31) % 31
+    return bytes((cmf, flg))
+
+
+_ZLIB_HEADER = _zlib_header()
 
 
 def control(frame_type: int, flags: int, payload: bytes) -> bytes:
