@@ -70,6 +70,9 @@ log = structlog.get_logger(__name__)
 FIRST_TARGETS_TIMEOUT = 15.0  # how long start-up waits for an entry's first forwarders
 RETRY_UNRESOLVED_EVERY = 5.0  # entries whose service is missing are tried again this often
 WATCH_DEBOUNCE_MS = 100
+# A save is applied once the directory was quiet this long: an editor's write + rename
+# takes microseconds, and each millisecond here is one of an edit's latency.
+WATCH_STEP_MS = 10
 
 
 @dataclass(frozen=True)
@@ -338,7 +341,7 @@ class MeshInstance:
 
         # Watch the directory: editors save by writing a new file and renaming it over.
         changes = watchfiles.awatch(
-            path.parent, watch_filter=ours, debounce=WATCH_DEBOUNCE_MS, step=20
+            path.parent, watch_filter=ours, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS
         )
         pending = asyncio.ensure_future(anext(changes))
         try:
