@@ -232,7 +232,9 @@ class Cluster:
     # -- watches ---------------------------------------------------------------------------
     async def watch(self, entry: ServiceEntry) -> TargetWatch:
         """Resolve `entry` (TargetError if it cannot be) and follow its ready targets."""
-        info = await self.resolve_async(entry)
+        info = self._cached_info(entry)
+        if info is None:
+            info = await self.resolve_async(entry)
         async with self._lock:
             namespace = await self._namespace(entry.namespace)
         key = ServiceKey(entry.namespace, entry.service, info.port.port)
@@ -240,6 +242,22 @@ class Cluster:
         namespace.watches.setdefault(entry.service, []).append(watch)
         self._recompute(namespace, watch)
         return watch
+
+    def _cached_info(self, entry: ServiceEntry) -> ServiceInfo | None:
+        """The entry's service from the namespace's synced mirror, which the new watch
+        follows from then on anyway (saves a GET per entry: ~10 ms of an edit, 1,000 at
+        start-up). None when it is not there or lacks the port: the GET then has the
+        last word (the service may be newer than the mirror) and the precise error."""
+        namespace = self._namespaces.get(entry.namespace)
+        if namespace is None or "services" not in namespace.synced or namespace.errors:
+            return None
+        service = namespace.services.get(entry.service)
+        if service is None:
+            return None
+        try:
+            return service_info(service, entry.port_ref)
+        except PortNotFound:
+            return None
 
     def unwatch(self, watch: TargetWatch) -> None:
         namespace = self._namespaces.get(watch.key.namespace)
