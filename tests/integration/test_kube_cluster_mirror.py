@@ -105,3 +105,22 @@ async def test_what_the_mirror_lacks_is_asked_of_the_api(
     with pytest.raises(TargetError, match="not found"):
         await cluster.watch(entry("nope"))
     assert "b" in counter.calls and "nope" in counter.calls
+
+
+async def test_mirrored_objects_keep_only_what_is_read(cluster: Cluster, sandbox: Sandbox) -> None:
+    await cluster.watch(entry("a"))
+    annotated = service("d", {"http": 83})
+    annotated["metadata"] = {
+        "name": "d",
+        "namespace": "shop",
+        "labels": {"team": "x"},
+        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}" * 500},
+        "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {}}],
+    }
+    sandbox.apply([annotated])
+    await mirror_has(cluster, "d", 83)
+    stored = cluster._namespaces["shop"].services["d"]
+    assert stored["metadata"]["labels"] == {"team": "x"}
+    assert "annotations" not in stored["metadata"]
+    assert "managedFields" not in stored["metadata"]
+    assert (await cluster.watch(entry("d"))).key.port == 83

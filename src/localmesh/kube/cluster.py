@@ -158,6 +158,16 @@ class _Namespace:
     followed: set[str] = field(default_factory=set)  # kinds with a running watch
 
 
+def _slim(obj: JSON) -> None:
+    """Drop what the mirrors never read and real clusters fill generously (server-side
+    apply's field ownership, kubectl's last-applied copy of the whole object): with a
+    mirrored object per service, endpoint slice and maybe pod, it adds up."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        meta.pop("annotations", None)
+
+
 def _name(obj: JSON) -> str:
     return str(obj.get("metadata", {}).get("name", ""))
 
@@ -374,6 +384,7 @@ class Cluster:
 
     def _put(self, namespace: _Namespace, kind: str, obj: JSON) -> str:
         """Store `obj`; return the name of the service it belongs to ("" for pods)."""
+        _slim(obj)
         name = _name(obj)
         if kind == "endpointslices":
             service = str(obj.get("metadata", {}).get("labels", {}).get(SERVICE_NAME_LABEL, ""))
