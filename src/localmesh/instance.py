@@ -365,7 +365,7 @@ class MeshInstance:
         try:
             # In a thread: parsing 1,000 entries takes a few hundred ms, which on the event
             # loop would stall every forwarder (all traffic) for that long.
-            config = await asyncio.to_thread(load_config, self.options.config_path)
+            config = await asyncio.to_thread(_load_without_gc, self.options.config_path)
         except ConfigError as exc:
             self._config_problem = f"services.yaml is invalid, serving the previous version: {exc}"
             log.error("invalid services.yaml; keeping the previous config", error=str(exc))
@@ -565,6 +565,20 @@ class MeshInstance:
             for type_url in TYPE_ORDER
             for r in snapshot.resources(type_url).values()
         ]
+
+
+def _load_without_gc(path: Path) -> Config:
+    """load_config with the cyclic GC paused: the parse allocates ~100k containers that all
+    live until it returns, so the collections it triggers (over everything not frozen, too)
+    only cost time: 40-120 ms of CPU per parse of 1,000 entries instead of ~30 ms while
+    other traffic flows. Reference counting still frees everything as usual."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return load_config(path)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _freeze_heap() -> None:
