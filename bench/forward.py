@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +217,8 @@ def kubectl_forward(kubeconfig: str, pod: str, port: int) -> tuple[subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
+        # A private discovery cache: kubectl caches per host:port across servers.
+        env={**os.environ, "KUBECONFIG": kubeconfig, "KUBECACHEDIR": tempfile.mkdtemp()},
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -226,6 +228,9 @@ def kubectl_forward(kubeconfig: str, pod: str, port: int) -> tuple[subprocess.Po
             break
         match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
         if match:
+            # kubectl prints a line per connection and stops forwarding once nobody reads
+            # a full pipe: keep draining it for the rest of the run.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, int(match.group(1))
     proc.kill()
     raise RuntimeError("kubectl port-forward did not start")
