@@ -17,8 +17,12 @@ import yaml
 
 from localmesh.config import ServiceEntry
 from localmesh.errors import TargetError
-from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
-from localmesh.forward import multiplex as multiplexed_session
+from localmesh.forward import (
+    ForwarderEvent,
+    ForwardManager,
+    ForwardOptions,
+    multiplex as multiplexed_session,
+)
 from localmesh.kube import Cluster
 from localmesh.mesh import Protocol
 from localmesh.sandbox import Sandbox, Scenario

@@ -20,8 +20,7 @@ from typing import Any
 
 import grpc
 
-from localmesh.api.v1 import control_pb2 as pb
-from localmesh.api.v1 import control_pb2_grpc as pb_grpc
+from localmesh.api.v1 import control_pb2 as pb, control_pb2_grpc as pb_grpc
 from localmesh.control.convert import resources_from_proto, status_from_proto
 from localmesh.control.model import DownResult, InstanceStatus, SnapshotResource
 from localmesh.errors import ControlError

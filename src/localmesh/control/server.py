@@ -17,8 +17,7 @@ from typing import Protocol
 import grpc
 import structlog
 
-from localmesh.api.v1 import control_pb2 as pb
-from localmesh.api.v1 import control_pb2_grpc as pb_grpc
+from localmesh.api.v1 import control_pb2 as pb, control_pb2_grpc as pb_grpc
 from localmesh.control.convert import resources_to_proto, status_to_proto
 from localmesh.control.model import InstanceStatus, SnapshotResource
 from localmesh.errors import ControlError

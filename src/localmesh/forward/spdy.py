@@ -17,60 +17,35 @@ import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
+# The protocol's vocabulary, re-exported: callers use it as this module's.
+from localmesh.spdy_wire import (
+    CANCEL as CANCEL,
+    DICTIONARY as DICTIONARY,
+    FLAG_FIN as FLAG_FIN,
+    FLAG_UNIDIRECTIONAL as FLAG_UNIDIRECTIONAL,
+    GOAWAY as GOAWAY,
+    HEADERS as HEADERS,
+    INTERNAL_ERROR as INTERNAL_ERROR,
+    INVALID_STREAM as INVALID_STREAM,
+    MAX_FRAME_PAYLOAD as MAX_FRAME_PAYLOAD,
+    PING as PING,
+    PROTOCOL_ERROR as PROTOCOL_ERROR,
+    REFUSED_STREAM as REFUSED_STREAM,
+    RST_STREAM as RST_STREAM,
+    SETTINGS as SETTINGS,
+    STREAM_ALREADY_CLOSED as STREAM_ALREADY_CLOSED,
+    STREAM_IN_USE as STREAM_IN_USE,
+    SYN_REPLY as SYN_REPLY,
+    SYN_STREAM as SYN_STREAM,
+    VERSION as VERSION,
+    WINDOW_UPDATE as WINDOW_UPDATE,
+)
+
 SUBPROTOCOL = "SPDY/3.1+portforward.k8s.io"
-VERSION = 3
-
-SYN_STREAM = 1
-SYN_REPLY = 2
-RST_STREAM = 3
-SETTINGS = 4
-PING = 6
-GOAWAY = 7
-HEADERS = 8
-WINDOW_UPDATE = 9
-
-FLAG_FIN = 0x01
-CANCEL = 5
-MAX_DATA = (1 << 24) - 1
-
+MAX_DATA = MAX_FRAME_PAYLOAD
 _U32 = struct.Struct(">I")
 _PAIR = struct.Struct(">II")
 _CONTROL = struct.Struct(">HHI")
-
-
-def _dictionary() -> bytes:
-    """The SPDY/3 header dictionary: length-prefixed common names/values, then plain text."""
-    words = (
-        *("options", "head", "post", "put", "delete", "trace", "accept", "accept-charset"),
-        *("accept-encoding", "accept-language", "accept-ranges", "age", "allow"),
-        *("authorization", "cache-control", "connection", "content-base"),
-        *("content-encoding", "content-language", "content-length", "content-location"),
-        *("content-md5", "content-range", "content-type", "date", "etag", "expect"),
-        *("expires", "from", "host", "if-match", "if-modified-since", "if-none-match"),
-        *("if-range", "if-unmodified-since", "last-modified", "location", "max-forwards"),
-        *("pragma", "proxy-authenticate", "proxy-authorization", "range", "referer"),
-        *("retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade"),
-        *("user-agent", "vary", "via", "warning", "www-authenticate", "method", "get"),
-        *("status", "200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie"),
-        *("keep-alive", "origin"),
-    )
-    prefixed = b"".join(_U32.pack(len(w)) + w.encode() for w in words)
-    text = (
-        "100101201202205206300302303304305306307402405406407408409410411412413414415416"
-        "417502504505"
-        "203 Non-Authoritative Information204 No Content301 Moved Permanently"
-        "400 Bad Request401 Unauthorized403 Forbidden404 Not Found"
-        "500 Internal Server Error501 Not Implemented503 Service Unavailable"
-        "Jan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 "
-        "Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMT"
-        "chunked,text/html,image/png,image/jpg,image/gif,application/xml,"
-        "application/xhtml+xml,text/plain,text/javascript,public"
-        "privatemax-age=gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0."
-    )
-    return prefixed + text.encode()
-
-
-DICTIONARY = _dictionary()
 
 
 class SpdyProtocolError(Exception):

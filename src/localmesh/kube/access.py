@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+from kubernetes import client as k8s_client, config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from localmesh.errors import KubeError
