@@ -63,7 +63,7 @@ from localmesh.runtime import InstanceLock, RuntimePaths, invoking_user, runtime
 from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.resources import TYPE_ORDER, to_json
 from localmesh.xds.server import AdsService, prepare_socket_path
-from localmesh.xds.snapshot import Snapshot, build_snapshot
+from localmesh.xds.snapshot import build_snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +130,6 @@ class MeshInstance:
         self._ready = asyncio.Event()
         self._config_problem = ""
         self._started_at = datetime.now(UTC)
-        self._snapshot: Snapshot | None = None
         self._arrivals = asyncio.Event()  # any forwarder event (start-up waits on it)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -169,7 +168,7 @@ class MeshInstance:
         _check_port_free(opts.bind, config.listener_port)
         hosts = HostsFile(opts.hosts_file, opts.name) if opts.edit_hosts else None
         if hosts is not None:
-            update = hosts.ensure(_hosts(config), address=_hosts_address(opts.bind))
+            update = hosts.ensure(_hosts(config), address=opts.bind)
             self._started.hosts = hosts
             for name in update.stale_removed:
                 log.info("removed hosts entries left by a crashed run", mesh=name)
@@ -385,7 +384,7 @@ class MeshInstance:
         hosts = self._started.hosts
         if hosts is not None:
             try:
-                hosts.ensure(_hosts(config), address=_hosts_address(self.options.bind))
+                hosts.ensure(_hosts(config), address=self.options.bind)
             except LocalmeshError as exc:
                 log.error("cannot update hosts entries", error=str(exc))
         log.info("services.yaml applied", services=len(config.services))
@@ -405,9 +404,9 @@ class MeshInstance:
 
     async def _publish(self, spec: MeshSpec) -> None:
         started = time.perf_counter()
-        snapshot = build_snapshot(spec, self._snapshot)
+        # The cache's current snapshot carries the bytes of every unchanged piece.
+        snapshot = build_snapshot(spec, self.cache.snapshot)
         self.cache.set_snapshot(snapshot)
-        self._snapshot = snapshot
         log.debug(
             "snapshot served",
             version=snapshot.version,
@@ -598,19 +597,14 @@ def _hosts(config: Config) -> list[str]:
     return [s.host for s in config.services]
 
 
-def _hosts_address(bind: str) -> str:
-    return bind
-
-
 def _listen(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _check_port_free(address: str, port: int) -> None:
-    """Envoy binds its listener with SO_REUSEPORT, so beside another process that does the
-    same (a second mesh on this port) its bind succeeds and the kernel splits connections
-    between the two. A plain bind first turns that into the usual "in use" error. Only that
-    error: a low port may be bindable by Envoy (setcap) and not by us."""
+    """Fail before anything starts (hosts file, forwarders, Envoy) when the listener port
+    is taken; Envoy would only NACK the listener later. Only "in use" counts: a low port
+    may be bindable by Envoy (setcap) and not by us."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
