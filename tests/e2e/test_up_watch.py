@@ -3,7 +3,9 @@ and an invalid edit keeps the previous config serving until the file is fixed.""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from localmesh.sandbox import Sandbox
 from tests.e2e.conftest import UP_LOOP
 from tests.e2e.up_helpers import (
+    UpProcess,
     envoy_pid,
     eventually,
     free_port,
@@ -37,6 +40,24 @@ BILLING = {
 }
 ADMIN = {"host": "admin.localhost", "namespace": "admin", "service": "admin-web", "port": 8080}
 APPLY_WITHIN = 10.0  # generous for a loaded 2-core machine; typically ~0.2 s
+
+
+@contextlib.asynccontextmanager
+async def watching_up(
+    sandbox: Sandbox, runtime_dir: Path, tmp_path: Path, entries: list[dict[str, Any]]
+) -> AsyncIterator[tuple[UpProcess, int, Path]]:
+    """`up --watch --no-edit-hosts` on a fresh services.yaml with `entries`; yields the
+    process, its listener port and the file, and asserts a clean exit afterwards."""
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(services_yaml(port, entries))
+    up = await start_up(
+        runtime_dir, services, sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        yield up, port, services
+    finally:
+        assert await up.stop() == 0, up.describe()
 
 
 async def test_watch_applies_add_remove_edit_and_port_change_without_restarting_envoy(
@@ -134,21 +155,17 @@ async def test_watch_applies_add_remove_edit_and_port_change_without_restarting_
 async def test_watch_applies_an_edit_saved_right_after_start(
     up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(services_yaml(port, [BILLING]))
-    up = await start_up(
-        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
-    )
-    try:
+    async with watching_up(up_sandbox, up_runtime_dir, tmp_path, [BILLING]) as (
+        _up,
+        port,
+        services,
+    ):
         write_atomically(services, services_yaml(port, [BILLING, ADMIN]))  # no pause
         await eventually(
             lambda: routed_to(port, "admin.localhost", "admin"),
             seconds=APPLY_WITHIN,
             what="the edit saved as `up` printed listen: to be applied",
         )
-    finally:
-        assert await up.stop() == 0, up.describe()
 
 
 async def test_watch_to_a_port_freed_later_is_applied_when_saved_again(
@@ -156,13 +173,11 @@ async def test_watch_to_a_port_freed_later_is_applied_when_saved_again(
 ) -> None:
     """The error for a taken port says "stop it, or choose another listener_port": after
     the other process is stopped, saving services.yaml again must move the listener."""
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(services_yaml(port, [BILLING]))
-    up = await start_up(
-        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
-    )
-    try:
+    async with watching_up(up_sandbox, up_runtime_dir, tmp_path, [BILLING]) as (
+        _up,
+        _port,
+        services,
+    ):
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
@@ -179,8 +194,6 @@ async def test_watch_to_a_port_freed_later_is_applied_when_saved_again(
             seconds=APPLY_WITHIN,
             what="the listener on the freed port",
         )
-    finally:
-        assert await up.stop() == 0, up.describe()
 
 
 def _error_logs(entries: list[dict[str, Any]], needle: str) -> list[dict[str, Any]]:
@@ -250,13 +263,11 @@ async def test_invalid_edit_keeps_serving_and_a_fix_applies(
 async def test_watch_to_a_taken_port_keeps_the_old_listener_and_says_why(
     up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(services_yaml(port, [BILLING]))
-    up = await start_up(
-        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
-    )
-    try:
+    async with watching_up(up_sandbox, up_runtime_dir, tmp_path, [BILLING]) as (
+        up,
+        port,
+        services,
+    ):
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
@@ -275,20 +286,16 @@ async def test_watch_to_a_taken_port_keeps_the_old_listener_and_says_why(
                 raise AssertionError(f"{exc}\n{up.describe()}") from None
             assert f"127.0.0.1:{taken}" in text and "in use" in text, text
             assert await routed_to(port, "billing-api.localhost", "billing")
-    finally:
-        assert await up.stop() == 0, up.describe()
 
 
 async def test_watch_survives_the_file_going_away_and_coming_back(
     up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(services_yaml(port, [BILLING, ADMIN]))
-    up = await start_up(
-        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
-    )
-    try:
+    async with watching_up(up_sandbox, up_runtime_dir, tmp_path, [BILLING, ADMIN]) as (
+        _up,
+        port,
+        services,
+    ):
         aside = tmp_path / "services.yaml.orig"
         services.rename(aside)
 
@@ -305,5 +312,3 @@ async def test_watch_survives_the_file_going_away_and_coming_back(
         )
         code, _ = await status_json(up_runtime_dir)
         assert code == 0
-    finally:
-        assert await up.stop() == 0, up.describe()
