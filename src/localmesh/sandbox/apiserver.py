@@ -106,9 +106,7 @@ class ApiServer:
         )
         await site.start()
         if self.port == 0:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = int(runner.addresses[0][1])
         self._runner = runner
         log.debug("sandbox API server listening", url=self.url)
 
