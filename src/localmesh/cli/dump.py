@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from localmesh import eventloop
 from localmesh.config import Config, ServiceEntry, load_config, load_mocks
 from localmesh.errors import LocalmeshError
 from localmesh.resolve import MockResolver, mesh_spec_from_config, resolve_all
@@ -134,14 +135,14 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         if args.config or args.file or args.mock_config:
             raise UsageError("--live prints the running instance's config: drop services.yaml")
-        view = asyncio.run(live_xds_view(args.name))
+        view = eventloop.run(live_xds_view(args.name))
         document = view if args.format == "xds" else static_config_from_xds_view(view)
     else:
         config = load_config(config_path(args))
         if args.mock_config:
             ports = resolve_all(config, MockResolver(load_mocks(args.mock_config)))
         else:
-            ports = asyncio.run(cluster_ports(config, args.kubeconfig, args.context))
+            ports = eventloop.run(cluster_ports(config, args.kubeconfig, args.context))
         document = build_document(config, ports, args.format, args.bind, args.name)
     sys.stdout.write(render(document, args.output))
     sys.stdout.flush()

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module under localmesh.cli and exposes
 `register(subparsers) -> None`, which adds its parser with `subparsers.add_parser(...)` and
 sets `run=<callable>` as a default. `run(args)` returns an exit code (None means 0); it may be
-a coroutine function, then it runs in asyncio.
+a coroutine function, then it runs in asyncio (on uvloop, see localmesh.eventloop).
 
 Conventions the subcommands get for free:
 - the global options `--log-level` and `--log-format` are accepted before and after the
@@ -18,7 +18,6 @@ Conventions the subcommands get for free:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -27,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from localmesh import __version__
+from localmesh import __version__, eventloop
 from localmesh.errors import LocalmeshError
 from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 
@@ -142,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_level, args.log_format)
         result = args.run(args)
         if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))
+            result = eventloop.run(_await(result))
         return int(result or 0)
     except LocalmeshError as exc:
         print_error(exc)

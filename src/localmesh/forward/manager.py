@@ -21,7 +21,7 @@ import aiohttp
 import structlog
 
 from localmesh.config import ServiceEntry
-from localmesh.forward.limits import raise_open_files_limit, share_tls_read_buffers
+from localmesh.forward.limits import map_large_buffers_apart, raise_open_files_limit
 from localmesh.forward.pod import PodForwarder
 from localmesh.forward.tunnel import Connector
 from localmesh.kube import Cluster, ServiceKey, Target, TargetUpdate, TargetWatch
@@ -167,7 +167,7 @@ class ForwardManager:
 
     async def start(self) -> None:
         limit = raise_open_files_limit()
-        share_tls_read_buffers()
+        map_large_buffers_apart()
         log.debug("open files limit", soft=limit)
         access = self.cluster.access
         self._session = aiohttp.ClientSession(
