@@ -79,6 +79,8 @@ async def test_signal_leaves_the_hosts_file_byte_identical(
         assert await routed_to(port, "billing-api.localhost", "billing")
         _, status = await status_json(up_runtime_dir)
         envoy = envoy_pid(status)
+        argv = (await read_bytes(Path(f"/proc/{envoy}/cmdline"))).split(b"\0")
+        assert argv[argv.index(b"--concurrency") + 1] == b"1"  # --envoy-workers' default
     finally:
         up.signal(sig)
         code = await up.wait_exit()

@@ -158,6 +158,18 @@ def test_usage_errors_exit_2() -> None:
     assert "invalid choice" in result.stderr
 
 
+def test_up_envoy_workers_default_to_one_and_must_be_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse("up", "services.yaml").envoy_workers == 1
+    assert parse("up", "services.yaml", "--envoy-workers", "4").envoy_workers == 4
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as exited:
+            parse("up", "services.yaml", "--envoy-workers", bad)
+        assert exited.value.code == 2
+        assert f"at least 1, got '{bad}'" in capsys.readouterr().err
+
+
 def test_help_has_examples_and_lists_the_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0

@@ -20,6 +20,16 @@ Then: curl http://billing-api.localhost/   grpcurl -plaintext users-api.localhos
 """
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", type=Path, help="services.yaml (or use -f)")
     parser.add_argument("-f", "--file", type=Path, dest="file", help="services.yaml")
@@ -87,6 +97,13 @@ def register(subparsers: Any) -> None:
         "--envoy-path", metavar="PATH", help="Envoy binary (default: the one localmesh ships)"
     )
     parser.add_argument(
+        "--envoy-workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="Envoy worker threads (default: 1, which outpaces the forwarders behind it)",
+    )
+    parser.add_argument(
         "--xds",
         choices=("sotw", "delta"),
         default="delta",
@@ -110,6 +127,7 @@ async def run(args: argparse.Namespace) -> int:
         watch=args.watch,
         log_level=args.log_level,
         envoy_path=args.envoy_path,
+        envoy_workers=args.envoy_workers,
         ads_mode=AdsMode(args.xds),
     )
     return await MeshInstance(options).run()
