@@ -435,6 +435,20 @@ class EnvoySupervisor:
                 f"Envoy is not ready after {within:g}s (last exit: {self.last_exit or 'none'})"
             ) from None
 
+    async def listening_ports(self) -> set[int] | None:
+        """The ports Envoy's listeners are bound to, from its admin API (None: unknown)."""
+        if self._admin is None or not self.running:
+            return None
+        try:
+            listeners = await self._admin_json("/listeners?format=json")
+        except (aiohttp.ClientError, TimeoutError, ValueError, EnvoyError):
+            return None
+        return {
+            int(status["local_address"]["socket_address"]["port_value"])
+            for status in listeners.get("listener_statuses", [])
+            if "port_value" in status.get("local_address", {}).get("socket_address", {})
+        }
+
     async def wait_listening(self, port: int, within: float = 10.0) -> None:
         """Wait until Envoy listens on `port` (pushed over LDS), or raise why it cannot.
 
@@ -447,15 +461,11 @@ class EnvoySupervisor:
             run = self._run
             if run is not None and port in run.bind_errors:
                 raise run.bind_errors[port]
-            if self._admin is not None and self.running:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                    listeners = await self._admin_json("/listeners?format=json")
-                    for status in listeners.get("listener_statuses", []):
-                        address = status.get("local_address", {}).get("socket_address", {})
-                        if address.get("port_value") == port:
-                            if run is not None:
-                                run.bind_errors.pop(port, None)
-                            return
+            ports = await self.listening_ports()
+            if ports is not None and port in ports:
+                if run is not None:
+                    run.bind_errors.pop(port, None)
+                return
             if loop.time() >= deadline:
                 raise EnvoyError(
                     f"Envoy has no listener on port {port} after {within:g}s; "

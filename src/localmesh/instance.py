@@ -521,7 +521,7 @@ class MeshInstance:
             name=self.options.name,
             pid=os.getpid(),
             listener_address=self.options.bind,
-            listener_port=self.config.listener_port if self.config else 0,
+            listener_port=await self._served_port(self.config.listener_port if self.config else 0),
             envoy=EnvoyStatus(
                 running=envoy is not None and envoy.running,
                 pid=(envoy.pid or 0) if envoy is not None else 0,
@@ -536,6 +536,15 @@ class MeshInstance:
             started_at=self._started_at,
             extra_problems=(self._config_problem,) if self._config_problem else (),
         )
+
+    async def _served_port(self, configured: int) -> int:
+        """The port Envoy listens on: the configured one, unless Envoy could not bind it
+        and kept its previous listener (the xDS status then shows the rejection)."""
+        envoy = self._started.envoy
+        if envoy is None or not envoy.running or configured not in envoy.listener_errors:
+            return configured
+        ports = await envoy.listening_ports()
+        return configured if not ports or configured in ports else min(ports)
 
     def _xds_status(self) -> tuple[XdsTypeStatus, ...]:
         snapshot = self.cache.snapshot

@@ -285,6 +285,8 @@ async def test_watch_to_a_taken_port_keeps_the_old_listener_and_says_why(
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{up.describe()}") from None
             assert f"127.0.0.1:{taken}" in text and "in use" in text, text
+            # The listen line names the port Envoy still serves, not the rejected one.
+            assert f"listen: 127.0.0.1:{port}\n" in text, text
             assert await routed_to(port, "billing-api.localhost", "billing")
 
 
