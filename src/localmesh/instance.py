@@ -54,6 +54,7 @@ from localmesh.control import (
 )
 from localmesh.envoy import EnvoySupervisor, ListenerBindError, cluster_traffic
 from localmesh.errors import ConfigError, LocalmeshError, TargetError
+from localmesh.filewatch import SaveWatch
 from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
 from localmesh.hosts import HostsFile
 from localmesh.kube import Cluster, ServiceKey
@@ -69,10 +70,6 @@ log = structlog.get_logger(__name__)
 
 FIRST_TARGETS_TIMEOUT = 15.0  # how long start-up waits for an entry's first forwarders
 RETRY_UNRESOLVED_EVERY = 5.0  # entries whose service is missing are tried again this often
-WATCH_DEBOUNCE_MS = 100
-# A save is applied once the directory was quiet this long: an editor's write + rename
-# takes microseconds, and each millisecond here is one of an edit's latency.
-WATCH_STEP_MS = 10
 
 
 @dataclass(frozen=True)
@@ -335,33 +332,12 @@ class MeshInstance:
                 self._set_routes()
 
     async def _watch_config(self) -> None:
-        import watchfiles
-
-        path = self.options.config_path.resolve()
-
-        def ours(change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).resolve() == path
-
-        # Watch the directory: editors save by writing a new file and renaming it over.
-        changes = watchfiles.awatch(
-            path.parent, watch_filter=ours, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS
-        )
-        pending = asyncio.ensure_future(anext(changes))
-        try:
-            # awatch registers its watch in the first step of its first iteration (before
-            # any await), i.e. now. An edit saved before, while `up` was starting, would
-            # never be seen: catch up once.
-            await asyncio.sleep(0)
+        with SaveWatch(self.options.config_path) as saves:
+            # An edit saved while `up` was starting, before the watch, would go unseen.
             await self.reload()
             while True:
-                await pending
+                await saves.next()
                 await self.reload()
-                pending = asyncio.ensure_future(anext(changes))
-        finally:
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await pending
-            await changes.aclose()
 
     async def reload(self) -> bool:
         """Load services.yaml again and apply it; on error keep serving the last good one."""

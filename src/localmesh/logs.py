@@ -29,7 +29,7 @@ LogFormat = Literal["auto", "console", "json"]
 
 # Third-party loggers that are chatty at their own INFO/DEBUG: kept one step quieter than
 # localmesh unless debug is asked for.
-_NOISY = ("grpc", "kubernetes", "urllib3", "aiohttp", "asyncio", "watchfiles")
+_NOISY = ("grpc", "kubernetes", "urllib3", "aiohttp", "asyncio")
 
 
 def level_number(level: str) -> int:
