@@ -10,6 +10,8 @@ from types import TracebackType
 
 from asyncinotify import Inotify, Mask
 
+from localmesh.errors import LocalmeshError
+
 # A save is complete once the file saw no event for this long: an editor's write + rename
 # takes microseconds, and each millisecond here is one of an edit's latency.
 QUIET = 0.010
@@ -20,21 +22,30 @@ EVENTS = (
 
 
 class SaveWatch:
-    """`with SaveWatch(path) as saves: await saves.next()` returns once per save of `path`
-    (a burst of events counts once). The watch is in place when `with` is entered."""
+    """`SaveWatch(path)` watches from its creation on; `await saves.next()` returns once per
+    save of `path` (a burst of events counts once). Close it, or use it in `with`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path.resolve()
-        self._inotify = Inotify()
-
-    def __enter__(self) -> SaveWatch:
-        # The directory, not the file: editors save by writing a new file and renaming it
-        # over, and the file may go away and come back.
         try:
+            self._inotify = Inotify()
+        except (AttributeError, OSError) as exc:  # no inotify: not Linux, or no descriptors
+            raise LocalmeshError(f"--watch needs inotify, which is not available: {exc}") from exc
+        try:
+            # The directory, not the file: editors save by writing a new file and renaming
+            # it over, and the file may go away and come back.
             self._inotify.add_watch(self.path.parent, EVENTS)
         except BaseException:
             self._inotify.close()
             raise
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._inotify.close()
+
+    def __enter__(self) -> SaveWatch:
         return self
 
     def __exit__(
@@ -43,7 +54,7 @@ class SaveWatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._inotify.close()
+        self.close()
 
     async def next(self) -> None:
         """Until the next save of the file is complete."""

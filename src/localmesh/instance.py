@@ -105,6 +105,7 @@ class _EntryState:
 class _Started:
     """What has been started so far, so that stop() undoes exactly that."""
 
+    saves: SaveWatch | None = None
     lock: InstanceLock | None = None
     server: grpc.aio.Server | None = None
     cluster: Cluster | None = None
@@ -154,6 +155,8 @@ class MeshInstance:
         opts = self.options
         config = load_config(opts.config_path)  # before anything starts: nothing to undo
         self.config = config
+        if opts.watch:  # from here on no save is missed (and no inotify: fail now)
+            self._started.saves = SaveWatch(opts.config_path)
         self.reconciler.set_routes((), listener_port=config.listener_port)
         if opts.handle_signals:
             loop = asyncio.get_running_loop()
@@ -236,6 +239,8 @@ class MeshInstance:
         if started.server is not None:
             # Last: a `localmesh down` waiting for its reply gets it before the socket goes.
             await started.server.stop(grace=1.0)
+        if started.saves is not None:
+            started.saves.close()
         if started.lock is not None:
             started.lock.release()
         if self.options.handle_signals:
@@ -332,8 +337,9 @@ class MeshInstance:
                 self._set_routes()
 
     async def _watch_config(self) -> None:
-        with SaveWatch(self.options.config_path) as saves:
-            # An edit saved while `up` was starting, before the watch, would go unseen.
+        assert self._started.saves is not None
+        with self._started.saves as saves:
+            # Saves while `up` was starting are queued: apply whatever is there now.
             await self.reload()
             while True:
                 await saves.next()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from localmesh.errors import LocalmeshError
 from localmesh.filewatch import MAX_DELAY, SaveWatch
 
 WITHIN = 5.0  # bound on waiting for an event that must come
@@ -74,3 +75,14 @@ async def test_the_file_going_away_and_coming_back_are_saves(tmp_path: Path) -> 
 def test_a_missing_directory_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError), SaveWatch(tmp_path / "gone" / "services.yaml"):
         pass
+
+
+def test_without_inotify_watching_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable() -> None:
+        raise AttributeError("inotify_init1")  # what asyncinotify raises off Linux
+
+    monkeypatch.setattr("localmesh.filewatch.Inotify", unavailable)
+    with pytest.raises(LocalmeshError, match="--watch needs inotify"):
+        SaveWatch(tmp_path / "services.yaml")
