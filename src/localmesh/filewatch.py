@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from types import TracebackType
 
 from asyncinotify import Inotify, Mask
 
@@ -48,12 +47,7 @@ class SaveWatch:
     def __enter__(self) -> SaveWatch:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     async def next(self) -> None:
