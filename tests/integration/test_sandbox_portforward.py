@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.stream import portforward
 
-from localmesh.sandbox import spdy
+from localmesh import spdy_wire
 from localmesh.sandbox.spdy import (
     DataFrame,
     Frame,
@@ -261,7 +261,7 @@ class SpdyClient:
         error_id, data_id = 4 * request_id + 1, 4 * request_id + 3
         common = {"port": [str(port)], "requestid": [str(request_id)]}
         self.send(
-            SynStream(error_id, {"streamtype": ["error"], **common}, flags=spdy.FLAG_FIN),
+            SynStream(error_id, {"streamtype": ["error"], **common}, flags=spdy_wire.FLAG_FIN),
             SynStream(data_id, {"streamtype": ["data"], **common}),
         )
         return error_id, data_id
@@ -305,11 +305,11 @@ async def test_spdy_upgrade_echoes_protocol_and_forwards(tmp_path: Path) -> None
                 DataFrame(data_id, b"over spdy"),
             ]
             # Client FIN: the backend sees EOF, closes, and both streams get FIN.
-            client.send(DataFrame(data_id, b"", spdy.FLAG_FIN))
+            client.send(DataFrame(data_id, b"", spdy_wire.FLAG_FIN))
             fins = {await client.next_frame(), await client.next_frame()}
             assert fins == {
-                DataFrame(data_id, b"", spdy.FLAG_FIN),
-                DataFrame(error_id, b"", spdy.FLAG_FIN),
+                DataFrame(data_id, b"", spdy_wire.FLAG_FIN),
+                DataFrame(error_id, b"", spdy_wire.FLAG_FIN),
             }
         await wait_until(lambda: backend.open_connections == 0)
         # aiohttp got the connection back and still serves requests.
@@ -325,8 +325,8 @@ async def test_spdy_refused_port_writes_the_error_stream(tmp_path: Path) -> None
         errors = [f for f in frames if isinstance(f, DataFrame) and f.stream_id == error_id]
         assert errors[0].data.decode().startswith(f"error forwarding port {dead} to pod")
         assert "connection refused" in errors[0].data.decode()
-        assert DataFrame(error_id, b"", spdy.FLAG_FIN) in frames
-        assert DataFrame(data_id, b"", spdy.FLAG_FIN) in frames
+        assert DataFrame(error_id, b"", spdy_wire.FLAG_FIN) in frames
+        assert DataFrame(data_id, b"", spdy_wire.FLAG_FIN) in frames
 
 
 async def test_spdy_many_concurrent_pairs_on_one_session(tmp_path: Path) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import struct
 import zlib
 
+from localmesh import spdy_wire
 from localmesh.forward import spdy
 from localmesh.sandbox import spdy as server
 
 
 def test_dictionary_is_the_spdy3_one() -> None:
-    assert len(spdy.DICTIONARY) == 1423
-    assert spdy.DICTIONARY == server.DICTIONARY
+    assert len(spdy_wire.DICTIONARY) == 1423
+    assert spdy_wire.DICTIONARY == spdy_wire.DICTIONARY
 
 
 def test_syn_stream_headers_inflate_on_the_other_side() -> None:
@@ -31,10 +32,10 @@ def test_syn_stream_headers_inflate_on_the_other_side() -> None:
 
 
 def test_frames_parse_across_arbitrary_chunk_boundaries() -> None:
-    reply_block = zlib.compressobj(zdict=spdy.DICTIONARY)
+    reply_block = zlib.compressobj(zdict=spdy_wire.DICTIONARY)
     block = reply_block.compress(b"\0\0\0\0") + reply_block.flush(zlib.Z_SYNC_FLUSH)
     wire = (
-        spdy.control(spdy.SYN_REPLY, 0, struct.pack(">I", 3) + block)
+        spdy.control(spdy_wire.SYN_REPLY, 0, struct.pack(">I", 3) + block)
         + spdy.data(3, b"hello")
         + spdy.data(3, b"", fin=True)
         + spdy.ping(2)
@@ -45,11 +46,11 @@ def test_frames_parse_across_arbitrary_chunk_boundaries() -> None:
     for i in range(0, len(wire), 7):
         frames += reader.feed(wire[i : i + 7])
     assert [(f.kind, f.stream_id) for f in frames] == [
-        (spdy.SYN_REPLY, 3),
+        (spdy_wire.SYN_REPLY, 3),
         (0, 3),
         (0, 3),
-        (spdy.PING, 2),
-        (spdy.RST_STREAM, 5),
+        (spdy_wire.PING, 2),
+        (spdy_wire.RST_STREAM, 5),
     ]
     assert frames[1].payload == b"hello" and not frames[1].fin
     assert frames[2].fin and frames[2].payload == b""
@@ -63,7 +64,7 @@ def test_small_header_compressor_is_read_by_a_full_window_peer() -> None:
     from localmesh.forward import spdy as fspdy
 
     compressor = fspdy.Compressor()
-    peer = zlib.decompressobj(15, zdict=fspdy.DICTIONARY)
+    peer = zlib.decompressobj(15, zdict=spdy_wire.DICTIONARY)
     for request_id in range(3):
         headers = {"streamtype": "data", "port": "8080", "requestid": str(request_id)}
         block = compressor.compress(headers)

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from localmesh import spdy_wire
 from localmesh.sandbox import spdy
 from localmesh.sandbox.spdy import (
-    DICTIONARY,
     DataFrame,
     Frame,
     FrameReader,
@@ -30,6 +30,7 @@ from localmesh.sandbox.spdy import (
     encode_frame,
     encode_header_block,
 )
+from localmesh.spdy_wire import DICTIONARY
 
 
 def test_dictionary_is_the_spdy3_one() -> None:
@@ -41,13 +42,13 @@ def test_dictionary_is_the_spdy3_one() -> None:
 
 
 ALL_FRAMES: list[Frame] = [
-    DataFrame(1, b"hello", spdy.FLAG_FIN),
+    DataFrame(1, b"hello", spdy_wire.FLAG_FIN),
     DataFrame(0x7FFFFFFF, b""),
     SynStream(3, {"streamtype": ["data"], "port": ["8080"], "requestid": ["0"]}, 0, 2, 0),
-    SynStream(5, {"x": ["a", "b"]}, 1, 7, spdy.FLAG_FIN | spdy.FLAG_UNIDIRECTIONAL),
-    SynReply(3, {}, spdy.FLAG_FIN),
+    SynStream(5, {"x": ["a", "b"]}, 1, 7, spdy_wire.FLAG_FIN | spdy_wire.FLAG_UNIDIRECTIONAL),
+    SynReply(3, {}, spdy_wire.FLAG_FIN),
     HeadersFrame(3, {"extra": ["1"]}),
-    RstStream(3, spdy.CANCEL),
+    RstStream(3, spdy_wire.CANCEL),
     Settings(((0, 7, 65536), (1, 4, 100))),
     Ping(42),
     GoAway(9, 0),
@@ -83,7 +84,7 @@ def test_reader_handles_many_frames_in_one_chunk_and_a_partial_tail() -> None:
 def test_control_frame_header_layout() -> None:
     # Control bit, version 3, type PING (6), flags 0, length 4, id.
     assert encode_frame(Ping(1)) == bytes.fromhex("80030006 00000004 00000001")
-    assert encode_frame(DataFrame(5, b"ab", spdy.FLAG_FIN)) == bytes.fromhex(
+    assert encode_frame(DataFrame(5, b"ab", spdy_wire.FLAG_FIN)) == bytes.fromhex(
         "00000005 01000002 6162"
     )
 
@@ -176,10 +177,10 @@ async def test_session_echoes_pings() -> None:
 async def test_session_replies_to_streams_and_pipes_data() -> None:
     sink, recorder = await run_session(
         [
-            SynStream(1, {"streamtype": ["error"]}, flags=spdy.FLAG_FIN),
+            SynStream(1, {"streamtype": ["error"]}, flags=spdy_wire.FLAG_FIN),
             SynStream(3, {"streamtype": ["data"]}),
             DataFrame(3, b"abc"),
-            DataFrame(3, b"", spdy.FLAG_FIN),
+            DataFrame(3, b"", spdy_wire.FLAG_FIN),
         ]
     )
     assert recorder.events == [
@@ -191,22 +192,22 @@ async def test_session_replies_to_streams_and_pipes_data() -> None:
     ]
     assert sink.frames == [
         SynReply(1, {}),
-        DataFrame(1, b"", spdy.FLAG_FIN),
+        DataFrame(1, b"", spdy_wire.FLAG_FIN),
         SynReply(3, {}),
         DataFrame(3, b"ABC"),
-        DataFrame(3, b"", spdy.FLAG_FIN),
+        DataFrame(3, b"", spdy_wire.FLAG_FIN),
     ]
 
 
 async def test_session_resets_data_for_unknown_streams_and_reports_resets() -> None:
     sink, recorder = await run_session(
-        [DataFrame(9, b"x"), SynStream(1, {}), RstStream(1, spdy.CANCEL), DataFrame(1, b"y")]
+        [DataFrame(9, b"x"), SynStream(1, {}), RstStream(1, spdy_wire.CANCEL), DataFrame(1, b"y")]
     )
-    assert recorder.events == [("open", 1, None), ("reset", 1, spdy.CANCEL)]
+    assert recorder.events == [("open", 1, None), ("reset", 1, spdy_wire.CANCEL)]
     assert sink.frames == [
-        RstStream(9, spdy.INVALID_STREAM),
+        RstStream(9, spdy_wire.INVALID_STREAM),
         SynReply(1, {}),
-        RstStream(1, spdy.INVALID_STREAM),
+        RstStream(1, spdy_wire.INVALID_STREAM),
     ]
 
 
@@ -214,9 +215,9 @@ async def test_session_refuses_even_and_reused_stream_ids() -> None:
     sink, recorder = await run_session([SynStream(2, {}), SynStream(5, {}), SynStream(3, {})])
     assert recorder.events == [("open", 5, None)]
     assert sink.frames == [
-        RstStream(2, spdy.PROTOCOL_ERROR),
+        RstStream(2, spdy_wire.PROTOCOL_ERROR),
         SynReply(5, {}),
-        RstStream(3, spdy.PROTOCOL_ERROR),
+        RstStream(3, spdy_wire.PROTOCOL_ERROR),
     ]
 
 

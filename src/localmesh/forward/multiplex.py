@@ -16,6 +16,7 @@ from collections.abc import Callable
 import aiohttp
 import structlog
 
+from localmesh import spdy_wire
 from localmesh.forward import spdy
 from localmesh.forward.tunnel import (
     CLOSE_TIMEOUT,
@@ -169,22 +170,22 @@ class SpdySession:
 
     async def _dispatch(self, frame: spdy.Frame) -> None:
         kind = frame.kind
-        if kind in (spdy.SYN_REPLY, spdy.HEADERS, spdy.SYN_STREAM):
+        if kind in (spdy_wire.SYN_REPLY, spdy_wire.HEADERS, spdy_wire.SYN_STREAM):
             # The header blocks are not inflated: nothing here reads the server's headers,
             # and a zlib context spanning the session costs ~40 KiB per pod once used.
-            if kind == spdy.SYN_STREAM:  # server push: not part of port-forward
+            if kind == spdy_wire.SYN_STREAM:  # server push: not part of port-forward
                 self._send_soon(spdy.rst_stream(frame.stream_id))
             elif frame.fin and (connection := self._streams.get(frame.stream_id)) is not None:
                 connection.on_data(frame.stream_id, b"", True)
-        elif kind == spdy.RST_STREAM:
+        elif kind == spdy_wire.RST_STREAM:
             connection = self._streams.get(frame.stream_id)
             if connection is not None:
                 connection.on_reset()
-        elif kind == spdy.PING:
+        elif kind == spdy_wire.PING:
             ping_id = int.from_bytes(frame.payload[:4], "big")
             if ping_id % 2 == 0:  # the server's: echo it
                 self._send_soon(spdy.ping(ping_id))
-        elif kind == spdy.GOAWAY:
+        elif kind == spdy_wire.GOAWAY:
             self._going_away = True
 
     def _acknowledge(self, stream_id: int, size: int) -> bytes:

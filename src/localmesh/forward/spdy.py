@@ -17,28 +17,16 @@ import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
-# The protocol's vocabulary, re-exported: callers use it as this module's.
 from localmesh.spdy_wire import (
-    CANCEL as CANCEL,
-    DICTIONARY as DICTIONARY,
-    FLAG_FIN as FLAG_FIN,
-    FLAG_UNIDIRECTIONAL as FLAG_UNIDIRECTIONAL,
-    GOAWAY as GOAWAY,
-    HEADERS as HEADERS,
-    INTERNAL_ERROR as INTERNAL_ERROR,
-    INVALID_STREAM as INVALID_STREAM,
-    MAX_FRAME_PAYLOAD as MAX_FRAME_PAYLOAD,
-    PING as PING,
-    PROTOCOL_ERROR as PROTOCOL_ERROR,
-    REFUSED_STREAM as REFUSED_STREAM,
-    RST_STREAM as RST_STREAM,
-    SETTINGS as SETTINGS,
-    STREAM_ALREADY_CLOSED as STREAM_ALREADY_CLOSED,
-    STREAM_IN_USE as STREAM_IN_USE,
-    SYN_REPLY as SYN_REPLY,
-    SYN_STREAM as SYN_STREAM,
-    VERSION as VERSION,
-    WINDOW_UPDATE as WINDOW_UPDATE,
+    CANCEL,
+    DICTIONARY,
+    FLAG_FIN,
+    MAX_FRAME_PAYLOAD,
+    PING,
+    RST_STREAM,
+    SYN_STREAM,
+    VERSION,
+    WINDOW_UPDATE,
 )
 
 SUBPROTOCOL = "SPDY/3.1+portforward.k8s.io"
