@@ -342,46 +342,30 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await keepalive(web_port, 0.3, host)  # warm up: connections, sessions, caches
         # Metric by metric, all paths back to back, so load from elsewhere hits them alike.
         for round_ in range(args.rounds):
-            for name, (host, web_port, _) in paths.items():
-                before = cpu_now(name, 0)
-                ka = await keepalive(web_port, args.seconds, host)
-                used = cost(name, 0, before, ka.requests, "keepalive_cpu_us_per_req")
-                keep(
-                    name,
-                    "keepalive_rps",
-                    round(ka.rate, 1),
-                    {
-                        "keepalive_p50_ms": round(ka.ms(0.5), 3),
-                        "keepalive_p99_ms": round(ka.ms(0.99), 3),
-                    },
-                )
-                best[name]["errors"] = best[name].get("errors", 0) + ka.errors
-                print(
-                    f"round {round_ + 1} {name:>12}: keep-alive {ka.rate:8.0f} req/s "
-                    f"(p50 {ka.ms(0.5):.3f} ms, p99 {ka.ms(0.99):.3f} ms) errors {ka.errors}"
-                    f"{used}",
-                    flush=True,
-                )
-            for name, (host, web_port, _) in paths.items():
-                before = cpu_now(name, 0)
-                nc = await new_connections(web_port, args.seconds, host)
-                used = cost(name, 0, before, nc.requests, "newconn_cpu_us_per_req")
-                keep(
-                    name,
-                    "newconn_rps",
-                    round(nc.rate, 1),
-                    {
-                        "newconn_p50_ms": round(nc.ms(0.5), 3),
-                        "newconn_p99_ms": round(nc.ms(0.99), 3),
-                    },
-                )
-                best[name]["errors"] = best[name].get("errors", 0) + nc.errors
-                print(
-                    f"round {round_ + 1} {name:>12}: new-conn {nc.rate:8.0f} req/s "
-                    f"(p50 {nc.ms(0.5):.3f} ms, p99 {nc.ms(0.99):.3f} ms) errors {nc.errors}"
-                    f"{used}",
-                    flush=True,
-                )
+            for metric, label, run in (
+                ("keepalive", "keep-alive", keepalive),
+                ("newconn", "new-conn", new_connections),
+            ):
+                for name, (host, web_port, _) in paths.items():
+                    before = cpu_now(name, 0)
+                    got = await run(web_port, args.seconds, host)
+                    used = cost(name, 0, before, got.requests, f"{metric}_cpu_us_per_req")
+                    keep(
+                        name,
+                        f"{metric}_rps",
+                        round(got.rate, 1),
+                        {
+                            f"{metric}_p50_ms": round(got.ms(0.5), 3),
+                            f"{metric}_p99_ms": round(got.ms(0.99), 3),
+                        },
+                    )
+                    best[name]["errors"] = best[name].get("errors", 0) + got.errors
+                    print(
+                        f"round {round_ + 1} {name:>12}: {label} {got.rate:8.0f} req/s "
+                        f"(p50 {got.ms(0.5):.3f} ms, p99 {got.ms(0.99):.3f} ms) "
+                        f"errors {got.errors}{used}",
+                        flush=True,
+                    )
             for name, (_, _, echo_port) in paths.items():
                 before = cpu_now(name, 1)
                 server_before = cpu_seconds(sandbox.pid)

@@ -46,6 +46,16 @@ def mesh_dir(runtime_dir: Path, name: str = "default") -> Path:
     return runtime_dir / "localmesh" / name
 
 
+def seed_files(tmp_path: Path) -> tuple[int, Path, Path]:
+    """A free listener port, the seed's services.yaml on it, and an odd hosts file."""
+    port = free_port()
+    services = tmp_path / "services.yaml"
+    services.write_text(seed_services(port))
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_bytes(ODD_HOSTS)
+    return port, services, hosts_file
+
+
 def assert_no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
 
@@ -63,11 +73,7 @@ async def assert_cleaned_up(
 async def test_signal_leaves_the_hosts_file_byte_identical(
     up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(seed_services(port))
-    hosts_file = tmp_path / "hosts"
-    hosts_file.write_bytes(ODD_HOSTS)
+    port, services, hosts_file = seed_files(tmp_path)
     up = await start_up(
         up_runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts_file
     )
@@ -93,11 +99,7 @@ async def test_signal_leaves_the_hosts_file_byte_identical(
 async def test_down_stops_a_running_instance(
     up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(seed_services(port))
-    hosts_file = tmp_path / "hosts"
-    hosts_file.write_bytes(ODD_HOSTS)
+    port, services, hosts_file = seed_files(tmp_path)
     up = await start_up(
         up_runtime_dir,
         services,
@@ -285,11 +287,7 @@ async def test_demo_serves_and_stops_on_ctrl_c(up_runtime_dir: Path) -> None:
 async def test_a_killed_up_leaves_no_envoy_and_the_next_start_cleans_the_hosts_file(
     up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    services = tmp_path / "services.yaml"
-    services.write_text(seed_services(port))
-    hosts_file = tmp_path / "hosts"
-    hosts_file.write_bytes(ODD_HOSTS)
+    port, services, hosts_file = seed_files(tmp_path)
     args = ("--hosts-file", hosts_file)
     crashed = await start_up(up_runtime_dir, services, up_sandbox.kubeconfig_path, *args)
     _, status = await status_json(up_runtime_dir)

@@ -21,7 +21,6 @@ from localmesh.spdy_wire import (
     CANCEL,
     DICTIONARY,
     FLAG_FIN,
-    MAX_FRAME_PAYLOAD,
     PING,
     RST_STREAM,
     SYN_STREAM,
@@ -30,7 +29,6 @@ from localmesh.spdy_wire import (
 )
 
 SUBPROTOCOL = "SPDY/3.1+portforward.k8s.io"
-MAX_DATA = MAX_FRAME_PAYLOAD
 _U32 = struct.Struct(">I")
 _PAIR = struct.Struct(">II")
 _CONTROL = struct.Struct(">HHI")
