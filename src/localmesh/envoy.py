@@ -16,9 +16,12 @@ localmesh, whose `stop()` (in a finally, or `async with`) drains Envoy before it
 Envoy starts once from a static bootstrap; everything else reaches it over xDS. So when it
 dies unexpectedly a new process with the same bootstrap is all it takes: it re-syncs from
 the control plane's cache. Restarts back off exponentially (capped) so a crash loop does not
-spin. Several instances coexist: hot restart is disabled (no shared memory, no base id) and
-the admin port is whatever the bootstrap says, usually ephemeral, read back from
-`--admin-address-path`.
+spin. Several instances coexist: hot restart is disabled (no shared memory, no base id).
+
+Envoy's admin API (unauthenticated: it can drain listeners, quit Envoy, dump the config)
+listens only on `<runtime_dir>/admin.sock`, mode 0600, whatever admin address the
+bootstrap names (`--config-yaml` overrides it): nothing on TCP, only the user can connect.
+Envoy writes the socket's path to `--admin-address-path` once it is bound.
 
 Envoy's stderr is parsed (`--log-format` below) and re-emitted through structlog at the
 level Envoy logged it. A listener that cannot bind its port shows up there, whether the
@@ -49,6 +52,7 @@ import aiohttp
 import structlog
 
 from localmesh.errors import EnvoyError
+from localmesh.runtime import ENVOY_ADMIN_SOCKET, ENVOY_ADMIN_SOCKET_MODE
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +91,8 @@ _MAIN_LOOP_STARTED = "starting main dispatch loop"
 # protobuf marks its debug text with a link whose spelling varies from run to run.
 _DEBUG_LINK = re.compile(r"goo\.gle/debug\w*")
 _TAIL_LINES = 30
+# sun_path is 108 bytes on Linux and 104 on macOS and the BSDs, with its terminating NUL.
+_MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 
 
 class ListenerBindError(EnvoyError):
@@ -293,7 +299,7 @@ class EnvoySupervisor:
     Args:
         bootstrap: the bootstrap as a dict (written to `runtime_dir` as JSON, mode 0600) or
             the path of an existing bootstrap file (JSON or YAML).
-        runtime_dir: where the bootstrap and the admin address file live; created 0700.
+        runtime_dir: where the bootstrap and the admin socket live; created 0700.
         envoy_path: an explicit binary; see `find_envoy` for the fallbacks.
         log_level: localmesh's level (debug|info|warn|error); sets Envoy's `--log-level`.
         ready_timeout: seconds `start()` waits for admin /ready to say LIVE.
@@ -304,7 +310,8 @@ class EnvoySupervisor:
         concurrency: Envoy worker threads (Envoy's default: one per core).
         extra_args: appended to Envoy's command line.
 
-    Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` ("host:port"),
+    Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` (the admin
+    socket's path),
     `running`, `version` (e.g. "1.40.0"), `restart_count` (processes started after
     unexpected exits), `last_exit` (why the last process ended), `listener_errors` (bind
     failures by port).
@@ -334,6 +341,13 @@ class EnvoySupervisor:
         self._bootstrap = bootstrap
         self._runtime_dir = runtime_dir
         self._admin_path = runtime_dir / "envoy-admin-address"
+        self._admin_socket = runtime_dir / ENVOY_ADMIN_SOCKET
+        if len(os.fsencode(self._admin_socket)) > _MAX_SOCKET_PATH:
+            raise EnvoyError(
+                f"runtime directory {runtime_dir} is too long a path for Envoy's admin socket "
+                f"(at most {_MAX_SOCKET_PATH - len(ENVOY_ADMIN_SOCKET) - 1} bytes); "
+                "set XDG_RUNTIME_DIR to a shorter directory"
+            )
         self._bootstrap_path = (
             bootstrap if isinstance(bootstrap, Path) else runtime_dir / "envoy-bootstrap.json"
         )
@@ -366,7 +380,7 @@ class EnvoySupervisor:
 
     @property
     def admin_address(self) -> str | None:
-        """ "host:port" of the current process's admin endpoint once it is known."""
+        """The path of the current process's admin socket once Envoy has bound it."""
         return self._admin if self.pid is not None else None
 
     @property
@@ -391,6 +405,8 @@ class EnvoySupervisor:
             "--disable-hot-restart",  # no shared memory: instances coexist
             "--admin-address-path",
             str(self._admin_path),
+            "--config-yaml",
+            json.dumps({"admin": self._admin_config()}),
             "--log-level",
             self._log_level,
             "--log-format",
@@ -413,7 +429,10 @@ class EnvoySupervisor:
             raise RuntimeError("EnvoySupervisor.start() called twice")
         self._stopping = False
         self._prepare_runtime_dir()
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self._admin_socket)),
+            timeout=aiohttp.ClientTimeout(total=5),
+        )
         try:
             run = await self._spawn()
             await self._wait_live(run, self._ready_timeout)
@@ -503,8 +522,7 @@ class EnvoySupervisor:
         await self._close_session()
         self._ready.clear()
         self._admin = None
-        with contextlib.suppress(FileNotFoundError):
-            self._admin_path.unlink()
+        self._remove_admin_files()
 
     async def join(self) -> None:
         """Wait until supervision ends: returns after `stop()`, raises if it crashed.
@@ -528,21 +546,31 @@ class EnvoySupervisor:
 
     # -- process lifecycle ----------------------------------------------------------------
 
+    def _admin_config(self) -> dict[str, Any]:
+        pipe = {"path": str(self._admin_socket), "mode": ENVOY_ADMIN_SOCKET_MODE}
+        return {"address": {"pipe": pipe}}
+
+    def _remove_admin_files(self) -> None:
+        for path in (self._admin_path, self._admin_socket):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def _prepare_runtime_dir(self) -> None:
         self._runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if isinstance(self._bootstrap, Path):
             if not self._bootstrap.is_file():
                 raise EnvoyError(f"Envoy bootstrap {self._bootstrap} does not exist")
             return
+        # The file says what Envoy runs: the admin socket, not the bootstrap's own address.
+        bootstrap = {**self._bootstrap, "admin": self._admin_config()}
         fd = os.open(self._bootstrap_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump(self._bootstrap, out, indent=1)
+            json.dump(bootstrap, out, indent=1)
         os.chmod(self._bootstrap_path, stat.S_IRUSR | stat.S_IWUSR)
 
     async def _spawn(self) -> _Run:
         self._admin = None
-        with contextlib.suppress(FileNotFoundError):
-            self._admin_path.unlink()
+        self._remove_admin_files()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *_die_with_parent(),
@@ -726,7 +754,7 @@ class EnvoySupervisor:
     def _admin_target(self) -> tuple[aiohttp.ClientSession, str]:
         if self._session is None or self._admin is None:
             raise EnvoyError("Envoy is not running")
-        return self._session, f"http://{self._admin}"
+        return self._session, "http://envoy-admin"  # the host is unused: the socket is fixed
 
     async def _admin_json(self, path: str) -> dict[str, Any]:
         session, base = self._admin_target()

@@ -32,6 +32,9 @@ from localmesh.errors import LocalmeshError
 log = structlog.get_logger(__name__)
 
 DEFAULT_NAME = "default"
+# Envoy's admin API: a unix socket (mode 0600) in the runtime directory, never TCP.
+ENVOY_ADMIN_SOCKET = "admin.sock"
+ENVOY_ADMIN_SOCKET_MODE = 0o600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -147,6 +150,11 @@ class RuntimePaths:
         return self.root / "envoy-admin-address"
 
     @property
+    def envoy_admin_socket(self) -> Path:
+        """Envoy's admin API (stats, health, listener state); only this user can connect."""
+        return self.root / ENVOY_ADMIN_SOCKET
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "localmesh.pid"
 
@@ -161,6 +169,7 @@ class RuntimePaths:
             self.control_socket,
             self.envoy_bootstrap,
             self.envoy_admin_address,
+            self.envoy_admin_socket,
             self.state_file,
             self.lock_file,
         )
@@ -333,7 +342,8 @@ class InstanceLock:
         if stale and stale != os.getpid():
             log.info("taking over stale instance lock", name=self.paths.name, dead_pid=stale)
             # Leftover sockets of the dead run would make bind() fail.
-            for leftover in (self.paths.xds_socket, self.paths.control_socket):
+            paths = self.paths
+            for leftover in (paths.xds_socket, paths.control_socket, paths.envoy_admin_socket):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
         os.ftruncate(fd, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def test_command_line(tmp_path: Path, level: str, envoy_level: str) -> None:
     assert argv[argv.index("--log-level") + 1] == envoy_level
     assert argv[argv.index("-c") + 1] == str(tmp_path / "envoy-bootstrap.json")
     assert argv[argv.index("--admin-address-path") + 1] == str(tmp_path / "envoy-admin-address")
+    admin = json.loads(argv[argv.index("--config-yaml") + 1])["admin"]
+    assert admin == {"address": {"pipe": {"path": str(tmp_path / "admin.sock"), "mode": 384}}}
     assert argv[argv.index("--concurrency") + 1] == "1"
     assert "--log-format-escaped" in argv
 
@@ -114,6 +117,12 @@ def test_bootstrap_path_is_used_as_is(tmp_path: Path) -> None:
     supervisor = EnvoySupervisor(path, runtime_dir=tmp_path / "run")
     argv = supervisor.command
     assert argv[argv.index("-c") + 1] == str(path)
+
+
+def test_a_runtime_dir_too_long_for_a_socket_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(EnvoyError, match="too long a path for Envoy's admin socket"):
+        EnvoySupervisor({}, runtime_dir=deep)
 
 
 def test_parse_log_line_unescapes_the_message() -> None:
