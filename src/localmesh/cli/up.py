@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from localmesh.errors import ConfigError
 
 EPILOG = """\
@@ -114,8 +116,11 @@ def register(subparsers: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     from localmesh.bootstrap import AdsMode
+    from localmesh.cli.exposure import exposure_warning
     from localmesh.instance import MeshInstance, UpOptions
 
+    if warning := exposure_warning(args.bind, config_path(args)):
+        structlog.get_logger(__name__).warning(warning)
     options = UpOptions(
         config_path=config_path(args),
         name=args.name,
