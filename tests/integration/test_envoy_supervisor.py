@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import structlog
 
-from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy, validate_config
+from localmesh.envoy import ListenerBindError, cluster_traffic, validate_config
+from localmesh.envoy_binary import find_envoy
 from localmesh.errors import EnvoyError
 from tests.integration.backends import HttpBackend, KeepAliveClient, curl, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
