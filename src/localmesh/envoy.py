@@ -23,10 +23,12 @@ listens only on `<runtime_dir>/admin.sock`, mode 0600, whatever admin address th
 bootstrap names (`--config-yaml` overrides it): nothing on TCP, only the user can connect.
 Envoy writes the socket's path to `--admin-address-path` once it is bound.
 
-Envoy's stderr is parsed (`--log-format` below) and re-emitted through structlog at the
-level Envoy logged it. A listener that cannot bind its port shows up there, whether the
-listener is static (Envoy exits) or pushed over LDS (Envoy NACKs the update and keeps
-running without it): both become a `ListenerBindError` whose message says how to fix it.
+Envoy's stderr is parsed (`--log-format` below) and re-emitted through structlog: its
+warnings and errors as such, everything else (and the goodbyes of a process being stopped)
+at debug, where `--log-level debug` shows it. A listener that cannot bind its port shows
+up there, whether the listener is static (Envoy exits) or pushed over LDS (Envoy NACKs the
+update and keeps running without it): both become a `ListenerBindError` whose message says
+how to fix it.
 """
 
 from __future__ import annotations
@@ -57,10 +59,11 @@ from localmesh.runtime import ENVOY_ADMIN_SOCKET, ENVOY_ADMIN_SOCKET_MODE
 
 log = structlog.get_logger(__name__)
 
-# localmesh's --log-level -> Envoy's --log-level.
+# localmesh's --log-level -> Envoy's --log-level. Envoy's info lines (its start-up
+# inventory, every xDS update) are for debugging localmesh: only debug shows them.
 LOG_LEVELS: dict[str, str] = {
     "debug": "debug",
-    "info": "info",
+    "info": "warning",
     "warn": "warning",
     "warning": "warning",
     "error": "error",
@@ -82,7 +85,6 @@ _ESCAPES = re.compile(r"\\(.)")
 _UNESCAPED = {"n": "\n", "t": "\t", "r": "\r"}
 # Warnings Envoy prints on every start that say nothing about this run.
 _STARTUP_NOISE = ("There is no configured limit to the number of allowed active downstream",)
-_MAIN_LOOP_STARTED = "starting main dispatch loop"
 # protobuf marks its debug text with a link whose spelling varies from run to run.
 _DEBUG_LINK = re.compile(r"goo\.gle/debug\w*")
 _TAIL_LINES = 30
@@ -236,7 +238,6 @@ class _Run:
     tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=_TAIL_LINES)
     )
-    main_loop_started: bool = False
     fatal: str = ""  # last critical/error line: the likely cause if it exits
     warning: str = ""  # last warning or worse: the likely cause if it never gets ready
     bind_errors: dict[int, ListenerBindError] = field(default_factory=dict)
@@ -740,16 +741,18 @@ class EnvoySupervisor:
         else:
             level, component, message = parsed
         run.tail.append(message)
-        if _MAIN_LOOP_STARTED in message:
-            run.main_loop_started = True
         if level in ("error", "critical"):
             # Envoy decorates config errors with a link and the offending proto text.
             run.fatal = " ".join(_DEBUG_LINK.sub("", message).split())
         method = _STRUCTLOG_METHOD.get(level, "info")
-        if (method == "info" and not run.main_loop_started) or message.startswith(_STARTUP_NOISE):
-            method = "debug"  # startup inventory (extensions, header maps): noise
+        if method == "info" or message.startswith(_STARTUP_NOISE):
+            method = "debug"
         elif method in ("warning", "error", "critical"):
             run.warning = message
+        if method == "warning" and self._stopping:
+            # A process we are stopping says so ("caught ENVOY_SIGTERM", its xDS stream
+            # closing): expected on every Ctrl-C, so not a warning.
+            method = "debug"
         getattr(bound, method)(message, envoy=component)
         bind_error = parse_bind_error(message, self.binary)
         if bind_error is not None and bind_error.port not in run.bind_errors:

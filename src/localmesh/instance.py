@@ -225,13 +225,17 @@ class MeshInstance:
         for task in started.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        undone = []  # for the one line that ends a run
         if started.envoy is not None:
+            undone.append("Envoy stopped")
             await _quietly("stop envoy", started.envoy.stop())
         if started.manager is not None:
+            undone.append(f"port-forwards of {len(self._entries)} entries closed")
             await _quietly("close forwarders", started.manager.close())
         if started.hosts is not None:
             try:
                 started.hosts.remove()
+                undone.append(f"{self.options.hosts_file} entries removed")
             except LocalmeshError as exc:
                 log.error("cannot remove hosts entries", error=str(exc))
         if started.cluster is not None:
@@ -243,6 +247,9 @@ class MeshInstance:
             started.saves.close()
         if started.lock is not None:
             started.lock.release()
+            undone.append("runtime files removed")
+        if undone and self._ready.is_set():  # a run that served (a failed start says why)
+            self._print("stopped: " + ", ".join(undone))
         if self.options.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -30,7 +30,7 @@ def test_supervisor_refuses_an_unknown_log_level(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("level", "envoy_level"),
-    [("debug", "debug"), ("info", "info"), ("warn", "warning"), ("error", "error")],
+    [("debug", "debug"), ("info", "warning"), ("warn", "warning"), ("error", "error")],
 )
 def test_command_line(tmp_path: Path, level: str, envoy_level: str) -> None:
     supervisor = EnvoySupervisor({}, runtime_dir=tmp_path, log_level=level, concurrency=1)

@@ -23,7 +23,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from localmesh import __version__, eventloop
@@ -135,7 +135,16 @@ def print_error(exc: LocalmeshError) -> None:
         print(f"localmesh: error: {line}", file=sys.stderr)
 
 
+def quiet_grpc_core(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep gRPC's C core off stderr (its raw lines break `--log-format json`); must run
+    before grpc is imported. Its fork handlers are off: localmesh's children (Envoy,
+    kubectl) exec at once, so the handlers only printed `fork_posix.cc` notices."""
+    environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_grpc_core()
     try:
         args = build_parser().parse_args(argv)
         configure_logging(args.log_level, args.log_format)
