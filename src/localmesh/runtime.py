@@ -239,6 +239,24 @@ def read_owner_pid(paths: RuntimePaths) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def lock_holder(paths: RuntimePaths) -> int | None:
+    """The pid of the `up` holding this mesh's lock (0 if it wrote none yet), or None when
+    the lock is free. Probes without taking over or removing anything."""
+    try:
+        fd = os.open(paths.lock_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        return read_owner_pid(paths) or 0
+    finally:
+        os.close(fd)  # also drops the probe's own lock, if it got one
+    return None
+
+
 def running_names(base: Path | None = None) -> list[str]:
     """Names of the meshes of this user whose `up` process is alive (from the pid files;
     never touches the locks, so it cannot disturb an `up` that is starting)."""
