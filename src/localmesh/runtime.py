@@ -239,6 +239,16 @@ def read_owner_pid(paths: RuntimePaths) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def already_running(paths: RuntimePaths, pid: int | None) -> AlreadyRunningError:
+    """The error of an `up` whose --name another `up` holds."""
+    who = f" (pid {pid})" if pid else ""
+    return AlreadyRunningError(
+        f"a localmesh instance named {paths.name!r} is already running{who}; "
+        f"stop it with `localmesh down --name {paths.name}` "
+        "or start this one with a different --name"
+    )
+
+
 def lock_holder(paths: RuntimePaths) -> int | None:
     """The pid of the `up` holding this mesh's lock (0 if it wrote none yet), or None when
     the lock is free. Probes without taking over or removing anything."""
@@ -340,13 +350,7 @@ class InstanceLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise RuntimeDirError(f"cannot lock {path}: {exc}") from exc
-                pid = read_owner_pid(self.paths)
-                who = f" (pid {pid})" if pid else ""
-                raise AlreadyRunningError(
-                    f"a localmesh instance named {self.paths.name!r} is already running{who}; "
-                    f"stop it with `localmesh down --name {self.paths.name}` "
-                    "or start this one with a different --name"
-                ) from None
+                raise already_running(self.paths, read_owner_pid(self.paths)) from None
             # The previous owner may have unlinked the file between our open and flock: a
             # lock on an unlinked inode protects nothing, so start over on the new file.
             try:

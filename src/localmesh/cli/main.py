@@ -3,7 +3,9 @@
 Each subcommand lives in its own module under localmesh.cli and exposes
 `register(subparsers) -> None`, which adds its parser with `subparsers.add_parser(...)` and
 sets `run=<callable>` as a default. `run(args)` returns an exit code (None means 0); it may be
-a coroutine function, then it runs in asyncio (on uvloop, see localmesh.eventloop).
+a coroutine function, then it runs in asyncio (on uvloop, see localmesh.eventloop). Only
+the module of the command being run is imported (all of them for `--help`): keep heavy
+imports inside `run`, so that `status` never pays for Envoy's typed config (bench/cli.py).
 
 Conventions the subcommands get for free:
 - the global options `--log-level` and `--log-format` are accepted before and after the
@@ -26,7 +28,7 @@ import sys
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from localmesh import __version__, eventloop
+from localmesh import __version__
 from localmesh.errors import LocalmeshError
 from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 
@@ -114,7 +116,30 @@ def available_commands() -> tuple[str, ...]:
     )
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+# The command a module registers, where it differs from the module's name.
+_COMMAND_OF_MODULE = {"dump": "dump-envoy-config"}
+_GLOBAL_WITH_VALUE = ("--log-level", "--log-format")
+
+
+def selected_module(argv: Sequence[str]) -> str | None:
+    """The module of the command `argv` names, if it names a known one: only that module
+    is imported, so a command never pays for the others' imports."""
+    words = iter(argv)
+    for word in words:
+        if word in _GLOBAL_WITH_VALUE:
+            next(words, None)
+        elif not word.startswith("-"):
+            for module in available_commands():
+                if _COMMAND_OF_MODULE.get(module, module) == word:
+                    return module
+            return None
+    return None
+
+
+def build_parser(
+    prog: str | None = None, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The parser of every command, or only of the one `argv` names (see `selected_module`)."""
     parser = _Parser(
         prog=prog or program_name(),
         description=DESCRIPTION,
@@ -124,7 +149,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
-    for name in available_commands():
+    selected = selected_module(argv) if argv is not None else None
+    for name in (selected,) if selected else available_commands():
         importlib.import_module(f"localmesh.cli.{name}").register(sub)
     return parser
 
@@ -146,10 +172,13 @@ def quiet_grpc_core(environ: MutableMapping[str, str] = os.environ) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_grpc_core()
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = build_parser(argv=argv).parse_args(argv)
         configure_logging(args.log_level, args.log_format)
         result = args.run(args)
         if inspect.isawaitable(result):
+            from localmesh import eventloop  # asyncio and uvloop: only for async commands
+
             result = eventloop.run(_await(result))
         return int(result or 0)
     except LocalmeshError as exc:

@@ -115,12 +115,15 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from localmesh.bootstrap import AdsMode
     from localmesh.cli.exposure import exposure_warning
-    from localmesh.instance import MeshInstance, UpOptions
+    from localmesh.cli.preflight import preflight
 
+    preflight(config_path(args), args.name)  # before the heavy imports below: fast errors
     if warning := exposure_warning(args.bind, config_path(args)):
         structlog.get_logger(__name__).warning(warning)
+    from localmesh.bootstrap import AdsMode
+    from localmesh.instance import MeshInstance, UpOptions
+
     options = UpOptions(
         config_path=config_path(args),
         name=args.name,
