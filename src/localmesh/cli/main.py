@@ -34,7 +34,16 @@ from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 
 # Subcommand modules, in the order `--help` lists them. A module that does not exist (yet)
 # is skipped, so the CLI works while commands are still being built.
-COMMAND_MODULES: tuple[str, ...] = ("up", "status", "down", "dump", "demo", "hosts", "sandbox")
+COMMAND_MODULES: tuple[str, ...] = (
+    "up",
+    "status",
+    "down",
+    "dump",
+    "demo",
+    "hosts",
+    "sandbox",
+    "completion",
+)
 
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_LOG_FORMAT = "auto"
@@ -173,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_grpc_core()
     try:
         argv = sys.argv[1:] if argv is None else argv
+        if "_ARGCOMPLETE" in os.environ:  # a shell asks for completions (cli/completion.py)
+            from localmesh.cli.completion import complete
+
+            complete(build_parser())
         args = build_parser(argv=argv).parse_args(argv)
         configure_logging(args.log_level, args.log_format)
         result = args.run(args)
