@@ -266,10 +266,9 @@ class EnvoySupervisor:
         extra_args: appended to Envoy's command line.
 
     Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` (the admin
-    socket's path),
-    `running`, `version` (e.g. "1.40.0"), `restart_count` (processes started after
-    unexpected exits), `last_exit` (why the last process ended), `listener_errors` (bind
-    failures by port).
+    socket's path), `running`, `version` (e.g. "1.40.0"), `restart_count` (processes
+    started after unexpected exits), `last_exit` (why the last process ended),
+    `listener_errors` (bind failures by port).
     """
 
     def __init__(
