@@ -171,29 +171,29 @@ def slug_of(value: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
-def parse_expose(values: str | Iterable[str]) -> tuple[ExposedPort, ...]:
-    """Parse one or more `--expose` values; raises ConfigError for the first bad entry."""
+def parse_expose(values: str | Iterable[str], *, flag: str = "--expose") -> tuple[ExposedPort, ...]:
+    """Parse one or more `--expose` values (or another flag's, same syntax); raises
+    ConfigError for the first bad entry."""
     items = [values] if isinstance(values, str) else list(values)
     ports: list[ExposedPort] = []
     seen: dict[int, ExposedPort] = {}
     for item in items:
         entries = item.split(",")
         for entry in entries:
-            exposed = _parse_one(item, entry.strip())
+            exposed = _parse_one(f"{flag} {item!r}", entry.strip())
             if exposed.remote in seen:
                 raise ConfigError(
-                    f"--expose {item!r}: service port {exposed.remote} is exposed twice "
+                    f"{flag} {item!r}: service port {exposed.remote} is exposed twice "
                     f"({seen[exposed.remote]} and {exposed}); give each service port once"
                 )
             seen[exposed.remote] = exposed
             ports.append(exposed)
     if not ports:
-        raise ConfigError("--expose: give at least one port, e.g. --expose 8080 or 9090:8080")
+        raise ConfigError(f"{flag}: give at least one port, e.g. {flag} 8080 or 9090:8080")
     return tuple(ports)
 
 
-def _parse_one(item: str, entry: str) -> ExposedPort:
-    where = f"--expose {item!r}"
+def _parse_one(where: str, entry: str) -> ExposedPort:
     if not entry:
         raise ConfigError(f"{where}: empty entry; use 'port' or 'local:remote', comma-separated")
     parts = entry.split(":")
