@@ -333,17 +333,19 @@ class TunnelClient:
             tunnel[1].write(wire.LOCAL_OK)
             stats.served += 1
             stats.per_port[remote] = stats.per_port.get(remote, 0) + 1
-            into, out = wire.PumpResult(), wire.PumpResult()
-            try:
-                await wire.splice(tunnel, local, into, out)
-            finally:
-                stats.bytes_in += into.bytes
-                stats.bytes_out += out.bytes
+            into, out = wire.PumpResult(self._count_in), wire.PumpResult(self._count_out)
+            await wire.splice(tunnel, local, into, out)
         except asyncio.CancelledError:
             wire.reset(tunnel[1])
             raise
         finally:
             stats.active -= 1
+
+    def _count_in(self, size: int) -> None:
+        self.stats.bytes_in += size
+
+    def _count_out(self, size: int) -> None:
+        self.stats.bytes_out += size
 
     async def _open_local(self, remote: int, local_port: int | None) -> wire.Stream | None:
         stats = self.stats

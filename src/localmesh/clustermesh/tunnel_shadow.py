@@ -211,7 +211,7 @@ class ShadowAgent:
         t_writer.write(wire.PORT_HEADER.pack(port))
         # The request goes out at once; the machine's answer byte comes back with (before)
         # the response.
-        up_result = wire.PumpResult()
+        up_result = wire.PumpResult(self._count_in)
         up = asyncio.ensure_future(wire.pump(inbound[0], t_writer, up_result))
         try:
             status = await t_reader.readexactly(1)
@@ -229,12 +229,14 @@ class ShadowAgent:
             return
         stats.served += 1
         stats.per_port[port] = stats.per_port.get(port, 0) + 1
-        down_result = wire.PumpResult()
-        try:
-            await wire.splice(inbound, tunnel, up_result, down_result, up=up)
-        finally:
-            stats.bytes_in += up_result.bytes
-            stats.bytes_out += down_result.bytes
+        down_result = wire.PumpResult(self._count_out)
+        await wire.splice(inbound, tunnel, up_result, down_result, up=up)
+
+    def _count_in(self, size: int) -> None:
+        self.stats.bytes_in += size
+
+    def _count_out(self, size: int) -> None:
+        self.stats.bytes_out += size
 
 
 def _usable(stream: wire.Stream) -> bool:

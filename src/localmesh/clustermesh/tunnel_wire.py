@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAGIC = b"LMT1"
@@ -80,8 +81,9 @@ def hello(secret: bytes) -> bytes:
 
 @dataclass
 class PumpResult:
-    """How one direction of a spliced connection ended."""
+    """One direction of a spliced connection: bytes so far and how it ended."""
 
+    count: Callable[[int], None] | None = None  # told of every chunk (live counters)
     bytes: int = 0
     reset: bool = False  # the source was reset (not a clean FIN)
 
@@ -92,12 +94,15 @@ async def pump(
     result: PumpResult,
 ) -> None:
     """Copy `reader` to `writer` until EOF, then pass the FIN on (half-close)."""
+    count = result.count
     try:
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
                 break
             result.bytes += len(data)
+            if count is not None:
+                count(len(data))
             writer.write(data)
             if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                 await writer.drain()
