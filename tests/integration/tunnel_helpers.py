@@ -5,7 +5,8 @@ clients stopped after the test, and small local servers.
                                         returns once it logged "shadow agent ready"
     shadows(secret, ports, **kw)        fixture factory: started, killed after the test
     tunnels(dialer, secret, ports)      fixture factory: TunnelClient started and ready
-    raw_exchange(port, payload)         send, half-close, read all: (bytes, reset?)
+    raw_exchange(address, payload)      send, half-close, read all: (bytes, reset?)
+    curl_at(ip, port, host, path)       real curl to any loopback IP: (status, body)
     wait_until(predicate, what)         a condition with a deadline (no fixed sleeps)
 """
 
@@ -206,3 +207,16 @@ async def tcp_server(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def curl_at(ip: str, port: int, host: str, path: str = "/") -> tuple[int, bytes]:
+    """(status, body) of GET http://ip:port/path with `Host: host`, by the real curl."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", "-H", f"Host: {host}",
+        f"http://{ip}:{port}{path}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, f"curl failed ({proc.returncode}): {err.decode().strip()}"
+    body, _, status = out.rpartition(b"\n")
+    return int(status), body
