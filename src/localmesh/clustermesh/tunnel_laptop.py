@@ -174,6 +174,23 @@ class TunnelClient:
     def ready(self) -> bool:
         return self.stats.idle > 0
 
+    @property
+    def state(self) -> str:
+        """One line for `status`: is the tunnel up, and is the local process answering."""
+        stats = self.stats
+        if self._stopped:
+            tunnel = "stopped"
+        elif stats.idle > 0 or stats.active > 0:
+            tunnel = "connected"
+        elif stats.last_tunnel_error is not None:
+            tunnel = f"reconnecting ({stats.last_tunnel_error})"
+        else:
+            tunnel = "connecting"
+        if stats.local_down:
+            ports = ", ".join(str(p) for p in sorted(stats.local_down))
+            return f"{tunnel}; local port {ports} not answering (marked requests get 503)"
+        return tunnel
+
     async def stop(self, grace: float = 0.0) -> None:
         """Stop: idle connections close at once, open ones get `grace` seconds."""
         self._stopped = True
@@ -317,7 +334,13 @@ class TunnelClient:
 
     @property
     def pool_target(self) -> int:
+        """Idle connections the pool aims for now (grows in bursts, falls back after)."""
         return self._target
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds before the next open attempt; 0 while opening works."""
+        return self._delay
 
     # -- serving ----------------------------------------------------------------------------
     async def _serve(self, tunnel: wire.Stream, remote: int) -> None:

@@ -214,15 +214,21 @@ class ShadowAgent:
         up_result = wire.PumpResult(self._count_in)
         up = asyncio.ensure_future(wire.pump(inbound[0], t_writer, up_result))
         try:
-            status = await t_reader.readexactly(1)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            # Bounded: a tunnel connection that died silently must not hold the client.
+            async with asyncio.timeout(wire.STATUS_TIMEOUT):
+                status = await t_reader.readexactly(1)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             status = b""
+        except asyncio.CancelledError:
+            up.cancel()
+            wire.reset(t_writer)
+            raise
         if status != wire.LOCAL_OK:
             up.cancel()
             with contextlib.suppress(BaseException):
                 await up
             stats.local_failed += 1
-            why = "its local port refused" if status else "the tunnel closed"
+            why = "its local port refused" if status else "no answer on the tunnel"
             log.warning("developer's machine did not connect; connection reset", port=port, why=why)
             wire.reset(inbound[1])
             wire.reset(t_writer)

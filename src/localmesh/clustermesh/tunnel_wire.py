@@ -46,6 +46,10 @@ READ_SIZE = 256 * 1024
 STREAM_LIMIT = 256 * 1024
 WRITE_HIGH_WATER = 1024 * 1024  # bytes buffered towards a slow reader before waiting
 HANDSHAKE_TIMEOUT = 10.0
+# How long the shadow waits for the status byte: the machine answers once its local
+# connect is done (bounded there by LOCAL_CONNECT_TIMEOUT, 3 s), so this only ends
+# connections whose tunnel died without a FIN.
+STATUS_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
