@@ -9,9 +9,10 @@ connects straight to an address (tests, benchmarks, a shadow on this machine).
 The pool keeps `pool` connections idle; each one the shadow takes is replaced at once, and
 when a take finds the pool empty (a burst) the target doubles, up to `max_pool`, then falls
 back as connections are used (idle connections are never closed by this side: the shadow
-might be handing one out at that moment). A failed open is retried with exponential backoff
-(every attempt of one round counts once), so a broken port-forward reconnects by itself
-without hammering the API server.
+might be handing one out at that moment). A failed open, or an idle connection lost, is
+retried with exponential backoff (the attempts of one round count once: the whole pool
+lost at once is one step, 50 ms), so a broken port-forward reconnects by itself, quickly,
+and without hammering the API server while it stays broken.
 """
 
 from __future__ import annotations
@@ -257,7 +258,10 @@ class TunnelClient:
         except (asyncio.IncompleteReadError, ConnectionError):
             stats.idle -= 1
             stats.lost_idle += 1
-            self._lost(writer)
+            writer.close()
+            # All idle connections of a broken port-forward go at once: one backoff step
+            # for the lot (a peer that drops every connection is not redialed in a loop).
+            self._failed(round_, f"tunnel connection to {self.dialer.label} closed while idle")
             return
         except BaseException:
             stats.idle -= 1
@@ -301,17 +305,11 @@ class TunnelClient:
 
     def _failed(self, round_: int, error: str) -> None:
         if self.stats.last_tunnel_error != error or self._delay == 0:
-            log.warning("tunnel to the shadow failed; retrying", error=error)
+            log.warning("tunnel to the shadow failed; reconnecting", error=error)
         self.stats.last_tunnel_error = error
         if round_ == self._round:
             self._round += 1
             self._delay = min(BACKOFF_MAX, max(BACKOFF_INITIAL, self._delay * 2))
-        if self.stats.idle == 0:
-            self._ready.clear()
-        self._fill()
-
-    def _lost(self, writer: asyncio.StreamWriter) -> None:
-        writer.close()
         if self.stats.idle == 0:
             self._ready.clear()
         self._fill()
