@@ -300,3 +300,24 @@ async def test_shadow_restart_reconnects_with_backoff(
         await wait_until(lambda: client.ready and stats.opened > opened, "the pool refilled")
         assert (await curl_json(remote, "billing-api"))["backend"] == "laptop"
         assert client.state == "connected"
+
+
+async def test_local_process_listening_on_ipv6_loopback_only(
+    shadows: ShadowFactory, tunnels: TunnelFactory
+) -> None:
+    """A local server bound to ::1 only (what `localhost` often means on macOS) is found."""
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nv6!")
+        await writer.drain()
+        writer.close()
+
+    async with tcp_server(hello, host="::1") as local_port:
+        remote, client = await start_pair(shadows, tunnels, local_port)
+        for _ in range(2):  # the second goes to ::1 first (remembered)
+            answer, was_reset = await raw_exchange(
+                (LOOPBACK, remote), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", half_close=False
+            )
+            assert not was_reset and answer.endswith(b"\r\n\r\nv6!")
+    assert client.stats.served == 2 and client.stats.local_failures == 0

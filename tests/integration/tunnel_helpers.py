@@ -200,8 +200,9 @@ async def raw_exchange(
 async def tcp_server(
     handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
     port: int = 0,
+    host: str = LOOPBACK,
 ) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, LOOPBACK, port)
+    server = await asyncio.start_server(handler, host, port)
     try:
         yield int(server.sockets[0].getsockname()[1])
     finally:

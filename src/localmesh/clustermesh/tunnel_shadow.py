@@ -155,7 +155,7 @@ class ShadowAgent:
 
     def _prune(self) -> None:
         # Idle connections the machine has closed (a port-forward gone) are dropped here and
-        # when taken; the machine does not write while idle, so any byte means gone too.
+        # when taken, so they do not pile up while nothing arrives.
         if self._idle and not _usable(self._idle[0]):
             self._idle = collections.deque(s for s in self._idle if _usable(s))
 
