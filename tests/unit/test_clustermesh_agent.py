@@ -3,6 +3,7 @@ secret is read from the environment or a file. (The running agent: tests/integra
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -88,20 +89,27 @@ def test_address_in_use_is_a_clear_error(
     assert "shadow agent cannot listen" in capsys.readouterr().err
 
 
-def test_sigterm_stops_the_agent_cleanly(tmp_path: Path) -> None:
+def test_addresses_from_the_pod_env_and_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    """$POD_IP places the exposed ports, $LOCALMESH_TUNNEL_BIND the tunnel port (as a pod
+    spec sets them); SIGTERM (pod deletion) stops the agent with exit 0."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET.hex())
+    pod_ip, tunnel_ip = "127.0.0.2", "127.0.0.3"
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((pod_ip, 0))
         port = probe.getsockname()[1]
+    env = cli_env() | {"POD_IP": pod_ip, "LOCALMESH_TUNNEL_BIND": tunnel_ip}
     proc = subprocess.Popen(
         [str(BIN / "localmesh"), "--log-format", "json", "agent", "shadow", "--ports", str(port),
          "--tunnel-port", "0", "--secret-file", str(secret_file)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=cli_env(),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip
     assert proc.stderr is not None
     try:
-        assert "shadow agent ready" in proc.stderr.readline()
+        ready = json.loads(proc.stderr.readline())
+        assert ready["event"] == "shadow agent ready"
+        assert ready["ports"] == [f"{pod_ip}:{port}"]
+        assert ready["tunnel"].startswith(f"{tunnel_ip}:")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert "shadow agent stopped" in proc.stderr.read()

@@ -56,8 +56,9 @@ def register(subparsers: Any) -> None:
     )
     shadow.add_argument(
         "--tunnel-bind",
-        default="127.0.0.1",
-        help="address of the tunnel port (default: 127.0.0.1, where port-forwards arrive)",
+        default=None,
+        help="address of the tunnel port (default: $LOCALMESH_TUNNEL_BIND, else 127.0.0.1: "
+        "a port-forward connects to localhost in the pod)",
     )
     shadow.add_argument(
         "--wait",
@@ -108,11 +109,14 @@ async def run_shadow(args: argparse.Namespace) -> int:
         raise ConfigError(f"--wait {args.wait:g}: give a positive number of seconds")
     secret = read_secret(args.secret_file)
     bind = args.bind or os.environ.get("POD_IP") or "127.0.0.1"
+    # Where port-forwards arrive: localhost in the pod's network namespace. A stand-in
+    # cluster whose pods share one loopback (the sandbox) points it at the pod's own IP.
+    tunnel_bind = args.tunnel_bind or os.environ.get("LOCALMESH_TUNNEL_BIND") or "127.0.0.1"
     agent = ShadowAgent(
         secret,
         ports,
         bind=bind,
-        tunnel_bind=args.tunnel_bind,
+        tunnel_bind=tunnel_bind,
         tunnel_port=args.tunnel_port,
         wait=args.wait,
     )
