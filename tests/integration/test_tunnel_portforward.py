@@ -224,3 +224,23 @@ async def test_websocket_and_concurrent_connections_through_the_port_forward(
         assert client.stats.served == 101 and client.stats.open_failures == 0
     finally:
         await runner.cleanup()
+
+
+async def test_tunnel_started_before_the_agent_says_why_then_connects(
+    cluster: Sandbox, connector: Connector, shadows: ShadowFactory, tunnels: TunnelFactory
+) -> None:
+    """The pod runs but its agent is not listening yet: the pool reports the pod side's
+    refusal, backs off, and connects once the agent is up."""
+    ip = await pod_ip(cluster)
+    secret = tunnel_wire.new_secret()
+    async with HttpBackend("laptop") as backend:
+        dialer = PortForwardDialer(connector, NAMESPACE, POD, TUNNEL)
+        client = await tunnels(dialer, secret, {REMOTE: backend.port}, ready=False)
+        await wait_until(lambda: client.stats.open_failures >= 2, "refused opens")
+        state = client.state
+        assert state.startswith(f"reconnecting (no answer from the shadow at {NAMESPACE}/{POD}:")
+        assert str(TUNNEL) in state and "refused" in state, state
+        await shadows(secret, [REMOTE], bind=ip, tunnel_bind=ip, tunnel_port=TUNNEL)
+        await wait_until(lambda: client.ready, "the pool connected", seconds=30)
+        status, body = await curl_ip(ip, REMOTE, "/late")
+        assert status == 200 and b'"/late"' in body
