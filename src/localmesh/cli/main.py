@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hosts",
     "sandbox",
     "completion",
+    "agent",  # in-cluster agents (localmesh's image), listed last
 )
 
 DEFAULT_LOG_LEVEL = "info"
