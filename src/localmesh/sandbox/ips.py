@@ -209,8 +209,13 @@ class ServiceIPAllocator:
         }
         kept: set[int] = set()
         wants_node_ports = kind in ("NodePort", "LoadBalancer")
+        old_kind = old_spec.get("type", "ClusterIP")
         for i, p in enumerate(spec.get("ports") or []):
             given = p.get("nodePort")
+            previous = old_ports.get((p.get("name", ""), p.get("port")))
+            if not wants_node_ports and given and given == previous and old_kind != kind:
+                del p["nodePort"]  # a type change drops the allocated node ports
+                given = None
             if not wants_node_ports:
                 if given:
                     causes.append(
@@ -220,7 +225,6 @@ class ServiceIPAllocator:
                         )
                     )
                 continue
-            previous = old_ports.get((p.get("name", ""), p.get("port")))
             if not given and previous:
                 p["nodePort"] = given = previous
             if given and given in old_ports.values():
