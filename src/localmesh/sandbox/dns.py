@@ -106,9 +106,9 @@ class ClusterResolver(AbstractResolver):
             elif _is_loopback(host):
                 ips = [host]
             else:
-                raise OSError(f"{host}: no such service in the sandbox")
+                raise socket.gaierror(socket.EAI_NONAME, f"{host}: no such service in the sandbox")
         if not ips:
-            raise OSError(f"{host}: the service has no ready endpoints")
+            raise socket.gaierror(socket.EAI_NONAME, f"{host}: the service has no ready endpoints")
         return [
             ResolveResult(
                 hostname=host,
