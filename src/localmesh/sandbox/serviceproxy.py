@@ -23,6 +23,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 
@@ -76,9 +77,9 @@ class _Splice(asyncio.Protocol):
         self.sent_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        # A TCP transport (uvloop's are not asyncio.Transport subclasses, hence no check).
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -123,6 +124,24 @@ class _Client(_Splice):
     def __init__(self, proxy: ServiceProxy, route: ServicePortRoute | None) -> None:
         super().__init__(proxy)
         self.route = route
+        self.early: list[bytes] = []  # read before the endpoint connection was up
+        self.early_eof = False
+        self.connecting = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.connecting:
+            # uvloop starts reading after connection_made even when it paused reading.
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.connecting:
+            self.early_eof = True
+            return True
+        return super().eof_received()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -149,7 +168,15 @@ class _Client(_Splice):
                 return
             self.proxy._connections.add(upstream)
             self.peer, upstream.peer = upstream, self
-            self.transport.resume_reading()
+            self.connecting = False
+            assert upstream.transport is not None
+            for data in self.early:
+                upstream.transport.write(data)
+            self.early.clear()
+            if self.early_eof:
+                super().eof_received()
+            else:
+                self.transport.resume_reading()
             return
         self._reset()
 
