@@ -332,3 +332,26 @@ async def test_cluster_ips_are_validated_as_the_api_server_does(
     assert res.returncode != 0 and "may not change once set" in res.stderr
     (await kubectl(sb, "delete", "svc", "web", "-n", "shop")).check()
     assert sb.cluster.service_proxy.listening("shop", "web") == []
+
+
+async def test_bytes_and_half_close_pass_through_the_cluster_ip(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    scenario = Scenario.from_dict(
+        {
+            "deployments": [{"name": "echo", "namespace": "shop", "workload": "tcp-echo"}],
+            "services": [
+                {"name": "echo", "namespace": "shop", "selector": {"app": "echo"}, "ports": [9000]}
+            ],
+        }
+    )
+    sb = await sandbox_factory(scenario)
+    reader, writer = await asyncio.open_connection(sb.cluster.dns.service_ip("echo.shop"), 9000)
+    payload = bytes(range(256)) * 40_000  # 10 MB: more than the proxy buffers per direction
+    writer.write(payload)
+    writer.write_eof()  # half-close: the echo still answers everything, then closes
+    async with asyncio.timeout(30):
+        echoed = await reader.read(-1)
+    writer.close()
+    assert echoed == payload
+    await sb.cluster.service_proxy.wait_idle()  # both sides closed, nothing left behind

@@ -107,7 +107,7 @@ class _Splice(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.proxy._connections.discard(self)
+        self.proxy._forget(self)
         peer, self.peer = self.peer, None
         if peer is not None and peer.transport is not None:
             peer.peer = None
@@ -147,7 +147,7 @@ class _Client(_Splice):
         super().connection_made(transport)
         assert self.transport is not None
         self.transport.pause_reading()
-        self.proxy._connections.add(self)
+        self.proxy._track(self)
         candidates = self.route.candidates() if self.route is not None else []
         self.proxy._tasks.spawn(self._connect(candidates), "service-connection")
 
@@ -166,7 +166,7 @@ class _Client(_Splice):
             if self.transport.is_closing():
                 upstream.abort()
                 return
-            self.proxy._connections.add(upstream)
+            self.proxy._track(upstream)
             self.peer, upstream.peer = upstream, self
             self.connecting = False
             assert upstream.transport is not None
@@ -221,6 +221,8 @@ class ServiceProxy:
         self._listeners: dict[Address, _Listener] = {}
         self._by_service: dict[tuple[str, str], set[Address]] = {}
         self._connections: set[_Splice] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closed = False
 
     # ---- introspection -------------------------------------------------------------------
@@ -233,7 +235,21 @@ class ServiceProxy:
 
     @property
     def open_connections(self) -> int:
+        """Sockets open through the proxy (a proxied connection counts two)."""
         return len(self._connections)
+
+    async def wait_idle(self, seconds: float = 10.0) -> None:
+        """Wait until no proxied connection is open (TimeoutError after `seconds`)."""
+        await asyncio.wait_for(self._idle.wait(), seconds)
+
+    def _track(self, conn: _Splice) -> None:
+        self._connections.add(conn)
+        self._idle.clear()
+
+    def _forget(self, conn: _Splice) -> None:
+        self._connections.discard(conn)
+        if not self._connections:
+            self._idle.set()
 
     # ---- events --------------------------------------------------------------------------
     def on_event(self, ev: StoredEvent) -> None:
@@ -363,4 +379,5 @@ class ServiceProxy:
         for conn in list(self._connections):
             conn.abort()
         self._connections.clear()
+        self._idle.set()
         self._ips.release_all()
