@@ -89,7 +89,11 @@ def pod_ips(sb: Sandbox, namespace: str, selector: str) -> set[str]:
     return {p["status"]["podIP"] for p in sb.pods(namespace, selector)}
 
 
-async def test_kubectl_get_svc_shows_loopback_cluster_ips_that_answer(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("version", ["1.27", "1.30", "1.33"])
+async def test_kubectl_get_svc_shows_loopback_cluster_ips_that_answer(
+    sandbox_factory: SandboxFactory, version: str
+) -> None:
+    sandbox = await sandbox_factory(kube_version=version)
     res = (await kubectl(sandbox, "get", "svc", "-A", "--no-headers")).check()
     rows = {(cols[0], cols[1]): cols for cols in map(str.split, res.stdout.splitlines())}
     assert set(rows) == {
@@ -355,3 +359,31 @@ async def test_bytes_and_half_close_pass_through_the_cluster_ip(
     writer.close()
     assert echoed == payload
     await sb.cluster.service_proxy.wait_idle()  # both sides closed, nothing left behind
+
+
+async def test_manual_endpoints_are_served_only_on_this_machine(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(ONE_WEB)
+    (pod,) = pod_names(sb, "shop", "app=web")
+    (pod_ip,) = pod_ips(sb, "shop", "app=web")
+    manifest = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: legacy, namespace: shop}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: legacy, namespace: shop}}
+subsets:
+  - addresses: [{{ip: 192.0.2.10}}, {{ip: {pod_ip}}}]
+    ports: [{{name: http, port: 8080}}]
+"""
+    (await kubectl(sb, "apply", "-f", "-", input=manifest)).check()
+    await sb.wait_ready_endpoints("shop", "legacy", count=2)
+    route = sb.cluster.service_proxy.route("shop", "legacy", "http")
+    assert route is not None and route.ready == [(pod_ip, 8080)]  # 192.0.2.10 never dialled
+    ip = sb.cluster.dns.service_ip("legacy.shop")
+    assert await pods_reached(f"http://{ip}/", 4) == {pod}

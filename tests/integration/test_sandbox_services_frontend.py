@@ -140,6 +140,15 @@ async def test_dns_forms_custom_headers_and_downstream_failures(
     (echo,) = names(sb, "shop", "app=echo")
     dns = sb.cluster.dns
     assert dns.lookup("echo", "shop") == dns.lookup("echo.shop.svc.cluster.local.")
+    alias = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "alias", "namespace": "shop"},
+        "spec": {"type": "ExternalName", "externalName": "echo.shop.svc.cluster.local"},
+    }
+    (await kubectl(sb, "apply", "-f", "-", input=json.dumps(alias))).check()
+    assert dns.lookup("alias.shop") == dns.lookup("echo.shop")  # a CNAME inside the cluster
+    assert sb.cluster.service_proxy.listening("shop", "alias") == []
 
     status, body = await get(f"http://{dns.service_ip('full.shop')}:8080/a", MARKS)
     assert status == 200 and body["downstream"]["body"]["pod"] == echo

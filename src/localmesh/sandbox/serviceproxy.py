@@ -12,13 +12,15 @@ Where kube-proxy differs: with no endpoint the connection is accepted and reset 
 rejects the SYN); a refused connect to one endpoint is retried on the next ones (a pod
 deleted a moment ago may still be listed), as kube-proxy's old userspace mode did.
 Headless (clusterIP None) and ExternalName services get no listener: cluster DNS answers
-for them (`dns`).
+for them (`dns`). Endpoints outside 127.0.0.0/8 (a selectorless Service's manual Endpoints
+may name any address) are never dialled: the sandbox's traffic stays on this machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import struct
 from collections.abc import Callable
@@ -41,6 +43,13 @@ WRITE_HIGH_WATER = 1 << 20
 WRITE_LOW_WATER = 1 << 18
 CONNECT_TIMEOUT = 5.0
 LISTEN_BACKLOG = 1024
+
+
+def _local(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(eq=False)
@@ -322,11 +331,13 @@ class ServiceProxy:
                     continue
                 for e in s.get("endpoints") or []:
                     cond = e.get("conditions") or {}
+                    # Only this machine: a manual endpoint elsewhere is never dialled.
+                    addresses = [(ip, int(number)) for ip in e.get("addresses") or [] if _local(ip)]
                     # An absent `ready` means ready (the EndpointSlice API's rule).
                     if cond.get("ready") is not False:
-                        ready.extend((ip, int(number)) for ip in e.get("addresses") or [])
+                        ready.extend(addresses)
                     elif cond.get("serving") and cond.get("terminating"):
-                        fallback.extend((ip, int(number)) for ip in e.get("addresses") or [])
+                        fallback.extend(addresses)
             route.ready = sorted(set(ready))
             route.serving_terminating = sorted(set(fallback))
 
