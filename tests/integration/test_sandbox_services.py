@@ -287,6 +287,14 @@ spec:
   clusterIP: None
   selector: {app: web}
   ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb, namespace: shop}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
 """
 
 
@@ -304,6 +312,11 @@ async def test_node_port_and_headless_services_behave_as_their_type(
     assert port == "80" and 30000 <= int(node_port) <= 32767
     assert await pods_reached(f"http://{np[2]}:80/", 1) == {pod}
     assert await pods_reached(f"http://{NODE_IP}:{node_port}/", 1) == {pod}
+
+    lb = rows["web-lb"]  # no load-balancer controller: pending, node port served
+    assert lb[1:2] + lb[3:4] == ["LoadBalancer", "<pending>"]
+    lb_node_port = lb[4].split("/")[0].split(":")[1]
+    assert await pods_reached(f"http://{NODE_IP}:{lb_node_port}/", 1) == {pod}
 
     assert rows["web-headless"][1:3] == ["ClusterIP", "None"]
     assert sb.cluster.service_proxy.listening("shop", "web-headless") == []
