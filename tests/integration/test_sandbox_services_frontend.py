@@ -105,6 +105,16 @@ spec:
           env:
             - {name: DOWNSTREAM_URL, value: "http://echo:8080/base"}
             - {name: PROPAGATE_HEADERS, value: "x-tenant"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: offsite, namespace: shop}
+spec:
+  containers:
+    - name: frontend
+      image: localmesh.dev/sandbox/frontend:latest
+      ports: [{containerPort: 8080}]
+      env: [{name: DOWNSTREAM_URL, value: "http://192.0.2.1:8080/"}]
 """
 
 
@@ -162,6 +172,11 @@ async def test_dns_forms_custom_headers_and_downstream_failures(
     assert body["downstream"]["body"]["path"] == "/base/x"
     seen = {k.lower() for k in body["downstream"]["body"]["headers"]}
     assert "x-tenant" in seen and "version" not in seen
+
+    # A downstream off this machine is refused, and said so on every request.
+    offsite = await sb.wait_for(lambda: sb.ready_pod("shop", "offsite"), 10, "offsite Ready")
+    status, body = await get(f"http://{offsite['status']['podIP']}:8080/")
+    assert status == 500 and "http://192.0.2.1:8080/ is not on this machine" in body["error"]
 
     status, body = await get(f"http://{dns.service_ip('dangling.shop')}:8080/")
     assert status == 502 and "no such service" in body["downstream"]["error"]

@@ -287,7 +287,10 @@ class _Frontend:
         if self.config_error is not None:
             return web.json_response({"pod": self.pod.name, "error": self.config_error}, status=500)
         body = await request.read()
-        headers = {h: request.headers[h] for h in self.propagate if h in request.headers}
+        # A header sent several times (baggage may be) goes on as one comma-joined value.
+        headers = {
+            h: ",".join(request.headers.getall(h)) for h in self.propagate if h in request.headers
+        }
         target = self._target(request)
         answer: dict[str, Any] = {
             "pod": self.pod.name,
