@@ -347,8 +347,20 @@ async def test_cluster_ips_are_validated_as_the_api_server_does(
     patch = json.dumps({"spec": {"clusterIP": "127.96.0.1", "clusterIPs": ["127.96.0.1"]}})
     res = await kubectl(sb, "patch", "svc", "web", "-n", "shop", "-p", patch)
     assert res.returncode != 0 and "may not change once set" in res.stderr
+
+    # A new service port: the listener moves, connections to the old port are refused.
+    (pod,) = pod_names(sb, "shop", "app=web")
+    ports = json.dumps([{"op": "replace", "path": "/spec/ports/0/port", "value": 9090}])
+    (await kubectl(sb, "patch", "svc", "web", "-n", "shop", "--type=json", "-p", ports)).check()
+    assert sb.cluster.service_proxy.listening("shop", "web") == [(taken, 9090)]
+    assert await pods_reached(f"http://{taken}:9090/", 2) == {pod}
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await new_connection_get(f"http://{taken}:8080/")
+
     (await kubectl(sb, "delete", "svc", "web", "-n", "shop")).check()
     assert sb.cluster.service_proxy.listening("shop", "web") == []
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await new_connection_get(f"http://{taken}:9090/")
 
 
 async def test_bytes_and_half_close_pass_through_the_cluster_ip(
