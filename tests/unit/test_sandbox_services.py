@@ -4,6 +4,7 @@ name forms, round robin with the terminating fallback, frontend scenario keys.""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,3 +160,19 @@ def test_bad_frontend_keys_are_listed() -> None:
     assert "deployments[3]: downstream and propagateHeaders are for frontend workloads" in text
     assert "deployments[4].propagateHeaders: must be a list of header names" in text
     assert "deployments[4].downstreamKeepAlive: must be true or false" in text
+
+
+def test_a_cluster_ip_whose_port_another_process_serves_is_not_handed_out() -> None:
+    probe = ServiceIPAllocator(seed=7)
+    first = probe.allocate()
+    probe.release_all()
+    with socket.socket() as other:  # another sandbox process serving first:80
+        other.bind((first, 80))
+        other.listen()
+        ips = ServiceIPAllocator(seed=7)  # would pick `first` again
+        try:
+            svc = created(ips, ports=[{"port": 80}])
+            assert svc["spec"]["clusterIP"] != first
+            assert svc["spec"]["clusterIPs"] == [svc["spec"]["clusterIP"]]
+        finally:
+            ips.release_all()

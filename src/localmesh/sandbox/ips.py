@@ -17,6 +17,7 @@ NODE_IP = "127.0.0.1"  # the node's InternalIP: node ports listen there
 # run must never serve the same address (other processes pick at random, rarely the same).
 _PROCESS_CLUSTER_IPS: set[str] = set()
 _PROCESS_NODE_PORTS: set[int] = set()
+_REPICKS = 8
 
 
 class LoopbackAllocator:
@@ -42,13 +43,19 @@ class LoopbackAllocator:
         self._used.discard(ip)
 
 
-def _node_port_free(port: int) -> bool:
+def _free(ip: str, port: int) -> bool:
+    """Nobody on this machine holds ip:port (another sandbox process, say)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((NODE_IP, port))
+            probe.bind((ip, port))
         except OSError:
             return False
     return True
+
+
+def _node_port_free(port: int) -> bool:
+    return _free(NODE_IP, port)
 
 
 class ServiceIPAllocator:
@@ -187,6 +194,16 @@ class ServiceIPAllocator:
         if ip == "None" or (update and ip == old_ip):
             return
         if ip in self._pending:
+            # Ours: make sure no other process serves its ports (pick again if one does).
+            ports = [
+                int(p["port"]) for p in spec.get("ports") or [] if isinstance(p.get("port"), int)
+            ]
+            for _ in range(_REPICKS):
+                if all(_free(ip, port) for port in ports):
+                    break
+                self.release(ip)
+                ip = self.allocate()
+                spec["clusterIP"], spec["clusterIPs"] = ip, [ip]
             self._pending.discard(ip)
             self._used.add(ip)
             return
