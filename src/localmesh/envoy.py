@@ -48,7 +48,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from localmesh.errors import EnvoyError
+from localmesh.errors import EnvoyError, ListenerBindError
 
 log = structlog.get_logger(__name__)
 
@@ -87,36 +87,6 @@ _MAIN_LOOP_STARTED = "starting main dispatch loop"
 # protobuf marks its debug text with a link whose spelling varies from run to run.
 _DEBUG_LINK = re.compile(r"goo\.gle/debug\w*")
 _TAIL_LINES = 30
-
-
-class ListenerBindError(EnvoyError):
-    """Envoy could not listen on an address: the port is taken or needs privileges."""
-
-    def __init__(self, address: str, reason: str, binary: Path | None = None) -> None:
-        self.address = address
-        self.reason = reason.strip()
-        host, _, port = address.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port) if port.isdigit() else 0
-        super().__init__(self._explain(binary))
-
-    def _explain(self, binary: Path | None) -> str:
-        head = f"Envoy cannot listen on {self.address}: {self.reason}."
-        if "permission denied" in self.reason.lower() or "access" in self.reason.lower():
-            setcap = f"sudo setcap cap_net_bind_service=+ep {binary or '<envoy binary>'}"
-            return (
-                f"{head} Ports below 1024 need privileges: choose a listener_port of 1024 "
-                f"or above in services.yaml, or allow Envoy to bind low ports with `{setcap}`."
-            )
-        if "in use" in self.reason.lower():
-            return (
-                f"{head} Another process holds port {self.port} (`ss -ltnp 'sport = :{self.port}'` "
-                "shows which): stop it, choose another listener_port in services.yaml, "
-                "or listen on another address with --bind."
-            )
-        return (
-            f"{head} Choose another listener_port in services.yaml or another address with --bind."
-        )
 
 
 def parse_log_line(line: str) -> tuple[str, str, str] | None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import structlog
 
-from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy, validate_config
-from localmesh.errors import EnvoyError
+from localmesh.envoy import cluster_traffic, find_envoy, validate_config
+from localmesh.errors import EnvoyError, ListenerBindError
 from tests.integration.backends import HttpBackend, KeepAliveClient, curl, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
 

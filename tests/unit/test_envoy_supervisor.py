@@ -10,14 +10,13 @@ import pytest
 from localmesh.envoy import (
     ENV_VAR,
     EnvoySupervisor,
-    ListenerBindError,
     cluster_traffic,
     describe_exit,
     find_envoy,
     parse_bind_error,
     parse_log_line,
 )
-from localmesh.errors import EnvoyError
+from localmesh.errors import EnvoyError, ListenerBindError
 
 
 def _executable(path: Path) -> Path:

@@ -4,15 +4,23 @@ from pathlib import Path
 
 import pytest
 
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
+from localmesh.desired import (
+    ClusterSpec,
+    DesiredState,
+    Endpoint,
+    Protocol,
+    VirtualHostSpec,
+    cluster_name,
+)
 from localmesh.xds import resources
 from localmesh.xds.codec import encode
+from localmesh.xds.static import static_config_of
 from tests.unit.golden import assert_golden, envoy_validate
 
 HTTP = cluster_name("shop", "billing-api", "http", Protocol.HTTP)
 GRPC = cluster_name("shop", "orders", 9090, Protocol.GRPC)
 
-MESH = MeshSpec(
+MESH = DesiredState.serving(
     listener_address="127.0.0.1",
     listener_port=18080,
     clusters=(
@@ -25,13 +33,13 @@ MESH = MeshSpec(
         ClusterSpec(cluster_name("shop", "idle", 80, Protocol.HTTP), Protocol.HTTP, ()),
     ),
     virtual_hosts=(
-        VirtualHostSpec("billing-api.localhost", HTTP, Protocol.HTTP),
-        VirtualHostSpec("orders.localhost", GRPC, Protocol.GRPC),
+        VirtualHostSpec.to_cluster("billing-api.localhost", HTTP, Protocol.HTTP),
+        VirtualHostSpec.to_cluster("orders.localhost", GRPC, Protocol.GRPC),
     ),
 )
 
 
-def _as_json(mesh: MeshSpec) -> dict[str, dict[str, object]]:
+def _as_json(mesh: DesiredState) -> dict[str, dict[str, object]]:
     return {
         type_url: {name: resources.to_json(msg) for name, msg in by_name.items()}
         for type_url, by_name in resources.build_resources(mesh).items()
@@ -43,7 +51,7 @@ def test_resources_golden() -> None:
 
 
 def test_static_config_golden() -> None:
-    assert_golden("static_config.json", resources.render_static_config(MESH))
+    assert_golden("static_config.json", static_config_of(MESH))
 
 
 def test_virtual_host_matches_host_with_and_without_port() -> None:
@@ -77,7 +85,7 @@ def test_grpc_cluster_speaks_h2_and_http_cluster_http1() -> None:
 
 
 def test_listener_does_not_depend_on_services() -> None:
-    other = MeshSpec("127.0.0.1", 18080)
+    other = DesiredState.serving("127.0.0.1", 18080)
     assert encode(resources.build_resources(other)[resources.LISTENER_TYPE]["localmesh_http"]) == (
         encode(resources.build_resources(MESH)[resources.LISTENER_TYPE]["localmesh_http"])
     )
@@ -90,6 +98,8 @@ def test_encoder_is_byte_identical_to_betterproto() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mesh", [MESH, MeshSpec("127.0.0.1", 18081)], ids=["services", "empty"])
-def test_static_config_passes_envoy_validate(mesh: MeshSpec, tmp_path: Path) -> None:
-    envoy_validate(resources.render_static_config(mesh), tmp_path)
+@pytest.mark.parametrize(
+    "mesh", [MESH, DesiredState.serving("127.0.0.1", 18081)], ids=["services", "empty"]
+)
+def test_static_config_passes_envoy_validate(mesh: DesiredState, tmp_path: Path) -> None:
+    envoy_validate(static_config_of(mesh), tmp_path)

@@ -7,11 +7,18 @@ import pytest
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 
 from localmesh.bootstrap import BootstrapOptions, build_bootstrap
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
+from localmesh.desired import (
+    ClusterSpec,
+    DesiredState,
+    Endpoint,
+    Protocol,
+    VirtualHostSpec,
+    cluster_name,
+)
+from localmesh.errors import InconsistentSnapshotError
 from localmesh.xds import resources as rs
 from localmesh.xds.codec import encode
 from localmesh.xds.snapshot import (
-    InconsistentSnapshotError,
     Snapshot,
     build_snapshot,
     render_xds_view,
@@ -19,14 +26,14 @@ from localmesh.xds.snapshot import (
 from tests.unit.test_xds_resources import MESH
 
 
-def big_mesh(n: int) -> MeshSpec:
+def big_mesh(n: int) -> DesiredState:
     clusters, vhosts = [], []
     for i in range(n):
         protocol = Protocol.GRPC if i % 2 else Protocol.HTTP
         name = cluster_name("ns", f"svc{i}", 8080, protocol)
         clusters.append(ClusterSpec(name, protocol, (Endpoint("127.0.0.1", 20000 + i, "p"),)))
-        vhosts.append(VirtualHostSpec(f"svc{i}.localhost", name, protocol))
-    return MeshSpec("127.0.0.1", 18080, tuple(clusters), tuple(vhosts))
+        vhosts.append(VirtualHostSpec.to_cluster(f"svc{i}.localhost", name, protocol))
+    return DesiredState.serving("127.0.0.1", 18080, tuple(clusters), tuple(vhosts))
 
 
 def test_snapshot_bytes_equal_the_builders_output() -> None:
@@ -61,7 +68,7 @@ def test_order_of_virtual_hosts_does_not_change_versions() -> None:
 
 def test_unchanged_pieces_are_reused_not_reencoded() -> None:
     first = build_snapshot(MESH)
-    added = VirtualHostSpec("extra.localhost", MESH.clusters[0].name, Protocol.HTTP)
+    added = VirtualHostSpec.to_cluster("extra.localhost", MESH.clusters[0].name, Protocol.HTTP)
     second = build_snapshot(
         dataclasses.replace(MESH, virtual_hosts=(*MESH.virtual_hosts, added)), first
     )
