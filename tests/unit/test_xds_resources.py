@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from localmesh.desired import (
 )
 from localmesh.xds import resources
 from localmesh.xds.codec import encode
+from localmesh.xds.snapshot import build_snapshot
 from localmesh.xds.static import static_config_of
 from tests.unit.golden import assert_golden, envoy_validate
 
@@ -103,3 +105,75 @@ def test_encoder_is_byte_identical_to_betterproto() -> None:
 )
 def test_static_config_passes_envoy_validate(mesh: DesiredState, tmp_path: Path) -> None:
     envoy_validate(static_config_of(mesh), tmp_path)
+
+
+def routes_state() -> DesiredState:
+    from localmesh.config import load_config, load_mocks
+    from localmesh.plan import plan
+    from localmesh.resolve import MockResolver, resolve_all
+    from tests.unit.cli_helpers import EXAMPLES
+
+    config = load_config(EXAMPLES / "routes.yaml")
+    ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "mocks.yaml")))
+    endpoints = {"billing/billing-api-v2:8080": [Endpoint("127.0.0.1", 41010, "v2-0")]}
+    return plan(config, ports, endpoints, "127.0.0.1")
+
+
+def test_routes_resources_golden() -> None:
+    assert_golden("xds_routes.json", _as_json(routes_state()))
+
+
+def test_weighted_routes_and_pod_ip_clusters_for_a_router() -> None:
+    """What the in-cluster router needs, built without services.yaml."""
+    from localmesh.desired import (
+        ClusterKind,
+        HeaderMatch,
+        ListenerSpec,
+        MatchKind,
+        RouteSpec,
+        WeightedCluster,
+    )
+
+    shadow = ClusterSpec(
+        "shadow", Protocol.DOWNSTREAM, (Endpoint("10.0.0.9", 8080),), ClusterKind.POD_IPS
+    )
+    pods = ClusterSpec(
+        "pods", Protocol.DOWNSTREAM, (Endpoint("10.0.0.1", 8080),), ClusterKind.POD_IPS
+    )
+    state = DesiredState(
+        ListenerSpec("0.0.0.0", 15001, "router", "router_routes", websockets=True),
+        (pods, shadow),
+        (
+            VirtualHostSpec(
+                "billing",
+                (
+                    RouteSpec(
+                        cluster="shadow",
+                        headers=(HeaderMatch("version", MatchKind.EXACT, "dev"),),
+                        streams=True,
+                    ),
+                    RouteSpec(
+                        weighted=(WeightedCluster("pods", 90), WeightedCluster("shadow", 10))
+                    ),
+                ),
+                domains=("*",),
+            ),
+        ),
+    )
+    built = _as_json(state)
+    assert set(built[resources.ENDPOINT_TYPE]) == {"pods", "shadow"}
+    listener = built[resources.LISTENER_TYPE]["router"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[index]
+    assert hcm["upgrade_configs"] == [{"upgrade_type": "websocket"}]
+    assert hcm["rds"]["route_config_name"] == "router_routes"
+    snapshot = build_snapshot(state).check()
+    assert snapshot.route_clusters == {"pods", "shadow"}
+    broken = dataclasses.replace(state, clusters=(pods,))
+    assert (
+        "route references missing cluster 'shadow'" in build_snapshot(broken).consistency_errors()
+    )
+
+
+@pytest.mark.integration
+def test_routes_static_config_passes_envoy_validate(tmp_path: Path) -> None:
+    envoy_validate(static_config_of(routes_state()), tmp_path)
