@@ -157,7 +157,7 @@ def test_routes_example_validates_and_shows_its_routes(tmp_path: Path, output: s
         f"routes.{output}",
         EXAMPLES / "routes.yaml",
         "--mock-config",
-        EXAMPLES / "mocks.yaml",
+        EXAMPLES / "routes-mocks.yaml",
         "--output",
         output,
     )
@@ -172,7 +172,7 @@ def test_routes_xds_dump_lists_local_and_forwarded_clusters() -> None:
         "dump-envoy-config",
         EXAMPLES / "routes.yaml",
         "--mock-config",
-        EXAMPLES / "mocks.yaml",
+        EXAMPLES / "routes-mocks.yaml",
         "--format",
         "xds",
         "--output",
@@ -203,7 +203,7 @@ async def test_live_dump_with_routes_validates(tmp_path: Path) -> None:
     from localmesh.resolve import MockResolver, resolve_all
 
     config = load_config(EXAMPLES / "routes.yaml")
-    ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "mocks.yaml")))
+    ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "routes-mocks.yaml")))
     runtime_dir = private_runtime_dir(tmp_path)
     async with running_instance(runtime_dir, plan(config, ports, {}, "127.0.0.1")):
         result = await run_cli_async(

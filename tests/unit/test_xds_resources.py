@@ -114,7 +114,7 @@ def routes_state() -> DesiredState:
     from tests.unit.cli_helpers import EXAMPLES
 
     config = load_config(EXAMPLES / "routes.yaml")
-    ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "mocks.yaml")))
+    ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "routes-mocks.yaml")))
     endpoints = {"billing/billing-api-v2:8080": [Endpoint("127.0.0.1", 41010, "v2-0")]}
     return plan(config, ports, endpoints, "127.0.0.1")
 
