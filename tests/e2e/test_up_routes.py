@@ -31,6 +31,7 @@ from tests.e2e.up_helpers import (
     status_json,
     write_atomically,
 )
+from tests.integration.backends import KeepAliveClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, UP_LOOP]
 
@@ -38,8 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, UP_LOOP]
 class LocalHttp:
     """A developer's local HTTP build on a fixed port: answers JSON {"local": name}."""
 
-    def __init__(self, name: str, port: int) -> None:
-        self.name, self.port = name, port
+    def __init__(self, name: str, port: int = 0, path: str = "") -> None:
+        self.name, self.port, self.path = name, port, path  # a port, or a unix socket path
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> LocalHttp:
@@ -50,7 +51,12 @@ class LocalHttp:
         app.router.add_route("*", "/{tail:.*}", handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        site: web.BaseSite
+        if self.path:
+            site = web.UnixSite(self._runner, self.path)
+        else:
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
         return self
 
     async def stop(self) -> None:
@@ -92,6 +98,7 @@ async def mesh(
     port, http_port, grpc_port, dead_port, web_port = (free_port() for _ in range(5))
     http = await LocalHttp("billing-dev", http_port).start()
     web_dev = await LocalHttp("web-dev", web_port).start()
+    unix_dev = await LocalHttp("unix-dev", path=str(tmp / "dev.sock")).start()
     server = grpc.aio.server()
     greeter_pb2_grpc.add_GreeterServicer_to_server(LocalGreeter(), server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{grpc_port}")
@@ -106,6 +113,7 @@ async def mesh(
                 {"headers": {"x-dev": "alice"}, "local": http_port},
                 {"headers": {"baggage": {"member": "dev=alice"}}, "local": http_port},
                 {"headers": {"x-dev": "bob"}, "local": dead_port},
+                {"headers": {"x-dev": "unix"}, "local": unix_dev.path},
                 {"path_prefix": "/v2/", "namespace": "admin", "service": "admin-web", "port": 8080},
             ],
         },
@@ -132,6 +140,7 @@ async def mesh(
         code = await up.stop()
         await http.stop()
         await web_dev.stop()
+        await unix_dev.stop()
         await server.stop(None)
         assert code == 0, up.describe()
 
@@ -151,6 +160,8 @@ async def test_marked_requests_reach_the_local_build_unmarked_the_pods(mesh: Mes
     assert other.json()["namespace"] == "billing", other
     baggage = await get(mesh, "billing-api.localhost", "/", "baggage: team=x, dev=alice;p=1")
     assert baggage.json()["local"] == "billing-dev", baggage
+    unix = await get(mesh, "billing-api.localhost", "/u", "x-dev: unix")
+    assert unix.json() == {"local": "unix-dev", "path": "/u"}, unix
 
 
 def _grpc(port: int, marked: bool) -> tuple[str, list[str]]:
@@ -199,10 +210,12 @@ async def test_status_shows_routes_and_checks_local_targets(mesh: Mesh) -> None:
         ("x-dev: alice", True, True),
         ("baggage ~ " + routes[1]["match"].split(" ~ ", 1)[1], True, True),
         ("x-dev: bob", True, False),
+        ("x-dev: unix", True, True),
         ("path /v2/", False, False),
     ]
     assert routes[2]["target"] == f"local 127.0.0.1:{mesh.dead_port}"
-    assert routes[3]["target"] == "admin/admin-web:8080"
+    assert routes[3]["target"].startswith("local unix:/")
+    assert routes[4]["target"] == "admin/admin-web:8080"
     assert hosts["web.localhost"]["local_listening"] is True
     assert code == 0, status["problems"]  # a dead route target is shown, not a failure
     text = await run_cli(mesh.runtime_dir, "status")
@@ -226,7 +239,10 @@ async def test_route_edits_under_watch_touch_no_forwarder_and_fail_nothing(mesh:
     _, before = await status_json(mesh.runtime_dir)
     load = Load(mesh.port, "admin.localhost")
     load.start()
+    kept = KeepAliveClient(mesh.port)  # one connection across the edit, fails if replaced
     try:
+        assert (await kept.get("billing-api.localhost"))["namespace"] == "billing"
+        assert (await kept.get("admin.localhost"))["namespace"] == "admin"
         await load.wait_ok(5)
         entries = [dict(e) for e in mesh.entries]
         billing = entries[0]
@@ -242,7 +258,10 @@ async def test_route_edits_under_watch_touch_no_forwarder_and_fail_nothing(mesh:
 
         await eventually(applied, seconds=15, what="the new route")
         await load.wait_ok(5)
+        assert (await kept.get("billing-api.localhost"))["namespace"] == "billing"
+        assert (await kept.get("admin.localhost"))["namespace"] == "admin"
     finally:
+        kept.close()
         await load.stop()
     assert load.failures == []
     _, after = await status_json(mesh.runtime_dir)
