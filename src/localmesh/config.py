@@ -42,6 +42,7 @@ mocks.yaml (offline port resolution for `dump-envoy-config --mock-config`):
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -124,6 +125,11 @@ class RouteEntry:
     location: Location | None = field(default=None, compare=False)
 
     def describe_match(self) -> str:
+        return self._match_text
+
+    @functools.cached_property
+    def _match_text(self) -> str:
+        # Cached: the planner names every route on every plan (1,000 hosts, per event).
         parts = [h.describe() for h in self.headers]
         if self.path_prefix != "/":
             parts.insert(0, f"path {self.path_prefix}")
@@ -169,6 +175,11 @@ class ServiceEntry:
         """Every Service port this entry forwards: its own and its routes' targets, each as
         an entry without routes (the unit port-forwards and port resolution work on; a
         route edit then leaves them equal, so forwarders stay)."""
+        return self._backends
+
+    @functools.cached_property
+    def _backends(self) -> tuple[ServiceEntry, ...]:
+        # Cached (the entry is immutable): planned on every event, for every entry.
         found: list[ServiceEntry] = []
         if self.local is None:
             found.append(replace(self, routes=()) if self.routes else self)
@@ -631,12 +642,11 @@ def _header_match(checker: _Checker, name: str, node: Node, path: str) -> Header
     fields = checker.mapping(node, path, _MATCH_KEYS)
     if not isinstance(node, MappingNode):
         return None
+    if len(fields) > 1 or not node.value:
+        choices = ", ".join(f"`{k}`" for k in _MATCH_KEYS)
+        checker.add(node, path, f"give exactly one of {choices}")
     if len(fields) != 1:
-        if fields or not checker.issues or checker.issues[-1].path != path:
-            checker.add(
-                node, path, f"give exactly one of {', '.join(f'`{k}`' for k in _MATCH_KEYS)}"
-            )
-        return None
+        return None  # unknown keys were reported by mapping()
     kind, value_node = next(iter(fields.items()))
     sub = f"{path}.{kind}"
     if kind == "present":
@@ -684,8 +694,8 @@ def _regex_problem(value: str) -> str | None:
         re.compile(value)
     except re.error as exc:
         return f"invalid regex: {exc}"
-    if "(?=" in value or "(?!" in value or "(?<" in value.replace("(?<P", ""):
-        return "lookarounds are not supported (Envoy uses RE2)"
+    if any(look in value for look in ("(?=", "(?!", "(?<=", "(?<!")):
+        return "lookarounds are not supported (Envoy matches with RE2)"
     return None
 
 

@@ -19,7 +19,7 @@ can be derived from content.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_LISTENER_NAME = "localmesh_http"
 DEFAULT_ROUTE_CONFIG_NAME = "localmesh_routes"
@@ -112,12 +112,6 @@ class RouteSpec:
         """Every cluster the route may send a request to."""
         return (self.cluster,) if self.cluster else tuple(w.cluster for w in self.weighted)
 
-    def describe(self) -> str:
-        parts = [h.describe() for h in self.headers]
-        if self.path_prefix != "/" or not parts:
-            parts.insert(0, f"path {self.path_prefix}")
-        return ", ".join(parts)
-
 
 @dataclass(frozen=True)
 class VirtualHostSpec:
@@ -159,7 +153,7 @@ class ListenerSpec:
 class DesiredState:
     listener: ListenerSpec
     clusters: tuple[ClusterSpec, ...] = ()
-    virtual_hosts: tuple[VirtualHostSpec, ...] = field(default=())
+    virtual_hosts: tuple[VirtualHostSpec, ...] = ()
 
     @classmethod
     def serving(

@@ -135,6 +135,22 @@ services:
             "s.yaml:7:31: services[0].routes[0].headers.x.regex: invalid regex",
         ),
         (
+            "      - {headers: {x: {regex: '(?=a)b'}}, local: 1}\n",
+            "s.yaml:7:31: services[0].routes[0].headers.x.regex: lookarounds are not supported",
+        ),
+        (
+            "      - {headers: {x: {}}, local: 1}\n",
+            "s.yaml:7:23: services[0].routes[0].headers.x: give exactly one of `exact`",
+        ),
+        (
+            "      - {headers: {x: {exact: a, regex: b}}, local: 1}\n",
+            "s.yaml:7:23: services[0].routes[0].headers.x: give exactly one of `exact`",
+        ),
+        (
+            "      - {headers: {x: {exakt: a}}, local: 1}\n",
+            "s.yaml:7:24: services[0].routes[0].headers.x.exakt: unknown key `exakt`",
+        ),
+        (
             "      - {headers: {host: a}, local: 1}\n",
             "s.yaml:7:20: services[0].routes[0].headers.host: `host` cannot be matched here",
         ),

@@ -529,7 +529,7 @@ class SnapshotCache:
             seqs.popitem(last=False)
         log.debug("xds.snapshot", node=node_id, version=snapshot.version)
         for stream in self._streams.values():
-            if self._key(stream.node_id) == node_id or stream.node_id == node_id:
+            if self._key(stream.node_id) == node_id:
                 stream.wake()
         self.changed()
 
