@@ -105,7 +105,7 @@ STATUS = InstanceStatus(
                     local=True,
                     listening=False,
                 ),
-                RouteStatus("path /v2/", "web/web-v2:http", error="service 'web-v2' not found"),
+                RouteStatus("path /v2/", "web/web-v2:http", "http.web.web-v2.8081"),
             ),
         ),
     ),

@@ -7,10 +7,13 @@ Two shapes:
 - `--format xds`: what `up` really runs: the Envoy bootstrap, then every resource the ADS
   server would serve, grouped by type, each with its name and content version.
 
-Ports are resolved offline from `--mock-config mocks.yaml`, or from the cluster. A dump from
-services.yaml has no forwarders, so its clusters have no endpoints (`up` adds them as
-port-forwards come up). `--live` asks a running `localmesh up` for the snapshot it serves,
-live endpoints included, and prints it in either shape.
+Both come from the same planner as `up` (localmesh.plan) and the envoy shape from the one
+static renderer (localmesh.xds.static), so routes show exactly as `up` serves them. Ports
+are resolved offline from `--mock-config mocks.yaml`, or from the cluster. A dump from
+services.yaml has no forwarders, so the clusters of Service ports have no endpoints (`up`
+adds them as port-forwards come up; local targets carry their address). `--live` asks a
+running `localmesh up` for the snapshot it serves, live endpoints included, and prints it
+in either shape.
 """
 
 from __future__ import annotations

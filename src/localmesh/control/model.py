@@ -137,6 +137,11 @@ class InstanceStatus:
         if not self.envoy.running:
             found.append("envoy is not running")
         for host in self.hosts:
+            found.extend(
+                f"{host.host}: route {r.match} -> {r.target}: {r.error}"
+                for r in host.routes
+                if r.error
+            )
             if host.local:
                 if not host.local_listening:
                     found.append(f"{host.host}: nothing listens on {host.local}")
