@@ -123,7 +123,10 @@ async def mesh(
             "service": "users-api",
             "port_name": "grpc",
             "type": "grpc",
-            "routes": [{"headers": {"x-dev": "alice"}, "local": f"127.0.0.1:{grpc_port}"}],
+            "routes": [
+                {"headers": {"x-dev": "alice"}, "local": f"127.0.0.1:{grpc_port}"},
+                {"headers": {"x-dev": "bob"}, "local": dead_port},
+            ],
         },
         {"host": "admin.localhost", "namespace": "admin", "service": "admin-web", "port": 8080},
         {"host": "web.localhost", "local": web_port},
@@ -164,8 +167,8 @@ async def test_marked_requests_reach_the_local_build_unmarked_the_pods(mesh: Mes
     assert unix.json() == {"local": "unix-dev", "path": "/u"}, unix
 
 
-def _grpc(port: int, marked: bool) -> tuple[str, list[str]]:
-    metadata = (("x-dev", "alice"),) if marked else ()
+def _grpc(port: int, marked: bool, who: str = "alice") -> tuple[str, list[str]]:
+    metadata = (("x-dev", who),) if marked else ()
     options = [("grpc.default_authority", "users-api.localhost")]
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)  # type: ignore[no-untyped-call]
@@ -180,6 +183,15 @@ async def test_grpc_metadata_mark_reaches_the_local_grpc_server(mesh: Mesh) -> N
     assert (namespace, stream) == ("local", ["local", "local", "local"])
     namespace, stream = await asyncio.to_thread(_grpc, mesh.port, False)
     assert namespace == "users" and stream == ["users"] * 3
+
+
+async def test_grpc_to_a_dead_local_target_is_unavailable_with_the_reason(mesh: Mesh) -> None:
+    with pytest.raises(grpc.RpcError) as failed:
+        await asyncio.to_thread(_grpc, mesh.port, True, "bob")
+    error: Any = failed.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"nothing listens on 127.0.0.1:{mesh.dead_port}" in error.details()
+    assert "(users-api.localhost, x-dev: bob)" in error.details()
 
 
 async def test_path_route_reaches_another_service(mesh: Mesh) -> None:
