@@ -151,6 +151,16 @@ class ServiceEntry:
     local: LocalAddress | None = None
     routes: tuple[RouteEntry, ...] = ()
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        # Computed once: entries key the forwarders, the resolved ports and the planner's
+        # memo, each looked up for all 1,000 entries per edit.
+        fields = (self.host, self.namespace, self.service, self.protocol, self.port_name)
+        return hash((*fields, self.port, self.local, self.routes))
+
     @property
     def port_ref(self) -> str | int:
         """How the entry names its service port: the name if given, else the number."""

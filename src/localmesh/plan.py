@@ -21,6 +21,7 @@ sorted by name and endpoints sorted, so equal inputs give equal states.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from localmesh.config import Config, LocalAddress, ServiceEntry, route_backend
 from localmesh.desired import (
@@ -55,26 +56,59 @@ def unreachable_text(address: LocalAddress, host: str, match: str = "") -> str:
     return f"localmesh: nothing listens on {address} ({where})"
 
 
-class _Clusters:
-    """The clusters of one plan, each built once however many routes use it."""
+@dataclass(frozen=True)
+class _ClusterNeed:
+    """A cluster some route uses, and where its endpoints come from."""
 
-    def __init__(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> None:
-        self._endpoints = endpoints
-        self.specs: dict[str, ClusterSpec] = {}
+    name: str
+    protocol: Protocol
+    kind: ClusterKind
+    backend: str = ""  # forwarded: the key of its endpoints
+    local: Endpoint | None = None  # local: its one address
+
+
+class _Clusters:
+    """The clusters one plan's routes use, each named once however many routes use it."""
+
+    def __init__(self) -> None:
+        self.needs: dict[str, _ClusterNeed] = {}
 
     def forwarded(self, backend: ServiceEntry, port: int) -> str:
         name = entry_cluster_name(backend, port)
-        if name not in self.specs:
-            found = tuple(sorted(self._endpoints.get(backend_key(backend, port), ())))
-            self.specs[name] = ClusterSpec(name, backend.protocol, found)
+        if name not in self.needs:
+            key = backend_key(backend, port)
+            self.needs[name] = _ClusterNeed(name, backend.protocol, ClusterKind.FORWARDED, key)
         return name
 
     def local(self, address: LocalAddress, protocol: Protocol) -> str:
         name = local_cluster_name(address.address, address.port, protocol)
-        if name not in self.specs:
+        if name not in self.needs:
             endpoint = Endpoint(address.address, address.port)
-            self.specs[name] = ClusterSpec(name, protocol, (endpoint,), ClusterKind.LOCAL)
+            self.needs[name] = _ClusterNeed(name, protocol, ClusterKind.LOCAL, local=endpoint)
         return name
+
+
+_Host = tuple[tuple[int | None, ...], VirtualHostSpec | None, tuple[_ClusterNeed, ...]]
+
+
+class PlanMemo:
+    """What the last plan of one caller was built from, so that the next one reuses every
+    unchanged piece (the very same objects: the snapshot then stops at identity) and, when
+    only endpoints moved (the same `config` and `resolved` objects), skips the hosts
+    entirely. The plan is the same with or without a memo; only its cost differs. Endpoint
+    sequences given with a memo must not be changed in place (the reconciler gives tuples).
+    """
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.resolved: Mapping[ServiceEntry, int] | None = None
+        self.listener: ListenerSpec | None = None
+        self.vhosts: tuple[VirtualHostSpec, ...] = ()
+        self.needs: tuple[_ClusterNeed, ...] = ()  # sorted by name
+        # entry -> (its backends' ports, its virtual host, the clusters it uses)
+        self.hosts: dict[ServiceEntry, _Host] = {}
+        # cluster name -> (the endpoints it was built from, the spec)
+        self.specs: dict[str, tuple[object, ClusterSpec]] = {}
 
 
 def plan_host(
@@ -126,32 +160,72 @@ def plan(
     *,
     listener_name: str = DEFAULT_LISTENER_NAME,
     route_config_name: str = DEFAULT_ROUTE_CONFIG_NAME,
-    previous: DesiredState | None = None,
+    memo: PlanMemo | None = None,
 ) -> DesiredState:
-    """The desired state for `config` (see the module docstring).
-
-    Pieces equal to `previous`'s are `previous`'s very objects, so that building the next
-    snapshot stops at identity for everything that did not change (1,000 hosts, one edit).
-    """
-    clusters = _Clusters(endpoints)
-    old_hosts = {v.host: v for v in previous.virtual_hosts} if previous else {}
-    vhosts = []
-    for entry in config.services:
-        vhost = plan_host(entry, resolved, clusters)
-        if vhost is not None:
-            old = old_hosts.get(vhost.host)
-            vhosts.append(old if old == vhost else vhost)
-    old_clusters = {c.name: c for c in previous.clusters} if previous else {}
-    specs = []
-    for name in sorted(clusters.specs):
-        spec, old_spec = clusters.specs[name], old_clusters.get(name)
-        specs.append(old_spec if old_spec == spec else spec)
+    """The desired state for `config` (see the module docstring); `memo` makes repeated
+    plans of one caller cheap (see PlanMemo) and is updated."""
+    last = memo or PlanMemo()
+    hosts = last.hosts
+    if memo is not None and memo.config is config and memo.resolved is resolved:
+        vhosts, needs = memo.vhosts, memo.needs  # only endpoints can have changed
+    else:
+        vhosts, needs, hosts = _plan_hosts(config, resolved, last)
+    specs: dict[str, tuple[object, ClusterSpec]] = {}
+    for need in needs:
+        source: object = endpoints.get(need.backend, ()) if need.kind.eds else need.local
+        cached = last.specs.get(need.name)
+        if cached is not None and cached[0] is source and cached[1].protocol is need.protocol:
+            specs[need.name] = cached
+            continue
+        if need.kind.eds:
+            found = tuple(sorted(endpoints.get(need.backend, ())))
+        else:
+            assert need.local is not None
+            found = (need.local,)
+        spec = ClusterSpec(need.name, need.protocol, found, need.kind)
+        if cached is not None and cached[1] == spec:
+            spec = cached[1]
+        specs[need.name] = (source, spec)
     listener = ListenerSpec(
         listener_address, config.listener_port, listener_name, route_config_name
     )
-    if previous is not None and previous.listener == listener:
-        listener = previous.listener
-    return DesiredState(listener=listener, clusters=tuple(specs), virtual_hosts=tuple(vhosts))
+    if last.listener is not None and last.listener == listener:
+        listener = last.listener
+    if memo is not None:
+        memo.config, memo.resolved, memo.listener = config, resolved, listener
+        memo.vhosts, memo.needs, memo.specs, memo.hosts = vhosts, needs, specs, hosts
+    clusters = tuple(spec for _, spec in specs.values())
+    return DesiredState(listener=listener, clusters=clusters, virtual_hosts=vhosts)
 
 
-__all__ = ["backend_key", "entry_cluster_name", "plan", "plan_host", "unreachable_text"]
+def _plan_hosts(
+    config: Config, resolved: Mapping[ServiceEntry, int], last: PlanMemo
+) -> tuple[tuple[VirtualHostSpec, ...], tuple[_ClusterNeed, ...], dict[ServiceEntry, _Host]]:
+    """Every host's virtual host and the clusters they use: an entry equal to one of the
+    last plan, with the same ports, keeps its virtual host (the same object)."""
+    old_hosts = {v.host: v for v in last.vhosts}
+    hosts: dict[ServiceEntry, _Host] = {}
+    needs: dict[str, _ClusterNeed] = {}
+    vhosts = []
+    for entry in config.services:
+        ports = tuple(resolved.get(b) for b in entry.backends())
+        known = last.hosts.get(entry)
+        if known is not None and known[0] == ports:
+            host = known
+        else:
+            clusters = _Clusters()
+            vhost = plan_host(entry, resolved, clusters)
+            if vhost is not None:
+                old = old_hosts.get(vhost.host)
+                vhost = old if old == vhost else vhost
+            host = (ports, vhost, tuple(clusters.needs.values()))
+        hosts[entry] = host
+        if host[1] is not None:
+            vhosts.append(host[1])
+        for need in host[2]:
+            needs.setdefault(need.name, need)
+    ordered = tuple(needs[name] for name in sorted(needs))
+    return tuple(vhosts), ordered, hosts
+
+
+__all__ = ["PlanMemo", "backend_key", "entry_cluster_name", "plan", "plan_host", "unreachable_text"]

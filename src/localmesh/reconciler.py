@@ -11,13 +11,13 @@ Envoy with a stale endpoint.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
 
 from localmesh.config import Config, ServiceEntry
 from localmesh.desired import DesiredState, Endpoint
-from localmesh.plan import plan
+from localmesh.plan import PlanMemo, plan
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +34,10 @@ class Reconciler:
         self._resolved: dict[ServiceEntry, int] = {}
         self._endpoints: dict[str, set[Endpoint]] = {}
         self._sorted: dict[str, tuple[Endpoint, ...]] = {}  # backend -> sorted endpoints
+        # The same tuple object until that backend's endpoints change: the planner's memo
+        # then skips everything that did not move (one pod among 1,000 services).
+        self._view = _SortedEndpoints(self)
+        self._memo = PlanMemo()
         self._dirty = asyncio.Event()
         self._published: DesiredState | None = None
         self._published_event = asyncio.Event()
@@ -70,15 +74,8 @@ class Reconciler:
     def desired(self) -> DesiredState:
         """The DesiredState the recorded facts call for; a pure function of them."""
         return plan(
-            self._config,
-            self._resolved,
-            self._endpoints_view(),
-            self._listener_address,
-            previous=self._published,
+            self._config, self._resolved, self._view, self._listener_address, memo=self._memo
         )
-
-    def _endpoints_view(self) -> dict[str, tuple[Endpoint, ...]]:
-        return {backend: self.endpoints(backend) for backend in self._endpoints}
 
     @property
     def published(self) -> DesiredState | None:
@@ -108,3 +105,21 @@ class Reconciler:
                 hosts=len(state.virtual_hosts),
                 endpoints=sum(len(c.endpoints) for c in state.clusters),
             )
+
+
+class _SortedEndpoints(Mapping[str, tuple[Endpoint, ...]]):
+    """The reconciler's live endpoints by backend, sorted, without copying them per plan."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self._reconciler = reconciler
+
+    def __getitem__(self, backend: str) -> tuple[Endpoint, ...]:
+        if backend not in self._reconciler._endpoints:
+            raise KeyError(backend)
+        return self._reconciler.endpoints(backend)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._reconciler._endpoints)
+
+    def __len__(self) -> int:
+        return len(self._reconciler._endpoints)

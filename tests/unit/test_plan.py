@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from localmesh.config import parse_config
 from localmesh.desired import ClusterKind, Endpoint, HeaderMatch, MatchKind, Protocol, RouteSpec
-from localmesh.plan import plan
+from localmesh.plan import PlanMemo, plan
 
-CONFIG = parse_config(
-    """\
+TEXT = """\
 listener_port: 8080
 services:
   - host: billing-api.localhost
@@ -27,9 +26,10 @@ services:
   - host: web.localhost
     local: 3000
 """
-)
+CONFIG = parse_config(TEXT)
 BILLING, WEB = CONFIG.services
 OWN, V2 = BILLING.backends()
+EDITED = TEXT + "  - {host: new.localhost, namespace: n, service: s, port: 80}\n"
 
 
 def test_routes_in_order_then_the_entry_as_catch_all() -> None:
@@ -92,18 +92,32 @@ def test_local_routes_are_served_while_the_entry_itself_is_unresolved() -> None:
     assert web.host == "web.localhost"
 
 
-def test_unchanged_pieces_are_the_previous_objects() -> None:
-    first = plan(CONFIG, {OWN: 8080, V2: 8081}, {}, "127.0.0.1")
-    endpoints = {"billing/billing-v2:8081": [Endpoint("127.0.0.1", 4100)]}
-    second = plan(CONFIG, {OWN: 8080, V2: 8081}, endpoints, "127.0.0.1", previous=first)
-    assert second.virtual_hosts[0] is first.virtual_hosts[0]
+def test_a_memo_keeps_unchanged_pieces_and_changes_nothing_else() -> None:
+    memo = PlanMemo()
+    resolved = {OWN: 8080, V2: 8081}
+    first = plan(CONFIG, resolved, {}, "127.0.0.1", memo=memo)
+    assert first == plan(CONFIG, resolved, {}, "127.0.0.1")
+    endpoints = {"billing/billing-v2:8081": (Endpoint("127.0.0.1", 4100),)}
+    second = plan(CONFIG, resolved, endpoints, "127.0.0.1", memo=memo)
+    assert second == plan(CONFIG, resolved, endpoints, "127.0.0.1")
+    assert second.virtual_hosts is first.virtual_hosts  # only endpoints moved
     assert second.listener is first.listener
     old = {c.name: c for c in first.clusters}
     for cluster in second.clusters:
         if cluster.name == "http.billing.billing-v2.8081":
-            assert cluster is not old[cluster.name]
+            assert cluster.endpoints == (Endpoint("127.0.0.1", 4100),)
         else:
             assert cluster is old[cluster.name]
+    # A new config (as after a save): equal entries keep their virtual hosts.
+    edited = parse_config(EDITED)
+    third = plan(edited, {**resolved, edited.services[2]: 80}, endpoints, "127.0.0.1", memo=memo)
+    assert third.virtual_hosts[:2] == second.virtual_hosts
+    assert third.virtual_hosts[0] is second.virtual_hosts[0]
+    assert third == plan(edited, {**resolved, edited.services[2]: 80}, endpoints, "127.0.0.1")
+    # The memo follows a resolved port that changes under the same entries.
+    fourth = plan(edited, {OWN: 9000}, endpoints, "127.0.0.1", memo=memo)
+    assert fourth == plan(edited, {OWN: 9000}, endpoints, "127.0.0.1")
+    assert fourth.virtual_hosts[0].routes[-1].cluster == "http.billing.billing-api.9000"
 
 
 def test_names_of_the_listener_and_route_configuration_are_parameters() -> None:

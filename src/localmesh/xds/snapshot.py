@@ -83,6 +83,8 @@ class _Memo:
     # A virtual host's bytes framed as RouteConfiguration field 2, ready to concatenate.
     vhosts: Mapping[str, tuple[VirtualHostSpec, bytes]] = field(default_factory=dict)
     listener: Mapping[ListenerSpec, Resource] = field(default_factory=dict)
+    # The virtual hosts (the very tuple) and the clusters their routes use.
+    routed: tuple[tuple[VirtualHostSpec, ...], frozenset[str]] = ((), frozenset())
 
 
 @dataclass(frozen=True)
@@ -261,9 +263,14 @@ def build_snapshot(state: DesiredState, previous: Snapshot | None = None) -> Sna
         rs.LISTENER_TYPE: {listener.name: listener},
         rs.ROUTE_TYPE: {routes.name: routes},
     }
-    memo = _Memo(clusters, endpoints, vhosts, {listener_spec: listener})
+    # Endpoint moves keep the planner's virtual host tuple: no need to walk every route.
+    route_clusters = old.routed[1] if old.routed[0] is state.virtual_hosts else None
+    if route_clusters is None:
+        route_clusters = state.route_clusters
+    routed = (state.virtual_hosts, route_clusters)
+    memo = _Memo(clusters, endpoints, vhosts, {listener_spec: listener}, routed)
     references = References(
-        route_clusters=state.route_clusters,
+        route_clusters=route_clusters,
         route_configs=frozenset({route_name}),
         eds_clusters=frozenset(eds),
     )
