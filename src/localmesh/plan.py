@@ -3,7 +3,7 @@
 ONE pure function, used by `up` (through the reconciler), `dump-envoy-config` and hence
 what `--live` shows:
 
-    plan(config, resolved, endpoints, listener_address) -> DesiredState
+    plan(config, resolved, endpoints, listener_address, *, memo=None) -> DesiredState
 
 - `resolved` maps each forwarded Service port (`Config.backends()`: entries without
   routes) to its port number; a backend missing there is not resolved (yet): routes to it
@@ -15,7 +15,9 @@ what `--live` shows:
 A host's routes are its `routes:` in file order, then its own target as the catch-all.
 Local processes become static clusters whose refused connection answers 503 with a body
 naming the address and the route. Virtual hosts keep the file's order; clusters are
-sorted by name and endpoints sorted, so equal inputs give equal states.
+sorted by name and endpoints sorted, so equal inputs give equal states. A caller that
+plans again and again (the reconciler, on every forwarder event) passes a `PlanMemo`: the
+result is the same, built from what did not change.
 """
 
 from __future__ import annotations
