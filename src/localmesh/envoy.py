@@ -54,7 +54,7 @@ import aiohttp
 import structlog
 
 from localmesh.envoy_binary import install_hint, locate_envoy
-from localmesh.errors import EnvoyError
+from localmesh.errors import EnvoyError, ListenerBindError
 from localmesh.runtime import ENVOY_ADMIN_SOCKET, ENVOY_ADMIN_SOCKET_MODE
 
 log = structlog.get_logger(__name__)
@@ -90,45 +90,6 @@ _DEBUG_LINK = re.compile(r"goo\.gle/debug\w*")
 _TAIL_LINES = 30
 # sun_path is 108 bytes on Linux and 104 on macOS and the BSDs, with its terminating NUL.
 _MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
-
-
-class ListenerBindError(EnvoyError):
-    """Envoy could not listen on an address: the port is taken or needs privileges."""
-
-    def __init__(self, address: str, reason: str, binary: Path | None = None) -> None:
-        self.address = address
-        self.reason = reason.strip()
-        host, _, port = address.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port) if port.isdigit() else 0
-        super().__init__(self._explain(binary))
-
-    def _explain(self, binary: Path | None) -> str:
-        head = f"Envoy cannot listen on {self.address}: {self.reason}."
-        linux = sys.platform.startswith("linux")
-        if "permission denied" in self.reason.lower() or "access" in self.reason.lower():
-            setcap = f"sudo setcap cap_net_bind_service=+ep {binary or '<envoy binary>'}"
-            allow = (
-                f"allow Envoy to bind low ports with `{setcap}`" if linux else "run it with sudo"
-            )
-            return (
-                f"{head} Ports below 1024 need privileges: choose a listener_port of 1024 "
-                f"or above in services.yaml, or {allow}."
-            )
-        if "in use" in self.reason.lower():
-            show = (
-                f"ss -ltnp 'sport = :{self.port}'"
-                if linux
-                else f"lsof -nP -iTCP:{self.port} -sTCP:LISTEN"
-            )
-            return (
-                f"{head} Another process holds port {self.port} (`{show}` shows which): stop "
-                "it, choose another listener_port in services.yaml, or listen on another "
-                "address with --bind."
-            )
-        return (
-            f"{head} Choose another listener_port in services.yaml or another address with --bind."
-        )
 
 
 def parse_log_line(line: str) -> tuple[str, str, str] | None:

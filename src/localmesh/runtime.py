@@ -27,7 +27,7 @@ from types import TracebackType
 
 import structlog
 
-from localmesh.errors import LocalmeshError
+from localmesh.errors import AlreadyRunningError, RuntimeDirError
 
 log = structlog.get_logger(__name__)
 
@@ -36,14 +36,6 @@ DEFAULT_NAME = "default"
 ENVOY_ADMIN_SOCKET = "admin.sock"
 ENVOY_ADMIN_SOCKET_MODE = 0o600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-class RuntimeDirError(LocalmeshError):
-    """The runtime directory is unusable (wrong owner, wrong mode, not creatable)."""
-
-
-class AlreadyRunningError(RuntimeDirError):
-    """Another `localmesh up` with the same --name holds the instance lock."""
 
 
 def validate_name(name: str) -> str:

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import structlog
 
-from localmesh.envoy import ListenerBindError, cluster_traffic, validate_config
+from localmesh.envoy import cluster_traffic, validate_config
 from localmesh.envoy_binary import find_envoy
-from localmesh.errors import EnvoyError
+from localmesh.errors import EnvoyError, ListenerBindError
 from tests.integration.backends import HttpBackend, KeepAliveClient, curl, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
 

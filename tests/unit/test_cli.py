@@ -131,7 +131,7 @@ def test_config_errors_print_every_issue_without_traceback(tmp_path: Path) -> No
     assert result.stderr.splitlines() == [
         f"localmesh: error: {bad}:1:16: listener_port: 0 is out of range (1..65535)",
         f"localmesh: error: {bad}:3:50: services[0].typ: unknown key `typ` (did you mean "
-        "`type`?); known keys: host, namespace, service, port_name, port, type",
+        "`type`?); known keys: host, namespace, service, port_name, port, type, local, routes",
     ]
 
 

@@ -9,13 +9,12 @@ import pytest
 
 from localmesh.envoy import (
     EnvoySupervisor,
-    ListenerBindError,
     cluster_traffic,
     describe_exit,
     parse_bind_error,
     parse_log_line,
 )
-from localmesh.errors import EnvoyError
+from localmesh.errors import EnvoyError, ListenerBindError
 
 
 def test_supervisor_refuses_a_missing_binary_before_starting(tmp_path: Path) -> None:

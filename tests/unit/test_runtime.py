@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from localmesh import runtime
+from localmesh.errors import AlreadyRunningError, RuntimeDirError
 from localmesh.runtime import (
-    AlreadyRunningError,
     InstanceLock,
-    RuntimeDirError,
     runtime_base,
     runtime_paths,
 )

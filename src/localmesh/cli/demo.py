@@ -16,8 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from localmesh.errors import ConfigError
-from localmesh.runtime import AlreadyRunningError
+from localmesh.errors import AlreadyRunningError, ConfigError
 
 DEMO_SERVICES = """\
 # The seed example, on an unprivileged port. Edit this file while the demo runs:
