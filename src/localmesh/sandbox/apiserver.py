@@ -17,7 +17,7 @@ from aiohttp import web
 
 from localmesh.sandbox import errors, openapi, protowire, resources, tables
 from localmesh.sandbox.cluster import Cluster
-from localmesh.sandbox.resources import BY_PATH, DEPLOYMENTS, PODS, ResourceType
+from localmesh.sandbox.resources import BY_PATH, PODS, ResourceType
 from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
 from localmesh.sandbox.store import Watcher
 
@@ -176,6 +176,10 @@ class ApiServer:
             return _json(resources.api_versions(f"{self.host}:{self.port}"))
         if path == "/apis":
             return _json(resources.api_group_list())
+        if path == "/openapi/v2":
+            # An empty protobuf Document: kubectl before 1.28 fetches it for `apply` and
+            # then uses the schemas compiled into it.
+            return web.Response(body=b"", content_type=openapi.V2_PROTOBUF)
         if path == "/openapi/v3":
             return _json(openapi.root())
         if path.startswith("/openapi/v3/"):
@@ -312,7 +316,7 @@ class ApiServer:
             rt = cluster.kubelet.runtime(ns or "", name)
             return web.Response(text="".join(f"{line}\n" for line in rt.logs))
         if sub == "scale":
-            return await self._scale(request, ns or "", name)
+            return await self._scale(request, rtype, ns or "", name)
         if method == "GET":
             obj = cluster.store.get(rtype, ns, name)
             return self._object_response(request, rtype, obj)
@@ -417,11 +421,13 @@ class ApiServer:
             }
         )
 
-    async def _scale(self, request: web.Request, ns: str, name: str) -> web.Response:
+    async def _scale(
+        self, request: web.Request, rtype: ResourceType, ns: str, name: str
+    ) -> web.Response:
         cluster = self.cluster
         if request.method in ("PUT", "PATCH"):
             body = await self._body(request)
-            current = self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name))
+            current = self._scale_of(cluster.store.get(rtype, ns, name))
             if request.method == "PATCH":
                 from localmesh.sandbox.patch import apply_patch
 
@@ -432,13 +438,9 @@ class ApiServer:
                     "Scale", name, [("spec.replicas", "Invalid value")], "autoscaling"
                 )
             cluster.patch(
-                DEPLOYMENTS,
-                ns,
-                name,
-                "application/merge-patch+json",
-                {"spec": {"replicas": replicas}},
+                rtype, ns, name, "application/merge-patch+json", {"spec": {"replicas": replicas}}
             )
-        return _json(self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name)))
+        return _json(self._scale_of(cluster.store.get(rtype, ns, name)))
 
     @staticmethod
     def _scale_of(deploy: dict[str, Any]) -> dict[str, Any]:
