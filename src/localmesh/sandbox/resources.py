@@ -84,9 +84,24 @@ CLUSTERROLEBINDINGS = BY_PLURAL["clusterrolebindings"]
 ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets"})
 
 
-# Served outside the store: `kubectl auth can-i` creates these and reads the answer.
+# Served outside the store: `kubectl auth can-i` and `kubectl auth whoami` create these
+# and read the answer.
 AUTHORIZATION_GROUP = "authorization.k8s.io"
+AUTHENTICATION_GROUP = "authentication.k8s.io"
 SELF_SUBJECT_ACCESS_REVIEWS = "selfsubjectaccessreviews"
+_REVIEWS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    AUTHORIZATION_GROUP: (
+        (SELF_SUBJECT_ACCESS_REVIEWS, "selfsubjectaccessreview", "SelfSubjectAccessReview"),
+        ("selfsubjectrulesreviews", "selfsubjectrulesreview", "SelfSubjectRulesReview"),
+    ),
+    AUTHENTICATION_GROUP: (("selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview"),),
+}
+# path -> kind of every review the API server answers itself
+SELF_REVIEWS: dict[str, str] = {
+    f"/apis/{group}/v1/{plural}": kind
+    for group, reviews in _REVIEWS.items()
+    for plural, _, kind in reviews
+}
 
 
 def groups() -> dict[str, str]:
@@ -95,7 +110,8 @@ def groups() -> dict[str, str]:
     for t in TYPES:
         if t.group:
             out[t.group] = t.version
-    out[AUTHORIZATION_GROUP] = "v1"
+    for group in _REVIEWS:
+        out[group] = "v1"
     return out
 
 
@@ -132,19 +148,20 @@ def api_group(group: str) -> dict[str, Any] | None:
 
 
 def resource_list(group: str, version: str) -> dict[str, Any] | None:
-    if (group, version) == (AUTHORIZATION_GROUP, "v1"):
+    if group in _REVIEWS and version == "v1":
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}",
             "resources": [
                 {
-                    "name": SELF_SUBJECT_ACCESS_REVIEWS,
-                    "singularName": "selfsubjectaccessreview",
+                    "name": plural,
+                    "singularName": singular,
                     "namespaced": False,
-                    "kind": "SelfSubjectAccessReview",
+                    "kind": kind,
                     "verbs": ["create"],
                 }
+                for plural, singular, kind in _REVIEWS[group]
             ],
         }
     types = [t for t in TYPES if t.group == group and t.version == version]

@@ -31,6 +31,7 @@ from localmesh.sandbox.certs import make_serving_certs
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.kubeconfig import write_kubeconfig
+from localmesh.sandbox.rbac import Identities
 from localmesh.sandbox.resources import BY_KIND, DEPLOYMENTS, ENDPOINTSLICES, PODS
 from localmesh.sandbox.scenario import Scenario
 from localmesh.sandbox.selectors import LabelSelector, Selector
@@ -75,6 +76,7 @@ class Sandbox:
         self.scenario = scenario if scenario is not None else Scenario.default()
         self.cluster = Cluster(history_size=history_size)
         self.cluster.faults.ready_delay = ready_delay
+        self.identities = Identities(self.cluster.store)
         self.token = token or secrets.token_urlsafe(24)
         self.readonly_token = secrets.token_urlsafe(24)
         self.kube_version = kube_version
@@ -129,6 +131,7 @@ class Sandbox:
             self.cluster,
             tokens={self.token: "sandbox-admin"},
             readonly_tokens={self.readonly_token: "sandbox-viewer"},
+            identities=self.identities,
             kube_version=self.kube_version,
             host=self._host,
             port=self._port,
@@ -201,6 +204,10 @@ class Sandbox:
             "KUBECACHEDIR": str(cache),
             **extra,
         }
+
+    def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
+        """A token of the service account, as `kubectl create token` gets one."""
+        return self.identities.issue(namespace, name, seconds)[0]
 
     def apply(self, manifests: list[Obj]) -> list[Obj]:
         """Create Kubernetes objects (dicts with apiVersion and kind) as a client would."""
