@@ -374,8 +374,7 @@ class ApiServer:
                 )
             raise errors.method_not_allowed()
         if sub == "log":
-            rt = cluster.kubelet.runtime(ns or "", name)
-            return web.Response(text="".join(f"{line}\n" for line in rt.logs))
+            return self._logs(request, ns or "", name)
         if sub == "scale":
             return await self._scale(request, rtype, ns or "", name)
         if sub == "token":
@@ -410,6 +409,19 @@ class ApiServer:
                 return _json(obj)
             return _json(_success(rtype, obj))
         raise errors.method_not_allowed()
+
+    def _logs(self, request: web.Request, ns: str, name: str) -> web.Response:
+        """`kubectl logs` (container, previous, timestamps, tailLines)."""
+        q = request.query
+        lines = self.cluster.kubelet.logs(
+            ns, name, q.get("container"), q.get("previous") in ("1", "true", "True")
+        )
+        tail = q.get("tailLines")
+        if tail is not None and tail.isdigit():
+            lines = lines[-int(tail) :] if int(tail) else []
+        stamps = q.get("timestamps") in ("1", "true", "True")
+        text = "".join(f"{ts} {line}\n" if stamps else f"{line}\n" for ts, line in lines)
+        return web.Response(text=text)
 
     @staticmethod
     def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:

@@ -31,6 +31,7 @@ from localmesh.sandbox.certs import make_serving_certs
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.kubeconfig import write_kubeconfig
+from localmesh.sandbox.processes import DEFAULT_PROCESS_IMAGES, NodeConfig
 from localmesh.sandbox.rbac import Identities
 from localmesh.sandbox.resources import BY_KIND, DEPLOYMENTS, ENDPOINTSLICES, PODS
 from localmesh.sandbox.scenario import Scenario
@@ -68,6 +69,7 @@ class Sandbox:
         wait_ready: bool = True,
         ready_timeout: float = 60.0,
         history_size: int = 20000,
+        process_images: tuple[str, ...] = DEFAULT_PROCESS_IMAGES,
     ) -> None:
         if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
             raise ConfigError(
@@ -77,6 +79,7 @@ class Sandbox:
         self.cluster = Cluster(history_size=history_size)
         self.cluster.faults.ready_delay = ready_delay
         self.identities = Identities(self.cluster.store)
+        self.process_images = process_images
         self.token = token or secrets.token_urlsafe(24)
         self.readonly_token = secrets.token_urlsafe(24)
         self.kube_version = kube_version
@@ -139,6 +142,14 @@ class Sandbox:
         )
         await self._server.start()
         self.cluster.faults._restart_apiserver = self._server.restart
+        self.cluster.kubelet.node = NodeConfig(
+            api_host=self._host,
+            api_port=self._server.port,
+            ca_pem=certs.ca_pem,
+            pods_dir=self._workdir / "pods",
+            identities=self.identities,
+            process_images=self.process_images,
+        )
         self.kubeconfig_path = write_kubeconfig(
             self._kubeconfig_arg or self._workdir / "kubeconfig",
             self._server.url,
