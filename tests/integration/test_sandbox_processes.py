@@ -3,8 +3,14 @@ service-account tokens, logs, restarts with back-off, image pull failures, no or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -236,3 +242,64 @@ async def test_processes_end_with_the_sandbox(sandbox_factory: SandboxFactory) -
     await sb.down()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def _until(predicate: Callable[[], Any], seconds: float, what: str) -> Any:
+    """Poll /proc (which has no change events) until `predicate` holds, or fail."""
+    deadline = time.monotonic() + seconds
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_processes_die_with_a_killed_sandbox(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(
+        json.dumps({"namespaces": [NAMESPACE], "objects": [*RBAC[:1], agent_deployment()]})
+    )
+    sandbox = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "localmesh",
+        "sandbox",
+        "up",
+        "--scenario",
+        str(scenario),
+        "--kubeconfig",
+        str(tmp_path / "kubeconfig"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+
+        def agents() -> set[int]:
+            found = set()
+            for pid in _children(sandbox.pid):
+                with contextlib.suppress(OSError):
+                    if b"testagent" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        found.add(pid)
+            return found
+
+        (agent,) = await _until(agents, 60, "the agent process")
+    finally:
+        sandbox.kill()  # SIGKILL: no clean-up code runs in the sandbox
+        await sandbox.wait()
+    await _until(lambda: not _alive(agent), 30, "the orphaned agent to die")
