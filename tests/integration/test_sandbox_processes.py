@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from localmesh.sandbox import Sandbox, Scenario
 from localmesh.sandbox.resources import EVENTS, PODS
@@ -229,13 +230,49 @@ async def test_crash_loop_and_image_pull_back_off_through_kubectl(
     assert terminated["exitCode"] == 3 and terminated["reason"] == "Error"
 
 
-async def test_processes_end_with_the_sandbox(sandbox_factory: SandboxFactory) -> None:
-    sb = await sandbox_factory(EMPTY)
-    sb.apply([*RBAC[:1], agent_deployment(readinessProbe=PROBE)])
-    await sb.wait_all_ready(60)
-    (pod,) = sb.pods(NAMESPACE)
-    rt = sb.cluster.kubelet.runtime(NAMESPACE, pod["metadata"]["name"])
-    process = rt.containers["agent"].process
+SCENARIO = """
+namespaces: [mesh]
+deployments:
+  - name: agent
+    namespace: mesh
+    image: localmesh:dev
+    command: [localmesh-never-installed]
+    args: []
+    serviceAccountName: default
+  - name: served
+    namespace: mesh
+    image: localmesh:dev
+    command: [python, -m, localmesh.sandbox.testagent]
+    args: [serve, --port, "9090"]
+    env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]
+    ports: [{name: http, containerPort: 9090}]
+    readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+"""
+
+
+async def test_scenario_process_keys_and_no_process_left_after_down(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(Scenario.from_dict(yaml.safe_load(SCENARIO)), wait_ready=False)
+    sb.faults.backoff_base = 60.0
+    served = await sb.wait_for(
+        lambda: [
+            p
+            for p in sb.pods(NAMESPACE, "app=served")
+            if sb.ready_pod(NAMESPACE, p["metadata"]["name"])
+        ],
+        seconds=60,
+        what="the served agent ready through its tcpSocket probe",
+    )
+    (broken,) = sb.pods(NAMESPACE, "app=agent")
+    state = await sb.wait_for(
+        lambda: container_status(sb, broken).get("lastState", {}).get("terminated"),
+        what="the missing executable to fail the container",
+    )
+    assert state["reason"] == "StartError" and state["exitCode"] == 128
+    assert '"localmesh-never-installed": executable file not found in $PATH' in state["message"]
+    rt = sb.cluster.kubelet.runtime(NAMESPACE, served[0]["metadata"]["name"])
+    process = rt.containers["served"].process
     assert process is not None and process.proc is not None
     pid = process.proc.pid
     os.kill(pid, 0)  # running
