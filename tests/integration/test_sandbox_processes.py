@@ -135,10 +135,26 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     )
     logs = (await kubectl(sb, "logs", "-n", NAMESPACE, name)).check().stdout
     assert logs.splitlines()[0] == f"testagent serving on {ip}:8080 as {name}"
+    follow = await asyncio.create_subprocess_exec(
+        "kubectl",
+        "logs",
+        "-f",
+        "-n",
+        NAMESPACE,
+        "deploy/agent",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=sb.env(),
+    )
+    assert follow.stdout is not None
+    first = await asyncio.wait_for(follow.stdout.readline(), 20)
+    assert first.decode().startswith("testagent serving on")
 
     # A failing liveness probe restarts the container; the pod keeps its name and IP.
     async with aiohttp.ClientSession() as session, session.post(f"http://{ip}:8080/fail") as r:
         assert r.status == 200
+    # `kubectl logs -f` ends with the run it followed.
+    assert await asyncio.wait_for(follow.wait(), 60) == 0
     restarted = await sb.wait_for(
         lambda: (s := container_status(sb, pod)).get("restartCount") == 1 and s.get("ready") and s,
         seconds=60,
@@ -195,8 +211,9 @@ async def test_crash_loop_and_image_pull_back_off_through_kubectl(
     crash_row = rows[crasher["metadata"]["name"]]
     assert crash_row[1:4] == ["0/1", "CrashLoopBackOff", "1"] and crash_row[4].startswith("(")
     assert rows[typo["metadata"]["name"]][1:4] == ["0/1", "ImagePullBackOff", "0"]
-    logs = await kubectl(sb, "logs", "-n", NAMESPACE, crasher["metadata"]["name"])
-    assert logs.check().stdout == "testagent crashing with exit code 3\n"
+    for follow in ((), ("-f",)):  # -f ends at once: the container is not running
+        logs = await kubectl(sb, "logs", *follow, "-n", NAMESPACE, crasher["metadata"]["name"])
+        assert logs.check().stdout == "testagent crashing with exit code 3\n"
     logs = await kubectl(sb, "logs", "-n", NAMESPACE, typo["metadata"]["name"])
     assert logs.returncode == 1
     assert "is waiting to start: trying and failing to pull image" in logs.stderr

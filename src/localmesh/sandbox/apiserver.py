@@ -374,6 +374,8 @@ class ApiServer:
                 )
             raise errors.method_not_allowed()
         if sub == "log":
+            if request.query.get("follow") in ("1", "true", "True"):
+                return await self._follow_logs(request, ns or "", name)
             return self._logs(request, ns or "", name)
         if sub == "scale":
             return await self._scale(request, rtype, ns or "", name)
@@ -422,6 +424,35 @@ class ApiServer:
         stamps = q.get("timestamps") in ("1", "true", "True")
         text = "".join(f"{ts} {line}\n" if stamps else f"{line}\n" for ts, line in lines)
         return web.Response(text=text)
+
+    async def _follow_logs(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        """`kubectl logs -f`: stream the log until the container's run ends."""
+        stamps = request.query.get("timestamps") in ("1", "true", "True")
+        lines = self.cluster.kubelet.follow(ns, name, request.query.get("container"))
+        first = await anext(lines, None)  # errors (no such container) before the 200
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        line = first
+        try:
+            while not self._stopping.is_set():
+                if line is not None:
+                    ts, text = line
+                    await resp.write(f"{ts} {text}\n".encode() if stamps else f"{text}\n".encode())
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                try:
+                    line = await anext(lines)
+                except StopAsyncIteration:
+                    break
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away
+        finally:
+            await lines.aclose()
+        return resp
 
     @staticmethod
     def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import shutil
 from collections import deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,9 +82,14 @@ class ContainerRuntime:
     previous: list[LogLine] | None = None
     process: ContainerProcess | None = None
     task: asyncio.Task[Any] | None = None
+    appended: asyncio.Event = field(default_factory=asyncio.Event)  # replaced per line
+    total: int = 0  # lines ever logged by this run (the deque keeps the last ones)
 
     def log(self, line: str) -> None:
         self.logs.append((now_rfc3339(), line))
+        self.total += 1
+        self.appended.set()
+        self.appended = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -181,6 +187,31 @@ class Kubelet:
                 f'container "{c.name}" in pod "{name}" is waiting to start: {detail}'
             )
         return list(c.logs)
+
+    async def follow(
+        self, namespace: str, name: str, container: str | None
+    ) -> AsyncGenerator[LogLine | None, None]:
+        """`kubectl logs -f`: the log so far, then each new line until this run of the
+        container ends; None about every second while nothing happens."""
+        lines = self.logs(namespace, name, container)
+        rt = self.runtime(namespace, name)
+        c = rt.containers[container] if container else next(iter(rt.containers.values()))
+        run, sent = c.logs, c.total
+        for line in lines:
+            yield line
+        while True:
+            if c.logs is not run or rt.uid not in self.runtimes:
+                return  # restarted or deleted: a new run has its own log
+            new = min(c.total - sent, len(run))  # a full deque has dropped the oldest
+            for line in list(run)[len(run) - new :] if new else []:
+                yield line
+            sent = c.total
+            if not c.running and c.kind != BUILTIN:
+                return
+            waiter = c.appended
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), 1.0)
+            yield None
 
     def on_event(self, ev: StoredEvent) -> None:
         if ev.rtype in (SERVICEACCOUNTS, CONFIGMAPS) or ev.rtype.plural == "secrets":
@@ -517,7 +548,7 @@ class Kubelet:
     ) -> int:
         """One run of the process: start, probe, wait for its exit; returns the exit code."""
         if c.started:
-            c.previous, c.logs = list(c.logs), deque(maxlen=_LOG_LINES)
+            c.previous, c.logs, c.total = list(c.logs), deque(maxlen=_LOG_LINES), 0
         self._event(rt, "Pulled", f'Container image "{c.image}" already present on machine')
         self._event(rt, "Created", f"Created container {c.name}")
         process = ContainerProcess(argv, env, self._pod_dir(rt), c.log)
