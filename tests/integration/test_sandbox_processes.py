@@ -357,3 +357,36 @@ async def test_processes_die_with_a_killed_sandbox(tmp_path: Path) -> None:
         sandbox.kill()  # SIGKILL: no clean-up code runs in the sandbox
         await sandbox.wait()
     await _until(lambda: not _alive(agent), 30, "the orphaned agent to die")
+
+
+async def test_kubectl_run_once_completes_or_fails_without_restarts(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY)
+    command = ["python", "-m", "localmesh.sandbox.testagent", "crash", "--code"]
+    for name, code in (("once", "0"), ("fails", "2")):
+        res = await kubectl(
+            sb,
+            "run",
+            name,
+            "-n",
+            NAMESPACE,
+            "--image=localmesh:dev",
+            "--restart=Never",
+            "--command",
+            "--",
+            *command,
+            code,
+        )
+        res.check()
+    await sb.wait_for(
+        lambda: {p["status"].get("phase") for p in sb.pods(NAMESPACE)} == {"Succeeded", "Failed"},
+        seconds=30,
+        what="both pods to finish",
+    )
+    out = (await kubectl(sb, "get", "pods", "-n", NAMESPACE)).check().stdout
+    rows = {r.split()[0]: r.split()[1:4] for r in out.splitlines()[1:]}
+    assert rows == {"once": ["0/1", "Completed", "0"], "fails": ["0/1", "Error", "0"]}
+    pod = sb.store.get(PODS, NAMESPACE, "fails")
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["state"]["terminated"]["exitCode"] == 2 and status["lastState"] == {}

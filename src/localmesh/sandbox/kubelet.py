@@ -509,11 +509,12 @@ class Kubelet:
                     code = await self._run_once(rt, c, argv, env)
                 if rt.terminating:
                     return
-                c.last_state = {"terminated": c.state["terminated"]}
-                self.sync_status(rt)
                 policy = self._pod_spec(rt).get("restartPolicy", "Always")
                 if policy == "Never" or (policy == "OnFailure" and code == 0):
+                    self.sync_status(rt)
                     return
+                c.last_state = {"terminated": c.state["terminated"]}
+                self.sync_status(rt)
                 crashes += 1
                 delay = 0.0 if crashes == 1 else self._backoff(crashes - 2)
                 if delay > 0:
