@@ -169,6 +169,13 @@ class ApiServer:
             if name is None:
                 watch = request.query.get("watch") in ("1", "true", "True")
                 verb = "watch" if watch else "list"
+                # A list or watch of one object by name is authorized for that name, so
+                # resourceNames rules allow `kubectl get lease mine -w`.
+                selector = request.query.get("fieldSelector", "")
+                for op in ("metadata.name==", "metadata.name="):
+                    if selector.startswith(op) and "," not in selector:
+                        name = selector[len(op) :]
+                        break
             else:
                 verb = "get"
         elif method == "DELETE":
