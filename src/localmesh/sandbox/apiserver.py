@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from localmesh.sandbox import errors, openapi, protowire, rbac, resources, tables
+from localmesh.sandbox import errors, openapi, protobodies, protowire, rbac, resources, tables
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.rbac import Attributes, Identities, User
 from localmesh.sandbox.resources import BY_PATH, PODS, ResourceType
@@ -471,8 +471,11 @@ class ApiServer:
     @staticmethod
     async def _body(request: web.Request, optional: bool = False) -> Any:
         if "protobuf" in request.headers.get("Content-Type", ""):
-            # JSON only; clients fall back to JSON on 415.
-            raise errors.unsupported_media_type(request.headers["Content-Type"])
+            # The objects kubectl's create commands send in protobuf; others get 415.
+            try:
+                return protobodies.decode_object(await request.read())
+            except ValueError:
+                raise errors.unsupported_media_type(request.headers["Content-Type"]) from None
         raw = await request.read()
         if not raw.strip():
             if optional:
