@@ -119,7 +119,8 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     sandbox_factory: SandboxFactory,
 ) -> None:
     sb = await sandbox_factory(EMPTY)
-    sb.apply([*RBAC, agent_deployment(readinessProbe=PROBE, livenessProbe=PROBE)])
+    probes = {"startupProbe": PROBE, "readinessProbe": PROBE, "livenessProbe": PROBE}
+    sb.apply([*RBAC, agent_deployment(**probes)])
     res = await kubectl(sb, "rollout", "status", "deploy/agent", "-n", NAMESPACE, "--timeout=60s")
     assert "successfully rolled out" in res.check().stdout
     (pod,) = sb.pods(NAMESPACE)
@@ -174,6 +175,15 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     ) in reasons
     previous = (await kubectl(sb, "logs", "-p", "-n", NAMESPACE, name)).check().stdout
     assert previous.startswith("testagent serving on")
+
+    # Deleting the pod stops its process (SIGTERM); the replica set starts a new one.
+    process = sb.cluster.kubelet.runtime(NAMESPACE, name).containers["agent"].process
+    assert process is not None and process.proc is not None
+    (await kubectl(sb, "delete", "pod", name, "-n", NAMESPACE)).check()
+    assert process.proc.returncode is not None
+    await sb.wait_all_ready(60)
+    (replacement,) = sb.pods(NAMESPACE)
+    assert replacement["metadata"]["name"] != name
 
 
 @pytest.mark.parametrize("version", MINORS)
@@ -390,3 +400,21 @@ async def test_kubectl_run_once_completes_or_fails_without_restarts(
     pod = sb.store.get(PODS, NAMESPACE, "fails")
     (status,) = pod["status"]["containerStatuses"]
     assert status["state"]["terminated"]["exitCode"] == 2 and status["lastState"] == {}
+
+
+async def test_failing_startup_probe_restarts_the_container(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY, wait_ready=False)
+    never = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    sb.apply([*RBAC[:1], agent_deployment(startupProbe=never, readinessProbe=PROBE)])
+    (pod,) = await sb.wait_for(lambda: sb.pods(NAMESPACE), what="the pod")
+    status = await sb.wait_for(
+        lambda: (s := container_status(sb, pod)).get("restartCount", 0) >= 1 and s,
+        seconds=60,
+        what="a restart after the startup probe failed",
+    )
+    assert status["ready"] is False
+    messages = {e["message"] for e in sb.store.iter(EVENTS, NAMESPACE)}
+    assert "Startup probe failed: dial tcp " in " ".join(messages)
+    assert "Container agent failed startup probe, will be restarted" in messages

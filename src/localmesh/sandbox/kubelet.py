@@ -77,6 +77,7 @@ class ContainerRuntime:
     last_state: dict[str, Any] = field(default_factory=dict)
     restart_count: int = 0
     started: bool = False  # has run at least once
+    startup_done: bool = True  # its startup probe passed (or it has none)
     ready: bool = False
     logs: deque[LogLine] = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
     previous: list[LogLine] | None = None
@@ -572,24 +573,15 @@ class Kubelet:
         self._event(rt, "Started", f"Started container {c.name}")
         c.state = {"running": {"startedAt": started}}
         c.started = True
-        readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
-        c.ready = readiness is None
+        c.ready = False
+        c.startup_done = "startupProbe" not in c.spec
         self.sync_status(rt)
-        probes = []
-        ports = {
-            p["name"]: int(p["containerPort"]) for p in c.spec.get("ports") or [] if p.get("name")
-        }
-        if readiness is not None:
-            probes.append(self._probe(rt, c, Probe(readiness, rt.ip, ports), liveness=False))
-        if liveness is not None:
-            probes.append(self._probe(rt, c, Probe(liveness, rt.ip, ports), liveness=True))
-        tasks = [asyncio.create_task(p) for p in probes]
+        probes = asyncio.create_task(self._probes(rt, c))
         try:
             code = await process.wait()
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            probes.cancel()
+            await asyncio.gather(probes, return_exceptions=True)
         c.process = None
         c.ready = False
         c.state = {
@@ -602,6 +594,41 @@ class Kubelet:
             }
         }
         return code
+
+    async def _probes(self, rt: PodRuntime, c: ContainerRuntime) -> None:
+        """The startup probe until it passes, then readiness and liveness probes."""
+        ports = {
+            p["name"]: int(p["containerPort"]) for p in c.spec.get("ports") or [] if p.get("name")
+        }
+        startup = c.spec.get("startupProbe")
+        if startup is not None:
+            probe = Probe(startup, rt.ip, ports)
+            state = ProbeState.of(probe)
+            await asyncio.sleep(float(startup.get("initialDelaySeconds") or 0))  # its schedule
+            while not state.passing:
+                ok, message = await probe.run()
+                state.record(ok)
+                if not ok and state.failures == 1:
+                    self._event(rt, "Unhealthy", f"Startup probe failed: {message}", True)
+                if state.failures >= state.failure_threshold and c.process is not None:
+                    self._event(
+                        rt, "Killing", f"Container {c.name} failed startup probe, will be restarted"
+                    )
+                    grace = float(self._pod_spec(rt).get("terminationGracePeriodSeconds", 30))
+                    await c.process.stop(grace)
+                    return
+                if not state.passing:
+                    await asyncio.sleep(probe.setting("periodSeconds"))  # its schedule
+        readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
+        c.startup_done = True
+        c.ready = readiness is None
+        self.sync_status(rt)
+        running = []
+        if readiness is not None:
+            running.append(self._probe(rt, c, Probe(readiness, rt.ip, ports), liveness=False))
+        if liveness is not None:
+            running.append(self._probe(rt, c, Probe(liveness, rt.ip, ports), liveness=True))
+        await asyncio.gather(*running)
 
     async def _probe(
         self, rt: PodRuntime, c: ContainerRuntime, probe: Probe, *, liveness: bool
@@ -683,7 +710,7 @@ class Kubelet:
                 "image": c.image,
                 "imageID": c.image if c.started else "",
                 "ready": c.ready and gates_open,
-                "started": c.running,
+                "started": c.running and c.startup_done,
                 "restartCount": c.restart_count,
                 "state": copy.deepcopy(c.state),
                 "lastState": copy.deepcopy(c.last_state),
