@@ -119,7 +119,11 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     sandbox_factory: SandboxFactory,
 ) -> None:
     sb = await sandbox_factory(EMPTY)
-    probes = {"startupProbe": PROBE, "readinessProbe": PROBE, "livenessProbe": PROBE}
+    probes: dict[str, Any] = {
+        "startupProbe": PROBE,
+        "readinessProbe": PROBE,
+        "livenessProbe": PROBE,
+    }
     sb.apply([*RBAC, agent_deployment(**probes)])
     res = await kubectl(sb, "rollout", "status", "deploy/agent", "-n", NAMESPACE, "--timeout=60s")
     assert "successfully rolled out" in res.check().stdout
