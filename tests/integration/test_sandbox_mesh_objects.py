@@ -102,6 +102,17 @@ async def test_kubectl_gets_every_mesh_kind(sandbox_factory: SandboxFactory, ver
     assert rss[0] == ["NAMESPACE", "NAME", "DESIRED", "CURRENT", "READY", "AGE"]
     rs_row = next(r for r in rss[1:] if r[0] == "billing")
     assert rs_row[1].startswith("replicaset.apps/billing-api-") and rs_row[2:5] == ["1", "1", "1"]
+    # A write from a stale copy loses: 409 Conflict, as in a real cluster.
+    lease_json = await kubectl(sb, "get", "lease", "mesh-alice", "-n", "billing", "-o", "json")
+    stale = lease_json.check().stdout
+    renew = '{"spec":{"holderIdentity":"bob"}}'
+    (await kubectl(sb, "patch", "lease", "mesh-alice", "-n", "billing", "-p", renew)).check()
+    res = await kubectl(sb, "replace", "-f", "-", input=stale)
+    assert res.returncode == 1
+    assert (
+        'Operation cannot be fulfilled on leases.coordination.k8s.io "mesh-alice": the object '
+        "has been modified; please apply your changes to the latest version and try again"
+    ) in res.stderr
     wide = await kubectl(sb, "get", "rolebinding", "-n", "billing", "-o", "wide")
     header, row = wide.check().stdout.splitlines()
     assert header.split() == ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]
