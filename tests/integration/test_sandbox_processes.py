@@ -422,3 +422,26 @@ async def test_failing_startup_probe_restarts_the_container(
     messages = {e["message"] for e in sb.store.iter(EVENTS, NAMESPACE)}
     assert "Startup probe failed: dial tcp " in " ".join(messages)
     assert "Container agent failed startup probe, will be restarted" in messages
+
+
+async def test_pod_waits_for_its_service_account(sandbox_factory: SandboxFactory) -> None:
+    sb = await sandbox_factory(EMPTY, wait_ready=False)
+    sb.apply([agent_deployment(readinessProbe=PROBE)])
+    (pod,) = await sb.wait_for(lambda: sb.pods(NAMESPACE), what="the pod")
+    await sb.wait_for(
+        lambda: (
+            (container_status(sb, pod).get("state", {}).get("waiting") or {}).get("reason")
+            == "ContainerCreating"
+        ),
+        what="the container waiting for its service account token",
+    )
+    out = (await kubectl(sb, "get", "pods", "-n", NAMESPACE)).check().stdout
+    assert out.splitlines()[1].split()[1:3] == ["0/1", "ContainerCreating"]
+    messages = {e["message"] for e in sb.store.iter(EVENTS, NAMESPACE)}
+    assert any(
+        m.startswith('MountVolume.SetUp failed for volume "kube-api-access-')
+        and m.endswith(': serviceaccount "mesh-agent" not found')
+        for m in messages
+    )
+    sb.apply(RBAC[:1])  # the account appears: the kubelet mounts it and starts the container
+    await sb.wait_all_ready(60)
