@@ -74,6 +74,23 @@ class Deployment:
     downstream: str | None = None
     propagate_headers: tuple[str, ...] = DEFAULT_PROPAGATED
     downstream_keepalive: bool = False
+    # Container and pod spec keys given as is (image, command, args, env, probes;
+    # serviceAccountName): a localmesh image runs its command as a process.
+    container: tuple[tuple[str, Any], ...] = ()
+    pod: tuple[tuple[str, Any], ...] = ()
+
+
+# Scenario keys copied into the container / pod spec, with the type each must have.
+CONTAINER_KEYS: dict[str, type] = {
+    "image": str,
+    "command": list,
+    "args": list,
+    "env": list,
+    "startupProbe": dict,
+    "readinessProbe": dict,
+    "livenessProbe": dict,
+}
+POD_KEYS: dict[str, type] = {"serviceAccountName": str}
 
 
 @dataclass(frozen=True)
@@ -145,7 +162,7 @@ class Scenario:
                     "needs containerPort (a number)",
                 ):
                     ports.append(ContainerPort(p["containerPort"], str(p.get("name", ""))))
-            if not ports and workload in WORKLOADS:
+            if not ports and workload in WORKLOADS and "image" not in d:
                 ports.append(ContainerPort(default_port(workload)))
             replicas = d.get("replicas", 1)
             want(
@@ -200,6 +217,8 @@ class Scenario:
                     if isinstance(propagate, list)
                     else DEFAULT_PROPAGATED,
                     downstream_keepalive=keepalive is True,
+                    container=_spec_keys(d, CONTAINER_KEYS, where, want),
+                    pod=_spec_keys(d, POD_KEYS, where, want),
                 )
             )
         services = []
@@ -301,12 +320,27 @@ class Scenario:
         return out
 
 
+def _spec_keys(
+    d: dict[str, Any], keys: dict[str, type], where: str, want: Any
+) -> tuple[tuple[str, Any], ...]:
+    out = []
+    for key, kind in keys.items():
+        if key in d and want(
+            isinstance(d[key], kind), f"{where}.{key}", f"must be a {kind.__name__}"
+        ):
+            out.append((key, copy.deepcopy(d[key])))
+    return tuple(out)
+
+
 def deployment_manifest(d: Deployment) -> dict[str, Any]:
     labels = dict(d.labels)
     pod_meta: dict[str, Any] = {"labels": labels}
     if d.ready_delay is not None:
         pod_meta["annotations"] = {READY_DELAY_ANNOTATION: str(d.ready_delay)}
     container: dict[str, Any] = {"name": d.workload, "image": image_for(d.workload)}
+    if dict(d.container).get("image"):
+        container["name"] = d.name
+    container.update(copy.deepcopy(dict(d.container)))
     container["ports"] = [
         {
             "containerPort": p.container_port,
@@ -316,7 +350,8 @@ def deployment_manifest(d: Deployment) -> dict[str, Any]:
         for p in d.ports
     ]
     if d.workload == "frontend" and d.downstream:
-        container["env"] = [
+        container["env"] = [  # after any env the scenario gives
+            *container.get("env", []),
             {"name": DOWNSTREAM_ENV, "value": d.downstream},
             {"name": PROPAGATE_ENV, "value": ",".join(d.propagate_headers)},
             {"name": KEEPALIVE_ENV, "value": "true" if d.downstream_keepalive else "false"},
@@ -328,7 +363,10 @@ def deployment_manifest(d: Deployment) -> dict[str, Any]:
         "spec": {
             "replicas": d.replicas,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": pod_meta, "spec": {"containers": [container]}},
+            "template": {
+                "metadata": pod_meta,
+                "spec": {**copy.deepcopy(dict(d.pod)), "containers": [container]},
+            },
         },
     }
 
