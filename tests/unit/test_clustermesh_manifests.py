@@ -34,7 +34,7 @@ POD: dict[str, Any] = {
 
 
 def round_trip(obj: dict[str, Any], model: str) -> Any:
-    api = k8s_client.ApiClient()
+    api: Any = k8s_client.ApiClient()
     typed = api._ApiClient__deserialize(copy.deepcopy(obj), model)
     return api.sanitize_for_serialization(typed)
 
