@@ -135,5 +135,13 @@ async def test_generate_name_and_scenario_ready_delay(sandbox_factory: SandboxFa
         },
     )
     assert made["metadata"]["name"].startswith("job-") and len(made["metadata"]["name"]) == 9
-    # An image that is no sandbox workload still runs (nothing listens).
-    await sb.wait_for(lambda: sb.ready_pod("s", made["metadata"]["name"]), what="job pod")
+    # An image the sandbox cannot run is never pulled, as with a wrong image name.
+
+    def waiting_reason() -> str | None:
+        pod = sb.store.peek(PODS, "s", made["metadata"]["name"]) or {}
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        reason = (statuses[0].get("state", {}).get("waiting") or {}).get("reason")
+        return reason if reason in ("ErrImagePull", "ImagePullBackOff") else None
+
+    await sb.wait_for(waiting_reason, what="the job pod to fail pulling busybox")
+    assert sb.store.get(PODS, "s", made["metadata"]["name"])["status"]["phase"] == "Pending"

@@ -53,9 +53,15 @@ async def test_describe_pod(sandbox: Sandbox) -> None:
     pod = sandbox.pods("users")[0]
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
     res = (await kubectl(sandbox, "describe", "pod", name, "-n", "users")).check()
-    assert f"Name:         {name}" in res.stdout
-    assert f"IP:           {ip}" in res.stdout
-    assert "Controlled By:  Deployment/users-api" in res.stdout
+    fields = {
+        k.strip(): v.strip()
+        for k, _, v in (
+            line.partition(":") for line in res.stdout.splitlines() if not line.startswith(" ")
+        )
+    }
+    assert fields["Name"] == name and fields["IP"] == ip
+    assert fields["Service Account"] == "default"
+    assert fields["Controlled By"] == f"ReplicaSet/{name.rsplit('-', 1)[0]}"
     assert "50051/TCP" in res.stdout
     ready = next(line for line in res.stdout.splitlines() if line.strip().startswith("Ready "))
     assert ready.split() == ["Ready", "True"]

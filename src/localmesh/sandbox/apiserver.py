@@ -15,9 +15,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from localmesh.sandbox import errors, openapi, protowire, resources, tables
+from localmesh.sandbox import errors, openapi, protowire, rbac, resources, tables
 from localmesh.sandbox.cluster import Cluster
-from localmesh.sandbox.resources import BY_PATH, DEPLOYMENTS, PODS, ResourceType
+from localmesh.sandbox.rbac import Attributes, Identities, User
+from localmesh.sandbox.resources import BY_PATH, PODS, ResourceType
 from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
 from localmesh.sandbox.store import Watcher
 
@@ -25,7 +26,7 @@ log = structlog.get_logger(__name__)
 
 # Paths anyone may read, as with the system:public-info-viewer role of a real cluster.
 PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez"})
-WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ANONYMOUS = User("system:anonymous", ("system:unauthenticated",))
 _STOP: tuple[str, dict[str, Any]] = ("_STOP", {})  # queued to end a watch on shutdown
 
 
@@ -71,14 +72,18 @@ class ApiServer:
         *,
         tokens: dict[str, str],
         readonly_tokens: dict[str, str] | None = None,
+        identities: Identities | None = None,
         kube_version: str = "1.32",
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cluster = cluster
-        self.tokens = tokens
-        self.readonly_tokens = readonly_tokens or {}
+        self.identities = identities or Identities(cluster.store)
+        for token, name in tokens.items():
+            self.identities.add_static(token, User(name, (rbac.MASTERS, rbac.AUTHENTICATED)))
+        for token, name in (readonly_tokens or {}).items():
+            self.identities.add_static(token, User(name, (rbac.AUTHENTICATED,), read_only=True))
         self.kube_version = kube_version
         self.host = host
         self.port = port
@@ -143,31 +148,43 @@ class ApiServer:
         except errors.ApiError as err:
             return status_response(err)
 
-    def _authenticate(self, request: web.Request, path: str) -> str:
+    def _authenticate(self, request: web.Request, path: str) -> User:
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        if token in self.tokens:
-            return self.tokens[token]
-        if token in self.readonly_tokens:
-            user = self.readonly_tokens[token]
-            if request.method in WRITE_VERBS and not path.endswith(
-                f"/{resources.SELF_SUBJECT_ACCESS_REVIEWS}"
-            ):
-                route = self._route(path)
-                verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[
-                    request.method
-                ]
-                if route is None:
-                    raise errors.ApiError(403, "Forbidden", f'User "{user}" cannot {verb} {path}')
-                raise errors.forbidden(
-                    user, verb, route.rtype.plural, route.namespace, route.rtype.group
-                )
-            return user
-        if path in PUBLIC_PATHS:
-            return "system:anonymous"
-        raise errors.unauthorized()
+        user = self.identities.authenticate(token)
+        if user is None:
+            if path in PUBLIC_PATHS:
+                return ANONYMOUS
+            raise errors.unauthorized()
+        as_user = request.headers.get("Impersonate-User")
+        if as_user:
+            user = rbac.impersonate(user, as_user, request.headers.getall("Impersonate-Group", []))
+        return user
 
-    async def _serve(self, request: web.Request, path: str, user: str) -> web.StreamResponse:
+    @staticmethod
+    def _attributes(request: web.Request, route: Route) -> Attributes:
+        """The RBAC verb and resource of a request, as the API server's request info has it."""
+        method, name = request.method, route.name
+        if method == "GET":
+            if name is None:
+                watch = request.query.get("watch") in ("1", "true", "True")
+                verb = "watch" if watch else "list"
+            else:
+                verb = "get"
+        elif method == "DELETE":
+            verb = "delete" if name is not None else "deletecollection"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+        return Attributes(
+            verb,
+            route.rtype.group,
+            route.rtype.plural,
+            route.namespace,
+            name,
+            route.subresource,
+        )
+
+    async def _serve(self, request: web.Request, path: str, user: User) -> web.StreamResponse:
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
         if path == "/version":
@@ -176,6 +193,10 @@ class ApiServer:
             return _json(resources.api_versions(f"{self.host}:{self.port}"))
         if path == "/apis":
             return _json(resources.api_group_list())
+        if path == "/openapi/v2":
+            # An empty protobuf Document: kubectl before 1.28 fetches it for `apply` and
+            # then uses the schemas compiled into it.
+            return web.Response(body=b"", content_type=openapi.V2_PROTOBUF)
         if path == "/openapi/v3":
             return _json(openapi.root())
         if path.startswith("/openapi/v3/"):
@@ -195,17 +216,19 @@ class ApiServer:
             found = resources.resource_list(parts[1], parts[2])
             if found is not None:
                 return _json(found)
-        if (
-            path
-            == f"/apis/{resources.AUTHORIZATION_GROUP}/v1/{resources.SELF_SUBJECT_ACCESS_REVIEWS}"
-        ):
-            return await self._access_review(request, user)
+        review = resources.SELF_REVIEWS.get(path)
+        if review is not None:
+            return await self._self_review(request, user, review)
         route = self._route(path)
         if route is None:
             self.unknown_paths.append(f"{request.method} {request.path_qs}")
             raise errors.ApiError(
                 404, "NotFound", "the server could not find the requested resource"
             )
+        attrs = self._attributes(request, route)
+        allowed, _ = rbac.authorize(self.cluster.store, user, attrs)
+        if not allowed:
+            raise rbac.forbidden(user, attrs)
         return await self._resource(request, route)
 
     def _version(self) -> dict[str, Any]:
@@ -249,27 +272,69 @@ class ApiServer:
             return None
         return Route(rtype, namespace, name, sub)
 
-    async def _access_review(self, request: web.Request, user: str) -> web.Response:
+    async def _self_review(self, request: web.Request, user: User, kind: str) -> web.Response:
+        """SelfSubjectAccessReview (`kubectl auth can-i`), SelfSubjectRulesReview
+        (`can-i --list`) and SelfSubjectReview (`kubectl auth whoami`)."""
         if request.method != "POST":
             raise errors.method_not_allowed()
-        if "protobuf" in request.headers.get("Content-Type", ""):
-            try:
-                review = protowire.access_review(await request.read())
-            except ValueError as exc:
-                raise errors.bad_request(f"cannot decode the review: {exc}") from None
-        else:
-            review = await self._body(request)
-        if not isinstance(review, dict):
-            raise errors.bad_request("the request body must be a JSON object")
+        review = await self._review_body(request, kind)
         spec = review.get("spec") or {}
-        attrs = spec.get("resourceAttributes") or spec.get("nonResourceAttributes") or {}
-        verb = attrs.get("verb", "")
-        readonly = user in self.readonly_tokens.values()
-        allowed = not readonly or verb in ("get", "list", "watch")
-        review["status"] = {"allowed": allowed}
-        if not allowed:
-            review["status"]["reason"] = f'user "{user}" may only read'
+        if kind == "SelfSubjectReview":
+            review["status"] = {"userInfo": {"username": user.name, "groups": list(user.groups)}}
+            if user.uid:
+                review["status"]["userInfo"]["uid"] = user.uid
+        elif kind == "SelfSubjectRulesReview":
+            rules = rbac.rules_for(self.cluster.store, user, spec.get("namespace") or "default")
+            review["status"] = {
+                "resourceRules": rules,
+                "nonResourceRules": [
+                    {"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*"]}
+                ],
+                "incomplete": False,
+            }
+        else:
+            attrs = spec.get("resourceAttributes")
+            if attrs:
+                allowed, reason = rbac.authorize(
+                    self.cluster.store,
+                    user,
+                    Attributes(
+                        attrs.get("verb", ""),
+                        attrs.get("group", ""),
+                        attrs.get("resource", ""),
+                        attrs.get("namespace") or None,
+                        attrs.get("name") or None,
+                        attrs.get("subresource") or None,
+                    ),
+                )
+            else:
+                non_resource = spec.get("nonResourceAttributes") or {}
+                allowed = user.is_admin or non_resource.get("verb") == "get"
+                reason = ""
+            review["status"] = {"allowed": allowed, **({"reason": reason} if reason else {})}
         return _json(review, 201)
+
+    async def _review_body(self, request: web.Request, kind: str) -> dict[str, Any]:
+        group = (
+            resources.AUTHENTICATION_GROUP
+            if kind == "SelfSubjectReview"
+            else (resources.AUTHORIZATION_GROUP)
+        )
+        base: dict[str, Any] = {"kind": kind, "apiVersion": f"{group}/v1", "metadata": {}}
+        if "protobuf" not in request.headers.get("Content-Type", ""):
+            body = await self._body(request, optional=True)
+            if body is not None and not isinstance(body, dict):
+                raise errors.bad_request("the request body must be a JSON object")
+            return {**base, **(body or {})}
+        raw = await request.read()
+        try:
+            if kind == "SelfSubjectAccessReview":
+                return protowire.access_review(raw)
+            if kind == "SelfSubjectRulesReview":
+                return {**base, "spec": {"namespace": _rules_review_namespace(raw)}}
+        except ValueError as exc:
+            raise errors.bad_request(f"cannot decode the review: {exc}") from None
+        return base
 
     # ---- resources -----------------------------------------------------------------------
     async def _resource(self, request: web.Request, route: Route) -> web.StreamResponse:
@@ -309,10 +374,11 @@ class ApiServer:
                 )
             raise errors.method_not_allowed()
         if sub == "log":
-            rt = cluster.kubelet.runtime(ns or "", name)
-            return web.Response(text="".join(f"{line}\n" for line in rt.logs))
+            return self._logs(request, ns or "", name)
         if sub == "scale":
-            return await self._scale(request, ns or "", name)
+            return await self._scale(request, rtype, ns or "", name)
+        if sub == "token":
+            return await self._token_request(request, ns or "", name)
         if method == "GET":
             obj = cluster.store.get(rtype, ns, name)
             return self._object_response(request, rtype, obj)
@@ -343,6 +409,19 @@ class ApiServer:
                 return _json(obj)
             return _json(_success(rtype, obj))
         raise errors.method_not_allowed()
+
+    def _logs(self, request: web.Request, ns: str, name: str) -> web.Response:
+        """`kubectl logs` (container, previous, timestamps, tailLines)."""
+        q = request.query
+        lines = self.cluster.kubelet.logs(
+            ns, name, q.get("container"), q.get("previous") in ("1", "true", "True")
+        )
+        tail = q.get("tailLines")
+        if tail is not None and tail.isdigit():
+            lines = lines[-int(tail) :] if int(tail) else []
+        stamps = q.get("timestamps") in ("1", "true", "True")
+        text = "".join(f"{ts} {line}\n" if stamps else f"{line}\n" for ts, line in lines)
+        return web.Response(text=text)
 
     @staticmethod
     def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:
@@ -417,11 +496,13 @@ class ApiServer:
             }
         )
 
-    async def _scale(self, request: web.Request, ns: str, name: str) -> web.Response:
+    async def _scale(
+        self, request: web.Request, rtype: ResourceType, ns: str, name: str
+    ) -> web.Response:
         cluster = self.cluster
         if request.method in ("PUT", "PATCH"):
             body = await self._body(request)
-            current = self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name))
+            current = self._scale_of(cluster.store.get(rtype, ns, name))
             if request.method == "PATCH":
                 from localmesh.sandbox.patch import apply_patch
 
@@ -432,13 +513,54 @@ class ApiServer:
                     "Scale", name, [("spec.replicas", "Invalid value")], "autoscaling"
                 )
             cluster.patch(
-                DEPLOYMENTS,
-                ns,
-                name,
-                "application/merge-patch+json",
-                {"spec": {"replicas": replicas}},
+                rtype, ns, name, "application/merge-patch+json", {"spec": {"replicas": replicas}}
             )
-        return _json(self._scale_of(cluster.store.get(DEPLOYMENTS, ns, name)))
+        return _json(self._scale_of(cluster.store.get(rtype, ns, name)))
+
+    async def _token_request(self, request: web.Request, ns: str, name: str) -> web.Response:
+        """TokenRequest (`kubectl create token`): a token for the service account."""
+        if request.method != "POST":
+            raise errors.method_not_allowed()
+        if "protobuf" in request.headers.get("Content-Type", ""):
+            try:
+                spec: dict[str, Any] = _token_request_spec(await request.read())
+            except ValueError as exc:
+                raise errors.bad_request(f"cannot decode the token request: {exc}") from None
+        else:
+            body = await self._body(request, optional=True) or {}
+            spec = dict(body.get("spec") or {})
+        seconds = spec.get("expirationSeconds") or rbac.DEFAULT_TOKEN_SECONDS
+        if not isinstance(seconds, int) or seconds < 600:
+            raise errors.invalid(
+                "TokenRequest",
+                name,
+                [
+                    (
+                        "spec.expirationSeconds",
+                        "Invalid value: may not specify a duration less than 10 minutes",
+                    )
+                ],
+                resources.AUTHENTICATION_GROUP,
+            )
+        token, expires = self.identities.issue(ns, name, seconds, spec.get("audiences"))
+        spec["expirationSeconds"] = seconds
+        spec.setdefault("audiences", [rbac.ISSUER])
+        spec.setdefault("boundObjectRef", None)
+        return _json(
+            {
+                "kind": "TokenRequest",
+                "apiVersion": f"{resources.AUTHENTICATION_GROUP}/v1",
+                "metadata": {"name": name, "namespace": ns, "creationTimestamp": None},
+                "spec": spec,
+                "status": {
+                    "token": token,
+                    "expirationTimestamp": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)
+                    ),
+                },
+            },
+            201,
+        )
 
     @staticmethod
     def _scale_of(deploy: dict[str, Any]) -> dict[str, Any]:
@@ -571,6 +693,28 @@ class ApiServer:
             request, status["podIP"], idle_timeout=self.cluster.faults.portforward_idle_timeout
         )
         return response
+
+
+def _rules_review_namespace(body: bytes) -> str:
+    """spec.namespace of a SelfSubjectRulesReview in protobuf (Unknown.raw -> review -> spec)."""
+    if not body.startswith(protowire.MAGIC):
+        raise ValueError("not a Kubernetes protobuf body")
+    unknown = protowire.fields(body[len(protowire.MAGIC) :])
+    review = protowire.fields(unknown.get(2, [b""])[0])
+    spec = protowire.fields(review.get(2, [b""])[0])
+    return spec.get(1, [b""])[0].decode()
+
+
+def _token_request_spec(body: bytes) -> dict[str, Any]:
+    """The audiences of a TokenRequest in protobuf (kubectl >= 1.32 `create token`);
+    a requested duration is a varint field, which the sandbox reads as the default."""
+    if not body.startswith(protowire.MAGIC):
+        raise ValueError("not a Kubernetes protobuf body")
+    unknown = protowire.fields(body[len(protowire.MAGIC) :])
+    request = protowire.fields(unknown.get(2, [b""])[0])
+    spec = protowire.fields(request.get(2, [b""])[0])
+    audiences = [a.decode() for a in spec.get(1, [])]
+    return {"audiences": audiences} if audiences else {}
 
 
 def _list_key(obj: dict[str, Any]) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from localmesh.sandbox.controllers import Controllers
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.ips import ServiceIPAllocator
 from localmesh.sandbox.kubelet import NODE_NAME, Kubelet
-from localmesh.sandbox.objects import prepare_create, validate_update
+from localmesh.sandbox.objects import prepare_create, validate_change, validate_update
 from localmesh.sandbox.patch import apply_patch
 from localmesh.sandbox.resources import (
     DEPLOYMENTS,
@@ -24,6 +24,7 @@ from localmesh.sandbox.resources import (
     NAMESPACES,
     NODES,
     PODS,
+    REPLICASETS,
     TYPES,
     ResourceType,
 )
@@ -182,6 +183,7 @@ class Cluster:
         elif rtype.has_status:
             obj["status"] = copy.deepcopy(current.get("status", {}))
         validate_update(rtype, obj)
+        validate_change(rtype, current, obj)
         if rtype is PODS:
             self._check_pod_update(current, obj)
         return self.store.update(rtype, obj, check_version=check_version)
@@ -261,7 +263,7 @@ class Cluster:
 
     def collect_garbage(self, owner_uid: str) -> None:
         """Delete what the removed object owned (pods of a deployment, slices of a service)."""
-        for rtype in (PODS, ENDPOINTSLICES, DEPLOYMENTS):
+        for rtype in (PODS, ENDPOINTSLICES, REPLICASETS, DEPLOYMENTS):
             for obj in list(self.store.iter(rtype)):
                 refs = obj["metadata"].get("ownerReferences", [])
                 if any(r.get("uid") == owner_uid for r in refs):

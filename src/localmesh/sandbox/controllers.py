@@ -1,4 +1,5 @@
-"""The controllers the sandbox runs: deployment replicas and service endpoints.
+"""The controllers the sandbox runs: deployments (through replica sets), service
+endpoints and every namespace's default service account.
 
 Both are level-triggered: store events mark objects dirty and one flush per event-loop
 turn recomputes them, writing only what changed.
@@ -19,7 +20,10 @@ from localmesh.sandbox.resources import (
     DEPLOYMENTS,
     ENDPOINTS,
     ENDPOINTSLICES,
+    NAMESPACES,
     PODS,
+    REPLICASETS,
+    SERVICEACCOUNTS,
     SERVICES,
 )
 from localmesh.sandbox.selectors import LabelSelector, Requirement
@@ -33,6 +37,18 @@ MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 MIRROR_CONTROLLER = "endpointslicemirroring-controller.k8s.io"
 TEMPLATE_HASH_LABEL = "pod-template-hash"
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+
+
+def _controller_ref(kind: str, api_version: str, owner: Obj) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def deployment_selector(deploy: Obj) -> LabelSelector:
@@ -68,6 +84,8 @@ class Controllers:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._dirty_deployments: set[tuple[str, str]] = set()
+        self._dirty_replicasets: set[tuple[str, str]] = set()
+        self._new_namespaces: set[str] = set()
         self._dirty_services: set[tuple[str, str]] = set()
         self._orphaned: set[str] = set()  # uids of deleted owners
         self._selector_index: dict[tuple[str, str, str], set[str]] = {}
@@ -81,11 +99,21 @@ class Controllers:
     def on_event(self, ev: StoredEvent) -> None:
         ns = ev.obj["metadata"].get("namespace", "")
         name = ev.obj["metadata"]["name"]
-        if ev.rtype is DEPLOYMENTS:
+        if ev.rtype is DEPLOYMENTS or ev.rtype is REPLICASETS:
             if ev.type == "DELETED":
                 self._orphaned.add(ev.obj["metadata"]["uid"])
-            else:
+            elif ev.rtype is DEPLOYMENTS:
                 self._dirty_deployments.add((ns, name))
+            else:
+                self._dirty_replicasets.add((ns, name))
+            if ev.rtype is REPLICASETS:
+                self._dirty_deployments.update(self._owners(ev.obj, DEPLOYMENTS.kind))
+        elif ev.rtype is NAMESPACES:
+            if ev.type == "ADDED":
+                self._new_namespaces.add(name)
+        elif ev.rtype is SERVICEACCOUNTS:
+            if ev.type == "DELETED" and name == "default":
+                self._new_namespaces.add(ns)  # the controller puts it back
         elif ev.rtype is SERVICES:
             self._index_selector(ev.old, add=False)
             if ev.type != "DELETED":
@@ -96,9 +124,7 @@ class Controllers:
             if svc is not None and not svc["spec"].get("selector"):
                 self._dirty_services.add((ns, name))  # mirror manual endpoints to slices
         elif ev.rtype is PODS:
-            for ref in ev.obj["metadata"].get("ownerReferences", []):
-                if ref.get("kind") == "Deployment":
-                    self._dirty_deployments.add((ns, ref["name"]))
+            self._dirty_replicasets.update(self._owners(ev.obj, REPLICASETS.kind))
             labels = [ev.obj["metadata"].get("labels") or {}]
             if ev.old is not None and ev.old["metadata"].get("labels") != labels[0]:
                 labels.append(ev.old["metadata"].get("labels") or {})
@@ -108,7 +134,11 @@ class Controllers:
         else:
             return
         if not self._scheduled and (
-            self._dirty_deployments or self._dirty_services or self._orphaned
+            self._dirty_deployments
+            or self._dirty_replicasets
+            or self._dirty_services
+            or self._orphaned
+            or self._new_namespaces
         ):
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -118,12 +148,38 @@ class Controllers:
         orphaned, self._orphaned = self._orphaned, set()
         for uid in orphaned:
             self.cluster.collect_garbage(uid)
+        namespaces, self._new_namespaces = self._new_namespaces, set()
+        for ns in sorted(namespaces):
+            self._default_service_account(ns)
         deployments, self._dirty_deployments = self._dirty_deployments, set()
         for ns, name in sorted(deployments):
             self._reconcile_deployment(ns, name)
+        replicasets, self._dirty_replicasets = self._dirty_replicasets, set()
+        for ns, name in sorted(replicasets):
+            self._reconcile_replicaset(ns, name)
         services, self._dirty_services = self._dirty_services, set()
         for ns, name in sorted(services):
             self._reconcile_service(ns, name)
+
+    @staticmethod
+    def _owners(obj: Obj, kind: str) -> list[tuple[str, str]]:
+        ns = obj["metadata"].get("namespace", "")
+        return [
+            (ns, ref["name"])
+            for ref in obj["metadata"].get("ownerReferences", [])
+            if ref.get("kind") == kind
+        ]
+
+    def _default_service_account(self, ns: str) -> None:
+        """Every namespace has a `default` ServiceAccount (the service account controller)."""
+        namespace = self.store.peek(NAMESPACES, None, ns)
+        if namespace is None or namespace["metadata"].get("deletionTimestamp"):
+            return
+        if self.store.peek(SERVICEACCOUNTS, ns, "default") is None:
+            with contextlib.suppress(errors.ApiError):
+                self.store.create(
+                    SERVICEACCOUNTS, {"metadata": {"name": "default", "namespace": ns}}
+                )
 
     def _index_selector(self, svc: Obj | None, add: bool) -> None:
         if svc is None:
@@ -149,75 +205,165 @@ class Controllers:
                 out.add(name)
         return out
 
-    # ---- deployments ---------------------------------------------------------------------
+    # ---- deployments and replica sets ---------------------------------------------------
     def _reconcile_deployment(self, ns: str, name: str) -> None:
+        """One ReplicaSet per pod template: the current one runs `replicas` pods, older
+        ones are scaled to 0 (kept, as `kubectl rollout history` reads them)."""
         deploy = self.store.peek(DEPLOYMENTS, ns, name)
         if deploy is None:
             return
         uid = deploy["metadata"]["uid"]
         want_hash = template_hash(deploy)
-        match = (deploy["spec"].get("selector") or {}).get("matchLabels") or {}
-        owned = [p for p in self.store.select(PODS, ns, match) if _owned_by(p, uid)]
-        active = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
-        current = [
-            p
-            for p in active
-            if p["metadata"].get("labels", {}).get(TEMPLATE_HASH_LABEL) == want_hash
-        ]
-        stale = [p for p in active if p not in current]
-        for pod in stale:
-            self.cluster.delete(PODS, ns, pod["metadata"]["name"])
         replicas = int(deploy["spec"].get("replicas", 1))
-        if len(current) < replicas:
-            for _ in range(replicas - len(current)):
-                current.append(self._create_pod(deploy, want_hash))
-        elif len(current) > replicas:
+        owned = [rs for rs in self.store.iter(REPLICASETS, ns) if _owned_by(rs, uid)]
+        current = next(
+            (
+                rs
+                for rs in owned
+                if rs["metadata"].get("labels", {}).get(TEMPLATE_HASH_LABEL) == want_hash
+            ),
+            None,
+        )
+        revision = 1 + max(
+            (
+                int(rs["metadata"].get("annotations", {}).get(REVISION_ANNOTATION, "0"))
+                for rs in owned
+            ),
+            default=0,
+        )
+        if current is None:
+            current = self._create_replicaset(deploy, want_hash, replicas, revision)
+        elif current["spec"].get("replicas") != replicas:
+            self._set_replicas(current, replicas)
+        for rs in owned:
+            if rs["metadata"]["uid"] != current["metadata"]["uid"] and rs["spec"].get("replicas"):
+                self._set_replicas(rs, 0)
+        pods = [
+            p
+            for rs in owned + ([current] if current not in owned else [])
+            for p in self._pods_of(rs)
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        updated = [p for p in pods if _owned_by(p, current["metadata"]["uid"])]
+        self._update_deployment_status(deploy, pods, len(updated))
+
+    def _create_replicaset(self, deploy: Obj, pod_hash: str, replicas: int, revision: int) -> Obj:
+        template = copy.deepcopy(deploy["spec"].get("template", {}))
+        tmeta = template.setdefault("metadata", {})
+        tmeta["labels"] = {**(tmeta.get("labels") or {}), TEMPLATE_HASH_LABEL: pod_hash}
+        selector = copy.deepcopy(deploy["spec"].get("selector") or {})
+        selector["matchLabels"] = {
+            **(selector.get("matchLabels") or {}),
+            TEMPLATE_HASH_LABEL: pod_hash,
+        }
+        dname = deploy["metadata"]["name"]
+        body = {
+            "metadata": {
+                "name": f"{dname}-{pod_hash}",
+                "namespace": deploy["metadata"]["namespace"],
+                "labels": dict(tmeta["labels"]),
+                "annotations": {
+                    REVISION_ANNOTATION: str(revision),
+                    "deployment.kubernetes.io/desired-replicas": str(replicas),
+                },
+                "ownerReferences": [_controller_ref(DEPLOYMENTS.kind, "apps/v1", deploy)],
+            },
+            "spec": {"replicas": replicas, "selector": selector, "template": template},
+        }
+        try:
+            return self.cluster.create(REPLICASETS, body)
+        except errors.ApiError:
+            # A leftover of the same name (say, owned by a deleted deployment): adopt it.
+            old = self.store.get(
+                REPLICASETS, body["metadata"]["namespace"], body["metadata"]["name"]
+            )
+            old["metadata"]["ownerReferences"] = body["metadata"]["ownerReferences"]
+            old["spec"]["replicas"] = replicas
+            adopted: Obj = self.store.update(REPLICASETS, old, check_version=False)
+            return adopted
+
+    def _set_replicas(self, rs: Obj, replicas: int) -> None:
+        new = copy.deepcopy(rs)
+        new["spec"]["replicas"] = replicas
+        new["metadata"].setdefault("annotations", {})[
+            "deployment.kubernetes.io/desired-replicas"
+        ] = str(replicas)
+        with contextlib.suppress(errors.ApiError):
+            self.cluster.replace(
+                REPLICASETS,
+                rs["metadata"]["namespace"],
+                rs["metadata"]["name"],
+                new,
+                check_version=False,
+            )
+
+    def _pods_of(self, rs: Obj) -> list[Obj]:
+        match = (rs["spec"].get("selector") or {}).get("matchLabels") or {}
+        ns = rs["metadata"]["namespace"]
+        return [
+            p for p in self.store.select(PODS, ns, match) if _owned_by(p, rs["metadata"]["uid"])
+        ]
+
+    def _reconcile_replicaset(self, ns: str, name: str) -> None:
+        rs = self.store.peek(REPLICASETS, ns, name)
+        if rs is None:
+            return
+        active = [p for p in self._pods_of(rs) if not p["metadata"].get("deletionTimestamp")]
+        replicas = int(rs["spec"].get("replicas", 1))
+        if len(active) < replicas:
+            for _ in range(replicas - len(active)):
+                active.append(self._create_pod(rs))
+        elif len(active) > replicas:
             # Scale down the unready and youngest pods first, as the ReplicaSet controller does.
             youngest_first = sorted(
-                current, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True
+                active, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True
             )
             order = sorted(youngest_first, key=_pod_ready)  # stable: unready ones first
-            for pod in order[: len(current) - replicas]:
+            for pod in order[: len(active) - replicas]:
                 self.cluster.delete(PODS, ns, pod["metadata"]["name"])
-                current.remove(pod)
-        self._update_deployment_status(deploy, current)
+                active.remove(pod)
+        ready = sum(1 for p in active if _pod_ready(p))
+        status: dict[str, Any] = {
+            "replicas": len(active),
+            "fullyLabeledReplicas": len(active),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": rs["metadata"].get("generation", 1),
+        }
+        if not ready:
+            del status["readyReplicas"], status["availableReplicas"]
+        if rs.get("status") != status:
+            new = copy.deepcopy(rs)
+            new["status"] = status
+            with contextlib.suppress(errors.ApiError):
+                self.store.update(REPLICASETS, new, check_version=False)
 
-    def _create_pod(self, deploy: Obj, pod_hash: str) -> Obj:
-        template = copy.deepcopy(deploy["spec"].get("template", {}))
+    def _create_pod(self, rs: Obj) -> Obj:
+        template = copy.deepcopy(rs["spec"].get("template", {}))
         md = template.get("metadata") or {}
-        ns = deploy["metadata"]["namespace"]
-        dname = deploy["metadata"]["name"]
-        labels = {**(md.get("labels") or {}), TEMPLATE_HASH_LABEL: pod_hash}
+        ns = rs["metadata"]["namespace"]
+        rs_name = rs["metadata"]["name"]
         pod_meta: dict[str, Any] = {
             "namespace": ns,
-            "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": DEPLOYMENTS.api_version,
-                    "kind": "Deployment",
-                    "name": dname,
-                    "uid": deploy["metadata"]["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "labels": dict(md.get("labels") or {}),
+            "ownerReferences": [_controller_ref(REPLICASETS.kind, "apps/v1", rs)],
         }
         if md.get("annotations"):
             pod_meta["annotations"] = dict(md["annotations"])
         while True:
-            pod_meta["name"] = f"{dname}-{pod_hash}-{random_suffix()}"
+            pod_meta["name"] = f"{rs_name}-{random_suffix()}"
             if self.store.peek(PODS, ns, pod_meta["name"]) is None:
                 break
         obj = {"metadata": pod_meta, "spec": template.get("spec") or {}}
         return self.cluster.create(PODS, obj)
 
-    def _update_deployment_status(self, deploy: Obj, pods: list[Obj]) -> None:
+    def _update_deployment_status(self, deploy: Obj, pods: list[Obj], updated: int) -> None:
         ready = sum(1 for p in pods if _pod_ready(p))
         replicas = int(deploy["spec"].get("replicas", 1))
         status: dict[str, Any] = {
             "observedGeneration": deploy["metadata"].get("generation", 1),
             "replicas": len(pods),
-            "updatedReplicas": len(pods),
+            "updatedReplicas": updated,
             "readyReplicas": ready,
             "availableReplicas": ready,
         }

@@ -23,6 +23,9 @@ class Faults:
         self.termination_delay: float = 0.0
         # Seconds between BOOKMARK events on watches that asked for them.
         self.bookmark_interval: float = 1.0
+        # First back-off (s) of a crashing container or a failing image pull; it doubles
+        # up to 300 s, as the kubelet's does.
+        self.backoff_base: float = 10.0
         self._restart_apiserver: Callable[[float], Awaitable[None]] | None = None
 
     def set_ready(self, namespace: str, pod: str, ready: bool | None) -> None:

@@ -1,9 +1,17 @@
-"""Runs pods: gives each its loopback IP, starts its containers' servers, reports status.
+"""Runs pods: gives each its loopback IP, starts its containers, reports status.
 
-A pod is Running once its listeners are bound and Ready after its ready delay (annotation
-`sandbox.localmesh.dev/ready-delay`, else the cluster default), unless a fault forces it
-unready. A deleted pod keeps serving for the termination delay (its endpoints show it
-terminating, as the real kubelet keeps probing a terminating pod).
+Each container is one of three kinds, by its image:
+- a built-in workload (`localmesh.dev/sandbox/<workload>`): a server in this process;
+- localmesh's own image (`localmesh:*`, `*/localmesh:*`): its command runs as a real
+  subprocess (see processes.py), restarted with CrashLoopBackOff as a kubelet does, its
+  readiness and liveness probes honoured;
+- anything else: the image cannot be pulled (ErrImagePull, then ImagePullBackOff).
+
+A pod is Running once its containers started and Ready when all are ready and its ready
+delay (annotation `sandbox.localmesh.dev/ready-delay`, else the cluster default) passed,
+unless a fault forces it unready. A deleted pod keeps serving for the termination delay
+(its endpoints show it terminating, as the real kubelet keeps probing a terminating pod);
+its processes get SIGTERM at once and SIGKILL after the grace period.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import copy
 import errno
 import hashlib
+import shutil
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +30,19 @@ import structlog
 
 from localmesh.sandbox import errors
 from localmesh.sandbox.ips import LoopbackAllocator
-from localmesh.sandbox.resources import PODS
+from localmesh.sandbox.probes import Probe, ProbeState, run_probe
+from localmesh.sandbox.processes import (
+    SERVICEACCOUNT_DIR_ENV,
+    TOKEN_SECONDS,
+    ContainerProcess,
+    NodeConfig,
+    StartError,
+    argv_for,
+    container_env,
+    runs_as_process,
+    write_service_account,
+)
+from localmesh.sandbox.resources import CONFIGMAPS, PODS, SERVICEACCOUNTS
 from localmesh.sandbox.store import Obj, StoredEvent, now_rfc3339
 from localmesh.sandbox.workloads import Listener, PodInfo, start_listener, workload_of_image
 
@@ -34,6 +55,39 @@ NODE_NAME = "sandbox-node"
 READY_DELAY_ANNOTATION = "sandbox.localmesh.dev/ready-delay"
 WORKLOAD_ANNOTATION = "sandbox.localmesh.dev/workload"
 _BIND_ATTEMPTS = 20
+BUILTIN, PROCESS, UNPULLABLE = "builtin", "process", "unpullable"
+MAX_BACKOFF = 300.0  # the kubelet's cap for restart and image pull back-off
+_LOG_LINES = 1000
+
+LogLine = tuple[str, str]  # (RFC 3339 time, text)
+
+
+@dataclass(eq=False)
+class ContainerRuntime:
+    """One container of a pod: its kind, state as the API shows it, restarts and logs."""
+
+    name: str
+    image: str
+    kind: str
+    spec: dict[str, Any]
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}}
+    )
+    last_state: dict[str, Any] = field(default_factory=dict)
+    restart_count: int = 0
+    started: bool = False  # has run at least once
+    ready: bool = False
+    logs: deque[LogLine] = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
+    previous: list[LogLine] | None = None
+    process: ContainerProcess | None = None
+    task: asyncio.Task[Any] | None = None
+
+    def log(self, line: str) -> None:
+        self.logs.append((now_rfc3339(), line))
+
+    @property
+    def running(self) -> bool:
+        return "running" in self.state
 
 
 @dataclass(eq=False)
@@ -50,14 +104,25 @@ class PodRuntime:
     forced_ready: bool | None = None
     terminating: bool = False
     task: asyncio.Task[Any] | None = None
-    logs: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
+    containers: dict[str, ContainerRuntime] = field(default_factory=dict)
 
     def log(self, line: str) -> None:
-        self.logs.append(f"{now_rfc3339()} {line}")
+        """A line of the built-in workloads' log (the first container's)."""
+        target = next(
+            (c for c in self.containers.values() if c.kind == BUILTIN),
+            next(iter(self.containers.values()), None),
+        )
+        if target is not None:
+            target.log(line)
 
     @property
     def ready(self) -> bool:
-        return bool(self.ip) and self.delay_elapsed and self.forced_ready is not False
+        return (
+            bool(self.ip)
+            and self.delay_elapsed
+            and self.forced_ready is not False
+            and all(c.ready for c in self.containers.values())
+        )
 
 
 def _container_id(uid: str, name: str) -> str:
@@ -70,6 +135,9 @@ class Kubelet:
         self.ips = LoopbackAllocator()
         self.runtimes: dict[str, PodRuntime] = {}  # by pod uid
         self._stopping: set[asyncio.Task[Any]] = set()
+        # Set by the sandbox: without it, localmesh-image containers cannot start.
+        self.node: NodeConfig | None = None
+        self._objects_changed = asyncio.Event()  # a service account or config map appeared
 
     # ---- lookups used by faults and the API server -------------------------------------
     def runtime(self, namespace: str, name: str) -> PodRuntime:
@@ -80,7 +148,46 @@ class Kubelet:
         return rt
 
     # ---- reacting to the store -----------------------------------------------------------
+    def logs(
+        self, namespace: str, name: str, container: str | None, previous: bool = False
+    ) -> list[LogLine]:
+        """A container's log lines (`kubectl logs`), with the API server's errors."""
+        rt = self.runtime(namespace, name)
+        if container is None:
+            if len(rt.containers) > 1:
+                names = " ".join(rt.containers)
+                raise errors.bad_request(
+                    f"a container name must be specified for pod {name}, choose one of: [{names}]"
+                )
+            c = next(iter(rt.containers.values()), None)
+        else:
+            c = rt.containers.get(container)
+        if c is None:
+            raise errors.bad_request(f"container {container} is not valid for pod {name}")
+        if previous:
+            if c.previous is None:
+                raise errors.bad_request(
+                    f'previous terminated container "{c.name}" in pod "{name}" not found'
+                )
+            return list(c.previous)
+        if not c.started:
+            reason = (c.state.get("waiting") or {}).get("reason", "ContainerCreating")
+            detail = (
+                "trying and failing to pull image"
+                if reason in ("ErrImagePull", "ImagePullBackOff")
+                else reason
+            )
+            raise errors.bad_request(
+                f'container "{c.name}" in pod "{name}" is waiting to start: {detail}'
+            )
+        return list(c.logs)
+
     def on_event(self, ev: StoredEvent) -> None:
+        if ev.rtype in (SERVICEACCOUNTS, CONFIGMAPS) or ev.rtype.plural == "secrets":
+            # Containers waiting for their service account or a referenced config map retry.
+            self._objects_changed.set()
+            self._objects_changed = asyncio.Event()
+            return
         if ev.rtype is not PODS:
             return
         uid = ev.obj["metadata"]["uid"]
@@ -103,7 +210,23 @@ class Kubelet:
                 self.cluster.tasks.spawn(self._terminate(rt), f"terminate/{rt.namespace}/{rt.name}")
 
     # ---- pod lifecycle -------------------------------------------------------------------
+    def _classify(self, pod: Obj) -> dict[str, ContainerRuntime]:
+        override = pod["metadata"].get("annotations", {}).get(WORKLOAD_ANNOTATION)
+        patterns = self.node.process_images if self.node else ()
+        out = {}
+        for c in pod["spec"].get("containers", []):
+            image = c.get("image", "")
+            if override or workload_of_image(image):
+                kind = BUILTIN
+            elif runs_as_process(image, patterns):
+                kind = PROCESS
+            else:
+                kind = UNPULLABLE
+            out[c["name"]] = ContainerRuntime(c["name"], image, kind, c)
+        return out
+
     def _containers(self, pod: Obj) -> list[tuple[str, str, int]]:
+        """(container, workload, port) of every built-in workload's TCP port."""
         override = pod["metadata"].get("annotations", {}).get(WORKLOAD_ANNOTATION)
         out = []
         for c in pod["spec"].get("containers", []):
@@ -141,6 +264,7 @@ class Kubelet:
         if pod is None:
             return
         rt.ports = self._containers(pod)
+        rt.containers = self._classify(pod)
         self.cluster.record_event(
             pod,
             "Scheduled",
@@ -149,8 +273,16 @@ class Kubelet:
         )
         await self._bind(rt)
         rt.started_at = now_rfc3339()
-        for c in pod["spec"].get("containers", []):
-            self.cluster.record_event(pod, "Started", f"Started container {c['name']}")
+        for c in rt.containers.values():
+            if c.kind == BUILTIN:
+                c.state = {"running": {"startedAt": rt.started_at}}
+                c.started = c.ready = True
+                self.cluster.record_event(pod, "Started", f"Started container {c.name}")
+            else:
+                run = self._supervise(rt, c) if c.kind == PROCESS else self._pull_backoff(rt, c)
+                c.task = self.cluster.tasks.spawn(
+                    run, f"container/{rt.namespace}/{rt.name}/{c.name}"
+                )
         for _, workload, port in rt.ports:
             rt.log(f"{workload} listening on {rt.ip}:{port}")
         self.sync_status(rt)
@@ -169,20 +301,37 @@ class Kubelet:
                 self.cluster.record_event(pod, "Killing", f"Stopping container {c['name']}")
         grace = float((pod or {}).get("metadata", {}).get("deletionGracePeriodSeconds", 0) or 0)
         delay = min(grace, self.cluster.faults.termination_delay)
-        if delay > 0:
-            await asyncio.sleep(delay)  # a terminating pod keeps serving for a while
+        processes = [c.process.stop(grace) for c in rt.containers.values() if c.process]
+
+        async def keep_serving() -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)  # a terminating pod keeps serving for a while
+
+        await asyncio.gather(keep_serving(), *processes)
         if rt.task is not None:
             rt.task.cancel()
+        await self._stop_containers(rt)
         await self._close_listeners(rt)
         with contextlib.suppress(errors.ApiError):
             self.cluster.store.delete(PODS, rt.namespace, rt.name)
 
     async def _stop(self, rt: PodRuntime) -> None:
+        rt.terminating = True
         if rt.task is not None:
             rt.task.cancel()
+        await self._stop_containers(rt)
         await self._close_listeners(rt)
         if rt.ip:
             self.ips.release(rt.ip)
+
+    async def _stop_containers(self, rt: PodRuntime) -> None:
+        """End every container task; their processes are stopped on the way out."""
+        tasks = [c.task for c in rt.containers.values() if c.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.node is not None:
+            shutil.rmtree(self._pod_dir(rt), ignore_errors=True)
 
     async def _close_listeners(self, rt: PodRuntime) -> None:
         listeners, rt.listeners = list(rt.listeners.values()), {}
@@ -195,9 +344,257 @@ class Kubelet:
             await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def shutdown(self) -> None:
-        for rt in list(self.runtimes.values()):
+        runtimes = list(self.runtimes.values())
+        for rt in runtimes:
+            rt.terminating = True
+        await asyncio.gather(*(self._stop_containers(rt) for rt in runtimes))
+        for rt in runtimes:
             await self._close_listeners(rt)
         self.runtimes.clear()
+
+    # ---- containers that are processes or cannot be pulled -------------------------------
+    def _pod_dir(self, rt: PodRuntime) -> Any:
+        assert self.node is not None
+        return self.node.pods_dir / f"{rt.namespace}_{rt.name}_{rt.uid}"
+
+    def _backoff(self, attempt: int) -> float:
+        """10s, 20s, 40s ... 300s (the base is `faults.backoff_base`)."""
+        base = self.cluster.faults.backoff_base
+        return float(min(base * 2 ** max(attempt, 0), MAX_BACKOFF))
+
+    def _event(self, rt: PodRuntime, reason: str, message: str, warning: bool = False) -> None:
+        pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
+        if pod is not None and pod["metadata"]["uid"] == rt.uid:
+            self.cluster.record_event(
+                pod, reason, message, type_="Warning" if warning else "Normal"
+            )
+
+    async def _retry_later(self, seconds: float) -> None:
+        """Wait for a referenced object to appear, or `seconds` at most."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._objects_changed.wait(), seconds)
+
+    async def _pull_backoff(self, rt: PodRuntime, c: ContainerRuntime) -> None:
+        """An image the sandbox cannot run: pulls fail and back off, as for a wrong name."""
+        ref = c.image if "/" in c.image.split(":")[0] else f"docker.io/library/{c.image}"
+        if ":" not in ref.rsplit("/", 1)[-1] and "@" not in ref:
+            ref += ":latest"
+        failure = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{ref}": '
+            f'failed to resolve reference "{ref}": {ref}: not found'
+        )
+        attempt = 0
+        while not rt.terminating:
+            self._event(rt, "Pulling", f'Pulling image "{c.image}"')
+            self._event(rt, "Failed", f'Failed to pull image "{c.image}": {failure}', True)
+            self._event(rt, "Failed", "Error: ErrImagePull", True)
+            c.state = {"waiting": {"reason": "ErrImagePull", "message": failure}}
+            self.sync_status(rt)
+            await asyncio.sleep(min(1.0, self._backoff(attempt)))  # the next sync of the pod
+            back_off = f'Back-off pulling image "{c.image}"'
+            self._event(rt, "BackOff", back_off)
+            self._event(rt, "Failed", "Error: ImagePullBackOff", True)
+            c.state = {"waiting": {"reason": "ImagePullBackOff", "message": back_off}}
+            self.sync_status(rt)
+            await asyncio.sleep(self._backoff(attempt))  # the image pull back-off
+            attempt += 1
+
+    def _mount_service_account(self, rt: PodRuntime, pod: Obj) -> str | None:
+        """Project the token, CA and namespace into the pod's directory; None when the
+        pod opts out. ValueError when the service account does not exist."""
+        assert self.node is not None
+        spec = pod["spec"]
+        account = spec.get("serviceAccountName") or "default"
+        sa = self.cluster.store.peek(SERVICEACCOUNTS, rt.namespace, account)
+        if sa is None:
+            raise ValueError(f'serviceaccount "{account}" not found')
+        mount = spec.get("automountServiceAccountToken")
+        if mount is None:
+            mount = sa.get("automountServiceAccountToken", True)
+        if not mount:
+            return None
+        token, _ = self.node.identities.issue(rt.namespace, account, TOKEN_SECONDS, pod=pod)
+        directory = self._pod_dir(rt) / "serviceaccount"
+        write_service_account(directory, token, self.node.ca_pem, rt.namespace)
+        return str(directory)
+
+    def _prepare(self, rt: PodRuntime, c: ContainerRuntime) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of the next run. ValueError: the container must wait
+        (CreateContainerConfigError); StartError: it fails to start."""
+        assert self.node is not None
+        pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
+        if pod is None:
+            raise asyncio.CancelledError
+        try:
+            sa_dir = self._mount_service_account(rt, pod)
+        except ValueError as exc:
+            volume = f"kube-api-access-{rt.uid[:5]}"
+            raise ValueError(f'MountVolume.SetUp failed for volume "{volume}" : {exc}') from None
+        env = container_env(pod, c.spec, self.cluster.store, self.node)
+        if sa_dir is not None:
+            env[SERVICEACCOUNT_DIR_ENV] = sa_dir
+        return argv_for(c.spec, env), env
+
+    async def _supervise(self, rt: PodRuntime, c: ContainerRuntime) -> None:
+        """Run the container's process, restart it by the pod's restartPolicy with the
+        kubelet's back-off, probe it; stop it when the task is cancelled."""
+        crashes = 0
+        try:
+            while not rt.terminating:
+                if self.node is None:
+                    c.state = {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": "the sandbox runs no process containers here",
+                        }
+                    }
+                    self.sync_status(rt)
+                    return
+                try:
+                    argv, env = self._prepare(rt, c)
+                except ValueError as exc:
+                    mount = str(exc).startswith("MountVolume")
+                    self._event(rt, "FailedMount" if mount else "Failed", str(exc), True)
+                    reason = "ContainerCreating" if mount else "CreateContainerConfigError"
+                    c.state = {"waiting": {"reason": reason, "message": str(exc)}}
+                    self.sync_status(rt)
+                    await self._retry_later(self._backoff(0))
+                    continue
+                except StartError as exc:
+                    started = finished = now_rfc3339()
+                    c.state = {
+                        "terminated": {
+                            "exitCode": 128,
+                            "reason": "StartError",
+                            "message": str(exc),
+                            "startedAt": started,
+                            "finishedAt": finished,
+                            "containerID": _container_id(rt.uid, c.name),
+                        }
+                    }
+                    self._event(rt, "Failed", f"Error: {exc}", True)
+                    code = 128
+                else:
+                    code = await self._run_once(rt, c, argv, env)
+                if rt.terminating:
+                    return
+                c.last_state = {"terminated": c.state["terminated"]}
+                self.sync_status(rt)
+                policy = self._pod_spec(rt).get("restartPolicy", "Always")
+                if policy == "Never" or (policy == "OnFailure" and code == 0):
+                    return
+                crashes += 1
+                delay = 0.0 if crashes == 1 else self._backoff(crashes - 2)
+                if delay > 0:
+                    where = f"{rt.name}_{rt.namespace}({rt.uid})"
+                    c.state = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off {delay:g}s restarting failed container="
+                            f"{c.name} pod={where}",
+                        }
+                    }
+                    self._event(
+                        rt,
+                        "BackOff",
+                        f"Back-off restarting failed container {c.name} in pod {where}",
+                        True,
+                    )
+                    self.sync_status(rt)
+                    await asyncio.sleep(delay)  # the restart back-off
+                c.restart_count += 1
+        finally:
+            if c.process is not None:
+                await c.process.stop(2.0)
+
+    def _pod_spec(self, rt: PodRuntime) -> dict[str, Any]:
+        pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
+        spec: dict[str, Any] = (pod or {}).get("spec", {})
+        return spec
+
+    async def _run_once(
+        self, rt: PodRuntime, c: ContainerRuntime, argv: list[str], env: dict[str, str]
+    ) -> int:
+        """One run of the process: start, probe, wait for its exit; returns the exit code."""
+        if c.started:
+            c.previous, c.logs = list(c.logs), deque(maxlen=_LOG_LINES)
+        self._event(rt, "Pulled", f'Container image "{c.image}" already present on machine')
+        self._event(rt, "Created", f"Created container {c.name}")
+        process = ContainerProcess(argv, env, self._pod_dir(rt), c.log)
+        started = now_rfc3339()
+        try:
+            await process.start()
+        except OSError as exc:
+            c.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": "StartError",
+                    "message": str(exc),
+                    "startedAt": started,
+                    "finishedAt": now_rfc3339(),
+                    "containerID": _container_id(rt.uid, c.name),
+                }
+            }
+            return 128
+        c.process = process
+        self._event(rt, "Started", f"Started container {c.name}")
+        c.state = {"running": {"startedAt": started}}
+        c.started = True
+        readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
+        c.ready = readiness is None
+        self.sync_status(rt)
+        probes = []
+        ports = {
+            p["name"]: int(p["containerPort"]) for p in c.spec.get("ports") or [] if p.get("name")
+        }
+        if readiness is not None:
+            probes.append(self._probe(rt, c, Probe(readiness, rt.ip, ports), liveness=False))
+        if liveness is not None:
+            probes.append(self._probe(rt, c, Probe(liveness, rt.ip, ports), liveness=True))
+        tasks = [asyncio.create_task(p) for p in probes]
+        try:
+            code = await process.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        c.process = None
+        c.ready = False
+        c.state = {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "startedAt": started,
+                "finishedAt": now_rfc3339(),
+                "containerID": _container_id(rt.uid, c.name),
+            }
+        }
+        return code
+
+    async def _probe(
+        self, rt: PodRuntime, c: ContainerRuntime, probe: Probe, *, liveness: bool
+    ) -> None:
+        kind = "Liveness" if liveness else "Readiness"
+        state = ProbeState.of(probe, passing=liveness)
+
+        async def on_result(ok: bool, message: str) -> None:
+            changed = state.record(ok)
+            if not ok and state.failures == 1:
+                self._event(rt, "Unhealthy", f"{kind} probe failed: {message}", True)
+            if liveness:
+                if changed and not state.passing and c.process is not None:
+                    self._event(
+                        rt,
+                        "Killing",
+                        f"Container {c.name} failed liveness probe, will be restarted",
+                    )
+                    grace = float(self._pod_spec(rt).get("terminationGracePeriodSeconds", 30))
+                    await c.process.stop(grace)
+            elif changed:
+                c.ready = state.passing
+                self.sync_status(rt)
+
+        await run_probe(probe, on_result)
 
     # ---- faults --------------------------------------------------------------------------
     async def kill_listener(self, rt: PodRuntime, port: int | None) -> None:
@@ -216,6 +613,18 @@ class Kubelet:
                 rt.log(f"listener on port {p} restarted")
 
     # ---- status --------------------------------------------------------------------------
+    def _phase(self, rt: PodRuntime) -> str:
+        cs = list(rt.containers.values())
+        if any(not c.started for c in cs):
+            return "Pending"
+        policy = self._pod_spec(rt).get("restartPolicy", "Always")
+        done = [c.state.get("terminated") for c in cs]
+        if policy != "Always" and all(done):
+            failed = any(t and t.get("exitCode") for t in done)
+            if policy == "Never" or not failed:
+                return "Failed" if failed else "Succeeded"
+        return "Running"
+
     def sync_status(self, rt: PodRuntime) -> None:
         """Write the pod's status as the kubelet sees it now (no write when unchanged)."""
         pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
@@ -235,22 +644,23 @@ class Kubelet:
             return {"type": type_, "status": value, "lastProbeTime": None, "lastTransitionTime": ts}
 
         containers = []
-        for c in pod["spec"].get("containers", []):
-            containers.append(
-                {
-                    "name": c["name"],
-                    "image": c.get("image", ""),
-                    "imageID": c.get("image", ""),
-                    "containerID": _container_id(rt.uid, c["name"]),
-                    "ready": ready,
-                    "started": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": rt.started_at}},
-                    "lastState": {},
-                }
-            )
+        gates_open = rt.delay_elapsed and rt.forced_ready is not False
+        for c in rt.containers.values():
+            entry: dict[str, Any] = {
+                "name": c.name,
+                "image": c.image,
+                "imageID": c.image if c.started else "",
+                "ready": c.ready and gates_open,
+                "started": c.running,
+                "restartCount": c.restart_count,
+                "state": copy.deepcopy(c.state),
+                "lastState": copy.deepcopy(c.last_state),
+            }
+            if c.started:
+                entry["containerID"] = _container_id(rt.uid, c.name)
+            containers.append(entry)
         new["status"] = {
-            "phase": "Running",
+            "phase": self._phase(rt),
             "conditions": [
                 cond("PodReadyToStartContainers", True),
                 cond("Initialized", True),

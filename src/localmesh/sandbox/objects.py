@@ -82,6 +82,9 @@ def _default_pod(obj: Obj) -> None:
     spec.setdefault("enableServiceLinks", True)
     spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
     spec.setdefault("priority", 0)
+    # The ServiceAccount admission plugin: every pod runs as some service account.
+    spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+    spec["serviceAccount"] = spec["serviceAccountName"]
     for c in spec.get("containers", []):
         c.setdefault("imagePullPolicy", "IfNotPresent")
         c.setdefault("terminationMessagePath", "/dev/termination-log")
@@ -163,6 +166,100 @@ def _validate_deployment(spec: dict[str, Any]) -> list[tuple[str, str]]:
     return causes
 
 
+def _validate_role(obj: Obj) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    rules = obj.get("rules") or []
+    if not isinstance(rules, list):
+        return [("rules", "Invalid value: must be a list")]
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict) or not rule.get("verbs"):
+            causes.append(
+                (f"rules[{i}].verbs", "Required value: verbs must contain at least one value")
+            )
+            continue
+        if not (rule.get("resources") or rule.get("nonResourceURLs")):
+            causes.append(
+                (
+                    f"rules[{i}].resources",
+                    "Required value: resource rules must supply at least one resource",
+                )
+            )
+        elif rule.get("resources") and "apiGroups" not in rule:
+            causes.append(
+                (
+                    f"rules[{i}].apiGroups",
+                    "Required value: resource rules must supply at least one api group",
+                )
+            )
+    return causes
+
+
+ROLE_REF_KINDS = ("Role", "ClusterRole")
+SUBJECT_KINDS = ("ServiceAccount", "User", "Group")
+
+
+def _validate_binding(obj: Obj) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    ref = obj.get("roleRef")
+    if not isinstance(ref, dict) or not ref.get("name"):
+        causes.append(("roleRef.name", "Required value"))
+    elif ref.get("kind") not in ROLE_REF_KINDS:
+        causes.append(
+            (
+                "roleRef.kind",
+                f'Unsupported value: "{ref.get("kind")}": supported values: "Role", "ClusterRole"',
+            )
+        )
+    for i, subject in enumerate(obj.get("subjects") or []):
+        if not isinstance(subject, dict) or subject.get("kind") not in SUBJECT_KINDS:
+            kind = subject.get("kind") if isinstance(subject, dict) else subject
+            causes.append(
+                (
+                    f"subjects[{i}].kind",
+                    f'Unsupported value: "{kind}": supported values: '
+                    '"ServiceAccount", "User", "Group"',
+                )
+            )
+        elif not subject.get("name"):
+            causes.append((f"subjects[{i}].name", "Required value"))
+    return causes
+
+
+def _validate_lease(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    for field in ("leaseDurationSeconds", "leaseTransitions"):
+        value = spec.get(field)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            causes.append(
+                (f"spec.{field}", f"Invalid value: {value!r}: must be greater than or equal to 0")
+            )
+    if spec.get("leaseDurationSeconds") == 0:
+        causes.append(("spec.leaseDurationSeconds", "Invalid value: 0: must be greater than 0"))
+    return causes
+
+
+def validate_change(rtype: ResourceType, current: Obj, new: Obj) -> None:
+    """Fields the API server refuses to change on update."""
+    name = current["metadata"]["name"]
+    if rtype.plural in ("rolebindings", "clusterrolebindings") and new.get(
+        "roleRef"
+    ) != current.get("roleRef"):
+        raise errors.invalid(
+            rtype.kind, name, [("roleRef", "Invalid value: cannot change roleRef")], rtype.group
+        )
+    if rtype.plural in ("deployments", "replicasets"):
+        old_sel = current.get("spec", {}).get("selector")
+        if new.get("spec", {}).get("selector") != old_sel:
+            raise errors.invalid(
+                rtype.kind,
+                name,
+                [("spec.selector", "Invalid value: field is immutable")],
+                rtype.group,
+            )
+
+
 def _default_deployment(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     spec.setdefault("replicas", 1)
@@ -189,8 +286,14 @@ def prepare_create(rtype: ResourceType, obj: Obj, allocate_cluster_ip: Any) -> O
         causes += _validate_pod(spec)
     elif rtype.plural == "services":
         causes += _validate_service(spec)
-    elif rtype.plural == "deployments":
+    elif rtype.plural in ("deployments", "replicasets"):
         causes += _validate_deployment(spec)
+    elif rtype.plural in ("roles", "clusterroles"):
+        causes += _validate_role(obj)
+    elif rtype.plural in ("rolebindings", "clusterrolebindings"):
+        causes += _validate_binding(obj)
+    elif rtype.plural == "leases":
+        causes += _validate_lease(spec)
     if causes:
         raise errors.invalid(rtype.kind, name, causes, rtype.group)
     validate_update(rtype, obj)
@@ -200,6 +303,15 @@ def prepare_create(rtype: ResourceType, obj: Obj, allocate_cluster_ip: Any) -> O
         _default_service(obj, allocate_cluster_ip)
     elif rtype.plural == "deployments":
         _default_deployment(obj)
+    elif rtype.plural == "replicasets":
+        obj.setdefault("spec", {}).setdefault("replicas", 1)
+        obj.setdefault("status", {"replicas": 0})
+    elif rtype.plural in ("rolebindings", "clusterrolebindings"):
+        for subject in obj.get("subjects") or []:
+            if subject.get("kind") in ("User", "Group"):
+                subject.setdefault("apiGroup", "rbac.authorization.k8s.io")
+    elif rtype.plural == "leases":
+        obj.setdefault("spec", {})
     elif rtype.plural == "namespaces":
         m.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})
@@ -224,7 +336,12 @@ def validate_update(rtype: ResourceType, obj: Obj) -> None:
                 [(f"metadata.{field}", "Invalid value")],
                 rtype.group,
             )
+    causes: list[tuple[str, str]] = []
     if rtype.plural == "services" and obj.get("spec", {}).get("ports") is not None:
         causes = _validate_service(obj["spec"])
-        if causes:
-            raise errors.invalid(rtype.kind, m.get("name", ""), causes, rtype.group)
+    elif rtype.plural in ("roles", "clusterroles"):
+        causes = _validate_role(obj)
+    elif rtype.plural == "leases":
+        causes = _validate_lease(obj.get("spec") or {})
+    if causes:
+        raise errors.invalid(rtype.kind, m.get("name", ""), causes, rtype.group)

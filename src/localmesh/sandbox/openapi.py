@@ -10,6 +10,8 @@ from typing import Any
 
 from localmesh.sandbox.resources import TYPES, ResourceType
 
+V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
 
 def _gv_path(group: str, version: str) -> str:
     return f"apis/{group}/{version}" if group else f"api/{version}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 
@@ -42,10 +43,19 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     ResourceType("", "v1", "secrets", "Secret", True),
     ResourceType("", "v1", "events", "Event", True, ("ev",)),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",), ("token",)),
     ResourceType(
         "apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status", "scale"), True
     ),
+    ResourceType(
+        "apps", "v1", "replicasets", "ReplicaSet", True, ("rs",), ("status", "scale"), True
+    ),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    ResourceType(RBAC_GROUP, "v1", "roles", "Role", True),
+    ResourceType(RBAC_GROUP, "v1", "rolebindings", "RoleBinding", True),
+    ResourceType(RBAC_GROUP, "v1", "clusterroles", "ClusterRole", False),
+    ResourceType(RBAC_GROUP, "v1", "clusterrolebindings", "ClusterRoleBinding", False),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {
@@ -63,11 +73,35 @@ NODES = BY_PLURAL["nodes"]
 DEPLOYMENTS = BY_PLURAL["deployments"]
 CONFIGMAPS = BY_PLURAL["configmaps"]
 EVENTS = BY_PLURAL["events"]
+SERVICEACCOUNTS = BY_PLURAL["serviceaccounts"]
+REPLICASETS = BY_PLURAL["replicasets"]
+LEASES = BY_PLURAL["leases"]
+ROLES = BY_PLURAL["roles"]
+ROLEBINDINGS = BY_PLURAL["rolebindings"]
+CLUSTERROLES = BY_PLURAL["clusterroles"]
+CLUSTERROLEBINDINGS = BY_PLURAL["clusterrolebindings"]
+# Kinds kubectl lists under `kubectl get all`.
+ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets"})
 
 
-# Served outside the store: `kubectl auth can-i` creates these and reads the answer.
+# Served outside the store: `kubectl auth can-i` and `kubectl auth whoami` create these
+# and read the answer.
 AUTHORIZATION_GROUP = "authorization.k8s.io"
+AUTHENTICATION_GROUP = "authentication.k8s.io"
 SELF_SUBJECT_ACCESS_REVIEWS = "selfsubjectaccessreviews"
+_REVIEWS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    AUTHORIZATION_GROUP: (
+        (SELF_SUBJECT_ACCESS_REVIEWS, "selfsubjectaccessreview", "SelfSubjectAccessReview"),
+        ("selfsubjectrulesreviews", "selfsubjectrulesreview", "SelfSubjectRulesReview"),
+    ),
+    AUTHENTICATION_GROUP: (("selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview"),),
+}
+# path -> kind of every review the API server answers itself
+SELF_REVIEWS: dict[str, str] = {
+    f"/apis/{group}/v1/{plural}": kind
+    for group, reviews in _REVIEWS.items()
+    for plural, _, kind in reviews
+}
 
 
 def groups() -> dict[str, str]:
@@ -76,7 +110,8 @@ def groups() -> dict[str, str]:
     for t in TYPES:
         if t.group:
             out[t.group] = t.version
-    out[AUTHORIZATION_GROUP] = "v1"
+    for group in _REVIEWS:
+        out[group] = "v1"
     return out
 
 
@@ -113,19 +148,20 @@ def api_group(group: str) -> dict[str, Any] | None:
 
 
 def resource_list(group: str, version: str) -> dict[str, Any] | None:
-    if (group, version) == (AUTHORIZATION_GROUP, "v1"):
+    if group in _REVIEWS and version == "v1":
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}",
             "resources": [
                 {
-                    "name": SELF_SUBJECT_ACCESS_REVIEWS,
-                    "singularName": "selfsubjectaccessreview",
+                    "name": plural,
+                    "singularName": singular,
                     "namespaced": False,
-                    "kind": "SelfSubjectAccessReview",
+                    "kind": kind,
                     "verbs": ["create"],
                 }
+                for plural, singular, kind in _REVIEWS[group]
             ],
         }
     types = [t for t in TYPES if t.group == group and t.version == version]
@@ -142,8 +178,8 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
         }
         if t.short_names:
             entry["shortNames"] = list(t.short_names)
-        if t.plural in ("pods", "services", "deployments", "configmaps", "endpoints"):
-            entry["categories"] = ["all"] if t.plural not in ("configmaps", "endpoints") else []
+        if t.plural in ALL_CATEGORY:
+            entry["categories"] = ["all"]
         resources.append(entry)
         for sub in t.subresources:
             sub_entry: dict[str, Any] = {
@@ -159,6 +195,13 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
                 sub_entry.update(kind="Pod", verbs=["get"])
             elif sub == "scale":
                 sub_entry.update(kind="Scale", group="autoscaling", version="v1")
+            elif sub == "token":
+                sub_entry.update(
+                    kind="TokenRequest",
+                    group="authentication.k8s.io",
+                    version="v1",
+                    verbs=["create"],
+                )
             resources.append(sub_entry)
     return {
         "kind": "APIResourceList",

@@ -31,6 +31,8 @@ from localmesh.sandbox.certs import make_serving_certs
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.kubeconfig import write_kubeconfig
+from localmesh.sandbox.processes import DEFAULT_PROCESS_IMAGES, NodeConfig
+from localmesh.sandbox.rbac import Identities
 from localmesh.sandbox.resources import BY_KIND, DEPLOYMENTS, ENDPOINTSLICES, PODS
 from localmesh.sandbox.scenario import Scenario
 from localmesh.sandbox.selectors import LabelSelector, Selector
@@ -67,6 +69,7 @@ class Sandbox:
         wait_ready: bool = True,
         ready_timeout: float = 60.0,
         history_size: int = 20000,
+        process_images: tuple[str, ...] = DEFAULT_PROCESS_IMAGES,
     ) -> None:
         if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
             raise ConfigError(
@@ -75,6 +78,8 @@ class Sandbox:
         self.scenario = scenario if scenario is not None else Scenario.default()
         self.cluster = Cluster(history_size=history_size)
         self.cluster.faults.ready_delay = ready_delay
+        self.identities = Identities(self.cluster.store)
+        self.process_images = process_images
         self.token = token or secrets.token_urlsafe(24)
         self.readonly_token = secrets.token_urlsafe(24)
         self.kube_version = kube_version
@@ -129,6 +134,7 @@ class Sandbox:
             self.cluster,
             tokens={self.token: "sandbox-admin"},
             readonly_tokens={self.readonly_token: "sandbox-viewer"},
+            identities=self.identities,
             kube_version=self.kube_version,
             host=self._host,
             port=self._port,
@@ -136,6 +142,14 @@ class Sandbox:
         )
         await self._server.start()
         self.cluster.faults._restart_apiserver = self._server.restart
+        self.cluster.kubelet.node = NodeConfig(
+            api_host=self._host,
+            api_port=self._server.port,
+            ca_pem=certs.ca_pem,
+            pods_dir=self._workdir / "pods",
+            identities=self.identities,
+            process_images=self.process_images,
+        )
         self.kubeconfig_path = write_kubeconfig(
             self._kubeconfig_arg or self._workdir / "kubeconfig",
             self._server.url,
@@ -201,6 +215,10 @@ class Sandbox:
             "KUBECACHEDIR": str(cache),
             **extra,
         }
+
+    def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
+        """A token of the service account, as `kubectl create token` gets one."""
+        return self.identities.issue(namespace, name, seconds)[0]
 
     def apply(self, manifests: list[Obj]) -> list[Obj]:
         """Create Kubernetes objects (dicts with apiVersion and kind) as a client would."""

@@ -189,7 +189,7 @@ class Store:
         m["uid"] = str(uuid.uuid4())
         m["creationTimestamp"] = now_rfc3339()
         m.pop("deletionTimestamp", None)
-        if rtype.has_status and rtype.plural in ("deployments",):
+        if rtype.has_status and rtype.plural in ("deployments", "replicasets"):
             m["generation"] = 1
         return self._commit(rtype, "ADDED", obj, None)
 

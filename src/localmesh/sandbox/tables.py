@@ -44,12 +44,53 @@ def _pod_ready(pod: Obj) -> str:
 
 
 def _pod_status(pod: Obj) -> str:
+    """The STATUS column as kubectl prints it: a container's waiting or terminated reason
+    (CrashLoopBackOff, ImagePullBackOff, Error) wins over the phase."""
     if pod["metadata"].get("deletionTimestamp"):
         return "Terminating"
-    phase: str = pod.get("status", {}).get("phase", "Unknown")
-    if phase == "Pending" and not pod.get("status", {}).get("podIP"):
+    status = pod.get("status", {})
+    phase: str = status.get("phase", "Unknown")
+    reason = phase
+    for c in status.get("containerStatuses") or []:
+        state = c.get("state") or {}
+        waiting = (state.get("waiting") or {}).get("reason")
+        terminated = state.get("terminated") or {}
+        if waiting and waiting != "ContainerCreating":
+            reason = waiting
+        elif terminated:
+            reason = terminated.get("reason") or f"ExitCode:{terminated.get('exitCode', 0)}"
+    if reason == "Pending" and not status.get("podIP"):
         return "ContainerCreating" if pod.get("spec", {}).get("nodeName") else "Pending"
-    return phase
+    return reason
+
+
+def _pod_restarts(pod: Obj) -> str:
+    """`3 (12s ago)`: restarts of all containers and how long ago the last one ended."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    count = sum(int(c.get("restartCount", 0)) for c in statuses)
+    ended = [
+        (c.get("lastState") or {}).get("terminated", {}).get("finishedAt")
+        for c in statuses
+        if c.get("restartCount")
+    ]
+    last = max((e for e in ended if e), default=None)
+    return f"{count} ({_since(last)} ago)" if count and last else str(count)
+
+
+def _rules_subjects(binding: Obj, kind: str) -> str:
+    out = []
+    for s in binding.get("subjects") or []:
+        if s.get("kind") != kind:
+            continue
+        out.append(
+            f"{s.get('namespace', '')}/{s['name']}" if kind == "ServiceAccount" else s["name"]
+        )
+    return ", ".join(out)
+
+
+def _replicas(obj: Obj, field: str) -> int:
+    value = obj.get("status", {}).get(field, 0)
+    return int(value) if isinstance(value, int) else 0
 
 
 def _svc_ports(svc: Obj) -> str:
@@ -85,6 +126,10 @@ def _slice_endpoints(s: Obj) -> str:
     return ",".join(ips[:3]) + (f" + {len(ips) - 3} more..." if len(ips) > 3 else "")
 
 
+def _selector_of(o: Obj) -> str:
+    return _selector((o.get("spec", {}).get("selector") or {}).get("matchLabels"))
+
+
 def _deploy_containers(d: Obj, field: str) -> str:
     containers = d.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
     return ",".join(str(c.get(field, "")) for c in containers)
@@ -98,7 +143,7 @@ COLUMNS: dict[str, list[Column]] = {
         NAME,
         ("Ready", "string", 0, _pod_ready),
         ("Status", "string", 0, _pod_status),
-        ("Restarts", "string", 0, lambda o: "0"),
+        ("Restarts", "string", 0, _pod_restarts),
         AGE,
         ("IP", "string", 1, lambda o: o.get("status", {}).get("podIP") or "<none>"),
         ("Node", "string", 1, lambda o: o.get("spec", {}).get("nodeName") or "<none>"),
@@ -130,12 +175,48 @@ COLUMNS: dict[str, list[Column]] = {
         AGE,
         ("Containers", "string", 1, lambda o: _deploy_containers(o, "name")),
         ("Images", "string", 1, lambda o: _deploy_containers(o, "image")),
-        (
-            "Selector",
-            "string",
-            1,
-            lambda o: _selector((o.get("spec", {}).get("selector") or {}).get("matchLabels")),
-        ),
+        ("Selector", "string", 1, _selector_of),
+    ],
+    "replicasets": [
+        NAME,
+        ("Desired", "integer", 0, lambda o: o.get("spec", {}).get("replicas", 1)),
+        ("Current", "integer", 0, lambda o: _replicas(o, "replicas")),
+        ("Ready", "integer", 0, lambda o: _replicas(o, "readyReplicas")),
+        AGE,
+        ("Containers", "string", 1, lambda o: _deploy_containers(o, "name")),
+        ("Images", "string", 1, lambda o: _deploy_containers(o, "image")),
+        ("Selector", "string", 1, _selector_of),
+    ],
+    "serviceaccounts": [
+        NAME,
+        ("Secrets", "integer", 0, lambda o: len(o.get("secrets") or [])),
+        AGE,
+    ],
+    "leases": [
+        NAME,
+        ("Holder", "string", 0, lambda o: (o.get("spec") or {}).get("holderIdentity") or ""),
+        AGE,
+    ],
+    "roles": [NAME, ("Created At", "date", 0, lambda o: o["metadata"].get("creationTimestamp"))],
+    "clusterroles": [
+        NAME,
+        ("Created At", "date", 0, lambda o: o["metadata"].get("creationTimestamp")),
+    ],
+    "rolebindings": [
+        NAME,
+        ("Role", "string", 0, lambda o: f"{o['roleRef']['kind']}/{o['roleRef']['name']}"),
+        AGE,
+        ("Users", "string", 1, lambda o: _rules_subjects(o, "User")),
+        ("Groups", "string", 1, lambda o: _rules_subjects(o, "Group")),
+        ("ServiceAccounts", "string", 1, lambda o: _rules_subjects(o, "ServiceAccount")),
+    ],
+    "clusterrolebindings": [
+        NAME,
+        ("Role", "string", 0, lambda o: f"{o['roleRef']['kind']}/{o['roleRef']['name']}"),
+        AGE,
+        ("Users", "string", 1, lambda o: _rules_subjects(o, "User")),
+        ("Groups", "string", 1, lambda o: _rules_subjects(o, "Group")),
+        ("ServiceAccounts", "string", 1, lambda o: _rules_subjects(o, "ServiceAccount")),
     ],
     "namespaces": [NAME, ("Status", "string", 0, lambda o: o.get("status", {}).get("phase")), AGE],
     "nodes": [

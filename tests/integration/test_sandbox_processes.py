@@ -1,0 +1,238 @@
+"""Pods whose image is localmesh's own run their command as real subprocesses: probes,
+service-account tokens, logs, restarts with back-off, image pull failures, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import aiohttp
+import pytest
+
+from localmesh.sandbox import Sandbox, Scenario
+from localmesh.sandbox.resources import EVENTS, PODS
+from tests import sandbox_fixtures
+from tests.integration.test_sandbox_mesh_objects import MINORS
+from tests.sandbox_fixtures import SandboxFactory, kubectl
+
+pytestmark = pytest.mark.integration
+sandbox_factory = sandbox_fixtures.sandbox_factory
+
+AGENT_IMAGE = "ghcr.io/localmesh/localmesh:0.1.0"
+NAMESPACE = "mesh"
+EMPTY = Scenario(namespaces=(NAMESPACE,))
+
+
+def agent_deployment(
+    name: str = "agent",
+    args: list[str] | None = None,
+    image: str = AGENT_IMAGE,
+    **container: Any,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "agent",
+        "image": image,
+        "command": ["python", "-m", "localmesh.sandbox.testagent"],
+        "args": args if args is not None else ["serve", "--port", "$(PORT)"],
+        "env": [
+            {"name": "PORT", "value": "8080"},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        **container,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"serviceAccountName": "mesh-agent", "containers": [spec]},
+            },
+        },
+    }
+
+
+RBAC: list[dict[str, Any]] = [
+    {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "mesh-agent", "namespace": NAMESPACE},
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "lease-reader", "namespace": NAMESPACE},
+        "rules": [
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["get", "list"],  # no watch
+            }
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "lease-reader", "namespace": NAMESPACE},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "lease-reader",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "mesh-agent"}],
+    },
+    {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "dev-alice", "namespace": NAMESPACE},
+        "spec": {"holderIdentity": "alice"},
+    },
+]
+PROBE = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}
+
+
+def container_status(sb: Sandbox, pod: dict[str, Any]) -> dict[str, Any]:
+    live = sb.store.peek(PODS, NAMESPACE, pod["metadata"]["name"]) or pod
+    statuses = live.get("status", {}).get("containerStatuses") or [{}]
+    status: dict[str, Any] = statuses[0]
+    return status
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return await resp.json()
+
+
+async def test_agent_deployment_gets_ready_and_uses_its_own_token(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY)
+    sb.apply([*RBAC, agent_deployment(readinessProbe=PROBE, livenessProbe=PROBE)])
+    res = await kubectl(sb, "rollout", "status", "deploy/agent", "-n", NAMESPACE, "--timeout=60s")
+    assert "successfully rolled out" in res.check().stdout
+    (pod,) = sb.pods(NAMESPACE)
+    ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
+    assert pod["status"]["containerStatuses"][0]["ready"] is True
+    # The process reaches the API server through the in-cluster loader, as mesh-agent.
+    assert await get_json(f"http://{ip}:8080/lease/dev-alice") == {"status": 200, "holder": "alice"}
+    denied = await get_json(f"http://{ip}:8080/watch/leases")
+    assert denied["status"] == 403
+    assert json.loads(denied["body"])["message"] == (
+        'leases.coordination.k8s.io is forbidden: User "system:serviceaccount:mesh:mesh-agent" '
+        'cannot watch resource "leases" in API group "coordination.k8s.io" in the namespace "mesh"'
+    )
+    logs = (await kubectl(sb, "logs", "-n", NAMESPACE, name)).check().stdout
+    assert logs.splitlines()[0] == f"testagent serving on {ip}:8080 as {name}"
+
+    # A failing liveness probe restarts the container; the pod keeps its name and IP.
+    async with aiohttp.ClientSession() as session, session.post(f"http://{ip}:8080/fail") as r:
+        assert r.status == 200
+    restarted = await sb.wait_for(
+        lambda: (s := container_status(sb, pod)).get("restartCount") == 1 and s.get("ready") and s,
+        seconds=60,
+        what="the agent restarted by its liveness probe and ready again",
+    )
+    # SIGTERM: the agent's server shuts down cleanly, and is restarted all the same.
+    assert restarted["lastState"]["terminated"]["reason"] == "Completed"
+    reasons = {
+        (e["reason"], e["message"])
+        for e in sb.store.iter(EVENTS, NAMESPACE)
+        if e["involvedObject"]["name"] == name
+    }
+    assert ("Killing", "Container agent failed liveness probe, will be restarted") in reasons
+    assert (
+        "Unhealthy",
+        "Liveness probe failed: HTTP probe failed with statuscode: 500",
+    ) in reasons
+    previous = (await kubectl(sb, "logs", "-p", "-n", NAMESPACE, name)).check().stdout
+    assert previous.startswith("testagent serving on")
+
+
+@pytest.mark.parametrize("version", MINORS)
+async def test_crash_loop_and_image_pull_back_off_through_kubectl(
+    sandbox_factory: SandboxFactory, version: str
+) -> None:
+    sb = await sandbox_factory(EMPTY, kube_version=version, wait_ready=False)
+    sb.faults.backoff_base = 60.0  # the second back-off outlasts the test: stable columns
+    sb.apply(
+        [
+            *RBAC[:1],
+            agent_deployment("crasher", args=["crash", "--code", "3"]),
+            agent_deployment("typo", image="ghcr.io/localmesh/lcoalmesh:0.1.0"),
+        ]
+    )
+    crasher = (await sb.wait_for(lambda: sb.pods(NAMESPACE, "app=crasher"), what="pod"))[0]
+    typo = (await sb.wait_for(lambda: sb.pods(NAMESPACE, "app=typo"), what="pod"))[0]
+    await sb.wait_for(
+        lambda: (
+            (s := container_status(sb, crasher)).get("restartCount") == 1
+            and (s.get("state", {}).get("waiting") or {}).get("reason") == "CrashLoopBackOff"
+        ),
+        seconds=30,
+        what="the crashing agent in CrashLoopBackOff",
+    )
+    await sb.wait_for(
+        lambda: (
+            (container_status(sb, typo).get("state", {}).get("waiting") or {}).get("reason")
+            == "ImagePullBackOff"
+        ),
+        what="the mistyped image in ImagePullBackOff",
+    )
+    out = (await kubectl(sb, "get", "pods", "-n", NAMESPACE)).check().stdout
+    rows = {r.split()[0]: r.split() for r in out.splitlines()[1:]}
+    crash_row = rows[crasher["metadata"]["name"]]
+    assert crash_row[1:4] == ["0/1", "CrashLoopBackOff", "1"] and crash_row[4].startswith("(")
+    assert rows[typo["metadata"]["name"]][1:4] == ["0/1", "ImagePullBackOff", "0"]
+    logs = await kubectl(sb, "logs", "-n", NAMESPACE, crasher["metadata"]["name"])
+    assert logs.check().stdout == "testagent crashing with exit code 3\n"
+    logs = await kubectl(sb, "logs", "-n", NAMESPACE, typo["metadata"]["name"])
+    assert logs.returncode == 1
+    assert "is waiting to start: trying and failing to pull image" in logs.stderr
+    events = await kubectl(
+        sb,
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        f"involvedObject.name={typo['metadata']['name']}",
+        "-o",
+        "json",
+    )
+    messages = [e["message"] for e in json.loads(events.check().stdout)["items"]]
+    image = "ghcr.io/localmesh/lcoalmesh:0.1.0"
+    assert f'Pulling image "{image}"' in messages
+    assert any(m.startswith(f'Failed to pull image "{image}": rpc error') for m in messages)
+    assert "Error: ErrImagePull" in messages and "Error: ImagePullBackOff" in messages
+    assert f'Back-off pulling image "{image}"' in messages
+    status = json.loads(
+        (
+            await kubectl(
+                sb, "get", "pod", crasher["metadata"]["name"], "-n", NAMESPACE, "-o", "json"
+            )
+        )
+        .check()
+        .stdout
+    )["status"]
+    terminated = status["containerStatuses"][0]["lastState"]["terminated"]
+    assert terminated["exitCode"] == 3 and terminated["reason"] == "Error"
+
+
+async def test_processes_end_with_the_sandbox(sandbox_factory: SandboxFactory) -> None:
+    sb = await sandbox_factory(EMPTY)
+    sb.apply([*RBAC[:1], agent_deployment(readinessProbe=PROBE)])
+    await sb.wait_all_ready(60)
+    (pod,) = sb.pods(NAMESPACE)
+    rt = sb.cluster.kubelet.runtime(NAMESPACE, pod["metadata"]["name"])
+    process = rt.containers["agent"].process
+    assert process is not None and process.proc is not None
+    pid = process.proc.pid
+    os.kill(pid, 0)  # running
+    await sb.down()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
