@@ -52,7 +52,8 @@ def round_trip(obj: dict[str, Any], model: str) -> Any:
         (lambda: m.router_rbac("billing", "billing-api")[0], "V1ServiceAccount"),
         (lambda: m.router_rbac("billing", "billing-api")[1], "V1Role"),
         (lambda: m.router_rbac("billing", "billing-api")[2], "V1RoleBinding"),
-        (lambda: m.shadow_pod(spec()), "V1Pod"),
+        (lambda: m.shadow_pod(spec(shadow_env=(("A", "b"),))), "V1Pod"),
+        (lambda: m.tunnel_secret(spec(), b"\x01\x02"), "V1Secret"),
     ],
 )
 def test_objects_survive_the_client_models(build: Any, model: str) -> None:
@@ -67,6 +68,7 @@ def spec(**overrides: Any) -> m.SessionSpec:
         "session_id": "a1b2c3",
         "header": "version",
         "value": "dev",
+        "slug": "dev",
         "holder": "ana@laptop",
         "ports": (m.PortMap(9090, 8080, 8081),),
         "image": "img:1",
@@ -200,5 +202,22 @@ def test_names_stay_within_limits_and_distinct() -> None:
     long_b = "a" * 60 + "-two"
     assert len(m.origin_name(long_a)) <= 63
     assert m.origin_name(long_a) != m.origin_name(long_b)
-    assert m.session_name("svc", "0.0.1/Weird!", "x1") == "svc-localmesh-0-0-1-weird-x1"
-    assert m.name_slug("---") == "mark"
+    assert m.session_name("svc", "0-0-1-abcdef", "x1") == "svc-localmesh-0-0-1-abcdef-x1"
+    assert len(m.session_name("s" * 63, "v" * 40, "x1")) <= 63
+
+
+def test_router_command_can_be_replaced() -> None:
+    deployment = m.router_deployment("ns", "web", "img", [], command=["agent"], ready_path="/h")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["agent"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/h"
+
+
+def test_shadow_gets_its_secret_and_pod_ip() -> None:
+    pod = m.shadow_pod(spec())
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ref = env["LOCALMESH_TUNNEL_SECRET"]["valueFrom"]["secretKeyRef"]
+    secret = m.tunnel_secret(spec(), b"\xab")
+    assert ref == {"name": secret["metadata"]["name"], "key": "secret"}
+    assert secret["data"] == {"secret": "YWI="}  # base64 of the hex text

@@ -19,15 +19,16 @@ round trip through them would drop fields a newer server knows).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from localmesh import __version__
+from localmesh.clustermesh.tunnel_wire import SECRET_ENV
 from localmesh.kube.targets import JSON, PortNotFound, container_port, describe_port
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -56,6 +57,7 @@ DEFAULT_ROUTER_IMAGE = f"localmesh/localmesh:{__version__}"
 LEASE_DURATION_SECONDS = 10
 RENEW_INTERVAL_SECONDS = 3.0
 ROUTER_HEALTH_PORT = 15021  # the router agent's readiness endpoint (GET /ready)
+SECRET_KEY = "secret"
 MAX_NAME = 63  # DNS-1035 label: the tightest rule among the names built here (Services)
 
 
@@ -70,12 +72,6 @@ def bounded_name(*parts: str, limit: int = MAX_NAME) -> str:
     return f"{full[: limit - len(digest) - 1].rstrip('-')}-{digest}"
 
 
-def name_slug(text: str, limit: int = 20) -> str:
-    """`text` as a fragment of an object name: lowercase letters, digits and '-'."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-    return slug or "mark"
-
-
 def origin_name(service: str) -> str:
     return bounded_name(service, "localmesh-origin")
 
@@ -84,9 +80,9 @@ def router_name(service: str) -> str:
     return bounded_name(service, "localmesh-router")
 
 
-def session_name(service: str, mark_value: str, session_id: str) -> str:
-    """The Lease (and shadow pod) of one developer session."""
-    return bounded_name(service, "localmesh", name_slug(mark_value), session_id)
+def session_name(service: str, mark_slug: str, session_id: str) -> str:
+    """The Lease, shadow pod and tunnel Secret of one developer session."""
+    return bounded_name(service, "localmesh", mark_slug, session_id)
 
 
 def service_labels(service: str, component: str) -> dict[str, str]:
@@ -259,11 +255,21 @@ def _pod_security(listen_ports: Iterable[int]) -> JSON:
     return security
 
 
+POD_IP_ENV: JSON = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
 def router_deployment(
-    namespace: str, service: str, image: str, ports: Sequence[RouterPort]
+    namespace: str,
+    service: str,
+    image: str,
+    ports: Sequence[RouterPort],
+    *,
+    command: Sequence[str] | None = None,
+    ready_path: str = "/ready",
 ) -> JSON:
     """One router pod: the localmesh image running `agent router` (Envoy + its xDS agent),
-    listening on the Service's targetPorts, Ready once it serves the default route."""
+    listening on the Service's targetPorts, Ready once it serves the default route.
+    `command` and `ready_path` replace the agent's (tests run a stand-in)."""
     labels = router_selector(service)
     health = health_port(ports)
     container_ports: list[JSON] = []
@@ -277,10 +283,11 @@ def router_deployment(
     container: JSON = {
         "name": "router",
         "image": image,
-        "command": router_command(namespace, service, health),
+        "command": list(command) if command else router_command(namespace, service, health),
+        "env": [POD_IP_ENV],
         "ports": container_ports,
         "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": health},
+            "httpGet": {"path": ready_path, "port": health},
             "periodSeconds": 1,
             "failureThreshold": 2,
         },
@@ -395,15 +402,17 @@ class SessionSpec:
     session_id: str  # short and random: several sessions may use the same mark
     header: str
     value: str
+    slug: str  # the value as a DNS label (marks.slug_of)
     holder: str  # user@host
     ports: tuple[PortMap, ...]
     image: str = DEFAULT_ROUTER_IMAGE
     mode: str = "auto"
+    shadow_env: tuple[tuple[str, str], ...] = ()  # extra environment of the shadow agent
 
     @property
     def name(self) -> str:
         """The Lease's and the shadow pod's name."""
-        return session_name(self.service, self.value, self.session_id)
+        return session_name(self.service, self.slug, self.session_id)
 
 
 def micro_time(moment: datetime | None = None) -> str:
@@ -439,6 +448,18 @@ def session_lease(
     }
 
 
+def tunnel_secret(spec: SessionSpec, secret: bytes) -> JSON:
+    """The session's tunnel secret, handed to the shadow agent through its environment."""
+    labels = {**service_labels(spec.service, "shadow"), SESSION_LABEL: spec.name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(spec.name, spec.namespace, labels),
+        "type": "Opaque",
+        "data": {SECRET_KEY: base64.b64encode(secret.hex().encode()).decode()},
+    }
+
+
 def shadow_command(spec: SessionSpec) -> list[str]:
     return ["localmesh", "agent", "shadow", "--ports", ",".join(str(m.target) for m in spec.ports)]
 
@@ -462,6 +483,14 @@ def shadow_pod(spec: SessionSpec) -> JSON:
                     "name": "shadow",
                     "image": spec.image,
                     "command": shadow_command(spec),
+                    "env": [
+                        POD_IP_ENV,
+                        {
+                            "name": SECRET_ENV,
+                            "valueFrom": {"secretKeyRef": {"name": spec.name, "key": SECRET_KEY}},
+                        },
+                        *({"name": k, "value": v} for k, v in spec.shadow_env),
+                    ],
                     "ports": [
                         {"containerPort": target, "protocol": "TCP"}
                         for target in sorted({m.target for m in spec.ports})

@@ -1,0 +1,214 @@
+"""Joining and leaving a Service's mesh on the sandbox (real API semantics, real kubectl)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from localmesh.clustermesh import cleanup, manifests as m
+from localmesh.clustermesh.membership import MeshError, lease_live, mesh_state
+from localmesh.clustermesh.session import MeshSession
+from localmesh.kube.objects import KubeObjects
+from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
+from tests.integration.mesh_helpers import (
+    local_server,
+    managed_objects,
+    options,
+    service_json,
+    wait_managed_gone,
+)
+
+pytestmark = pytest.mark.integration
+sandbox = sandbox_fixtures.sandbox
+sandbox_factory = sandbox_fixtures.sandbox_factory
+
+
+def kube_for(sb: Sandbox) -> KubeObjects:
+    return KubeObjects.connect(str(sb.kubeconfig_path))
+
+
+async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        one = MeshSession(kube, options(port, "dev"))
+        two = MeshSession(kube, options(port, "kt-mark:other"))
+        joined = await asyncio.gather(one.join(), two.join())
+        assert sorted(j.first for j in joined) == [False, True]  # one created the router
+
+        meshed = await service_json(sandbox)
+        state = mesh_state(meshed)
+        assert sorted(state.sessions) == sorted(j.spec.name for j in joined)
+        assert state.original_selector == before["spec"]["selector"]
+        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        assert {k: v for k, v in meshed["spec"].items() if k != "selector"} == {
+            k: v for k, v in before["spec"].items() if k != "selector"
+        }
+        objects = await managed_objects(sandbox)
+        assert "Deployment/billing-api-localmesh-router" in objects
+        assert "Service/billing-api-localmesh-origin" in objects
+        assert {f"Lease/{j.spec.name}" for j in joined} <= set(objects)
+        # The origin Service reaches the cluster's pods.
+        origin_ready = await sandbox.wait_ready_endpoints(
+            "billing", "billing-api-localmesh-origin", count=1, seconds=30
+        )
+        assert origin_ready
+
+        first_out = await one.leave()
+        assert not first_out.restored
+        still = await service_json(sandbox)
+        assert mesh_state(still).sessions == (two.spec.name,) if two.spec else ()
+        assert still["spec"]["selector"] == m.router_selector("billing-api")
+
+        last_out = await two.leave()
+        assert last_out.restored
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    assert await managed_objects(sandbox) == []
+    await kube.close()
+
+
+async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        session = MeshSession(kube, options(port, lease_seconds=2))
+        joined = await session.join()
+    # A crash: renewal stops, nothing is taken down.
+    assert session._renewer is not None
+    session._renewer.cancel()
+    name = joined.spec.name
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 30
+    while lease_live(await kube.get("Lease", "billing", name)):
+        assert loop.time() < until, "the lease never expired"
+        await asyncio.sleep(0.2)
+
+    dry = await cleanup.clean(kube, "billing", dry_run=True)
+    assert any(a.startswith("would restore Service billing/billing-api") for a in dry.actions)
+    assert f"would delete Lease billing/{name}" in dry.actions
+    assert (await service_json(sandbox))["spec"]["selector"] == m.router_selector("billing-api")
+
+    report = await cleanup.clean(kube, "billing", "billing-api")
+    assert "restored Service billing/billing-api (selector app=billing-api)" in report.actions
+    assert "deleted Deployment billing/billing-api-localmesh-router" in report.actions
+    assert f"deleted Pod billing/{name}" in report.actions
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    again = await cleanup.clean(kube, None)
+    assert again.actions == []
+    await kube.close()
+
+
+async def test_wrong_image_is_a_clear_error_and_leaves_nothing(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        session = MeshSession(kube, options(port, image="nowhere/not-an-image:0"))
+        with pytest.raises(MeshError, match=r"cannot start: (ErrImagePull|ImagePullBackOff)"):
+            await session.join()
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    await kube.close()
+
+
+async def test_bad_input_changes_nothing(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        with pytest.raises(MeshError, match=r"has no port 9999; its ports: http:8080->http"):
+            await MeshSession(kube, options(port, exposed=_expose(f"{port}:9999"))).join()
+        with pytest.raises(MeshError, match="service billing/nope not found"):
+            await MeshSession(kube, options(port, service="nope")).join()
+        with pytest.raises(MeshError, match="--mode manual is not yet supported"):
+            await MeshSession(kube, options(port, mode="manual")).join()
+    # The server is gone now: nothing accepts connections on that port.
+    with pytest.raises(MeshError, match=f"nothing accepts connections on local port {port}"):
+        await MeshSession(kube, options(port)).join()
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    await kube.close()
+
+
+def _expose(text: str) -> tuple[object, ...]:
+    from localmesh.clustermesh.marks import parse_expose
+
+    return parse_expose(text)
+
+
+async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox) -> None:
+    from localmesh.clustermesh.session import needed_permissions
+
+    before = await service_json(sandbox)
+    admin = kube_for(sandbox)
+    missing = next(p for p in needed_permissions("billing-api") if p.resource == "rolebindings")
+    rules = [
+        {
+            "apiGroups": [p.group],
+            "resources": [p.resource],
+            "verbs": [p.verb],
+            **({"resourceNames": [p.name]} if p.name else {}),
+        }
+        for p in needed_permissions("billing-api")
+        if p != missing
+    ]
+    await admin.create(
+        "ServiceAccount",
+        "billing",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev"}},
+    )
+    await admin.create(
+        "Role",
+        "billing",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "dev"},
+            "rules": rules,
+        },
+    )
+    await admin.create(
+        "RoleBinding",
+        "billing",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "dev"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dev"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": "billing"}],
+        },
+    )
+    token = await asyncio.to_thread(
+        admin._request,
+        "POST",
+        "/api/v1/namespaces/billing/serviceaccounts/dev/token",
+        None,
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+    )
+    config = sandbox.kubeconfig_path.read_text()
+    path = sandbox.kubeconfig_path.with_name("kubeconfig-dev")
+    path.write_text(_with_token(config, token["status"]["token"]))
+    dev = KubeObjects.connect(str(path))
+    async with local_server() as port:
+        with pytest.raises(MeshError) as info:
+            await MeshSession(dev, options(port)).join()
+    message = str(info.value)
+    assert "missing permissions to mesh billing/billing-api (nothing was changed)" in message
+    assert missing.can_i("billing") in message
+    assert message.count("kubectl auth can-i") == 1
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    await dev.close()
+    await admin.close()
+
+
+def _with_token(kubeconfig: str, token: str) -> str:
+    import yaml
+
+    data = yaml.safe_load(kubeconfig)
+    for user in data["users"]:
+        user["user"] = {"token": token}
+    return json.dumps(data)
