@@ -3,12 +3,19 @@ service-account tokens, logs, restarts with back-off, image pull failures, no or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from localmesh.sandbox import Sandbox, Scenario
 from localmesh.sandbox.resources import EVENTS, PODS
@@ -223,16 +230,113 @@ async def test_crash_loop_and_image_pull_back_off_through_kubectl(
     assert terminated["exitCode"] == 3 and terminated["reason"] == "Error"
 
 
-async def test_processes_end_with_the_sandbox(sandbox_factory: SandboxFactory) -> None:
-    sb = await sandbox_factory(EMPTY)
-    sb.apply([*RBAC[:1], agent_deployment(readinessProbe=PROBE)])
-    await sb.wait_all_ready(60)
-    (pod,) = sb.pods(NAMESPACE)
-    rt = sb.cluster.kubelet.runtime(NAMESPACE, pod["metadata"]["name"])
-    process = rt.containers["agent"].process
+SCENARIO = """
+namespaces: [mesh]
+deployments:
+  - name: agent
+    namespace: mesh
+    image: localmesh:dev
+    command: [localmesh-never-installed]
+    args: []
+    serviceAccountName: default
+  - name: served
+    namespace: mesh
+    image: localmesh:dev
+    command: [python, -m, localmesh.sandbox.testagent]
+    args: [serve, --port, "9090"]
+    env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]
+    ports: [{name: http, containerPort: 9090}]
+    readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+"""
+
+
+async def test_scenario_process_keys_and_no_process_left_after_down(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(Scenario.from_dict(yaml.safe_load(SCENARIO)), wait_ready=False)
+    sb.faults.backoff_base = 60.0
+    served = await sb.wait_for(
+        lambda: [
+            p
+            for p in sb.pods(NAMESPACE, "app=served")
+            if sb.ready_pod(NAMESPACE, p["metadata"]["name"])
+        ],
+        seconds=60,
+        what="the served agent ready through its tcpSocket probe",
+    )
+    (broken,) = sb.pods(NAMESPACE, "app=agent")
+    state = await sb.wait_for(
+        lambda: container_status(sb, broken).get("lastState", {}).get("terminated"),
+        what="the missing executable to fail the container",
+    )
+    assert state["reason"] == "StartError" and state["exitCode"] == 128
+    assert '"localmesh-never-installed": executable file not found in $PATH' in state["message"]
+    rt = sb.cluster.kubelet.runtime(NAMESPACE, served[0]["metadata"]["name"])
+    process = rt.containers["served"].process
     assert process is not None and process.proc is not None
     pid = process.proc.pid
     os.kill(pid, 0)  # running
     await sb.down()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def _until(predicate: Callable[[], Any], seconds: float, what: str) -> Any:
+    """Poll /proc (which has no change events) until `predicate` holds, or fail."""
+    deadline = time.monotonic() + seconds
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_processes_die_with_a_killed_sandbox(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(
+        json.dumps({"namespaces": [NAMESPACE], "objects": [*RBAC[:1], agent_deployment()]})
+    )
+    sandbox = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "localmesh",
+        "sandbox",
+        "up",
+        "--scenario",
+        str(scenario),
+        "--kubeconfig",
+        str(tmp_path / "kubeconfig"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+
+        def agents() -> set[int]:
+            found = set()
+            for pid in _children(sandbox.pid):
+                with contextlib.suppress(OSError):
+                    if b"testagent" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        found.add(pid)
+            return found
+
+        (agent,) = await _until(agents, 60, "the agent process")
+    finally:
+        sandbox.kill()  # SIGKILL: no clean-up code runs in the sandbox
+        await sandbox.wait()
+    await _until(lambda: not _alive(agent), 30, "the orphaned agent to die")

@@ -4,6 +4,7 @@ messages real clusters give, `kubectl auth can-i` by the same rules."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from typing import Any
@@ -39,7 +40,9 @@ async def test_kubectl_with_a_service_account_token(
 ) -> None:
     sb = await sandbox_factory(kube_version=version)
     (await kubectl(sb, "apply", "-f", "-", input=OBJECTS)).check()
-    token = (await kubectl(sb, "create", "token", "mesh-agent", "-n", "billing")).check()
+    token = await kubectl(sb, "create", "token", "mesh-agent", "-n", "billing", "--duration=2h")
+    claims = json.loads(base64.urlsafe_b64decode(token.check().stdout.split(".")[1] + "=="))
+    assert claims["exp"] - claims["iat"] == 7200
     as_agent = ("--token", token.stdout.strip(), "-n", "billing")
     res = await kubectl(sb, "get", "leases", *as_agent)
     assert "mesh-alice" in res.check().stdout

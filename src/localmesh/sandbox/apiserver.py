@@ -706,15 +706,21 @@ def _rules_review_namespace(body: bytes) -> str:
 
 
 def _token_request_spec(body: bytes) -> dict[str, Any]:
-    """The audiences of a TokenRequest in protobuf (kubectl >= 1.32 `create token`);
-    a requested duration is a varint field, which the sandbox reads as the default."""
+    """audiences and expirationSeconds of a TokenRequest in protobuf (kubectl >= 1.32
+    `create token`)."""
     if not body.startswith(protowire.MAGIC):
         raise ValueError("not a Kubernetes protobuf body")
     unknown = protowire.fields(body[len(protowire.MAGIC) :])
     request = protowire.fields(unknown.get(2, [b""])[0])
-    spec = protowire.fields(request.get(2, [b""])[0])
-    audiences = [a.decode() for a in spec.get(1, [])]
-    return {"audiences": audiences} if audiences else {}
+    raw = request.get(2, [b""])[0]
+    out: dict[str, Any] = {}
+    audiences = [a.decode() for a in protowire.fields(raw).get(1, [])]
+    if audiences:
+        out["audiences"] = audiences
+    seconds = protowire.varints(raw).get(4)
+    if seconds:
+        out["expirationSeconds"] = seconds
+    return out
 
 
 def _list_key(obj: dict[str, Any]) -> tuple[str, str]:

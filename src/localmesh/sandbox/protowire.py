@@ -47,6 +47,25 @@ def fields(data: bytes) -> dict[int, list[bytes]]:
     return out
 
 
+def varints(data: bytes) -> dict[int, int]:
+    """Varint fields of one message by number (the last value of each)."""
+    out: dict[int, int] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out[number], pos = _varint(data, pos)
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return out
+
+
 def _first(msg: dict[int, list[bytes]], number: int) -> bytes:
     return msg.get(number, [b""])[0]
 

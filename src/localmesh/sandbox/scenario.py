@@ -55,6 +55,22 @@ class Deployment:
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[ContainerPort, ...] = ()
     ready_delay: float | None = None
+    # Container and pod spec keys given as is (image, command, args, env, probes;
+    # serviceAccountName): a localmesh image runs its command as a process.
+    container: tuple[tuple[str, Any], ...] = ()
+    pod: tuple[tuple[str, Any], ...] = ()
+
+
+# Scenario keys copied into the container / pod spec, with the type each must have.
+CONTAINER_KEYS: dict[str, type] = {
+    "image": str,
+    "command": list,
+    "args": list,
+    "env": list,
+    "readinessProbe": dict,
+    "livenessProbe": dict,
+}
+POD_KEYS: dict[str, type] = {"serviceAccountName": str}
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,7 @@ class Scenario:
                     "needs containerPort (a number)",
                 ):
                     ports.append(ContainerPort(p["containerPort"], str(p.get("name", ""))))
-            if not ports and workload in WORKLOADS:
+            if not ports and workload in WORKLOADS and "image" not in d:
                 ports.append(ContainerPort(default_port(workload)))
             replicas = d.get("replicas", 1)
             want(
@@ -149,6 +165,8 @@ class Scenario:
                     labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
                     ports=tuple(ports),
                     ready_delay=float(delay) if isinstance(delay, int | float) else None,
+                    container=_spec_keys(d, CONTAINER_KEYS, where, want),
+                    pod=_spec_keys(d, POD_KEYS, where, want),
                 )
             )
         services = []
@@ -249,12 +267,27 @@ class Scenario:
         return out
 
 
+def _spec_keys(
+    d: dict[str, Any], keys: dict[str, type], where: str, want: Any
+) -> tuple[tuple[str, Any], ...]:
+    out = []
+    for key, kind in keys.items():
+        if key in d and want(
+            isinstance(d[key], kind), f"{where}.{key}", f"must be a {kind.__name__}"
+        ):
+            out.append((key, copy.deepcopy(d[key])))
+    return tuple(out)
+
+
 def deployment_manifest(d: Deployment) -> dict[str, Any]:
     labels = dict(d.labels)
     pod_meta: dict[str, Any] = {"labels": labels}
     if d.ready_delay is not None:
         pod_meta["annotations"] = {READY_DELAY_ANNOTATION: str(d.ready_delay)}
     container: dict[str, Any] = {"name": d.workload, "image": image_for(d.workload)}
+    if dict(d.container).get("image"):
+        container["name"] = d.name
+    container.update(copy.deepcopy(dict(d.container)))
     container["ports"] = [
         {
             "containerPort": p.container_port,
@@ -270,7 +303,10 @@ def deployment_manifest(d: Deployment) -> dict[str, Any]:
         "spec": {
             "replicas": d.replicas,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": pod_meta, "spec": {"containers": [container]}},
+            "template": {
+                "metadata": pod_meta,
+                "spec": {**copy.deepcopy(dict(d.pod)), "containers": [container]},
+            },
         },
     }
 
