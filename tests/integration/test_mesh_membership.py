@@ -60,7 +60,8 @@ async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: San
         first_out = await one.leave()
         assert not first_out.restored
         still = await service_json(sandbox)
-        assert mesh_state(still).sessions == (two.spec.name,) if two.spec else ()
+        assert two.spec is not None
+        assert mesh_state(still).sessions == (two.spec.name,)
         assert still["spec"]["selector"] == m.router_selector("billing-api")
 
         last_out = await two.leave()

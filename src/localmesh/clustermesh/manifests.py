@@ -475,7 +475,6 @@ def shadow_pod(spec: SessionSpec) -> JSON:
         "kind": "Pod",
         "metadata": _meta(spec.name, spec.namespace, labels),
         "spec": {
-            "automountServiceAccountToken": False,
             "restartPolicy": "Always",
             "securityContext": security,
             "containers": [
