@@ -33,6 +33,7 @@ from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 # Subcommand modules, in the order `--help` lists them. A module that does not exist (yet)
 # is skipped, so the CLI works while commands are still being built.
 COMMAND_MODULES: tuple[str, ...] = ("up", "status", "down", "dump", "demo", "hosts", "sandbox")
+COMMAND_MODULES += ("mesh",)  # cluster -> this machine (localmesh.clustermesh)
 COMMAND_MODULES += ("agent",)  # in-cluster agents (localmesh's image), listed last
 
 DEFAULT_LOG_LEVEL = "info"
