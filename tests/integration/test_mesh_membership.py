@@ -213,3 +213,42 @@ def _with_token(kubeconfig: str, token: str) -> str:
     for user in data["users"]:
         user["user"] = {"token": token}
     return json.dumps(data)
+
+
+async def test_router_not_ready_in_time_is_rolled_back(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        # Serves its health page on another port than the probe's: never Ready.
+        never = ("python", "-m", "localmesh.sandbox.testagent", "serve", "--port", "15999")
+        session = MeshSession(kube, options(port, router_command=never, ready_timeout=2))
+        with pytest.raises(MeshError, match=r"router was not Ready within 2s"):
+            await session.join()
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    await kube.close()
+
+
+async def test_a_join_racing_the_last_leave_keeps_a_working_mesh(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        leaving = MeshSession(kube, options(port, "dev"))
+        await leaving.join()
+        joining = MeshSession(kube, options(port, "other"))
+        _, joined = await asyncio.gather(leaving.leave(), joining.join())
+        # Whatever the interleaving: the joiner is in, the Service points at a router that
+        # exists and is Ready, and the original selector is the real one.
+        meshed = await service_json(sandbox)
+        state = mesh_state(meshed)
+        assert state.sessions == (joined.spec.name,)
+        assert state.original_selector == before["spec"]["selector"]
+        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        deployment = await kube.get("Deployment", "billing", m.router_name("billing-api"))
+        assert deployment is not None and not deployment["metadata"].get("deletionTimestamp")
+        for name in ("billing-api-localmesh-origin",):
+            assert await kube.get("Service", "billing", name) is not None
+        assert (await joining.leave()).restored
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    await kube.close()

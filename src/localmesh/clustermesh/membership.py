@@ -36,7 +36,7 @@ import structlog
 
 from localmesh.clustermesh import manifests as m
 from localmesh.errors import KubeError
-from localmesh.kube.objects import Conflict, KubeObjects
+from localmesh.kube.objects import Conflict, KubeObjects, NotFound
 from localmesh.kube.targets import JSON
 
 log = structlog.get_logger(__name__)
@@ -174,6 +174,8 @@ async def cas_service(
             return current, current
         try:
             return current, await kube.replace("Service", namespace, name, wanted)
+        except NotFound:
+            raise MeshError(f"service {namespace}/{name} was deleted") from None
         except Conflict:
             # Someone else wrote in between: read again; jitter spreads simultaneous writers.
             await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))
@@ -211,7 +213,7 @@ async def ensure(kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
             return await kube.replace(kind, namespace, name, claimed)
-        except Conflict:
+        except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again
     raise MeshError(f"{kind} {namespace}/{name} could not be created or claimed in {deadline:g}s")
 
@@ -309,6 +311,9 @@ async def remove_sessions(
         try:
             await kube.replace("Service", namespace, service, wanted)
             restored_now = restoring
+            break
+        except NotFound:
+            unmeshed = True  # the Service was deleted meanwhile
             break
         except Conflict:
             await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))

@@ -180,6 +180,8 @@ async def wait_pod_ready(
     while True:
         pods = await kube.list("Pod", namespace, selector)
         for pod in pods:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # a router on its way out (a leaver's) serves no one for long
             if _ready(pod):
                 return pod
             reason = _stuck(pod)

@@ -34,6 +34,10 @@ class Conflict(KubeError):
     """409: the object changed since it was read, already exists, or a precondition failed."""
 
 
+class NotFound(KubeError):
+    """404 on a write: the object (or its namespace) is gone."""
+
+
 @dataclass(frozen=True)
 class Kind:
     prefix: str  # /api/v1 or /apis/<group>/<version>
@@ -124,6 +128,8 @@ class KubeObjects:
             error.body = data.decode(errors="replace") if isinstance(data, bytes) else data
             if response.status == 409:
                 raise Conflict(status_message(error))
+            if response.status == 404 and method != "GET":
+                raise NotFound(status_message(error))
             raise _Status(response.status, describe(error, self.access.server, self.access.context))
         result: JSON = json.loads(data) if data else {}
         return result
@@ -169,10 +175,8 @@ class KubeObjects:
             options["preconditions"] = {"resourceVersion": resource_version}
         try:
             await self._call("DELETE", KINDS[kind].path(namespace, name), body=options)
-        except _Status as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     async def can_i(
