@@ -197,3 +197,32 @@ async def test_cli_errors_are_one_line_and_change_nothing(
     assert "service billing/nope not found" in missing.stderr
     assert await service_json(sandbox) == before
     assert await managed_objects(sandbox) == []
+
+
+async def test_ctrl_c_while_joining_puts_everything_back(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    before = await service_json(sandbox)
+    args = mesh_args(sandbox, local_app)
+    # A router that never becomes Ready: the join waits for it until interrupted.
+    args[args.index("--router-ready-path") + 1] = "/never-ready"
+    proc = await asyncio.create_subprocess_exec(
+        str(LOCALMESH),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(tmp_path, sandbox.kubeconfig_path),
+    )
+
+    async def router_created() -> bool:
+        return "Deployment/billing-api-localmesh-router" in await managed_objects(sandbox)
+
+    await eventually(router_created, seconds=30, what="the router deployment", every=0.2)
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted; nothing was left changed" in out.decode()
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)

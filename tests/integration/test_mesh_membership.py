@@ -252,3 +252,43 @@ async def test_a_join_racing_the_last_leave_keeps_a_working_mesh(sandbox: Sandbo
     assert await service_json(sandbox) == before
     await wait_managed_gone(sandbox)
     await kube.close()
+
+
+async def test_the_router_may_do_exactly_its_job(sandbox: Sandbox) -> None:
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        session = MeshSession(kube, options(port))
+        await session.join()
+        router = f"--as=system:serviceaccount:billing:{m.router_name('billing-api')}"
+        allowed = [
+            "update services/billing-api",
+            "patch services/billing-api-localmesh-origin",
+            "delete services/billing-api-localmesh-origin",
+            "watch leases.coordination.k8s.io",
+            "list endpointslices.discovery.k8s.io",
+            "list pods",
+            "delete deployments.apps/billing-api-localmesh-router",
+            "delete roles.rbac.authorization.k8s.io/billing-api-localmesh-router",
+        ]
+        denied = [
+            "update services/other",
+            "delete services/billing-api",
+            "create services",
+            "delete pods",
+            "update leases.coordination.k8s.io",
+            "delete deployments.apps/billing-api",
+            "list secrets",
+            "list pods -n users",
+        ]
+        for rule in allowed + denied:
+            result = await sandbox_fixtures.kubectl(
+                sandbox,
+                "auth",
+                "can-i",
+                *rule.split(),
+                *(["-n", "billing"] * ("-n" not in rule)),
+                router,
+            )
+            assert (result.stdout.strip() == "yes") == (rule in allowed), rule
+        await session.leave()
+    await kube.close()
