@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +29,7 @@ from tests.integration.tunnel_helpers import (
     LOOPBACK,
     ShadowFactory,
     TunnelFactory,
+    curl_at,
     raw_exchange,
     shadows,
     tcp_server,
@@ -321,3 +323,25 @@ async def test_local_process_listening_on_ipv6_loopback_only(
             )
             assert not was_reset and answer.endswith(b"\r\n\r\nv6!")
     assert client.stats.served == 2 and client.stats.local_failures == 0
+
+
+async def test_readiness_follows_the_tunnel(shadows: ShadowFactory, tunnels: TunnelFactory) -> None:
+    """/readyz is 503 until this machine's tunnel is there and again once it has gone, so
+    a readiness probe takes the shadow out of the router's endpoints meanwhile."""
+    secret = tunnel_wire.new_secret()
+    remote, tunnel_port, health = free_port(), free_port(), free_port()
+    await shadows(secret, [remote], tunnel_port=tunnel_port, health_port=health)
+
+    async def probe(path: str) -> tuple[int, bytes]:
+        return await curl_at(LOOPBACK, health, "shadow", path)
+
+    assert await probe("/healthz") == (200, b"ok\n")
+    assert await probe("/readyz") == (503, b"no tunnel from the developer's machine\n")
+    assert (await probe("/other"))[0] == 404
+    async with HttpBackend("laptop") as backend:
+        client = await tunnels(TcpDialer(LOOPBACK, tunnel_port), secret, {remote: backend.port})
+        assert await probe("/readyz") == (200, b"developer's machine connected\n")
+        await client.stop()
+    deadline = time.monotonic() + 20
+    while (await probe("/readyz"))[0] != 503:  # the closes reach the shadow
+        assert time.monotonic() < deadline, "/readyz still 200 after the tunnel closed"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 
 from localmesh.clustermesh import tunnel_wire
 from localmesh.clustermesh.tunnel_laptop import PortForwardDialer
@@ -26,6 +28,7 @@ from localmesh.sandbox import Sandbox, Scenario
 from tests import sandbox_fixtures
 from tests.integration.backends import GrpcBackend, HttpBackend, grpc_health_check
 from tests.integration.tunnel_helpers import (
+    LOOPBACK,
     ShadowFactory,
     TunnelFactory,
     curl_at,
@@ -170,3 +173,74 @@ async def test_one_websocket_per_connection_mode(
 
 async def curl_ip(ip: str, port: int, path: str = "/") -> tuple[int, bytes]:
     return await curl_at(ip, port, "billing-api", path)
+
+
+async def test_websocket_and_concurrent_connections_through_the_port_forward(
+    cluster: Sandbox, connector: Connector, shadows: ShadowFactory, tunnels: TunnelFactory
+) -> None:
+    ip = await pod_ip(cluster)
+    secret = tunnel_wire.new_secret()
+    await shadows(secret, [REMOTE], bind=ip, tunnel_bind=ip, tunnel_port=TUNNEL)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    await ws.send_str(msg.data[::-1])
+            return ws
+        await asyncio.sleep(0.2)  # slow answers: many connections open at once
+        return web.Response(text=request.path)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.SockSite(runner, socket.create_server((LOOPBACK, 0)))
+    await site.start()
+    local_port = runner.addresses[0][1]
+    try:
+        client = await tunnels(
+            PortForwardDialer(connector, NAMESPACE, POD, TUNNEL), secret, {REMOTE: local_port}
+        )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"http://{ip}:{REMOTE}/ws") as ws,
+        ):
+            for word in ("marked", "request"):
+                await ws.send_str(word)
+                assert await ws.receive_str() == word[::-1]
+        connector_ = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector_) as http:
+
+            async def one(i: int) -> str:
+                async with http.get(f"http://{ip}:{REMOTE}/c/{i}") as r:
+                    assert r.status == 200
+                    return await r.text()
+
+            answers = await asyncio.gather(*(one(i) for i in range(100)))
+        assert sorted(answers) == sorted(f"/c/{i}" for i in range(100))
+        assert client.stats.served == 101 and client.stats.open_failures == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_tunnel_started_before_the_agent_says_why_then_connects(
+    cluster: Sandbox, connector: Connector, shadows: ShadowFactory, tunnels: TunnelFactory
+) -> None:
+    """The pod runs but its agent is not listening yet: the pool reports the pod side's
+    refusal, backs off, and connects once the agent is up."""
+    ip = await pod_ip(cluster)
+    secret = tunnel_wire.new_secret()
+    async with HttpBackend("laptop") as backend:
+        dialer = PortForwardDialer(connector, NAMESPACE, POD, TUNNEL)
+        client = await tunnels(dialer, secret, {REMOTE: backend.port}, ready=False)
+        await wait_until(lambda: client.stats.open_failures >= 2, "refused opens")
+        state = client.state
+        assert state.startswith(f"reconnecting (no answer from the shadow at {NAMESPACE}/{POD}:")
+        assert str(TUNNEL) in state and "refused" in state, state
+        await shadows(secret, [REMOTE], bind=ip, tunnel_bind=ip, tunnel_port=TUNNEL)
+        await wait_until(lambda: client.ready, "the pool connected", seconds=30)
+        status, body = await curl_ip(ip, REMOTE, "/late")
+        assert status == 200 and b'"/late"' in body

@@ -41,6 +41,7 @@ class ShadowProcess:
         tunnel_bind: str = LOOPBACK,
         tunnel_port: int,
         wait: float = 5.0,
+        health_port: int | None = None,
     ) -> None:
         self.secret = secret
         self.ports = list(ports)
@@ -48,6 +49,7 @@ class ShadowProcess:
         self.tunnel_bind = tunnel_bind
         self.tunnel_port = tunnel_port
         self.wait = wait
+        self.health_port = health_port
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[dict[str, Any]] = []
         self._reader: asyncio.Task[None] | None = None
@@ -73,6 +75,7 @@ class ShadowProcess:
             str(self.tunnel_port),
             "--wait",
             str(self.wait),
+            *(["--health-port", str(self.health_port)] if self.health_port is not None else []),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

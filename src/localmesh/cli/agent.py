@@ -68,6 +68,13 @@ def register(subparsers: Any) -> None:
         f"reset (default: {tunnel_shadow.DEFAULT_WAIT:g})",
     )
     shadow.add_argument("--secret-file", type=Path, help="file holding the session secret (hex)")
+    shadow.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve GET /readyz (200 while the developer's machine is connected, else 503) "
+        "and /healthz on this port, for the pod's probes",
+    )
     shadow.set_defaults(run=run_shadow)
 
 
@@ -105,6 +112,10 @@ async def run_shadow(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tunnel-port {args.tunnel_port} is not a valid port")
     if args.tunnel_port in ports:
         raise ConfigError(f"--tunnel-port {args.tunnel_port} is also one of --ports")
+    if args.health_port is not None and (
+        not 0 <= args.health_port <= 65535 or args.health_port in (*ports, args.tunnel_port)
+    ):
+        raise ConfigError(f"--health-port {args.health_port}: give a free port of its own")
     if args.wait <= 0:
         raise ConfigError(f"--wait {args.wait:g}: give a positive number of seconds")
     secret = read_secret(args.secret_file)
@@ -119,6 +130,7 @@ async def run_shadow(args: argparse.Namespace) -> int:
         tunnel_bind=tunnel_bind,
         tunnel_port=args.tunnel_port,
         wait=args.wait,
+        health_port=args.health_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -87,8 +87,10 @@ class PortForwardDialer:
             connector, namespace, Target(pod, "", port), multiplex=multiplex
         )
         self._started: asyncio.Task[tuple[str, int]] | None = None
+        self._errors_seen = 0
 
     async def dial(self) -> wire.Stream:
+        self._errors_seen = self.forwarder.stats.errors
         if self._started is None:
             self._started = asyncio.ensure_future(self.forwarder.start())
         host, port = await asyncio.shield(self._started)
@@ -102,7 +104,9 @@ class PortForwardDialer:
 
     @property
     def last_error(self) -> str | None:
-        return self.forwarder.stats.last_error
+        """What the pod side reported since the last dial (why a connection closed)."""
+        stats = self.forwarder.stats
+        return stats.last_error if stats.errors > self._errors_seen else None
 
 
 @dataclass

@@ -56,6 +56,7 @@ class ShadowAgent:
         tunnel_bind: str = "127.0.0.1",
         tunnel_port: int = wire.DEFAULT_TUNNEL_PORT,
         wait: float = DEFAULT_WAIT,
+        health_port: int | None = None,
     ) -> None:
         self.ports = tuple(ports)
         if tunnel_port in self.ports and tunnel_port != 0:
@@ -66,6 +67,8 @@ class ShadowAgent:
         self._tunnel_bind = tunnel_bind
         self._tunnel_port = tunnel_port
         self._wait = wait
+        self._health_port = health_port
+        self.health_address: tuple[str, int] | None = None
         self._idle: collections.deque[wire.Stream] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[wire.Stream]] = collections.deque()
         self._servers: list[asyncio.Server] = []
@@ -96,6 +99,10 @@ class ShadowAgent:
                 )
                 self._servers.append(server)
                 self.addresses[port] = _address(server)
+            if self._health_port is not None:
+                server = await asyncio.start_server(self._health, self._bind, self._health_port)
+                self._servers.append(server)
+                self.health_address = _address(server)
         except BaseException:
             await self.stop()
             raise
@@ -118,6 +125,37 @@ class ShadowAgent:
         if self._tasks:
             await asyncio.wait(set(self._tasks))
         self._servers.clear()
+
+    @property
+    def connected(self) -> bool:
+        """The developer's machine has a tunnel connection here (idle or in use)."""
+        return self.stats.active > 0 or any(_usable(stream) for stream in self._idle)
+
+    async def _health(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """`GET /readyz`: 200 while the machine is connected, else 503 (a readiness probe
+        takes the shadow out of the router's endpoints while nobody is at the other end);
+        `GET /healthz`: 200 while the agent runs. Probes only: nothing else is served."""
+        try:
+            async with asyncio.timeout(wire.HANDSHAKE_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            writer.close()
+            return
+        parts = head.split(b" ", 2)
+        path = parts[1].decode("latin-1") if len(parts) > 2 else ""
+        if path == "/healthz":
+            status, body = "200 OK", "ok\n"
+        elif path == "/readyz" and self.connected:
+            status, body = "200 OK", "developer's machine connected\n"
+        elif path == "/readyz":
+            status, body = "503 Service Unavailable", "no tunnel from the developer's machine\n"
+        else:
+            status, body = "404 Not Found", "try /readyz or /healthz\n"
+        writer.write(
+            f"HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}"
+            f"\r\nconnection: close\r\n\r\n{body}".encode()
+        )
+        await wire.close(writer)
 
     # -- tunnel connections from the machine ------------------------------------------------
     async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

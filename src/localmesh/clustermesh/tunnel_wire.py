@@ -14,6 +14,8 @@ Every tunnel connection is a TCP connection this machine opens to the shadow's t
                                        machine then closes; the shadow resets the inbound
                                        connection before any response byte)
     then raw bytes both ways; a FIN is passed on as a FIN (half-close), a reset as a reset.
+    (Through a port-forward, a FIN from the shadow's side ends the whole connection at
+    this machine's forwarder: a client that half-closes first loses the answer there.)
 
 A new inbound connection costs no round trip: the idle connection is already open and
 authenticated, and the request bytes travel with the port header. The secret is random
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import struct
 from collections.abc import Callable
@@ -47,7 +50,7 @@ STREAM_LIMIT = 256 * 1024
 WRITE_HIGH_WATER = 1024 * 1024  # bytes buffered towards a slow reader before waiting
 HANDSHAKE_TIMEOUT = 10.0
 # How long the shadow waits for the status byte: the machine answers once its local
-# connect is done (bounded there by LOCAL_CONNECT_TIMEOUT, 3 s), so this only ends
+# connect is done (bounded there: 3 s per loopback address), so this only ends
 # connections whose tunnel died without a FIN.
 STATUS_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
@@ -55,13 +58,7 @@ CLOSE_TIMEOUT = 2.0
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-class TunnelProtocolError(Exception):
-    """The peer did not speak this protocol (the message says what came instead)."""
-
-
 def new_secret() -> bytes:
-    import secrets
-
     return secrets.token_bytes(SECRET_SIZE)
 
 
