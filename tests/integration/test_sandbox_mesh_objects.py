@@ -4,13 +4,14 @@ real kubectl (every minor) and the official Python client."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import pytest
 from kubernetes import client
 
 from localmesh.sandbox import Sandbox
-from localmesh.sandbox.resources import PODS, REPLICASETS
+from localmesh.sandbox.resources import BY_KIND, PODS, REPLICASETS
 from tests import sandbox_fixtures
 from tests.integration.test_sandbox_client import api_error, call
 from tests.sandbox_fixtures import SandboxFactory, kube_client, kubectl
@@ -101,6 +102,17 @@ async def test_kubectl_gets_every_mesh_kind(sandbox_factory: SandboxFactory, ver
     assert rss[0] == ["NAMESPACE", "NAME", "DESIRED", "CURRENT", "READY", "AGE"]
     rs_row = next(r for r in rss[1:] if r[0] == "billing")
     assert rs_row[1].startswith("replicaset.apps/billing-api-") and rs_row[2:5] == ["1", "1", "1"]
+    # A write from a stale copy loses: 409 Conflict, as in a real cluster.
+    lease_json = await kubectl(sb, "get", "lease", "mesh-alice", "-n", "billing", "-o", "json")
+    stale = lease_json.check().stdout
+    renew = '{"spec":{"holderIdentity":"bob"}}'
+    (await kubectl(sb, "patch", "lease", "mesh-alice", "-n", "billing", "-p", renew)).check()
+    res = await kubectl(sb, "replace", "-f", "-", input=stale)
+    assert res.returncode == 1
+    assert (
+        'Operation cannot be fulfilled on leases.coordination.k8s.io "mesh-alice": the object '
+        "has been modified; please apply your changes to the latest version and try again"
+    ) in res.stderr
     wide = await kubectl(sb, "get", "rolebinding", "-n", "billing", "-o", "wide")
     header, row = wide.check().stdout.splitlines()
     assert header.split() == ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]
@@ -226,3 +238,73 @@ async def test_patch_flavours_and_watch_on_mesh_kinds(sandbox: Sandbox) -> None:
         sandbox, "patch", "rolebinding", "mesh-agent", "-n", "billing", "--type", "merge", "-p", ref
     )
     assert res.returncode != 0 and "cannot change roleRef" in res.stderr
+
+
+@pytest.mark.parametrize("version", MINORS)
+async def test_kubectl_create_commands(sandbox_factory: SandboxFactory, version: str) -> None:
+    # kubectl >= 1.32 sends these objects in protobuf.
+    sb = await sandbox_factory(kube_version=version)
+    ns = ("-n", "billing")
+    commands = [
+        ("create", "sa", "mesh-agent"),
+        ("create", "role", "mesh-agent", "--verb=get,watch", "--resource=leases,pods/log"),
+        (
+            "create",
+            "rolebinding",
+            "mesh-agent",
+            "--role=mesh-agent",
+            "--serviceaccount=billing:mesh-agent",
+        ),
+        ("create", "cm", "mesh-config", "--from-literal=mark=dev"),
+        ("create", "secret", "generic", "mesh-secret", "--from-literal=key=s3cret"),
+        (
+            "create",
+            "deployment",
+            "agent",
+            "--image=localmesh:dev",
+            "--port=8080",
+            "--",
+            "localmesh",
+            "agent",
+        ),
+    ]
+    for args in commands:
+        (await kubectl(sb, *ns, *args)).check()
+    store = sb.store
+    role = store.get(BY_KIND["Role"], "billing", "mesh-agent")
+    assert role["rules"] == [
+        {"verbs": ["get", "watch"], "apiGroups": [""], "resources": ["pods/log"]},
+        {"verbs": ["get", "watch"], "apiGroups": ["coordination.k8s.io"], "resources": ["leases"]},
+    ]
+    binding = store.get(BY_KIND["RoleBinding"], "billing", "mesh-agent")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "mesh-agent",
+    }
+    (subject,) = binding["subjects"]
+    assert {k: subject[k] for k in ("kind", "name", "namespace")} == {
+        "kind": "ServiceAccount",
+        "name": "mesh-agent",
+        "namespace": "billing",
+    }
+    assert store.get(BY_KIND["ConfigMap"], "billing", "mesh-config")["data"] == {"mark": "dev"}
+    secret = store.get(BY_KIND["Secret"], "billing", "mesh-secret")
+    assert secret["data"] == {"key": base64.b64encode(b"s3cret").decode()}
+    deploy = store.get(BY_KIND["Deployment"], "billing", "agent")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "localmesh:dev" and container["command"] == ["localmesh", "agent"]
+    assert container["ports"] == [{"containerPort": 8080}]
+    assert deploy["spec"]["selector"] == {"matchLabels": {"app": "agent"}}
+    res = await kubectl(
+        sb,
+        "auth",
+        "can-i",
+        "get",
+        "pods",
+        "--subresource=log",
+        *ns,
+        "--as",
+        "system:serviceaccount:billing:mesh-agent",
+    )
+    assert res.check().stdout.strip() == "yes"

@@ -119,7 +119,12 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     sandbox_factory: SandboxFactory,
 ) -> None:
     sb = await sandbox_factory(EMPTY)
-    sb.apply([*RBAC, agent_deployment(readinessProbe=PROBE, livenessProbe=PROBE)])
+    probes: dict[str, Any] = {
+        "startupProbe": PROBE,
+        "readinessProbe": PROBE,
+        "livenessProbe": PROBE,
+    }
+    sb.apply([*RBAC, agent_deployment(**probes)])
     res = await kubectl(sb, "rollout", "status", "deploy/agent", "-n", NAMESPACE, "--timeout=60s")
     assert "successfully rolled out" in res.check().stdout
     (pod,) = sb.pods(NAMESPACE)
@@ -135,10 +140,26 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     )
     logs = (await kubectl(sb, "logs", "-n", NAMESPACE, name)).check().stdout
     assert logs.splitlines()[0] == f"testagent serving on {ip}:8080 as {name}"
+    follow = await asyncio.create_subprocess_exec(
+        "kubectl",
+        "logs",
+        "-f",
+        "-n",
+        NAMESPACE,
+        "deploy/agent",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=sb.env(),
+    )
+    assert follow.stdout is not None
+    first = await asyncio.wait_for(follow.stdout.readline(), 20)
+    assert first.decode().startswith("testagent serving on")
 
     # A failing liveness probe restarts the container; the pod keeps its name and IP.
     async with aiohttp.ClientSession() as session, session.post(f"http://{ip}:8080/fail") as r:
         assert r.status == 200
+    # `kubectl logs -f` ends with the run it followed.
+    assert await asyncio.wait_for(follow.wait(), 60) == 0
     restarted = await sb.wait_for(
         lambda: (s := container_status(sb, pod)).get("restartCount") == 1 and s.get("ready") and s,
         seconds=60,
@@ -158,6 +179,15 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
     ) in reasons
     previous = (await kubectl(sb, "logs", "-p", "-n", NAMESPACE, name)).check().stdout
     assert previous.startswith("testagent serving on")
+
+    # Deleting the pod stops its process (SIGTERM); the replica set starts a new one.
+    process = sb.cluster.kubelet.runtime(NAMESPACE, name).containers["agent"].process
+    assert process is not None and process.proc is not None
+    (await kubectl(sb, "delete", "pod", name, "-n", NAMESPACE)).check()
+    assert process.proc.returncode is not None
+    await sb.wait_all_ready(60)
+    (replacement,) = sb.pods(NAMESPACE)
+    assert replacement["metadata"]["name"] != name
 
 
 @pytest.mark.parametrize("version", MINORS)
@@ -195,8 +225,9 @@ async def test_crash_loop_and_image_pull_back_off_through_kubectl(
     crash_row = rows[crasher["metadata"]["name"]]
     assert crash_row[1:4] == ["0/1", "CrashLoopBackOff", "1"] and crash_row[4].startswith("(")
     assert rows[typo["metadata"]["name"]][1:4] == ["0/1", "ImagePullBackOff", "0"]
-    logs = await kubectl(sb, "logs", "-n", NAMESPACE, crasher["metadata"]["name"])
-    assert logs.check().stdout == "testagent crashing with exit code 3\n"
+    for follow in ((), ("-f",)):  # -f ends at once: the container is not running
+        logs = await kubectl(sb, "logs", *follow, "-n", NAMESPACE, crasher["metadata"]["name"])
+        assert logs.check().stdout == "testagent crashing with exit code 3\n"
     logs = await kubectl(sb, "logs", "-n", NAMESPACE, typo["metadata"]["name"])
     assert logs.returncode == 1
     assert "is waiting to start: trying and failing to pull image" in logs.stderr
@@ -340,3 +371,77 @@ async def test_processes_die_with_a_killed_sandbox(tmp_path: Path) -> None:
         sandbox.kill()  # SIGKILL: no clean-up code runs in the sandbox
         await sandbox.wait()
     await _until(lambda: not _alive(agent), 30, "the orphaned agent to die")
+
+
+async def test_kubectl_run_once_completes_or_fails_without_restarts(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY)
+    command = ["python", "-m", "localmesh.sandbox.testagent", "crash", "--code"]
+    for name, code in (("once", "0"), ("fails", "2")):
+        res = await kubectl(
+            sb,
+            "run",
+            name,
+            "-n",
+            NAMESPACE,
+            "--image=localmesh:dev",
+            "--restart=Never",
+            "--command",
+            "--",
+            *command,
+            code,
+        )
+        res.check()
+    await sb.wait_for(
+        lambda: {p["status"].get("phase") for p in sb.pods(NAMESPACE)} == {"Succeeded", "Failed"},
+        seconds=30,
+        what="both pods to finish",
+    )
+    out = (await kubectl(sb, "get", "pods", "-n", NAMESPACE)).check().stdout
+    rows = {r.split()[0]: r.split()[1:4] for r in out.splitlines()[1:]}
+    assert rows == {"once": ["0/1", "Completed", "0"], "fails": ["0/1", "Error", "0"]}
+    pod = sb.store.get(PODS, NAMESPACE, "fails")
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["state"]["terminated"]["exitCode"] == 2 and status["lastState"] == {}
+
+
+async def test_failing_startup_probe_restarts_the_container(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY, wait_ready=False)
+    never = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    sb.apply([*RBAC[:1], agent_deployment(startupProbe=never, readinessProbe=PROBE)])
+    (pod,) = await sb.wait_for(lambda: sb.pods(NAMESPACE), what="the pod")
+    status = await sb.wait_for(
+        lambda: (s := container_status(sb, pod)).get("restartCount", 0) >= 1 and s,
+        seconds=60,
+        what="a restart after the startup probe failed",
+    )
+    assert status["ready"] is False
+    messages = {e["message"] for e in sb.store.iter(EVENTS, NAMESPACE)}
+    assert "Startup probe failed: dial tcp " in " ".join(messages)
+    assert "Container agent failed startup probe, will be restarted" in messages
+
+
+async def test_pod_waits_for_its_service_account(sandbox_factory: SandboxFactory) -> None:
+    sb = await sandbox_factory(EMPTY, wait_ready=False)
+    sb.apply([agent_deployment(readinessProbe=PROBE)])
+    (pod,) = await sb.wait_for(lambda: sb.pods(NAMESPACE), what="the pod")
+    await sb.wait_for(
+        lambda: (
+            (container_status(sb, pod).get("state", {}).get("waiting") or {}).get("reason")
+            == "ContainerCreating"
+        ),
+        what="the container waiting for its service account token",
+    )
+    out = (await kubectl(sb, "get", "pods", "-n", NAMESPACE)).check().stdout
+    assert out.splitlines()[1].split()[1:3] == ["0/1", "ContainerCreating"]
+    messages = {e["message"] for e in sb.store.iter(EVENTS, NAMESPACE)}
+    assert any(
+        m.startswith('MountVolume.SetUp failed for volume "kube-api-access-')
+        and m.endswith(': serviceaccount "mesh-agent" not found')
+        for m in messages
+    )
+    sb.apply(RBAC[:1])  # the account appears: the kubelet mounts it and starts the container
+    await sb.wait_all_ready(60)

@@ -170,6 +170,53 @@ async def test_role_without_watch_gets_403_from_the_official_client(sandbox: San
     assert status == 403 and err["reason"] == "Forbidden"
     assert err["message"] == _forbidden("patch", "leases", "coordination.k8s.io", "theirs")
     assert err["details"] == {"name": "theirs", "group": "coordination.k8s.io", "kind": "leases"}
+    # A watch of its own lease by name is allowed by a resourceNames rule.
+    sandbox.apply(
+        [
+            {
+                **ROLE_WITHOUT_WATCH,
+                "metadata": {"name": "own-lease", "namespace": "billing"},
+                "rules": [
+                    {
+                        "apiGroups": ["coordination.k8s.io"],
+                        "resources": ["leases"],
+                        "resourceNames": ["mine"],
+                        "verbs": ["watch"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "own-lease", "namespace": "billing"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "own-lease",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "mesh-agent"}],
+            },
+        ]
+    )
+    own = await call(
+        agent.list_namespaced_lease,
+        "billing",
+        watch=True,
+        field_selector="metadata.name=mine",
+        timeout_seconds=1,
+        _preload_content=False,
+    )
+    assert own.status == 200
+    own.release_conn()
+    status, err = await api_error(
+        agent.list_namespaced_lease,
+        "billing",
+        watch=True,
+        field_selector="metadata.name=theirs",
+        timeout_seconds=1,
+        _preload_content=False,
+    )
+    assert status == 403
     # TokenRequest is itself authorized: the agent cannot mint tokens.
     core = client.CoreV1Api(kube_client(sandbox, token=token))
     status, err = await api_error(

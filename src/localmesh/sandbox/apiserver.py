@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from localmesh.sandbox import errors, openapi, protowire, rbac, resources, tables
+from localmesh.sandbox import errors, openapi, protobodies, protowire, rbac, resources, tables
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.rbac import Attributes, Identities, User
 from localmesh.sandbox.resources import BY_PATH, PODS, ResourceType
@@ -169,6 +169,13 @@ class ApiServer:
             if name is None:
                 watch = request.query.get("watch") in ("1", "true", "True")
                 verb = "watch" if watch else "list"
+                # A list or watch of one object by name is authorized for that name, so
+                # resourceNames rules allow `kubectl get lease mine -w`.
+                selector = request.query.get("fieldSelector", "")
+                for op in ("metadata.name==", "metadata.name="):
+                    if selector.startswith(op) and "," not in selector:
+                        name = selector[len(op) :]
+                        break
             else:
                 verb = "get"
         elif method == "DELETE":
@@ -374,6 +381,8 @@ class ApiServer:
                 )
             raise errors.method_not_allowed()
         if sub == "log":
+            if request.query.get("follow") in ("1", "true", "True"):
+                return await self._follow_logs(request, ns or "", name)
             return self._logs(request, ns or "", name)
         if sub == "scale":
             return await self._scale(request, rtype, ns or "", name)
@@ -423,6 +432,35 @@ class ApiServer:
         text = "".join(f"{ts} {line}\n" if stamps else f"{line}\n" for ts, line in lines)
         return web.Response(text=text)
 
+    async def _follow_logs(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        """`kubectl logs -f`: stream the log until the container's run ends."""
+        stamps = request.query.get("timestamps") in ("1", "true", "True")
+        lines = self.cluster.kubelet.follow(ns, name, request.query.get("container"))
+        first = await anext(lines, None)  # errors (no such container) before the 200
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        line = first
+        try:
+            while not self._stopping.is_set():
+                if line is not None:
+                    ts, text = line
+                    await resp.write(f"{ts} {text}\n".encode() if stamps else f"{text}\n".encode())
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                try:
+                    line = await anext(lines)
+                except StopAsyncIteration:
+                    break
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away
+        finally:
+            await lines.aclose()
+        return resp
+
     @staticmethod
     def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:
         raw = request.query.get("gracePeriodSeconds")
@@ -433,8 +471,11 @@ class ApiServer:
     @staticmethod
     async def _body(request: web.Request, optional: bool = False) -> Any:
         if "protobuf" in request.headers.get("Content-Type", ""):
-            # JSON only; clients fall back to JSON on 415.
-            raise errors.unsupported_media_type(request.headers["Content-Type"])
+            # The objects kubectl's create commands send in protobuf; others get 415.
+            try:
+                return protobodies.decode_object(await request.read())
+            except ValueError:
+                raise errors.unsupported_media_type(request.headers["Content-Type"]) from None
         raw = await request.read()
         if not raw.strip():
             if optional:

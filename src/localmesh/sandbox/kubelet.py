@@ -23,6 +23,7 @@ import errno
 import hashlib
 import shutil
 from collections import deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,14 +77,20 @@ class ContainerRuntime:
     last_state: dict[str, Any] = field(default_factory=dict)
     restart_count: int = 0
     started: bool = False  # has run at least once
+    startup_done: bool = True  # its startup probe passed (or it has none)
     ready: bool = False
     logs: deque[LogLine] = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
     previous: list[LogLine] | None = None
     process: ContainerProcess | None = None
     task: asyncio.Task[Any] | None = None
+    appended: asyncio.Event = field(default_factory=asyncio.Event)  # replaced per line
+    total: int = 0  # lines ever logged by this run (the deque keeps the last ones)
 
     def log(self, line: str) -> None:
         self.logs.append((now_rfc3339(), line))
+        self.total += 1
+        self.appended.set()
+        self.appended = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -181,6 +188,31 @@ class Kubelet:
                 f'container "{c.name}" in pod "{name}" is waiting to start: {detail}'
             )
         return list(c.logs)
+
+    async def follow(
+        self, namespace: str, name: str, container: str | None
+    ) -> AsyncGenerator[LogLine | None, None]:
+        """`kubectl logs -f`: the log so far, then each new line until this run of the
+        container ends; None about every second while nothing happens."""
+        lines = self.logs(namespace, name, container)
+        rt = self.runtime(namespace, name)
+        c = rt.containers[container] if container else next(iter(rt.containers.values()))
+        run, sent = c.logs, c.total
+        for line in lines:
+            yield line
+        while True:
+            if c.logs is not run or rt.uid not in self.runtimes:
+                return  # restarted or deleted: a new run has its own log
+            new = min(c.total - sent, len(run))  # a full deque has dropped the oldest
+            for line in list(run)[len(run) - new :] if new else []:
+                yield line
+            sent = c.total
+            if not c.running and c.kind != BUILTIN:
+                return
+            waiter = c.appended
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), 1.0)
+            yield None
 
     def on_event(self, ev: StoredEvent) -> None:
         if ev.rtype in (SERVICEACCOUNTS, CONFIGMAPS) or ev.rtype.plural == "secrets":
@@ -478,11 +510,12 @@ class Kubelet:
                     code = await self._run_once(rt, c, argv, env)
                 if rt.terminating:
                     return
-                c.last_state = {"terminated": c.state["terminated"]}
-                self.sync_status(rt)
                 policy = self._pod_spec(rt).get("restartPolicy", "Always")
                 if policy == "Never" or (policy == "OnFailure" and code == 0):
+                    self.sync_status(rt)
                     return
+                c.last_state = {"terminated": c.state["terminated"]}
+                self.sync_status(rt)
                 crashes += 1
                 delay = 0.0 if crashes == 1 else self._backoff(crashes - 2)
                 if delay > 0:
@@ -517,7 +550,7 @@ class Kubelet:
     ) -> int:
         """One run of the process: start, probe, wait for its exit; returns the exit code."""
         if c.started:
-            c.previous, c.logs = list(c.logs), deque(maxlen=_LOG_LINES)
+            c.previous, c.logs, c.total = list(c.logs), deque(maxlen=_LOG_LINES), 0
         self._event(rt, "Pulled", f'Container image "{c.image}" already present on machine')
         self._event(rt, "Created", f"Created container {c.name}")
         process = ContainerProcess(argv, env, self._pod_dir(rt), c.log)
@@ -540,24 +573,15 @@ class Kubelet:
         self._event(rt, "Started", f"Started container {c.name}")
         c.state = {"running": {"startedAt": started}}
         c.started = True
-        readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
-        c.ready = readiness is None
+        c.ready = False
+        c.startup_done = "startupProbe" not in c.spec
         self.sync_status(rt)
-        probes = []
-        ports = {
-            p["name"]: int(p["containerPort"]) for p in c.spec.get("ports") or [] if p.get("name")
-        }
-        if readiness is not None:
-            probes.append(self._probe(rt, c, Probe(readiness, rt.ip, ports), liveness=False))
-        if liveness is not None:
-            probes.append(self._probe(rt, c, Probe(liveness, rt.ip, ports), liveness=True))
-        tasks = [asyncio.create_task(p) for p in probes]
+        probes = asyncio.create_task(self._probes(rt, c))
         try:
             code = await process.wait()
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            probes.cancel()
+            await asyncio.gather(probes, return_exceptions=True)
         c.process = None
         c.ready = False
         c.state = {
@@ -570,6 +594,41 @@ class Kubelet:
             }
         }
         return code
+
+    async def _probes(self, rt: PodRuntime, c: ContainerRuntime) -> None:
+        """The startup probe until it passes, then readiness and liveness probes."""
+        ports = {
+            p["name"]: int(p["containerPort"]) for p in c.spec.get("ports") or [] if p.get("name")
+        }
+        startup = c.spec.get("startupProbe")
+        if startup is not None:
+            probe = Probe(startup, rt.ip, ports)
+            state = ProbeState.of(probe)
+            await asyncio.sleep(float(startup.get("initialDelaySeconds") or 0))  # its schedule
+            while not state.passing:
+                ok, message = await probe.run()
+                state.record(ok)
+                if not ok and state.failures == 1:
+                    self._event(rt, "Unhealthy", f"Startup probe failed: {message}", True)
+                if state.failures >= state.failure_threshold and c.process is not None:
+                    self._event(
+                        rt, "Killing", f"Container {c.name} failed startup probe, will be restarted"
+                    )
+                    grace = float(self._pod_spec(rt).get("terminationGracePeriodSeconds", 30))
+                    await c.process.stop(grace)
+                    return
+                if not state.passing:
+                    await asyncio.sleep(probe.setting("periodSeconds"))  # its schedule
+        readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
+        c.startup_done = True
+        c.ready = readiness is None
+        self.sync_status(rt)
+        running = []
+        if readiness is not None:
+            running.append(self._probe(rt, c, Probe(readiness, rt.ip, ports), liveness=False))
+        if liveness is not None:
+            running.append(self._probe(rt, c, Probe(liveness, rt.ip, ports), liveness=True))
+        await asyncio.gather(*running)
 
     async def _probe(
         self, rt: PodRuntime, c: ContainerRuntime, probe: Probe, *, liveness: bool
@@ -651,7 +710,7 @@ class Kubelet:
                 "image": c.image,
                 "imageID": c.image if c.started else "",
                 "ready": c.ready and gates_open,
-                "started": c.running,
+                "started": c.running and c.startup_done,
                 "restartCount": c.restart_count,
                 "state": copy.deepcopy(c.state),
                 "lastState": copy.deepcopy(c.last_state),

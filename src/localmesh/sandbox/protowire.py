@@ -7,6 +7,7 @@ field holds the object. Only length-delimited string fields are needed here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 MAGIC = b"k8s\x00"
@@ -47,23 +48,30 @@ def fields(data: bytes) -> dict[int, list[bytes]]:
     return out
 
 
-def varints(data: bytes) -> dict[int, int]:
-    """Varint fields of one message by number (the last value of each)."""
-    out: dict[int, int] = {}
+def iter_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """Every field of one message in order: (number, varint value or bytes)."""
     pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            out[number], pos = _varint(data, pos)
+            value, pos = _varint(data, pos)
+            yield number, value
         elif wire == 2:
             size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise ValueError("truncated field")
+            yield number, data[pos : pos + size]
             pos += size
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
-    return out
+
+
+def varints(data: bytes) -> dict[int, int]:
+    """Varint fields of one message by number (the last value of each)."""
+    return {n: v for n, v in iter_fields(data) if isinstance(v, int)}
 
 
 def _first(msg: dict[int, list[bytes]], number: int) -> bytes:

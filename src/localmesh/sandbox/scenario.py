@@ -67,6 +67,7 @@ CONTAINER_KEYS: dict[str, type] = {
     "command": list,
     "args": list,
     "env": list,
+    "startupProbe": dict,
     "readinessProbe": dict,
     "livenessProbe": dict,
 }

@@ -55,7 +55,7 @@ def _pod_status(pod: Obj) -> str:
         state = c.get("state") or {}
         waiting = (state.get("waiting") or {}).get("reason")
         terminated = state.get("terminated") or {}
-        if waiting and waiting != "ContainerCreating":
+        if waiting:
             reason = waiting
         elif terminated:
             reason = terminated.get("reason") or f"ExitCode:{terminated.get('exitCode', 0)}"
