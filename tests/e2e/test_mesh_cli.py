@@ -126,6 +126,19 @@ async def test_mesh_serves_through_the_shadow_and_ctrl_c_restores(
 
         body = await eventually(served, seconds=30, what="a request through the tunnel")
         assert body == "served locally /orders"
+        # The shadow is Ready while this machine's tunnel is connected (the router's cue).
+        ready = await sandbox_fixtures.kubectl(
+            sandbox,
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-n",
+            "billing",
+            "-l",
+            f"{m.COMPONENT_LABEL}=shadow",
+            "--timeout=30s",
+        )
+        assert ready.returncode == 0, ready.stderr
 
         listing = await run_cli(tmp_path, "mesh", "list", kubeconfig=sandbox.kubeconfig_path)
         assert listing.returncode == 0, listing.stderr

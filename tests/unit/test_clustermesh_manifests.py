@@ -194,7 +194,19 @@ def test_shadow_pod_never_matches_the_service_selector() -> None:
     labels = pod["metadata"]["labels"]
     assert not set(SERVICE["spec"]["selector"].items()) <= set(labels.items())
     assert labels[m.SESSION_LABEL] == pod["metadata"]["name"]
-    assert pod["spec"]["containers"][0]["ports"] == [{"containerPort": 8081, "protocol": "TCP"}]
+    container = pod["spec"]["containers"][0]
+    assert container["ports"][0] == {"containerPort": 8081, "protocol": "TCP"}
+    assert [p["containerPort"] for p in container["ports"]] == [8081, 15390, 15021]
+    assert container["command"] == [
+        "localmesh",
+        "agent",
+        "shadow",
+        "--ports",
+        "8081",
+        "--health-port",
+        "15021",
+    ]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 15021}
 
 
 def test_names_stay_within_limits_and_distinct() -> None:

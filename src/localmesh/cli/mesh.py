@@ -198,6 +198,7 @@ def joined_text(options: Any, joined: Any) -> str:
 async def run_mesh(kube: Any, args: argparse.Namespace, namespace: str, service: str) -> int:
     import aiohttp
 
+    from localmesh.clustermesh.membership import MeshError
     from localmesh.clustermesh.session import MeshSession
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
     from localmesh.forward import Connector
@@ -208,31 +209,41 @@ async def run_mesh(kube: Any, args: argparse.Namespace, namespace: str, service:
     loop = asyncio.get_running_loop()
     with _signals(loop, stop):
         joining = asyncio.create_task(session.join())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({joining, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not joining.done():
+        if not await _first(joining, stop):
             joining.cancel()  # the join puts back what it changed before it ends
             with contextlib.suppress(asyncio.CancelledError):
                 await joining
-            stopper.cancel()
             print("interrupted; nothing was left changed", flush=True)
             return 130
-        stopper.cancel()
         joined = joining.result()
-        print(joined_text(options, joined), flush=True)
         async with aiohttp.ClientSession() as http:
             dialer = PortForwardDialer(Connector(kube.access, http), namespace, joined.spec.name)
             tunnel = TunnelClient(
                 dialer, joined.secret, {p.target: p.local for p in joined.spec.ports}
             )
             tunnel.start()
-            lost = asyncio.create_task(session.lost.wait())
-            stopper = asyncio.create_task(stop.wait())
+            failure: str | None = None
             try:
-                await asyncio.wait({lost, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                connecting = asyncio.create_task(
+                    asyncio.wait_for(tunnel.wait_ready(), options.ready_timeout)
+                )
+                if await _first(connecting, stop):
+                    try:
+                        connecting.result()
+                    except TimeoutError:
+                        failure = (
+                            f"the tunnel to shadow pod {namespace}/{joined.spec.name} did not "
+                            f"connect within {options.ready_timeout:g}s"
+                            + (f": {dialer.last_error}" if dialer.last_error else "")
+                        )
+                    else:
+                        print(joined_text(options, joined), flush=True)
+                        lost = asyncio.create_task(session.lost.wait())
+                        await _first(lost, stop)
+                        lost.cancel()
+                else:
+                    connecting.cancel()
             finally:
-                lost.cancel()
-                stopper.cancel()
                 await tunnel.stop(grace=2.0)
                 await dialer.close()
                 result = await asyncio.shield(session.leave())
@@ -240,10 +251,21 @@ async def run_mesh(kube: Any, args: argparse.Namespace, namespace: str, service:
             print(f"restored {namespace}/{service}; removed the router", flush=True)
         else:
             print(f"left {namespace}/{service}; others still mesh it", flush=True)
+        if failure is not None:
+            raise MeshError(failure)
         if session.lost.is_set():
-            print(f"localmesh: error: the mesh session was lost: {session.lost_reason}")
-            return 1
+            raise MeshError(f"the mesh session was lost: {session.lost_reason}")
     return 0
+
+
+async def _first(task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
+    """Wait for `task` or `stop`; True when `task` finished first (its result is ready)."""
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    return task.done()
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from localmesh import __version__
-from localmesh.clustermesh.tunnel_wire import SECRET_ENV
+from localmesh.clustermesh.tunnel_wire import DEFAULT_TUNNEL_PORT, SECRET_ENV
 from localmesh.kube.targets import JSON, PortNotFound, container_port, describe_port
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -460,8 +460,16 @@ def tunnel_secret(spec: SessionSpec, secret: bytes) -> JSON:
     }
 
 
+def shadow_health_port(spec: SessionSpec) -> int:
+    """The shadow agent's probe port: clear of the exposed ports and the tunnel port."""
+    taken = [RouterPort(m.target, None) for m in spec.ports]
+    return health_port([*taken, RouterPort(DEFAULT_TUNNEL_PORT, None)])
+
+
 def shadow_command(spec: SessionSpec) -> list[str]:
-    return ["localmesh", "agent", "shadow", "--ports", ",".join(str(m.target) for m in spec.ports)]
+    targets = ",".join(str(t) for t in sorted({m.target for m in spec.ports}))
+    health = str(shadow_health_port(spec))
+    return ["localmesh", "agent", "shadow", "--ports", targets, "--health-port", health]
 
 
 def shadow_pod(spec: SessionSpec) -> JSON:
@@ -491,9 +499,20 @@ def shadow_pod(spec: SessionSpec) -> JSON:
                         *({"name": k, "value": v} for k, v in spec.shadow_env),
                     ],
                     "ports": [
-                        {"containerPort": target, "protocol": "TCP"}
-                        for target in sorted({m.target for m in spec.ports})
+                        *(
+                            {"containerPort": target, "protocol": "TCP"}
+                            for target in sorted({m.target for m in spec.ports})
+                        ),
+                        {"name": "lm-tunnel", "containerPort": DEFAULT_TUNNEL_PORT},
+                        {"name": "lm-health", "containerPort": shadow_health_port(spec)},
                     ],
+                    # Ready only while the developer's machine holds a tunnel connection:
+                    # the router sends marked requests to Ready shadows only.
+                    "readinessProbe": {
+                        "httpGet": {"path": "/readyz", "port": shadow_health_port(spec)},
+                        "periodSeconds": 1,
+                        "failureThreshold": 2,
+                    },
                     "resources": {
                         "requests": {"cpu": "10m", "memory": "48Mi"},
                         "limits": {"memory": "256Mi"},

@@ -160,6 +160,11 @@ def _ready(pod: JSON) -> bool:
     )
 
 
+def _running(pod: JSON) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
+
+
 def _stuck(pod: JSON) -> str | None:
     for status in pod.get("status", {}).get("containerStatuses") or []:
         waiting = (status.get("state") or {}).get("waiting") or {}
@@ -170,10 +175,18 @@ def _stuck(pod: JSON) -> str | None:
 
 
 async def wait_pod_ready(
-    kube: KubeObjects, namespace: str, selector: str, *, what: str, image: str, seconds: float
+    kube: KubeObjects,
+    namespace: str,
+    selector: str,
+    *,
+    what: str,
+    image: str,
+    seconds: float,
+    running_is_enough: bool = False,
 ) -> JSON:
-    """The first Ready pod matching `selector`; MeshError when one cannot start (image pull,
-    crash loop) or none is Ready in `timeout` seconds."""
+    """The first Ready (or, with `running_is_enough`, running) pod matching `selector`;
+    MeshError when one cannot start (image pull, crash loop) or none is in `seconds`."""
+    done = _running if running_is_enough else _ready
     loop = asyncio.get_running_loop()
     until = loop.time() + seconds
     last = "no pod yet"
@@ -182,7 +195,7 @@ async def wait_pod_ready(
         for pod in pods:
             if pod["metadata"].get("deletionTimestamp"):
                 continue  # a router on its way out (a leaver's) serves no one for long
-            if _ready(pod):
+            if done(pod):
                 return pod
             reason = _stuck(pod)
             if reason is not None:
@@ -197,7 +210,8 @@ async def wait_pod_ready(
                 raise MeshError(f"{what} pod {namespace}/{name} cannot start: {reason}{hint}")
             last = f"pod {pod['metadata']['name']} is {pod.get('status', {}).get('phase')}"
         if loop.time() >= until:
-            raise MeshError(f"{what} was not Ready within {seconds:g}s ({last})")
+            state = "running" if running_is_enough else "Ready"
+            raise MeshError(f"{what} was not {state} within {seconds:g}s ({last})")
         await asyncio.sleep(POLL_SECONDS)
 
 
@@ -355,6 +369,8 @@ class MeshSession:
                     what="shadow",
                     image=o.image,
                     seconds=o.ready_timeout,
+                    # Ready only once this machine's tunnel connects, after the join.
+                    running_is_enough=True,
                 ),
             )
 
