@@ -9,7 +9,7 @@ import pytest
 
 from localmesh.clustermesh import cleanup, manifests as m
 from localmesh.clustermesh.membership import MeshError, lease_live, mesh_state
-from localmesh.clustermesh.session import MeshSession
+from localmesh.clustermesh.session import MeshSession, Permission, needed_permissions
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
@@ -126,6 +126,15 @@ async def test_bad_input_changes_nothing(sandbox: Sandbox) -> None:
             await MeshSession(kube, options(port, service="nope")).join()
         with pytest.raises(MeshError, match="--mode manual is not yet supported"):
             await MeshSession(kube, options(port, mode="manual")).join()
+        manual = await kube.get("Service", "billing", "billing-api")
+        assert manual is not None
+        manual["metadata"].setdefault("annotations", {})[m.MODE_ANNOTATION] = "manual"
+        await kube.replace("Service", "billing", "billing-api", manual)
+        with pytest.raises(MeshError, match="is meshed in manual mode"):
+            await MeshSession(kube, options(port)).join()
+        del manual["metadata"]["annotations"]
+        manual["metadata"].pop("resourceVersion")
+        await kube.replace("Service", "billing", "billing-api", manual)
     # The server is gone now: nothing accepts connections on that port.
     with pytest.raises(MeshError, match=f"nothing accepts connections on local port {port}"):
         await MeshSession(kube, options(port)).join()
@@ -140,45 +149,20 @@ def _expose(text: str) -> tuple[object, ...]:
     return parse_expose(text)
 
 
-async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox) -> None:
-    from localmesh.clustermesh.session import needed_permissions
-
-    before = await service_json(sandbox)
-    admin = kube_for(sandbox)
-    missing = next(p for p in needed_permissions("billing-api") if p.resource == "rolebindings")
-    rules = [
-        {
-            "apiGroups": [p.group],
-            "resources": [p.resource],
-            "verbs": [p.verb],
-            **({"resourceNames": [p.name]} if p.name else {}),
-        }
-        for p in needed_permissions("billing-api")
-        if p != missing
-    ]
-    await admin.create(
-        "ServiceAccount",
-        "billing",
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev"}},
-    )
-    await admin.create(
-        "Role",
-        "billing",
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": "dev"},
-            "rules": rules,
-        },
-    )
+async def kubeconfig_with(sb: Sandbox, admin: KubeObjects, rules: list[dict[str, object]]) -> str:
+    """A kubeconfig whose user (a ServiceAccount `dev` in billing) holds exactly `rules`."""
+    rbac = "rbac.authorization.k8s.io"
+    meta = {"name": "dev"}
+    await admin.create("ServiceAccount", "billing", {"kind": "ServiceAccount", "metadata": meta})
+    await admin.create("Role", "billing", {"kind": "Role", "metadata": meta, "rules": rules})
     await admin.create(
         "RoleBinding",
         "billing",
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "apiVersion": f"{rbac}/v1",
             "kind": "RoleBinding",
-            "metadata": {"name": "dev"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dev"},
+            "metadata": meta,
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "dev"},
             "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": "billing"}],
         },
     )
@@ -189,10 +173,44 @@ async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox)
         None,
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
     )
-    config = sandbox.kubeconfig_path.read_text()
-    path = sandbox.kubeconfig_path.with_name("kubeconfig-dev")
-    path.write_text(_with_token(config, token["status"]["token"]))
-    dev = KubeObjects.connect(str(path))
+    path = sb.kubeconfig_path.with_name("kubeconfig-dev")
+    path.write_text(_with_token(sb.kubeconfig_path.read_text(), token["status"]["token"]))
+    return str(path)
+
+
+def as_rules(permissions: list[Permission]) -> list[dict[str, object]]:
+    return [
+        {
+            "apiGroups": [p.group],
+            "resources": [p.resource],
+            "verbs": [p.verb],
+            **({"resourceNames": [p.name]} if p.name else {}),
+        }
+        for p in permissions
+    ]
+
+
+async def test_the_needed_permissions_are_enough(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    admin = kube_for(sandbox)
+    rules = as_rules(needed_permissions("billing", "billing-api"))
+    dev = KubeObjects.connect(await kubeconfig_with(sandbox, admin, rules))
+    async with local_server() as port:
+        session = MeshSession(dev, options(port))
+        await session.join()
+        assert (await session.leave()).restored
+    assert await service_json(sandbox) == before
+    await dev.close()
+    await admin.close()
+
+
+async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    admin = kube_for(sandbox)
+    wanted = needed_permissions("billing", "billing-api")
+    missing = next(p for p in wanted if p.resource == "rolebindings")
+    path = await kubeconfig_with(sandbox, admin, as_rules([p for p in wanted if p != missing]))
+    dev = KubeObjects.connect(path)
     async with local_server() as port:
         with pytest.raises(MeshError) as info:
             await MeshSession(dev, options(port)).join()
@@ -201,7 +219,7 @@ async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox)
     assert missing.can_i("billing") in message
     assert message.count("kubectl auth can-i") == 1
     assert await service_json(sandbox) == before
-    assert await managed_objects(sandbox) == []
+    assert [o for o in await managed_objects(sandbox)] == []
     await dev.close()
     await admin.close()
 

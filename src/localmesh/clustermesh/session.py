@@ -89,45 +89,51 @@ class Permission:
         return f"kubectl auth can-i {self.verb} {what} -n {namespace}"
 
 
-def needed_permissions(service: str) -> list[Permission]:
-    """What `mesh` does with the user's credentials, and what it grants the router (RBAC
-    lets a user grant only rights the user holds)."""
+def needed_permissions(namespace: str, service: str) -> list[Permission]:
+    """What `mesh` does with the user's credentials, then every right of the router's Role
+    (Kubernetes lets a user grant only rights the user holds)."""
     origin, router = m.origin_name(service), m.router_name(service)
     rbac = "rbac.authorization.k8s.io"
     wanted = [
         Permission("get", "services", name=service),
         Permission("update", "services", name=service),
-        Permission("patch", "services", name=service),
-        Permission("list", "services"),
-        Permission("watch", "services", name=service),
         Permission("create", "services"),
+        Permission("get", "services", name=origin),
         Permission("update", "services", name=origin),
         Permission("delete", "services", name=origin),
-        Permission("get", "pods"),
         Permission("list", "pods"),
-        Permission("watch", "pods"),
+        Permission("get", "pods"),
         Permission("create", "pods"),
         Permission("delete", "pods"),
         Permission("create", "pods/portforward"),
+        Permission("get", "secrets"),
         Permission("create", "secrets"),
         Permission("delete", "secrets"),
-        Permission("get", "endpointslices", "discovery.k8s.io"),
-        Permission("list", "endpointslices", "discovery.k8s.io"),
-        Permission("watch", "endpointslices", "discovery.k8s.io"),
     ]
-    for verb in ("get", "list", "watch", "create", "update", "delete"):
-        wanted.append(Permission(verb, "leases", "coordination.k8s.io"))
-    for verb in ("get", "create", "update", "delete"):
-        wanted.append(Permission(verb, "deployments", "apps", router if verb != "create" else None))
-        wanted.append(Permission(verb, "roles", rbac, router if verb != "create" else None))
-        wanted.append(Permission(verb, "rolebindings", rbac, router if verb != "create" else None))
-        wanted.append(Permission(verb, "serviceaccounts", "", router if verb != "create" else None))
-    return wanted
+    wanted += [
+        Permission(verb, "leases", "coordination.k8s.io")
+        for verb in ("get", "list", "create", "update", "delete")
+    ]
+    for resource, group in (
+        ("deployments", "apps"),
+        ("serviceaccounts", ""),
+        ("roles", rbac),
+        ("rolebindings", rbac),
+    ):
+        wanted.append(Permission("create", resource, group))
+        wanted += [Permission(v, resource, group, router) for v in ("get", "update", "delete")]
+    role = next(o for o in m.router_rbac(namespace, service) if o["kind"] == "Role")
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                for name in rule.get("resourceNames") or [None]:
+                    wanted.append(Permission(verb, resource, rule["apiGroups"][0], name))
+    return list(dict.fromkeys(wanted))
 
 
 async def missing_permissions(kube: KubeObjects, namespace: str, service: str) -> list[str]:
     """`kubectl auth can-i ...` lines for each needed permission the user lacks."""
-    wanted = needed_permissions(service)
+    wanted = needed_permissions(namespace, service)
 
     async def allowed(p: Permission) -> bool:
         resource, _, sub = p.resource.partition("/")
