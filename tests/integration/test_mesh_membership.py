@@ -38,6 +38,11 @@ async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: San
         two = MeshSession(kube, options(port, "kt-mark:other"))
         joined = await asyncio.gather(one.join(), two.join())
         assert sorted(j.first for j in joined) == [False, True]  # one created the router
+        # Each shared object was created by exactly one of them and used by the other.
+        shared = [w for j in joined for w in j.created if "localmesh-" in w and "Secret" not in w]
+        shared = [w for w in shared if "Lease" not in w and "shadow" not in w]
+        assert len(shared) == len(set(shared)) == 5
+        assert sorted(shared) == sorted(w for j in joined for w in j.reused)
 
         meshed = await service_json(sandbox)
         state = mesh_state(meshed)

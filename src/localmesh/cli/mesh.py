@@ -183,6 +183,7 @@ def joined_text(options: Any, joined: Any) -> str:
     mark = options.mark
     lines = [f"meshed {options.namespace}/{options.service} (mode {options.mode})"]
     lines += [f"  created {what}" for what in joined.created]
+    lines += [f"  using {what} (another session's)" for what in joined.reused]
     for port in joined.spec.ports:
         lines.append(
             f"  service port {port.remote} -> this machine's 127.0.0.1:{port.local} "

@@ -187,10 +187,13 @@ def _is_ours(obj: JSON) -> bool:
     return (obj.get("metadata", {}).get("labels") or {}).get(m.MANAGED_BY_LABEL) == m.MANAGER
 
 
-async def ensure(kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.0) -> JSON:
+async def ensure(
+    kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.0
+) -> tuple[JSON, bool]:
     """Create `obj`, or claim the existing one (bump its claim annotation, so a leaver's
     preconditioned delete misses it). An object of that name that localmesh did not create
-    is an error; one being deleted is waited for, then created again."""
+    is an error; one being deleted is waited for, then created again. Returns the object and
+    whether this call created it."""
     kind, meta = obj["kind"], obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     wanted = copy.deepcopy(obj)
@@ -201,7 +204,7 @@ async def ensure(kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.
         current = await kube.get(kind, namespace, name)
         try:
             if current is None:
-                return await kube.create(kind, namespace, wanted)
+                return await kube.create(kind, namespace, wanted), True
             if not _is_ours(current):
                 raise MeshError(
                     f"{kind} {namespace}/{name} exists and was not created by localmesh; "
@@ -212,7 +215,7 @@ async def ensure(kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.
                 continue
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
-            return await kube.replace(kind, namespace, name, claimed)
+            return await kube.replace(kind, namespace, name, claimed), False
         except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again
     raise MeshError(f"{kind} {namespace}/{name} could not be created or claimed in {deadline:g}s")

@@ -226,6 +226,7 @@ class Joined:
     spec: m.SessionSpec
     secret: bytes
     created: list[str]
+    reused: list[str]
     first: bool  # this session created the router
 
 
@@ -319,6 +320,7 @@ class MeshSession:
         self.spec = spec
         secret = new_secret()
         created: list[str] = []
+        reused: list[str] = []  # the router and its objects, made by an earlier session
         try:
             # The Lease first: `clean` removes session objects only once their Lease is
             # gone or expired, and this one is renewed from now on.
@@ -353,8 +355,9 @@ class MeshSession:
                 ),
             ]
             for obj in shared:
-                await ensure(self.kube, obj, claim)
-                created.append(f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}")
+                _, made = await ensure(self.kube, obj, claim)
+                what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
+                (created if made else reused).append(what)
             await self.kube.create("Pod", o.namespace, m.shadow_pod(spec))
             created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
             router_selector = f"{m.managed_selector(o.service)},{m.COMPONENT_LABEL}=router"
@@ -395,7 +398,7 @@ class MeshSession:
             # Put back whatever this join changed, even on Ctrl-C, then report the cause.
             await asyncio.shield(self._rollback())
             raise
-        return Joined(spec, secret, created, first)
+        return Joined(spec, secret, created, reused, first)
 
     async def _rollback(self) -> None:
         try:
