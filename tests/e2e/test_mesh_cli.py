@@ -17,11 +17,15 @@ import pytest
 from aiohttp import web
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.session import Permission
+from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
     ROUTER_STAND_IN,
+    as_rules,
+    kubeconfig_with,
     managed_objects,
     service_json,
     wait_managed_gone,
@@ -239,3 +243,19 @@ async def test_ctrl_c_while_joining_puts_everything_back(
     assert "interrupted; nothing was left changed" in out.decode()
     assert await service_json(sandbox) == before
     await wait_managed_gone(sandbox)
+
+
+async def test_list_in_one_namespace_without_cluster_rights(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    admin = KubeObjects.connect(str(sandbox.kubeconfig_path))
+    rules = as_rules([Permission("list", "leases", "coordination.k8s.io")])
+    kubeconfig = Path(await kubeconfig_with(sandbox, admin, rules))
+    everywhere = await run_cli(tmp_path, "mesh", "list", kubeconfig=kubeconfig)
+    assert everywhere.returncode == 1
+    assert everywhere.stderr.startswith("localmesh: error: forbidden by RBAC (403)")
+    assert everywhere.stderr.rstrip().endswith("pass -n NAMESPACE to look in one namespace")
+    here = await run_cli(tmp_path, "mesh", "list", "-n", "billing", kubeconfig=kubeconfig)
+    assert here.returncode == 0, here.stderr
+    assert here.stdout.strip() == "no mesh sessions in namespace billing"
+    await admin.close()

@@ -16,7 +16,8 @@ from typing import Any
 
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.marks import parse_expose, parse_version_mark
-from localmesh.clustermesh.session import MeshOptions
+from localmesh.clustermesh.session import MeshOptions, Permission
+from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests.sandbox_fixtures import kubectl
 
@@ -103,3 +104,53 @@ async def wait_managed_gone(sb: Sandbox, namespace: str = "billing", seconds: fl
     while left := await managed_objects(sb, namespace):
         assert loop.time() < until, f"left behind: {left}"
         await asyncio.sleep(0.2)
+
+
+async def kubeconfig_with(sb: Sandbox, admin: KubeObjects, rules: list[dict[str, object]]) -> str:
+    """A kubeconfig whose user (a ServiceAccount `dev` in billing) holds exactly `rules`."""
+    rbac = "rbac.authorization.k8s.io"
+    meta = {"name": "dev"}
+    await admin.create("ServiceAccount", "billing", {"kind": "ServiceAccount", "metadata": meta})
+    await admin.create("Role", "billing", {"kind": "Role", "metadata": meta, "rules": rules})
+    await admin.create(
+        "RoleBinding",
+        "billing",
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "dev"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": "billing"}],
+        },
+    )
+    token = await asyncio.to_thread(
+        admin._request,
+        "POST",
+        "/api/v1/namespaces/billing/serviceaccounts/dev/token",
+        None,
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+    )
+    path = sb.kubeconfig_path.with_name("kubeconfig-dev")
+    path.write_text(_with_token(sb.kubeconfig_path.read_text(), token["status"]["token"]))
+    return str(path)
+
+
+def as_rules(permissions: list[Permission]) -> list[dict[str, object]]:
+    return [
+        {
+            "apiGroups": [p.group],
+            "resources": [p.resource],
+            "verbs": [p.verb],
+            **({"resourceNames": [p.name]} if p.name else {}),
+        }
+        for p in permissions
+    ]
+
+
+def _with_token(kubeconfig: str, token: str) -> str:
+    import yaml
+
+    data = yaml.safe_load(kubeconfig)
+    for user in data["users"]:
+        user["user"] = {"token": token}
+    return json.dumps(data)

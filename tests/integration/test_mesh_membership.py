@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from localmesh.clustermesh import cleanup, manifests as m
 from localmesh.clustermesh.membership import MeshError, lease_live, mesh_state
-from localmesh.clustermesh.session import MeshSession, Permission, needed_permissions
+from localmesh.clustermesh.session import MeshSession, needed_permissions
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.integration.mesh_helpers import (
+    as_rules,
+    kubeconfig_with,
     local_server,
     managed_objects,
     options,
@@ -154,47 +155,6 @@ def _expose(text: str) -> tuple[object, ...]:
     return parse_expose(text)
 
 
-async def kubeconfig_with(sb: Sandbox, admin: KubeObjects, rules: list[dict[str, object]]) -> str:
-    """A kubeconfig whose user (a ServiceAccount `dev` in billing) holds exactly `rules`."""
-    rbac = "rbac.authorization.k8s.io"
-    meta = {"name": "dev"}
-    await admin.create("ServiceAccount", "billing", {"kind": "ServiceAccount", "metadata": meta})
-    await admin.create("Role", "billing", {"kind": "Role", "metadata": meta, "rules": rules})
-    await admin.create(
-        "RoleBinding",
-        "billing",
-        {
-            "apiVersion": f"{rbac}/v1",
-            "kind": "RoleBinding",
-            "metadata": meta,
-            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "dev"},
-            "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": "billing"}],
-        },
-    )
-    token = await asyncio.to_thread(
-        admin._request,
-        "POST",
-        "/api/v1/namespaces/billing/serviceaccounts/dev/token",
-        None,
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
-    )
-    path = sb.kubeconfig_path.with_name("kubeconfig-dev")
-    path.write_text(_with_token(sb.kubeconfig_path.read_text(), token["status"]["token"]))
-    return str(path)
-
-
-def as_rules(permissions: list[Permission]) -> list[dict[str, object]]:
-    return [
-        {
-            "apiGroups": [p.group],
-            "resources": [p.resource],
-            "verbs": [p.verb],
-            **({"resourceNames": [p.name]} if p.name else {}),
-        }
-        for p in permissions
-    ]
-
-
 async def test_the_needed_permissions_are_enough(sandbox: Sandbox) -> None:
     before = await service_json(sandbox)
     admin = kube_for(sandbox)
@@ -227,15 +187,6 @@ async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox)
     assert [o for o in await managed_objects(sandbox)] == []
     await dev.close()
     await admin.close()
-
-
-def _with_token(kubeconfig: str, token: str) -> str:
-    import yaml
-
-    data = yaml.safe_load(kubeconfig)
-    for user in data["users"]:
-        user["user"] = {"token": token}
-    return json.dumps(data)
 
 
 async def test_router_not_ready_in_time_is_rolled_back(sandbox: Sandbox) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import shlex
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,18 +129,33 @@ async def run(args: argparse.Namespace) -> int:
     kube = KubeObjects.connect(args.kubeconfig, args.context)
     try:
         if action == "list":
-            return await run_list(kube, args.namespace)
+            with _namespace_hint(args.namespace):
+                return await run_list(kube, args.namespace)
         if action in ("clean", "recover"):
             namespace, service = args.namespace, None
             if args.service:
                 default = context_namespace(args.kubeconfig, args.context)
                 namespace, service = split_target(args.service, args.namespace, default)
-            return await run_clean(kube, namespace, service, args.dry_run)
+            with _namespace_hint(namespace):
+                return await run_clean(kube, namespace, service, args.dry_run)
         default = context_namespace(args.kubeconfig, args.context)
         namespace, service = split_target(args.target, args.namespace, default)
         return await run_mesh(kube, args, namespace, service)
     finally:
         await kube.close()
+
+
+@contextlib.contextmanager
+def _namespace_hint(namespace: str | None) -> Iterator[None]:
+    """Looking in every namespace needs cluster-wide rights; say how to do without."""
+    from localmesh.errors import KubeError
+
+    try:
+        yield
+    except KubeError as exc:
+        if namespace is None and "(403)" in str(exc):
+            raise KubeError(f"{exc}; pass -n NAMESPACE to look in one namespace") from None
+        raise
 
 
 # -- mesh SERVICE ------------------------------------------------------------------------
