@@ -175,9 +175,15 @@ async def test_killed_mesh_is_undone_by_clean(
 
     await eventually(expired, seconds=40, what="the session's lease to expire", every=0.5)
     kc = sandbox.kubeconfig_path
-    dry = await run_cli(tmp_path, "mesh", "clean", "-n", "billing", "--dry-run", kubeconfig=kc)
-    assert dry.returncode == 0, dry.stderr
-    assert "would restore Service billing/billing-api (selector app=billing-api)" in dry.stdout
+
+    async def would_restore() -> str | None:
+        dry = await run_cli(tmp_path, "mesh", "clean", "-n", "billing", "--dry-run", kubeconfig=kc)
+        assert dry.returncode == 0, dry.stderr
+        return dry.stdout if "would restore" in dry.stdout else None
+
+    # Past expiry plus the clock-skew grace, clean takes the session for dead.
+    dry = await eventually(would_restore, seconds=40, what="clean to see it dead", every=0.5)
+    assert "would restore Service billing/billing-api (selector app=billing-api)" in dry
     assert (await service_json(sandbox))["spec"]["selector"] == m.router_selector("billing-api")
 
     done = await run_cli(tmp_path, "mesh", "recover", "billing/billing-api", kubeconfig=kc)

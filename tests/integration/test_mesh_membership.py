@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from localmesh.clustermesh import cleanup, manifests as m
-from localmesh.clustermesh.membership import MeshError, lease_live, mesh_state
+from localmesh.clustermesh.membership import MeshError, lease_dead, mesh_state
 from localmesh.clustermesh.session import MeshSession, needed_permissions
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
@@ -90,7 +90,7 @@ async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
     name = joined.spec.name
     loop = asyncio.get_running_loop()
     until = loop.time() + 30
-    while lease_live(await kube.get("Lease", "billing", name)):
+    while not lease_dead(await kube.get("Lease", "billing", name)):
         assert loop.time() < until, "the lease never expired"
         await asyncio.sleep(0.2)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.membership import (
+    PRUNE_GRACE_SECONDS,
+    lease_dead,
     lease_live,
     mesh_state,
     restored,
@@ -69,3 +71,6 @@ def test_lease_liveness() -> None:
     dying = lease(1)
     dying["metadata"]["deletionTimestamp"] = "x"
     assert not lease_live(dying, now)
+    # Removing someone else's session waits out clock skew.
+    assert not lease_live(lease(12), now) and not lease_dead(lease(12), now)
+    assert lease_dead(lease(10 + PRUNE_GRACE_SECONDS + 0.5), now) and lease_dead(None, now)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.membership import (
     delete_session_objects,
-    lease_live,
+    lease_dead,
     mesh_state,
     remove_sessions,
     session_leases,
@@ -91,11 +91,11 @@ async def clean(
         for lease_name in leases:
             orphans.setdefault(lease_name, [])
         for session in sorted(orphans):
-            if session in listed or lease_live(leases.get(session)):
+            if session in listed or not lease_dead(leases.get(session)):
                 continue
             done = await delete_session_objects(kube, ns, session, dry_run)
             report.actions += [f"{prefix} {what}" for what in done]
-        live = sorted(n for n in listed if lease_live(leases.get(n)))
+        live = sorted(n for n in listed if not lease_dead(leases.get(n)))
         if live:
             holders = [
                 f"{n} ({(leases[n].get('spec') or {}).get('holderIdentity', '?')})" for n in live

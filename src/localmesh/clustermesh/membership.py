@@ -131,9 +131,13 @@ def parse_time(text: str | None) -> datetime | None:
         return None
 
 
-def lease_live(lease: JSON | None, now: datetime | None = None) -> bool:
-    """Renewed within its duration (clocks of the renewer and the reader are assumed to
-    agree within a second or two, as with every Kubernetes Lease)."""
+# Another machine's clock may run ahead of the one that renewed a Lease. Removing someone's
+# session is destructive, so a Lease counts as dead for that only this much past expiry.
+PRUNE_GRACE_SECONDS = 5.0
+
+
+def lease_live(lease: JSON | None, now: datetime | None = None, grace: float = 0.0) -> bool:
+    """Renewed within its duration (plus `grace` seconds), by this machine's clock."""
     if lease is None or lease.get("metadata", {}).get("deletionTimestamp"):
         return False
     spec = lease.get("spec") or {}
@@ -141,7 +145,12 @@ def lease_live(lease: JSON | None, now: datetime | None = None) -> bool:
     if renewed is None:
         return False
     age = ((now or datetime.now(UTC)) - renewed).total_seconds()
-    return age < float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
+    return age < float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS) + grace
+
+
+def lease_dead(lease: JSON | None, now: datetime | None = None) -> bool:
+    """Dead beyond doubt: gone, or expired for longer than any plausible clock skew."""
+    return not lease_live(lease, now, grace=PRUNE_GRACE_SECONDS)
 
 
 async def session_leases(kube: KubeObjects, namespace: str, service: str) -> dict[str, JSON]:
@@ -155,7 +164,7 @@ async def session_leases(kube: KubeObjects, namespace: str, service: str) -> dic
 async def dead_sessions(kube: KubeObjects, namespace: str, service: JSON) -> set[str]:
     """The sessions listed on `service` whose Lease is gone or expired."""
     leases = await session_leases(kube, namespace, service["metadata"]["name"])
-    return {n for n in mesh_state(service).sessions if not lease_live(leases.get(n))}
+    return {n for n in mesh_state(service).sessions if lease_dead(leases.get(n))}
 
 
 # -- compare-and-swap --------------------------------------------------------------------
