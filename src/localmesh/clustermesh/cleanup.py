@@ -93,7 +93,7 @@ async def clean(
         for session in sorted(orphans):
             if session in listed or not lease_dead(leases.get(session)):
                 continue
-            done = await delete_session_objects(kube, ns, session, dry_run)
+            done = await delete_session_objects(kube, ns, session, dry_run, if_dead=True)
             report.actions += [f"{prefix} {what}" for what in done]
         live = sorted(n for n in listed if not lease_dead(leases.get(n)))
         if live:

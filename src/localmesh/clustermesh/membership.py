@@ -267,16 +267,29 @@ async def delete_shared(
 
 
 async def delete_session_objects(
-    kube: KubeObjects, namespace: str, name: str, dry_run: bool = False
+    kube: KubeObjects, namespace: str, name: str, dry_run: bool = False, *, if_dead: bool = False
 ) -> list[str]:
-    """A session's Lease (first: the router drops its route), shadow pod and Secret."""
-    done = []
+    """A session's Lease (first: the router drops its route), shadow pod and Secret. With
+    `if_dead` (someone else's session), only while its Lease stays dead: one renewed since
+    it was judged dead keeps everything."""
+    done: list[str] = []
     for kind in ("Lease", "Pod", "Secret"):
         obj = await kube.get(kind, namespace, name)
         if obj is None or not _is_ours(obj):
             continue
-        if dry_run or await kube.delete(kind, namespace, name):
+        version = None
+        if kind == "Lease" and if_dead:
+            if not lease_dead(obj):
+                return done
+            version = str(obj["metadata"].get("resourceVersion") or "") or None
+        if dry_run:
             done.append(f"{kind} {namespace}/{name}")
+            continue
+        try:
+            if await kube.delete(kind, namespace, name, resource_version=version):
+                done.append(f"{kind} {namespace}/{name}")
+        except Conflict:
+            return done  # renewed after all: the session lives
     return done
 
 
@@ -333,7 +346,7 @@ async def remove_sessions(
         raise MeshError(f"service {namespace}/{service} kept changing; gave up")
     deleted = []
     for name in sorted(pruned - gone):
-        deleted += await delete_session_objects(kube, namespace, name, dry_run)
+        deleted += await delete_session_objects(kube, namespace, name, dry_run, if_dead=True)
     if restored_now or unmeshed:
         deleted += await delete_shared(kube, namespace, versions, dry_run)
     return LeaveResult(restored_now, deleted)
