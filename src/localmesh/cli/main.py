@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hosts",
     "sandbox",
     "completion",
+    "mesh",  # cluster -> this machine (localmesh.clustermesh)
     "agent",  # in-cluster agents (localmesh's image), listed last
 )
 

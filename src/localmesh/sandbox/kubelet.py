@@ -49,7 +49,7 @@ from localmesh.sandbox.store import Obj, StoredEvent, now_rfc3339
 from localmesh.sandbox.workloads import (
     Listener,
     PodInfo,
-    container_env,
+    plain_env,
     start_listener,
     workload_of_image,
 )
@@ -277,7 +277,7 @@ class Kubelet:
 
     def _pod_info(self, rt: PodRuntime, ip: str, container: str) -> PodInfo:
         pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
-        env = container_env(pod, container)
+        env = plain_env(pod, container)
         return PodInfo(rt.name, rt.namespace, ip, env, self.cluster.dns)
 
     async def _bind(self, rt: PodRuntime) -> None:

@@ -57,7 +57,7 @@ class PodInfo:
     dns: ClusterDNS | None = None  # the cluster's DNS, for workloads that call services
 
 
-def container_env(pod: Mapping[str, Any] | None, container: str) -> dict[str, str]:
+def plain_env(pod: Mapping[str, Any] | None, container: str) -> dict[str, str]:
     """A container's env entries that have a plain value (valueFrom is not resolved)."""
     for c in ((pod or {}).get("spec") or {}).get("containers") or []:
         if c.get("name") == container:

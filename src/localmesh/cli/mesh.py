@@ -1,0 +1,361 @@
+"""`localmesh mesh`: requests inside the cluster that carry a header mark are served by a
+process on this machine; `mesh list` shows who meshes what; `mesh clean` undoes leftovers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shlex
+import signal
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from localmesh.cli.up import add_cluster_arguments
+from localmesh.errors import ConfigError
+
+ACTIONS = ("list", "clean", "recover")
+
+EPILOG = """\
+examples:
+  %(prog)s billing/billing-api --expose 9090:8080 --version-mark dev
+        requests to billing-api:8080 with the header `version: dev` go to 127.0.0.1:9090
+  %(prog)s -n billing billing-api --expose 8080 --versionMark kt-mark:
+        the header `kt-mark: <random>`; local port 8080 serves service port 8080
+  %(prog)s list                      every developer's live marks (all namespaces)
+  %(prog)s clean --dry-run           what a crashed session left, and would be undone
+  %(prog)s clean -n billing billing-api
+                                     put billing-api back, remove what localmesh made
+
+Ctrl-C leaves the mesh: the last developer out puts the Service back exactly as it was.
+A Service called list, clean or recover is given as NAMESPACE/NAME.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "mesh",
+        help="serve header-marked requests to a cluster Service from this machine",
+        description="Route the requests that reach a Service inside the cluster and carry\n"
+        "your header mark to a process on this machine; every other request is served by\n"
+        "the cluster's pods as before. Several developers can mesh one Service at once,\n"
+        "each with their own mark. Also: `mesh list`, `mesh clean` (alias `recover`).",
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "target",
+        metavar="[NAMESPACE/]SERVICE | list | clean | recover",
+        help="the Service to mesh, or an action",
+    )
+    parser.add_argument(
+        "service", nargs="?", help="clean/recover: only this Service ([NAMESPACE/]SERVICE)"
+    )
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    parser.add_argument(
+        "--expose",
+        action="append",
+        metavar="PORT|LOCAL:REMOTE[,...]",
+        help="Service ports to serve from this machine: `8080` or `9090:8080` (local "
+        "9090 serves service port 8080), comma-separated or repeated",
+    )
+    parser.add_argument(
+        "--version-mark",
+        "--versionMark",
+        dest="version_mark",
+        metavar="[KEY:]VALUE",
+        help="the header that marks your requests: `dev` (version: dev), `kt-mark:` "
+        "(a random value), `kt-mark:dev`; default: version: <random>",
+    )
+    parser.add_argument(
+        "--skip-port-checking",
+        "--skipPortChecking",
+        dest="skip_port_checking",
+        action="store_true",
+        help="do not check that the local ports accept connections before starting",
+    )
+    parser.add_argument(
+        "--router-image",
+        "--routerImage",
+        dest="router_image",
+        metavar="IMAGE",
+        help="image of the router and shadow pods (default: localmesh/localmesh:VERSION; "
+        "see docs/mesh.md to build and push it)",
+    )
+    parser.add_argument(
+        "--mode", choices=("auto", "manual"), default="auto", help="auto (default) or manual"
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the router and shadow pods may take to become Ready (default: 60)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="clean/recover: say what would be done"
+    )
+    add_cluster_arguments(parser)
+    # Seams for tests while the router agent is being built: a stand-in router command
+    # and readiness path, and extra shadow environment. Not for users.
+    parser.add_argument("--router-command", help=argparse.SUPPRESS)
+    parser.add_argument("--router-ready-path", default="/ready", help=argparse.SUPPRESS)
+    parser.add_argument("--shadow-env", action="append", default=[], help=argparse.SUPPRESS)
+    parser.set_defaults(run=run)
+
+
+def split_target(target: str, namespace: str | None, default: str) -> tuple[str, str]:
+    """`NS/NAME` or `NAME` with -n; both must agree."""
+    if "/" in target:
+        ns, _, name = target.partition("/")
+        if not ns or not name or "/" in name:
+            raise ConfigError(f"{target!r}: give the Service as NAME or NAMESPACE/NAME")
+        if namespace is not None and namespace != ns:
+            raise ConfigError(f"{target!r} names namespace {ns!r} but -n says {namespace!r}")
+        return ns, name
+    return namespace or default, target
+
+
+async def run(args: argparse.Namespace) -> int:
+    from localmesh.kube.objects import KubeObjects, context_namespace
+
+    action = args.target if args.target in ACTIONS else "mesh"
+    if action != "mesh" and args.expose:
+        raise ConfigError(f"mesh {action}: --expose belongs to `mesh SERVICE`")
+    if action in ("mesh", "list") and args.service:
+        raise ConfigError(f"unexpected argument {args.service!r}")
+    if action not in {"clean", "recover"} and args.dry_run:
+        raise ConfigError("--dry-run belongs to `mesh clean` / `mesh recover`")
+    kube = KubeObjects.connect(args.kubeconfig, args.context)
+    try:
+        if action == "list":
+            with _namespace_hint(args.namespace):
+                return await run_list(kube, args.namespace)
+        if action in ("clean", "recover"):
+            namespace, service = args.namespace, None
+            if args.service:
+                default = context_namespace(args.kubeconfig, args.context)
+                namespace, service = split_target(args.service, args.namespace, default)
+            with _namespace_hint(namespace):
+                return await run_clean(kube, namespace, service, args.dry_run)
+        default = context_namespace(args.kubeconfig, args.context)
+        namespace, service = split_target(args.target, args.namespace, default)
+        return await run_mesh(kube, args, namespace, service)
+    finally:
+        await kube.close()
+
+
+@contextlib.contextmanager
+def _namespace_hint(namespace: str | None) -> Iterator[None]:
+    """Looking in every namespace needs cluster-wide rights; say how to do without."""
+    from localmesh.errors import KubeError
+
+    try:
+        yield
+    except KubeError as exc:
+        if namespace is None and "(403)" in str(exc):
+            raise KubeError(f"{exc}; pass -n NAMESPACE to look in one namespace") from None
+        raise
+
+
+# -- mesh SERVICE ------------------------------------------------------------------------
+def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Any:
+    from localmesh.clustermesh import manifests
+    from localmesh.clustermesh.marks import parse_expose, parse_version_mark
+    from localmesh.clustermesh.session import MeshOptions
+
+    if not args.expose:
+        raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
+    if args.mode == "manual":
+        raise ConfigError("--mode manual is not yet supported; use --mode auto (the default)")
+    env = []
+    for item in args.shadow_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--shadow-env {item!r}: use KEY=VALUE")
+        env.append((key, value))
+    return MeshOptions(
+        namespace=namespace,
+        service=service,
+        mark=parse_version_mark(args.version_mark),
+        exposed=parse_expose(args.expose),
+        image=args.router_image or manifests.DEFAULT_ROUTER_IMAGE,
+        mode=args.mode,
+        skip_port_checking=args.skip_port_checking,
+        ready_timeout=args.ready_timeout,
+        router_command=tuple(shlex.split(args.router_command)) if args.router_command else None,
+        router_ready_path=args.router_ready_path,
+        shadow_env=tuple(env),
+    )
+
+
+def service_url(namespace: str, service: str, port: int) -> str:
+    scheme = "https" if port in (443, 8443) else "http"
+    return f"{scheme}://{service}.{namespace}:{port}/"
+
+
+def joined_text(options: Any, joined: Any) -> str:
+    mark = options.mark
+    lines = [f"meshed {options.namespace}/{options.service} (mode {options.mode})"]
+    lines += [f"  created {what}" for what in joined.created]
+    lines += [f"  using {what} (another session's)" for what in joined.reused]
+    for port in joined.spec.ports:
+        lines.append(
+            f"  service port {port.remote} -> this machine's 127.0.0.1:{port.local} "
+            f"(marked requests only)"
+        )
+    lines.append(f"send the header  {mark.header}")
+    url = service_url(options.namespace, options.service, joined.spec.ports[0].remote)
+    lines.append(f"try from inside the cluster:  curl -H {shlex.quote(mark.header)} {url}")
+    lines.append("Ctrl-C to stop: the Service is put back as it was once no one meshes it")
+    return "\n".join(lines)
+
+
+async def run_mesh(kube: Any, args: argparse.Namespace, namespace: str, service: str) -> int:
+    import aiohttp
+
+    from localmesh.clustermesh.membership import MeshError
+    from localmesh.clustermesh.session import MeshSession
+    from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
+    from localmesh.forward import Connector
+
+    options = mesh_options(args, namespace, service)
+    session = MeshSession(kube, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with _signals(loop, stop):
+        joining = asyncio.create_task(session.join())
+        if not await _first(joining, stop):
+            joining.cancel()  # the join puts back what it changed before it ends
+            with contextlib.suppress(asyncio.CancelledError):
+                await joining
+            print("interrupted; nothing was left changed", flush=True)
+            return 130
+        joined = joining.result()
+        async with aiohttp.ClientSession() as http:
+            dialer = PortForwardDialer(Connector(kube.access, http), namespace, joined.spec.name)
+            tunnel = TunnelClient(
+                dialer, joined.secret, {p.target: p.local for p in joined.spec.ports}
+            )
+            tunnel.start()
+            failure: str | None = None
+            try:
+                connecting = asyncio.create_task(
+                    asyncio.wait_for(tunnel.wait_ready(), options.ready_timeout)
+                )
+                if await _first(connecting, stop):
+                    try:
+                        connecting.result()
+                    except TimeoutError:
+                        failure = (
+                            f"the tunnel to shadow pod {namespace}/{joined.spec.name} did not "
+                            f"connect within {options.ready_timeout:g}s"
+                            + (f": {dialer.last_error}" if dialer.last_error else "")
+                        )
+                    else:
+                        print(joined_text(options, joined), flush=True)
+                        lost = asyncio.create_task(session.lost.wait())
+                        await _first(lost, stop)
+                        lost.cancel()
+                else:
+                    connecting.cancel()
+            finally:
+                await tunnel.stop(grace=2.0)
+                await dialer.close()
+                result = await asyncio.shield(session.leave())
+        if result.restored:
+            print(f"restored {namespace}/{service}; removed the router", flush=True)
+        else:
+            print(f"left {namespace}/{service}; others still mesh it", flush=True)
+        if failure is not None:
+            raise MeshError(failure)
+        if session.lost.is_set():
+            raise MeshError(f"the mesh session was lost: {session.lost_reason}")
+    return 0
+
+
+async def _first(task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
+    """Wait for `task` or `stop`; True when `task` finished first (its result is ready)."""
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    return task.done()
+
+
+@contextlib.contextmanager
+def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+# -- mesh list -----------------------------------------------------------------------------
+def session_rows(leases: Iterable[dict[str, Any]], now: datetime) -> list[list[str]]:
+    from localmesh.clustermesh import manifests as m
+    from localmesh.clustermesh.membership import lease_live, parse_time
+
+    rows = []
+    for lease in leases:
+        meta = lease["metadata"]
+        notes = meta.get("annotations") or {}
+        spec = lease.get("spec") or {}
+        renewed = parse_time(spec.get("renewTime"))
+        ago = f"{(now - renewed).total_seconds():.0f}s ago" if renewed else "never"
+        rows.append(
+            [
+                meta.get("namespace", ""),
+                (meta.get("labels") or {}).get(m.SERVICE_LABEL, ""),
+                f"{notes.get(m.HEADER_ANNOTATION, '?')}: {notes.get(m.VALUE_ANNOTATION, '?')}",
+                str(spec.get("holderIdentity", "?")),
+                notes.get(m.PORTS_ANNOTATION, ""),
+                "live" if lease_live(lease, now) else "expired",
+                ago,
+            ]
+        )
+    return sorted(rows)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+async def run_list(kube: Any, namespace: str | None) -> int:
+    from localmesh.clustermesh import manifests as m
+
+    selector = f"{m.managed_selector()},{m.COMPONENT_LABEL}=session"
+    leases = await kube.list("Lease", namespace, selector)
+    rows = session_rows(leases, datetime.now(UTC))
+    if not rows:
+        where = f"namespace {namespace}" if namespace else "any namespace"
+        print(f"no mesh sessions in {where}")
+        return 0
+    header = ["NAMESPACE", "SERVICE", "MARK", "DEVELOPER", "PORTS", "STATE", "RENEWED"]
+    print(table(header, rows))
+    return 0
+
+
+# -- mesh clean / recover ----------------------------------------------------------------
+async def run_clean(kube: Any, namespace: str | None, service: str | None, dry_run: bool) -> int:
+    from localmesh.clustermesh.cleanup import clean
+
+    report = await clean(kube, namespace, service, dry_run=dry_run)
+    for line in report.actions:
+        print(line)
+    for line in report.kept:
+        print(f"kept {line}")
+    if not report.actions:
+        print("nothing to clean" + (" (dry run)" if dry_run else ""))
+    return 0

@@ -1,0 +1,104 @@
+"""`localmesh mesh clean` / `recover`: undo what crashed or vanished sessions left.
+
+Everything needed is on the cluster's objects (the Service's annotations, the labels of what
+localmesh created, the Leases), so this works from any machine, after a crash, a lost laptop
+or a deleted namespace:
+
+- a meshed Service whose sessions are all dead (Lease gone or expired) is restored in one
+  write (selector back, annotations gone), then its router, origin Service and RBAC go;
+- dead sessions of a Service still meshed by others are removed from it;
+- Leases, shadow pods and Secrets of dead sessions are deleted; live ones are never touched.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.membership import (
+    delete_session_objects,
+    lease_dead,
+    mesh_state,
+    remove_sessions,
+    session_leases,
+)
+from localmesh.kube.objects import KubeObjects
+from localmesh.kube.targets import JSON
+
+CREATED_KINDS = ("Lease", "Pod", "Secret", "Deployment", "Service", "Role", "RoleBinding")
+
+
+@dataclass
+class CleanReport:
+    actions: list[str] = field(default_factory=list)  # what was (or would be) done
+    kept: list[str] = field(default_factory=list)  # services still meshed by live sessions
+
+
+def _selector_text(selector: dict[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in (selector or {}).items()) or "none"
+
+
+async def meshed_services(
+    kube: KubeObjects, namespace: str | None, service: str | None
+) -> dict[tuple[str, str], JSON | None]:
+    """(namespace, service) -> the Service (None when gone) for every Service localmesh
+    meshes or left objects for."""
+    found: dict[tuple[str, str], JSON | None] = {}
+    for svc in await kube.list("Service", namespace):
+        meta = svc["metadata"]
+        if m.ORIGINAL_SELECTOR_ANNOTATION in (meta.get("annotations") or {}):
+            found[(meta["namespace"], meta["name"])] = svc
+    for kind in CREATED_KINDS:
+        for obj in await kube.list(kind, namespace, m.managed_selector()):
+            meta = obj["metadata"]
+            owner = (meta.get("labels") or {}).get(m.SERVICE_LABEL)
+            if owner and (meta["namespace"], owner) not in found:
+                found[(meta["namespace"], owner)] = await kube.get(
+                    "Service", meta["namespace"], owner
+                )
+    return {key: svc for key, svc in found.items() if service is None or key[1] == service}
+
+
+async def clean(
+    kube: KubeObjects,
+    namespace: str | None = None,
+    service: str | None = None,
+    *,
+    dry_run: bool = False,
+) -> CleanReport:
+    report = CleanReport()
+    verb = "would restore" if dry_run else "restored"
+    for (ns, name), svc in sorted((await meshed_services(kube, namespace, service)).items()):
+        original = m.original_selector(svc) if svc is not None else None
+        result = await remove_sessions(kube, ns, name, (), dry_run=dry_run)
+        if result.restored:
+            report.actions.append(
+                f"{verb} Service {ns}/{name} (selector {_selector_text(original)})"
+            )
+        prefix = "would delete" if dry_run else "deleted"
+        report.actions += [f"{prefix} {what}" for what in result.deleted]
+        # Sessions no Service lists (crashed before joining or after leaving): their
+        # objects go once the Lease is gone or expired.
+        leases = await session_leases(kube, ns, name)
+        current = await kube.get("Service", ns, name)
+        listed = set(mesh_state(current).sessions) if current is not None else set()
+        orphans: dict[str, list[str]] = defaultdict(list)
+        for kind in ("Pod", "Secret"):
+            selector = f"{m.managed_selector(name)},{m.COMPONENT_LABEL}=shadow"
+            for obj in await kube.list(kind, ns, selector):
+                orphans[obj["metadata"]["name"]].append(kind)
+        for lease_name in leases:
+            orphans.setdefault(lease_name, [])
+        for session in sorted(orphans):
+            if session in listed or not lease_dead(leases.get(session)):
+                continue
+            done = await delete_session_objects(kube, ns, session, dry_run, if_dead=True)
+            report.actions += [f"{prefix} {what}" for what in done]
+        live = sorted(n for n in listed if not lease_dead(leases.get(n)))
+        if live:
+            holders = [
+                f"{n} ({(leases[n].get('spec') or {}).get('holderIdentity', '?')})" for n in live
+            ]
+            report.kept.append(f"Service {ns}/{name}: meshed by {', '.join(holders)}")
+    return report

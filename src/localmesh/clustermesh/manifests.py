@@ -1,0 +1,528 @@
+"""Pure builders of every object `localmesh mesh` creates in a cluster.
+
+Everything lives in the meshed Service's namespace and carries two labels, so a later
+`mesh clean` finds it without any local state:
+
+    app.kubernetes.io/managed-by: localmesh
+    localmesh.dev/service: <service>
+
+Per Service (shared by every developer meshing it):
+    <svc>-localmesh-origin   Service with the ORIGINAL selector and ports; the router reaches
+                             the cluster's pods through its EndpointSlices
+    <svc>-localmesh-router   Deployment (1 replica) + ServiceAccount + Role + RoleBinding
+Per developer session:
+    <svc>-localmesh-<mark>-<id>   Lease (liveness and the mark) and the shadow pod
+
+Objects are plain JSON dicts, exactly what is sent to the API server (no model classes: a
+round trip through them would drop fields a newer server knows).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from localmesh import __version__
+from localmesh.clustermesh.tunnel_wire import DEFAULT_TUNNEL_PORT, SECRET_ENV
+from localmesh.kube.targets import JSON, PortNotFound, container_port, describe_port
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGER = "localmesh"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+SERVICE_LABEL = "localmesh.dev/service"
+SESSION_LABEL = "localmesh.dev/session"
+
+# On the meshed Service: what was there before, and who is meshing it.
+ORIGINAL_SELECTOR_ANNOTATION = "localmesh.dev/original-selector"
+SESSIONS_ANNOTATION = "localmesh.dev/sessions"
+MODE_ANNOTATION = "localmesh.dev/mode"
+SERVICE_ANNOTATIONS = (ORIGINAL_SELECTOR_ANNOTATION, SESSIONS_ANNOTATION, MODE_ANNOTATION)
+
+# On a session's Lease: what the router needs to route the session's mark.
+HEADER_ANNOTATION = "localmesh.dev/header"
+VALUE_ANNOTATION = "localmesh.dev/value"
+SHADOW_ANNOTATION = "localmesh.dev/shadow-pod"
+PORTS_ANNOTATION = "localmesh.dev/ports"  # local:remote:targetPort, comma-separated
+
+# On shared objects: bumped by each joiner, so a leaver's delete (preconditioned on the
+# resourceVersion it saw before restoring the Service) cannot remove what a joiner reuses.
+CLAIM_ANNOTATION = "localmesh.dev/claimed-by"
+
+DEFAULT_ROUTER_IMAGE = f"localmesh/localmesh:{__version__}"
+LEASE_DURATION_SECONDS = 10
+RENEW_INTERVAL_SECONDS = 3.0
+ROUTER_HEALTH_PORT = 15021  # the router agent's readiness endpoint (GET /ready)
+SECRET_KEY = "secret"
+MAX_NAME = 63  # DNS-1035 label: the tightest rule among the names built here (Services)
+
+
+# -- names -------------------------------------------------------------------------------
+def bounded_name(*parts: str, limit: int = MAX_NAME) -> str:
+    """`parts` joined by '-', shortened with a hash of the whole when longer than `limit`
+    (two long Service names must not collide once cut)."""
+    full = "-".join(p for p in parts if p)
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: limit - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def origin_name(service: str) -> str:
+    return bounded_name(service, "localmesh-origin")
+
+
+def router_name(service: str) -> str:
+    return bounded_name(service, "localmesh-router")
+
+
+def session_name(service: str, mark_slug: str, session_id: str) -> str:
+    """The Lease, shadow pod and tunnel Secret of one developer session."""
+    return bounded_name(service, "localmesh", mark_slug, session_id)
+
+
+def service_labels(service: str, component: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGER, SERVICE_LABEL: service, COMPONENT_LABEL: component}
+
+
+def router_selector(service: str) -> dict[str, str]:
+    """The router pod's labels: the meshed Service's selector while it is meshed."""
+    return service_labels(service, "router")
+
+
+def managed_selector(service: str | None = None) -> str:
+    """A label selector matching what localmesh created (for one Service or all)."""
+    base = f"{MANAGED_BY_LABEL}={MANAGER}"
+    return f"{base},{SERVICE_LABEL}={service}" if service else base
+
+
+def _meta(name: str, namespace: str, labels: Mapping[str, str], **extra: Any) -> JSON:
+    return {"name": name, "namespace": namespace, "labels": dict(labels), **extra}
+
+
+# -- ports -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouterPort:
+    """A container port of the router: a Service targetPort, named or numeric."""
+
+    number: int
+    name: str | None  # the targetPort's name when the Service names it
+
+
+@dataclass(frozen=True)
+class PortMap:
+    """One exposed port: the developer's `local` port serves Service port `remote`, whose
+    traffic reaches the router (and the shadow) on `target`."""
+
+    local: int
+    remote: int
+    target: int
+
+    def __str__(self) -> str:
+        return f"{self.local}:{self.remote}:{self.target}"
+
+
+class PortError(Exception):
+    """A port cannot be meshed; the message says why."""
+
+
+def _resolve_target(service: JSON, spec: Mapping[str, Any], pods: Sequence[JSON]) -> RouterPort:
+    number = int(spec["port"])
+    target = spec.get("targetPort", number)
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        return RouterPort(int(target), None)
+    for pod in pods:
+        found = container_port(pod, str(target))
+        if found is not None:
+            return RouterPort(found, str(target))
+    name = service.get("metadata", {}).get("name", "")
+    raise PortError(
+        f"service {name} port {describe_port(spec)}: no pod of the service has a container "
+        f"port named {target!r}, so its number is unknown"
+    )
+
+
+def router_ports(service: JSON, pods: Sequence[JSON]) -> list[RouterPort]:
+    """The router's container ports: every targetPort of the Service, resolved with the
+    service's `pods` where named, so the Service's targetPorts land on the router unchanged."""
+    seen: dict[int, RouterPort] = {}
+    for spec in service.get("spec", {}).get("ports") or []:
+        if (spec.get("protocol") or "TCP") != "TCP":
+            name = service.get("metadata", {}).get("name", "")
+            raise PortError(
+                f"service {name} port {describe_port(spec)} is {spec['protocol']}: "
+                "the router serves TCP (HTTP and gRPC) only"
+            )
+        port = _resolve_target(service, spec, pods)
+        previous = seen.get(port.number)
+        if previous is None or (previous.name is None and port.name is not None):
+            seen[port.number] = port
+    return sorted(seen.values(), key=lambda p: p.number)
+
+
+def port_maps(
+    service: JSON, exposed: Iterable[tuple[int, int]], pods: Sequence[JSON]
+) -> list[PortMap]:
+    """`exposed` (local, remote) pairs checked against the Service's ports; `remote` is a
+    Service `port` (PortNotFound lists the ones it has)."""
+    ports: list[JSON] = list(service.get("spec", {}).get("ports") or [])
+    result = []
+    for local, remote in exposed:
+        spec = next((p for p in ports if p.get("port") == remote), None)
+        if spec is None:
+            raise PortNotFound(remote, [describe_port(p) for p in ports])
+        result.append(PortMap(local, remote, _resolve_target(service, spec, pods).number))
+    return result
+
+
+def format_port_maps(maps: Iterable[PortMap]) -> str:
+    return ",".join(str(m) for m in maps)
+
+
+def parse_port_maps(text: str) -> list[PortMap]:
+    """The inverse of `format_port_maps` (a Lease's ports annotation)."""
+    maps = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        local, remote, target = (int(x) for x in item.split(":"))
+        maps.append(PortMap(local, remote, target))
+    return maps
+
+
+# -- per Service -------------------------------------------------------------------------
+def origin_service(service: JSON) -> JSON:
+    """A ClusterIP Service with the meshed Service's ORIGINAL selector and ports."""
+    meta = service["metadata"]
+    name, namespace = str(meta["name"]), str(meta["namespace"])
+    spec = service.get("spec", {})
+    selector = original_selector(service)
+    if selector is None:
+        selector = dict(spec.get("selector") or {})
+    ports = [
+        {k: v for k, v in p.items() if k in ("name", "port", "targetPort", "protocol")}
+        for p in spec.get("ports") or []
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(origin_name(name), namespace, service_labels(name, "origin")),
+        "spec": {"selector": selector, "ports": ports, "type": "ClusterIP"},
+    }
+
+
+def original_selector(service: JSON) -> dict[str, str] | None:
+    """The selector recorded on a meshed Service (None when it is not meshed)."""
+    raw = (service.get("metadata", {}).get("annotations") or {}).get(ORIGINAL_SELECTOR_ANNOTATION)
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"{ORIGINAL_SELECTOR_ANNOTATION} is not a JSON object: {raw!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def router_command(namespace: str, service: str, health_port: int) -> list[str]:
+    return [
+        "localmesh",
+        "agent",
+        "router",
+        "--namespace",
+        namespace,
+        "--service",
+        service,
+        "--health-port",
+        str(health_port),
+    ]
+
+
+def health_port(ports: Sequence[RouterPort]) -> int:
+    """ROUTER_HEALTH_PORT, or the next number no Service targetPort uses."""
+    taken = {p.number for p in ports}
+    number = ROUTER_HEALTH_PORT
+    while number in taken:
+        number += 1
+    return number
+
+
+def _pod_security(listen_ports: Iterable[int]) -> JSON:
+    security: JSON = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if any(port < 1024 for port in listen_ports):
+        # The image runs as a user; a safe sysctl lets it bind the Service's low targetPorts.
+        security["sysctls"] = [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+    return security
+
+
+POD_IP_ENV: JSON = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def router_deployment(
+    namespace: str,
+    service: str,
+    image: str,
+    ports: Sequence[RouterPort],
+    *,
+    command: Sequence[str] | None = None,
+    ready_path: str = "/ready",
+) -> JSON:
+    """One router pod: the localmesh image running `agent router` (Envoy + its xDS agent),
+    listening on the Service's targetPorts, Ready once it serves the default route.
+    `command` and `ready_path` replace the agent's (tests run a stand-in)."""
+    labels = router_selector(service)
+    health = health_port(ports)
+    container_ports: list[JSON] = []
+    for port in ports:
+        entry: JSON = {"containerPort": port.number, "protocol": "TCP"}
+        if port.name:
+            entry = {"name": port.name, **entry}
+        container_ports.append(entry)
+    container_ports.append({"name": "lm-health", "containerPort": health, "protocol": "TCP"})
+    pod_security = _pod_security(p.number for p in ports)
+    container: JSON = {
+        "name": "router",
+        "image": image,
+        "command": list(command) if command else router_command(namespace, service, health),
+        "env": [POD_IP_ENV],
+        "ports": container_ports,
+        "readinessProbe": {
+            "httpGet": {"path": ready_path, "port": health},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "96Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(router_name(service), namespace, labels),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "serviceAccountName": router_name(service),
+                    "securityContext": pod_security,
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def router_rbac(namespace: str, service: str) -> list[JSON]:
+    """ServiceAccount, Role and RoleBinding of the router: read what it routes, and restore
+    the Service and remove itself (by name) once no session is left."""
+    name = router_name(service)
+    labels = service_labels(service, "router")
+    rules: list[JSON] = [
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "resourceNames": [service, origin_name(service)],
+            "verbs": ["get", "list", "watch", "update", "patch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "resourceNames": [origin_name(service)],
+            "verbs": ["delete"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": [name],
+            "verbs": ["get", "delete"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["serviceaccounts"],
+            "resourceNames": [name],
+            "verbs": ["delete"],
+        },
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["roles", "rolebindings"],
+            "resourceNames": [name],
+            "verbs": ["delete"],
+        },
+    ]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(name, namespace, labels),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(name, namespace, labels),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(name, namespace, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
+# -- per session -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionSpec:
+    """One developer's mesh of one Service."""
+
+    namespace: str
+    service: str
+    session_id: str  # short and random: several sessions may use the same mark
+    header: str
+    value: str
+    slug: str  # the value as a DNS label (marks.slug_of)
+    holder: str  # user@host
+    ports: tuple[PortMap, ...]
+    image: str = DEFAULT_ROUTER_IMAGE
+    mode: str = "auto"
+    shadow_env: tuple[tuple[str, str], ...] = ()  # extra environment of the shadow agent
+
+    @property
+    def name(self) -> str:
+        """The Lease's and the shadow pod's name."""
+        return session_name(self.service, self.slug, self.session_id)
+
+
+def micro_time(moment: datetime | None = None) -> str:
+    """A Kubernetes MicroTime (RFC 3339, microseconds, UTC)."""
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def session_lease(
+    spec: SessionSpec, now: datetime | None = None, duration: int = LEASE_DURATION_SECONDS
+) -> JSON:
+    stamp = micro_time(now)
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": _meta(
+            spec.name,
+            spec.namespace,
+            service_labels(spec.service, "session"),
+            annotations={
+                HEADER_ANNOTATION: spec.header,
+                VALUE_ANNOTATION: spec.value,
+                SHADOW_ANNOTATION: spec.name,
+                PORTS_ANNOTATION: format_port_maps(spec.ports),
+                MODE_ANNOTATION: spec.mode,
+            },
+        ),
+        "spec": {
+            "holderIdentity": spec.holder,
+            "leaseDurationSeconds": duration,
+            "acquireTime": stamp,
+            "renewTime": stamp,
+        },
+    }
+
+
+def tunnel_secret(spec: SessionSpec, secret: bytes) -> JSON:
+    """The session's tunnel secret, handed to the shadow agent through its environment."""
+    labels = {**service_labels(spec.service, "shadow"), SESSION_LABEL: spec.name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(spec.name, spec.namespace, labels),
+        "type": "Opaque",
+        "data": {SECRET_KEY: base64.b64encode(secret.hex().encode()).decode()},
+    }
+
+
+def shadow_health_port(spec: SessionSpec) -> int:
+    """The shadow agent's probe port: clear of the exposed ports and the tunnel port."""
+    taken = [RouterPort(m.target, None) for m in spec.ports]
+    return health_port([*taken, RouterPort(DEFAULT_TUNNEL_PORT, None)])
+
+
+def shadow_command(spec: SessionSpec) -> list[str]:
+    targets = ",".join(str(t) for t in sorted({m.target for m in spec.ports}))
+    health = str(shadow_health_port(spec))
+    return ["localmesh", "agent", "shadow", "--ports", targets, "--health-port", health]
+
+
+def shadow_pod(spec: SessionSpec) -> JSON:
+    """The developer's stand-in in the cluster: it listens on the exposed targetPorts and
+    carries each connection back through the tunnel. Its labels never match the Service's
+    selector, so only the router sends it traffic, and only marked requests."""
+    labels = {**service_labels(spec.service, "shadow"), SESSION_LABEL: spec.name}
+    security = _pod_security(m.target for m in spec.ports)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(spec.name, spec.namespace, labels),
+        "spec": {
+            "restartPolicy": "Always",
+            "securityContext": security,
+            "containers": [
+                {
+                    "name": "shadow",
+                    "image": spec.image,
+                    "command": shadow_command(spec),
+                    "env": [
+                        POD_IP_ENV,
+                        {
+                            "name": SECRET_ENV,
+                            "valueFrom": {"secretKeyRef": {"name": spec.name, "key": SECRET_KEY}},
+                        },
+                        *({"name": k, "value": v} for k, v in spec.shadow_env),
+                    ],
+                    "ports": [
+                        *(
+                            {"containerPort": target, "protocol": "TCP"}
+                            for target in sorted({m.target for m in spec.ports})
+                        ),
+                        {"name": "lm-tunnel", "containerPort": DEFAULT_TUNNEL_PORT},
+                        {"name": "lm-health", "containerPort": shadow_health_port(spec)},
+                    ],
+                    # Ready only while the developer's machine holds a tunnel connection:
+                    # the router sends marked requests to Ready shadows only.
+                    "readinessProbe": {
+                        "httpGet": {"path": "/readyz", "port": shadow_health_port(spec)},
+                        "periodSeconds": 1,
+                        "failureThreshold": 2,
+                    },
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "48Mi"},
+                        "limits": {"memory": "256Mi"},
+                    },
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }

@@ -1,0 +1,452 @@
+"""One developer's mesh of one Service: checks, join, Lease renewal, leave.
+
+    session = MeshSession(kube, MeshOptions(namespace, service, mark, exposed))
+    joined = await session.join()     # MeshError (nothing left changed) or the router is in
+    ...                               # session.lost is set if the Lease could not be kept
+    await session.leave()             # the last one out restores the Service
+
+Nothing in the cluster changes before every check passed: the Service exists, has a
+selector and is not meshed in manual mode, the exposed ports are Service ports, the local
+ports accept a connection (unless skipped), and every permission needed is granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+import structlog
+
+from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.marks import ExposedPort, VersionMark
+from localmesh.clustermesh.membership import (
+    LeaveResult,
+    MeshError,
+    cas_service,
+    delete_session_objects,
+    ensure,
+    mesh_state,
+    remove_sessions,
+    routed,
+    with_session,
+)
+from localmesh.clustermesh.tunnel_wire import new_secret
+from localmesh.errors import KubeError
+from localmesh.kube.objects import Conflict, KubeObjects
+from localmesh.kube.targets import JSON, PortNotFound
+
+log = structlog.get_logger(__name__)
+
+# Pod states that will not become Ready by waiting: fail at once, with the kubelet's reason.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+    }
+)
+POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    namespace: str
+    service: str
+    mark: VersionMark
+    exposed: tuple[ExposedPort, ...]
+    image: str = m.DEFAULT_ROUTER_IMAGE
+    mode: str = "auto"
+    skip_port_checking: bool = False
+    ready_timeout: float = 60.0
+    lease_seconds: int = m.LEASE_DURATION_SECONDS
+    holder: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
+    session_id: str = field(default_factory=lambda: secrets.token_hex(3))
+    # Stand-ins while testing: the router's command and readiness path, the shadow's env.
+    router_command: tuple[str, ...] | None = None
+    router_ready_path: str = "/ready"
+    shadow_env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Permission:
+    verb: str
+    resource: str  # plural, with /subresource where one is meant
+    group: str = ""
+    name: str | None = None
+
+    def can_i(self, namespace: str) -> str:
+        what = f"{self.resource}.{self.group}" if self.group else self.resource
+        if self.name:
+            what = f"{what}/{self.name}"
+        return f"kubectl auth can-i {self.verb} {what} -n {namespace}"
+
+
+def needed_permissions(namespace: str, service: str) -> list[Permission]:
+    """What `mesh` does with the user's credentials, then every right of the router's Role
+    (Kubernetes lets a user grant only rights the user holds)."""
+    origin, router = m.origin_name(service), m.router_name(service)
+    rbac = "rbac.authorization.k8s.io"
+    wanted = [
+        Permission("get", "services", name=service),
+        Permission("update", "services", name=service),
+        Permission("create", "services"),
+        Permission("get", "services", name=origin),
+        Permission("update", "services", name=origin),
+        Permission("delete", "services", name=origin),
+        Permission("list", "pods"),
+        Permission("get", "pods"),
+        Permission("create", "pods"),
+        Permission("delete", "pods"),
+        Permission("create", "pods/portforward"),
+        Permission("get", "secrets"),
+        Permission("create", "secrets"),
+        Permission("delete", "secrets"),
+    ]
+    wanted += [
+        Permission(verb, "leases", "coordination.k8s.io")
+        for verb in ("get", "list", "create", "update", "delete")
+    ]
+    for resource, group in (
+        ("deployments", "apps"),
+        ("serviceaccounts", ""),
+        ("roles", rbac),
+        ("rolebindings", rbac),
+    ):
+        wanted.append(Permission("create", resource, group))
+        wanted += [Permission(v, resource, group, router) for v in ("get", "update", "delete")]
+    role = next(o for o in m.router_rbac(namespace, service) if o["kind"] == "Role")
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                for name in rule.get("resourceNames") or [None]:
+                    wanted.append(Permission(verb, resource, rule["apiGroups"][0], name))
+    return list(dict.fromkeys(wanted))
+
+
+async def missing_permissions(kube: KubeObjects, namespace: str, service: str) -> list[str]:
+    """`kubectl auth can-i ...` lines for each needed permission the user lacks."""
+    wanted = needed_permissions(namespace, service)
+
+    async def allowed(p: Permission) -> bool:
+        resource, _, sub = p.resource.partition("/")
+        return await kube.can_i(
+            p.verb, resource, namespace, group=p.group, name=p.name, subresource=sub or None
+        )
+
+    answers = await asyncio.gather(*(allowed(p) for p in wanted))
+    return [p.can_i(namespace) for p, ok in zip(wanted, answers, strict=True) if not ok]
+
+
+async def local_port_open(port: int, seconds: float = 1.0) -> bool:
+    """Something on this machine accepts connections on `port` (IPv4 or IPv6 loopback)."""
+    for host in ("127.0.0.1", "::1"):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), seconds)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
+def _ready(pod: JSON) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
+
+
+def _running(pod: JSON) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
+
+
+def _stuck(pod: JSON) -> str | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            detail = waiting.get("message") or ""
+            return f"{waiting['reason']}" + (f": {detail}" if detail else "")
+    return None
+
+
+async def wait_pod_ready(
+    kube: KubeObjects,
+    namespace: str,
+    selector: str,
+    *,
+    what: str,
+    image: str,
+    seconds: float,
+    running_is_enough: bool = False,
+) -> JSON:
+    """The first Ready (or, with `running_is_enough`, running) pod matching `selector`;
+    MeshError when one cannot start (image pull, crash loop) or none is in `seconds`."""
+    done = _running if running_is_enough else _ready
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    last = "no pod yet"
+    while True:
+        pods = await kube.list("Pod", namespace, selector)
+        for pod in pods:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # a router on its way out (a leaver's) serves no one for long
+            if done(pod):
+                return pod
+            reason = _stuck(pod)
+            if reason is not None:
+                name = pod["metadata"]["name"]
+                if "Image" in reason:
+                    hint = (
+                        f"; image {image}: build and push it to a registry the cluster can "
+                        "pull from and pass --router-image (see docs/mesh.md)"
+                    )
+                else:
+                    hint = f"; see kubectl logs -p -n {namespace} {name}"
+                raise MeshError(f"{what} pod {namespace}/{name} cannot start: {reason}{hint}")
+            last = f"pod {pod['metadata']['name']} is {pod.get('status', {}).get('phase')}"
+        if loop.time() >= until:
+            state = "running" if running_is_enough else "Ready"
+            raise MeshError(f"{what} was not {state} within {seconds:g}s ({last})")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+@dataclass(frozen=True)
+class Joined:
+    spec: m.SessionSpec
+    secret: bytes
+    created: list[str]
+    reused: list[str]
+    first: bool  # this session created the router
+
+
+@dataclass(frozen=True)
+class Checked:
+    service: JSON
+    ports: list[m.PortMap]
+    router_ports: list[m.RouterPort]
+
+
+class MeshSession:
+    """One developer session meshing one Service."""
+
+    def __init__(self, kube: KubeObjects, options: MeshOptions) -> None:
+        self.kube = kube
+        self.options = options
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        self.spec: m.SessionSpec | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._lease: JSON | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.options.namespace}/{self.options.service}"
+
+    async def check(self) -> Checked:
+        """Every check that must pass before anything changes."""
+        o = self.options
+        if o.mode != "auto":
+            raise MeshError(f"--mode {o.mode} is not yet supported; use --mode auto (the default)")
+        service = await self.kube.get("Service", o.namespace, o.service)
+        if service is None:
+            raise MeshError(f"service {self.where} not found")
+        state = mesh_state(service)
+        if state.mode is not None and state.mode != "auto":
+            raise MeshError(
+                f"service {self.where} is meshed in {state.mode} mode; auto mode cannot join it"
+            )
+        selector = state.original_selector
+        if selector is None:
+            selector = service.get("spec", {}).get("selector") or None
+        if not selector:
+            raise MeshError(
+                f"service {self.where} has no selector (its endpoints are managed by hand); "
+                "mesh needs a Service that selects its pods"
+            )
+        label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+        pods = await self.kube.list("Pod", o.namespace, label_selector)
+        try:
+            ports = m.port_maps(service, ((e.local, e.remote) for e in o.exposed), pods)
+            router_ports = m.router_ports(service, pods)
+        except PortNotFound as exc:
+            raise MeshError(
+                f"service {self.where} has no port {exc.wanted}; its ports: "
+                f"{', '.join(exc.available) or 'none'} (--expose LOCAL:PORT names a Service port)"
+            ) from None
+        except m.PortError as exc:
+            raise MeshError(str(exc)) from None
+        if not o.skip_port_checking:
+            for port in sorted({p.local for p in ports}):
+                if not await local_port_open(port):
+                    raise MeshError(
+                        f"nothing accepts connections on local port {port}: start the process "
+                        "that should serve it first, or pass --skip-port-checking"
+                    )
+        missing = await missing_permissions(self.kube, o.namespace, o.service)
+        if missing:
+            raise MeshError(
+                f"missing permissions to mesh {self.where} (nothing was changed):\n  "
+                + "\n  ".join(missing)
+            )
+        return Checked(service, ports, router_ports)
+
+    async def join(self) -> Joined:
+        checked = await self.check()
+        o = self.options
+        spec = m.SessionSpec(
+            namespace=o.namespace,
+            service=o.service,
+            session_id=o.session_id,
+            header=o.mark.key,
+            value=o.mark.value,
+            slug=o.mark.slug,
+            holder=o.holder,
+            ports=tuple(checked.ports),
+            image=o.image,
+            mode=o.mode,
+            shadow_env=o.shadow_env,
+        )
+        self.spec = spec
+        secret = new_secret()
+        created: list[str] = []
+        reused: list[str] = []  # the router and its objects, made by an earlier session
+        try:
+            # The Lease first: `clean` removes session objects only once their Lease is
+            # gone or expired, and this one is renewed from now on.
+            lease = m.session_lease(spec, duration=o.lease_seconds)
+            self._lease = await self.kube.create("Lease", o.namespace, lease)
+            created.append(f"Lease {o.namespace}/{spec.name}")
+            self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
+            await self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret))
+            created.append(f"Secret {o.namespace}/{spec.name}")
+
+            def add(current: JSON) -> JSON:
+                state = mesh_state(current)
+                if state.mode is not None and state.mode != o.mode:
+                    raise MeshError(f"service {self.where} is meshed in {state.mode} mode")
+                if state.original_selector is None and not current["spec"].get("selector"):
+                    raise MeshError(f"service {self.where} has no selector")
+                return with_session(current, spec.name, o.mode)
+
+            before, meshed = await cas_service(self.kube, o.namespace, o.service, add)
+            first = mesh_state(before).original_selector is None
+            claim = f"{spec.name} {m.micro_time()}"
+            shared = [
+                m.origin_service(meshed),
+                *m.router_rbac(o.namespace, o.service),
+                m.router_deployment(
+                    o.namespace,
+                    o.service,
+                    o.image,
+                    checked.router_ports,
+                    command=o.router_command,
+                    ready_path=o.router_ready_path,
+                ),
+            ]
+            for obj in shared:
+                _, made = await ensure(self.kube, obj, claim)
+                what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
+                (created if made else reused).append(what)
+            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec))
+            created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
+            router_selector = f"{m.managed_selector(o.service)},{m.COMPONENT_LABEL}=router"
+            shadow_selector = f"{m.SESSION_LABEL}={spec.name}"
+            await asyncio.gather(
+                wait_pod_ready(
+                    self.kube,
+                    o.namespace,
+                    router_selector,
+                    what="router",
+                    image=o.image,
+                    seconds=o.ready_timeout,
+                ),
+                wait_pod_ready(
+                    self.kube,
+                    o.namespace,
+                    shadow_selector,
+                    what="shadow",
+                    image=o.image,
+                    seconds=o.ready_timeout,
+                    # Ready only once this machine's tunnel connects, after the join.
+                    running_is_enough=True,
+                ),
+            )
+
+            def swap(current: JSON) -> JSON | None:
+                if spec.name not in mesh_state(current).sessions:
+                    raise MeshError(
+                        f"this session was removed from {self.where} while joining "
+                        "(its Lease expired?)"
+                    )
+                if current["spec"].get("selector") == m.router_selector(o.service):
+                    return None
+                return routed(current)
+
+            await cas_service(self.kube, o.namespace, o.service, swap)
+        except BaseException:
+            # Put back whatever this join changed, even on Ctrl-C, then report the cause.
+            await asyncio.shield(self._rollback())
+            raise
+        return Joined(spec, secret, created, reused, first)
+
+    async def _rollback(self) -> None:
+        try:
+            await self.leave()
+        except Exception as exc:
+            log.error("rollback failed; run `localmesh mesh clean`", error=str(exc))
+
+    async def _renew(self) -> None:
+        """Keep the Lease live; set `lost` when it is gone or cannot be renewed in time."""
+        assert self.spec is not None
+        o, name = self.options, self.spec.name
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
+        interval = min(m.RENEW_INTERVAL_SECONDS, o.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lease = await self.kube.get("Lease", o.namespace, name)
+                if lease is None:
+                    self._lose(f"its Lease {o.namespace}/{name} was deleted")
+                    return
+                lease["spec"]["renewTime"] = m.micro_time()
+                self._lease = await self.kube.replace("Lease", o.namespace, name, lease)
+                last_ok = loop.time()
+            except Conflict:
+                continue
+            except KubeError as exc:
+                log.warning("lease renewal failed", lease=name, error=str(exc))
+                if loop.time() - last_ok > o.lease_seconds:
+                    self._lose(f"the Lease could not be renewed: {exc}")
+                    return
+
+    def _lose(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.lost.set()
+        log.error("mesh session lost", reason=reason)
+
+    async def leave(self) -> LeaveResult:
+        """Remove this session; the last live one restores the Service and removes the
+        router, origin Service and RBAC."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._renewer
+            self._renewer = None
+        if self.spec is None:
+            return LeaveResult(False, [])
+        o, name = self.options, self.spec.name
+        deleted = await delete_session_objects(self.kube, o.namespace, name)
+        result = await remove_sessions(self.kube, o.namespace, o.service, {name})
+        return LeaveResult(result.restored, deleted + result.deleted)

@@ -1,0 +1,268 @@
+"""Joining and leaving a Service's mesh on the sandbox (real API semantics, real kubectl)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from localmesh.clustermesh import cleanup, manifests as m
+from localmesh.clustermesh.membership import MeshError, lease_dead, mesh_state
+from localmesh.clustermesh.session import MeshSession, needed_permissions
+from localmesh.kube.objects import KubeObjects
+from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
+from tests.integration.mesh_helpers import (
+    as_rules,
+    kubeconfig_with,
+    local_server,
+    managed_objects,
+    options,
+    service_json,
+    wait_managed_gone,
+)
+
+pytestmark = pytest.mark.integration
+sandbox = sandbox_fixtures.sandbox
+sandbox_factory = sandbox_fixtures.sandbox_factory
+
+
+def kube_for(sb: Sandbox) -> KubeObjects:
+    return KubeObjects.connect(str(sb.kubeconfig_path))
+
+
+async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        one = MeshSession(kube, options(port, "dev"))
+        two = MeshSession(kube, options(port, "kt-mark:other"))
+        joined = await asyncio.gather(one.join(), two.join())
+        assert sorted(j.first for j in joined) == [False, True]  # one created the router
+        # Each shared object was created by exactly one of them and used by the other.
+        shared = [w for j in joined for w in j.created if "localmesh-" in w and "Secret" not in w]
+        shared = [w for w in shared if "Lease" not in w and "shadow" not in w]
+        assert len(shared) == len(set(shared)) == 5
+        assert sorted(shared) == sorted(w for j in joined for w in j.reused)
+
+        meshed = await service_json(sandbox)
+        state = mesh_state(meshed)
+        assert sorted(state.sessions) == sorted(j.spec.name for j in joined)
+        assert state.original_selector == before["spec"]["selector"]
+        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        assert {k: v for k, v in meshed["spec"].items() if k != "selector"} == {
+            k: v for k, v in before["spec"].items() if k != "selector"
+        }
+        objects = await managed_objects(sandbox)
+        assert "Deployment/billing-api-localmesh-router" in objects
+        assert "Service/billing-api-localmesh-origin" in objects
+        assert {f"Lease/{j.spec.name}" for j in joined} <= set(objects)
+        # The origin Service reaches the cluster's pods.
+        origin_ready = await sandbox.wait_ready_endpoints(
+            "billing", "billing-api-localmesh-origin", count=1, seconds=30
+        )
+        assert origin_ready
+
+        first_out = await one.leave()
+        assert not first_out.restored
+        still = await service_json(sandbox)
+        assert two.spec is not None
+        assert mesh_state(still).sessions == (two.spec.name,)
+        assert still["spec"]["selector"] == m.router_selector("billing-api")
+
+        last_out = await two.leave()
+        assert last_out.restored
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    assert await managed_objects(sandbox) == []
+    await kube.close()
+
+
+async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        session = MeshSession(kube, options(port, lease_seconds=2))
+        joined = await session.join()
+    # A crash: renewal stops, nothing is taken down.
+    assert session._renewer is not None
+    session._renewer.cancel()
+    name = joined.spec.name
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 30
+    while not lease_dead(await kube.get("Lease", "billing", name)):
+        assert loop.time() < until, "the lease never expired"
+        await asyncio.sleep(0.2)
+
+    dry = await cleanup.clean(kube, "billing", dry_run=True)
+    assert any(a.startswith("would restore Service billing/billing-api") for a in dry.actions)
+    assert f"would delete Lease billing/{name}" in dry.actions
+    assert (await service_json(sandbox))["spec"]["selector"] == m.router_selector("billing-api")
+
+    report = await cleanup.clean(kube, "billing", "billing-api")
+    assert "restored Service billing/billing-api (selector app=billing-api)" in report.actions
+    assert "deleted Deployment billing/billing-api-localmesh-router" in report.actions
+    assert f"deleted Pod billing/{name}" in report.actions
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    again = await cleanup.clean(kube, None)
+    assert again.actions == []
+    await kube.close()
+
+
+async def test_wrong_image_is_a_clear_error_and_leaves_nothing(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        session = MeshSession(kube, options(port, image="nowhere/not-an-image:0"))
+        with pytest.raises(MeshError, match=r"cannot start: (ErrImagePull|ImagePullBackOff)"):
+            await session.join()
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    await kube.close()
+
+
+async def test_bad_input_changes_nothing(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        with pytest.raises(MeshError, match=r"has no port 9999; its ports: http:8080->http"):
+            await MeshSession(kube, options(port, exposed=_expose(f"{port}:9999"))).join()
+        with pytest.raises(MeshError, match="service billing/nope not found"):
+            await MeshSession(kube, options(port, service="nope")).join()
+        with pytest.raises(MeshError, match="--mode manual is not yet supported"):
+            await MeshSession(kube, options(port, mode="manual")).join()
+        manual = await kube.get("Service", "billing", "billing-api")
+        assert manual is not None
+        manual["metadata"].setdefault("annotations", {})[m.MODE_ANNOTATION] = "manual"
+        await kube.replace("Service", "billing", "billing-api", manual)
+        with pytest.raises(MeshError, match="is meshed in manual mode"):
+            await MeshSession(kube, options(port)).join()
+        del manual["metadata"]["annotations"]
+        manual["metadata"].pop("resourceVersion")
+        await kube.replace("Service", "billing", "billing-api", manual)
+    # The server is gone now: nothing accepts connections on that port.
+    with pytest.raises(MeshError, match=f"nothing accepts connections on local port {port}"):
+        await MeshSession(kube, options(port)).join()
+    assert await service_json(sandbox) == before
+    assert await managed_objects(sandbox) == []
+    await kube.close()
+
+
+def _expose(text: str) -> tuple[object, ...]:
+    from localmesh.clustermesh.marks import parse_expose
+
+    return parse_expose(text)
+
+
+async def test_the_needed_permissions_are_enough(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    admin = kube_for(sandbox)
+    rules = as_rules(needed_permissions("billing", "billing-api"))
+    dev = KubeObjects.connect(await kubeconfig_with(sandbox, admin, rules))
+    async with local_server() as port:
+        session = MeshSession(dev, options(port))
+        await session.join()
+        assert (await session.leave()).restored
+    assert await service_json(sandbox) == before
+    await dev.close()
+    await admin.close()
+
+
+async def test_missing_permission_is_named_and_nothing_changes(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    admin = kube_for(sandbox)
+    wanted = needed_permissions("billing", "billing-api")
+    missing = next(p for p in wanted if p.resource == "rolebindings")
+    path = await kubeconfig_with(sandbox, admin, as_rules([p for p in wanted if p != missing]))
+    dev = KubeObjects.connect(path)
+    async with local_server() as port:
+        with pytest.raises(MeshError) as info:
+            await MeshSession(dev, options(port)).join()
+    message = str(info.value)
+    assert "missing permissions to mesh billing/billing-api (nothing was changed)" in message
+    assert missing.can_i("billing") in message
+    assert message.count("kubectl auth can-i") == 1
+    assert await service_json(sandbox) == before
+    assert [o for o in await managed_objects(sandbox)] == []
+    await dev.close()
+    await admin.close()
+
+
+async def test_router_not_ready_in_time_is_rolled_back(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        # Serves its health page on another port than the probe's: never Ready.
+        never = ("python", "-m", "localmesh.sandbox.testagent", "serve", "--port", "15999")
+        session = MeshSession(kube, options(port, router_command=never, ready_timeout=2))
+        with pytest.raises(MeshError, match=r"router was not Ready within 2s"):
+            await session.join()
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    await kube.close()
+
+
+async def test_a_join_racing_the_last_leave_keeps_a_working_mesh(sandbox: Sandbox) -> None:
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        leaving = MeshSession(kube, options(port, "dev"))
+        await leaving.join()
+        joining = MeshSession(kube, options(port, "other"))
+        _, joined = await asyncio.gather(leaving.leave(), joining.join())
+        # Whatever the interleaving: the joiner is in, the Service points at a router that
+        # exists and is Ready, and the original selector is the real one.
+        meshed = await service_json(sandbox)
+        state = mesh_state(meshed)
+        assert state.sessions == (joined.spec.name,)
+        assert state.original_selector == before["spec"]["selector"]
+        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        deployment = await kube.get("Deployment", "billing", m.router_name("billing-api"))
+        assert deployment is not None and not deployment["metadata"].get("deletionTimestamp")
+        for name in ("billing-api-localmesh-origin",):
+            assert await kube.get("Service", "billing", name) is not None
+        assert (await joining.leave()).restored
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    await kube.close()
+
+
+async def test_the_router_may_do_exactly_its_job(sandbox: Sandbox) -> None:
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        session = MeshSession(kube, options(port))
+        await session.join()
+        router = f"--as=system:serviceaccount:billing:{m.router_name('billing-api')}"
+        allowed = [
+            "update services/billing-api",
+            "patch services/billing-api-localmesh-origin",
+            "delete services/billing-api-localmesh-origin",
+            "watch leases.coordination.k8s.io",
+            "list endpointslices.discovery.k8s.io",
+            "list pods",
+            "delete deployments.apps/billing-api-localmesh-router",
+            "delete roles.rbac.authorization.k8s.io/billing-api-localmesh-router",
+        ]
+        denied = [
+            "update services/other",
+            "delete services/billing-api",
+            "create services",
+            "delete pods",
+            "update leases.coordination.k8s.io",
+            "delete deployments.apps/billing-api",
+            "list secrets",
+            "list pods -n users",
+        ]
+        for rule in allowed + denied:
+            result = await sandbox_fixtures.kubectl(
+                sandbox,
+                "auth",
+                "can-i",
+                *rule.split(),
+                *(["-n", "billing"] * ("-n" not in rule)),
+                router,
+            )
+            assert (result.stdout.strip() == "yes") == (rule in allowed), rule
+        await session.leave()
+    await kube.close()

@@ -1,0 +1,126 @@
+"""`localmesh mesh` argument handling and output, without a cluster."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from localmesh.cli.main import build_parser
+from localmesh.cli.mesh import mesh_options, session_rows, split_target, table
+from localmesh.clustermesh import manifests as m
+from localmesh.errors import ConfigError
+from tests.unit.cli_helpers import run_cli
+
+
+def test_namespace_from_target_or_flag() -> None:
+    assert split_target("billing/billing-api", None, "default") == ("billing", "billing-api")
+    assert split_target("billing-api", "billing", "default") == ("billing", "billing-api")
+    assert split_target("billing-api", None, "dev") == ("dev", "billing-api")
+    assert split_target("billing/api", "billing", "x") == ("billing", "api")
+    with pytest.raises(ConfigError, match="names namespace 'billing' but -n says 'users'"):
+        split_target("billing/api", "users", "default")
+    with pytest.raises(ConfigError, match="NAMESPACE/NAME"):
+        split_target("a/b/c", None, "default")
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser("localmesh").parse_args(["mesh", *argv])
+
+
+def test_ktctl_spellings_mean_the_same() -> None:
+    ours = parse(
+        "svc",
+        "--expose",
+        "8080",
+        "--version-mark",
+        "k:v",
+        "--skip-port-checking",
+        "--router-image",
+        "img",
+    )
+    theirs = parse(
+        "svc",
+        "--expose",
+        "8080",
+        "--versionMark",
+        "k:v",
+        "--skipPortChecking",
+        "--routerImage",
+        "img",
+    )
+    assert vars(ours) == vars(theirs)
+    options = mesh_options(ours, "ns", "svc")
+    assert (options.mark.key, options.mark.value) == ("k", "v")
+    assert options.skip_port_checking and options.image == "img"
+    assert [(p.local, p.remote) for p in options.exposed] == [(8080, 8080)]
+
+
+def test_defaults() -> None:
+    options = mesh_options(parse("svc", "--expose", "9090:8080,9091:8081"), "ns", "svc")
+    assert options.image == m.DEFAULT_ROUTER_IMAGE == "localmesh/localmesh:0.1.0"
+    assert options.mark.key == "version" and options.mark.generated
+    assert options.mode == "auto" and not options.skip_port_checking
+    assert options.router_command is None and options.router_ready_path == "/ready"
+
+
+def test_option_errors() -> None:
+    with pytest.raises(ConfigError, match="--expose is required"):
+        mesh_options(parse("svc"), "ns", "svc")
+    with pytest.raises(ConfigError, match="--mode manual is not yet supported"):
+        mesh_options(parse("svc", "--expose", "80", "--mode", "manual"), "ns", "svc")
+
+
+def test_cli_rejects_misplaced_options() -> None:
+    for argv, message in [
+        (["mesh", "list", "--expose", "80"], "mesh list: --expose belongs to `mesh SERVICE`"),
+        (
+            ["mesh", "svc", "--expose", "80", "--dry-run"],
+            "--dry-run belongs to `mesh clean` / `mesh recover`",
+        ),
+        (["mesh", "list", "extra"], "unexpected argument 'extra'"),
+    ]:
+        result = run_cli(*argv)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"localmesh: error: {message}"
+
+
+def test_list_rows_show_mark_holder_and_liveness() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    spec = m.SessionSpec(
+        namespace="billing",
+        service="billing-api",
+        session_id="abc123",
+        header="version",
+        value="dev",
+        slug="dev",
+        holder="ana@laptop",
+        ports=(m.PortMap(9090, 8080, 8081),),
+    )
+    live = m.session_lease(spec, now - timedelta(seconds=2))
+    stale = m.session_lease(spec, now - timedelta(seconds=60))
+    stale["metadata"]["namespace"] = "zeta"
+    rows = session_rows([stale, live], now)
+    assert rows == [
+        [
+            "billing",
+            "billing-api",
+            "version: dev",
+            "ana@laptop",
+            "9090:8080:8081",
+            "live",
+            "2s ago",
+        ],
+        [
+            "zeta",
+            "billing-api",
+            "version: dev",
+            "ana@laptop",
+            "9090:8080:8081",
+            "expired",
+            "60s ago",
+        ],
+    ]
+    text = table(["A", "B"], [["x", "long value"], ["longer", "y"]])
+    assert text.splitlines() == ["A       B", "x       long value", "longer  y"]
