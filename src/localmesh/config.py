@@ -185,14 +185,18 @@ class ServiceEntry:
         """Every Service port this entry forwards: its own and its routes' targets, each as
         an entry without routes (the unit port-forwards and port resolution work on; a
         route edit then leaves them equal, so forwarders stay)."""
-        return self._backends
+        if not self.routes:
+            # Built on each call: a cached tuple holding the entry itself would make every
+            # entry a reference cycle, which only the cyclic GC could free.
+            return () if self.local is not None else (self,)
+        return self._routed_backends
 
     @functools.cached_property
-    def _backends(self) -> tuple[ServiceEntry, ...]:
+    def _routed_backends(self) -> tuple[ServiceEntry, ...]:
         # Cached (the entry is immutable): planned on every event, for every entry.
         found: list[ServiceEntry] = []
         if self.local is None:
-            found.append(replace(self, routes=()) if self.routes else self)
+            found.append(replace(self, routes=()))
         for route in self.routes:
             if isinstance(route.target, ServiceRef):
                 found.append(route_backend(self, route))
