@@ -207,3 +207,13 @@ def test_entries_are_freed_without_the_cyclic_gc() -> None:
         assert [r() for r in refs] == [None, None, None]
     finally:
         gc.enable()
+
+
+def test_a_match_everything_route_is_reported_with_its_other_mistakes() -> None:
+    found = errors(ENTRY + "      - {local: 70000}\n      - {headers: {x: a}, local: 2}\n")
+    assert [line.split(": ", 2)[:2] for line in found] == [
+        ["s.yaml:7:9", "services[0].routes[0]"],
+        ["s.yaml:7:17", "services[0].routes[0].local"],
+        ["s.yaml:8:9", "services[0].routes[1]"],
+    ]
+    assert "matches every request" in found[0] and "never used" in found[2]
