@@ -198,13 +198,16 @@ async def bench_localmesh(
         load = Load(port, host(0), interval=0.005).start()
         conn = Connection(port)
         added: list[int] = []
+        edit_cpu: list[float] = []  # localmesh's CPU seconds from save to 200
         for e in range(edits):
             added.append(n + e)
+            cpu_before = cpu_seconds(mesh.pid)
             save_atomically(
                 services, routed_yaml(port, n, added, routed=routed, local_port=local_port)
             )
             saved = time.monotonic()
             latencies.append(await wait_status(conn, host(n + e), 200, within=10) - saved)
+            edit_cpu.append(cpu_seconds(mesh.pid) - cpu_before)
             print(f"  edit {e + 1}/{edits}: {latencies[-1] * 1000:.0f} ms", flush=True)
             await asyncio.sleep(0.3)  # separate edits (the watch debounces bursts)
         route_latencies: list[float] = []
@@ -241,6 +244,8 @@ async def bench_localmesh(
             "listen_s": round(listen_s, 2),
             "all_routable_s": round(routable_s, 2),
             "edit": summary_ms(latencies),
+            # in clock ticks (10 ms each): a median over the edits, not a precise figure
+            "edit_cpu_ms_localmesh": summary_ms(edit_cpu),
             "route_edit": summary_ms(route_latencies) if route_latencies else None,
             "load_during_edits": {
                 "ok": load.ok,

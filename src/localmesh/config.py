@@ -185,14 +185,18 @@ class ServiceEntry:
         """Every Service port this entry forwards: its own and its routes' targets, each as
         an entry without routes (the unit port-forwards and port resolution work on; a
         route edit then leaves them equal, so forwarders stay)."""
-        return self._backends
+        if not self.routes:
+            # Built on each call: a cached tuple holding the entry itself would make every
+            # entry a reference cycle, which only the cyclic GC could free.
+            return () if self.local is not None else (self,)
+        return self._routed_backends
 
     @functools.cached_property
-    def _backends(self) -> tuple[ServiceEntry, ...]:
+    def _routed_backends(self) -> tuple[ServiceEntry, ...]:
         # Cached (the entry is immutable): planned on every event, for every entry.
         found: list[ServiceEntry] = []
         if self.local is None:
-            found.append(replace(self, routes=()) if self.routes else self)
+            found.append(replace(self, routes=()))
         for route in self.routes:
             if isinstance(route.target, ServiceRef):
                 found.append(route_backend(self, route))
@@ -439,10 +443,7 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
                     route_path,
                     f"never used: {catch_all[0]} at {catch_all[1]} matches every request before it",
                 )
-            if route is None:
-                routes_ok = False
-                continue
-            if not route.headers and route.path_prefix == "/":
+            if _matches_everything(item):
                 checker.add(
                     item,
                     route_path,
@@ -451,6 +452,8 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
                     "`headers` or `path_prefix`",
                 )
                 catch_all = catch_all or (route_path, checker.location(item))
+                route = None
+            if route is None:
                 routes_ok = False
                 continue
             routes.append(route)
@@ -588,6 +591,18 @@ def _route_entry(checker: _Checker, node: Node, path: str, default: Protocol) ->
     if target is None or headers is None or prefix is None or protocol is None:
         return None
     return RouteEntry(target, protocol, prefix, headers, checker.location(node))
+
+
+def _matches_everything(node: Node) -> bool:
+    """A route mapping without `headers` whose path prefix (if any) is `/`: judged on the
+    keys alone, so that it is reported even when its target has problems of its own."""
+    if not isinstance(node, MappingNode):
+        return False
+    keys = {k.value: v for k, v in node.value if isinstance(k, ScalarNode)}
+    if "headers" in keys:
+        return False
+    prefix = keys.get("path_prefix")
+    return prefix is None or (isinstance(prefix, ScalarNode) and prefix.value == "/")
 
 
 def _prefix_problem(value: str) -> str | None:

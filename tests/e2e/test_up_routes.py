@@ -153,6 +153,17 @@ async def get(mesh: Mesh, host: str, path: str = "/", *headers: str) -> Any:
     return await curl(f"http://127.0.0.1:{mesh.port}{path}", host=host, extra=extra)
 
 
+async def test_up_prints_routes_and_local_targets(mesh: Mesh) -> None:
+    lines = mesh.up.stdout
+    assert f"route: billing-api.localhost [x-dev: alice] -> 127.0.0.1:{mesh.http.port}" in lines
+    assert "route: billing-api.localhost [path /v2/] -> admin/admin-web:8080" in lines
+    assert any(line.startswith("local: web.localhost -> 127.0.0.1:") for line in lines), lines
+    # The path route's Service is forwarded like an entry's.
+    assert any(
+        line.startswith("pf: billing-api.localhost -> admin/admin-web:8080 via ") for line in lines
+    )
+
+
 async def test_marked_requests_reach_the_local_build_unmarked_the_pods(mesh: Mesh) -> None:
     marked = await get(mesh, "billing-api.localhost", "/a", "x-dev: alice")
     assert marked.status == 200, marked

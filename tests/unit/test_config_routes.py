@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import weakref
 
 import pytest
 
@@ -185,3 +187,33 @@ def test_an_entry_needs_exactly_one_target() -> None:
     ]
     found = errors("services:\n  - {host: a, local: 3000, namespace: a, service: a, port: 1}\n")
     assert found[0].startswith("s.yaml:2:39: services[0].namespace: two targets")
+
+
+def test_entries_are_freed_without_the_cyclic_gc() -> None:
+    """`up` freezes its start-up heap; what a reload replaces must go by reference count
+    (cached pieces of an entry must not point back at it)."""
+    config = parse_config(
+        GOOD + "  - {host: plain.localhost, namespace: a, service: a, port: 80}\n"
+    )
+    for entry in config.services:
+        entry.backends()
+        hash(entry)
+        for route in entry.routes:
+            route.describe_match()
+    refs = [weakref.ref(e) for e in config.services]
+    gc.disable()
+    try:
+        del config, entry, route
+        assert [r() for r in refs] == [None, None, None]
+    finally:
+        gc.enable()
+
+
+def test_a_match_everything_route_is_reported_with_its_other_mistakes() -> None:
+    found = errors(ENTRY + "      - {local: 70000}\n      - {headers: {x: a}, local: 2}\n")
+    assert [line.split(": ", 2)[:2] for line in found] == [
+        ["s.yaml:7:9", "services[0].routes[0]"],
+        ["s.yaml:7:17", "services[0].routes[0].local"],
+        ["s.yaml:8:9", "services[0].routes[1]"],
+    ]
+    assert "matches every request" in found[0] and "never used" in found[2]
