@@ -308,3 +308,27 @@ async def test_kubectl_create_commands(sandbox_factory: SandboxFactory, version:
         "system:serviceaccount:billing:mesh-agent",
     )
     assert res.check().stdout.strip() == "yes"
+
+
+async def test_rollout_restart_history_and_undo(sandbox: Sandbox) -> None:
+    deploy = ("deploy/billing-api", "-n", "billing")
+    (first,) = list(sandbox.store.iter(REPLICASETS, "billing"))
+    (await kubectl(sandbox, "rollout", "restart", *deploy)).check()
+    (await kubectl(sandbox, "rollout", "status", *deploy, "--timeout=30s")).check()
+    history = (await kubectl(sandbox, "rollout", "history", *deploy)).check().stdout
+    assert [line.split()[0] for line in history.splitlines()[2:] if line] == ["1", "2"]
+    (await kubectl(sandbox, "rollout", "undo", *deploy)).check()
+    (await kubectl(sandbox, "rollout", "status", *deploy, "--timeout=30s")).check()
+
+    def first_back() -> bool:
+        sets = {r["metadata"]["name"]: r for r in sandbox.store.iter(REPLICASETS, "billing")}
+        rs = sets[first["metadata"]["name"]]
+        return (
+            len(sets) == 2
+            and rs["spec"]["replicas"] == 1
+            and rs["status"].get("readyReplicas") == 1
+        )
+
+    await sandbox.wait_for(first_back, what="the first replica set back in use")
+    rs = sandbox.store.get(REPLICASETS, "billing", first["metadata"]["name"])
+    assert rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"

@@ -445,3 +445,25 @@ async def test_pod_waits_for_its_service_account(sandbox_factory: SandboxFactory
     )
     sb.apply(RBAC[:1])  # the account appears: the kubelet mounts it and starts the container
     await sb.wait_all_ready(60)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_a_containers_child_processes_end_with_it(sandbox_factory: SandboxFactory) -> None:
+    sb = await sandbox_factory(EMPTY)
+    script = (
+        "import subprocess, time; child = subprocess.Popen(['sleep', '300']); "
+        "print(child.pid, flush=True); time.sleep(300)"
+    )
+    sb.apply([*RBAC[:1], agent_deployment(command=["python", "-c", script], args=[])])
+    await sb.wait_all_ready(60)
+    (pod,) = sb.pods(NAMESPACE)
+    name = pod["metadata"]["name"]
+
+    def child_pid() -> int | None:
+        lines = sb.cluster.kubelet.logs(NAMESPACE, name, None)
+        return int(lines[0][1]) if lines else None
+
+    child = await _until(child_pid, 30, "the container to start its child")
+    assert _alive(child)
+    (await kubectl(sb, "delete", "pod", name, "-n", NAMESPACE, "--grace-period=1")).check()
+    await _until(lambda: not _alive(child), 30, "the child to end with its container")

@@ -60,8 +60,19 @@ def deployment_selector(deploy: Obj) -> LabelSelector:
     return LabelSelector(tuple(reqs))
 
 
+def _pruned(value: Any) -> Any:
+    """A template without empty values and the hash label: equal templates as the API
+    server would default them (`kubectl rollout undo` sends `creationTimestamp: null`)."""
+    if isinstance(value, dict):
+        out = {k: _pruned(v) for k, v in value.items() if k != TEMPLATE_HASH_LABEL}
+        return {k: v for k, v in out.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
 def template_hash(deploy: Obj) -> str:
-    text = json.dumps(deploy.get("spec", {}).get("template", {}), sort_keys=True)
+    text = json.dumps(_pruned(deploy.get("spec", {}).get("template", {})), sort_keys=True)
     return (
         hashlib.sha256(text.encode())
         .hexdigest()[:10]
@@ -220,7 +231,7 @@ class Controllers:
             (
                 rs
                 for rs in owned
-                if rs["metadata"].get("labels", {}).get(TEMPLATE_HASH_LABEL) == want_hash
+                if _pruned(rs["spec"].get("template")) == _pruned(deploy["spec"].get("template"))
             ),
             None,
         )
@@ -233,8 +244,14 @@ class Controllers:
         )
         if current is None:
             current = self._create_replicaset(deploy, want_hash, replicas, revision)
-        elif current["spec"].get("replicas") != replicas:
-            self._set_replicas(current, replicas)
+        else:
+            # An older template back in use (`kubectl rollout undo`) becomes the newest
+            # revision, as the deployment controller numbers them.
+            own = int(current["metadata"].get("annotations", {}).get(REVISION_ANNOTATION, "0"))
+            newest = own if own == revision - 1 else revision
+            if current["spec"].get("replicas") != replicas or own != newest:
+                self._set_replicas(current, replicas, newest)
+        self._annotate_revision(deploy, current)
         for rs in owned:
             if rs["metadata"]["uid"] != current["metadata"]["uid"] and rs["spec"].get("replicas"):
                 self._set_replicas(rs, 0)
@@ -282,12 +299,28 @@ class Controllers:
             adopted: Obj = self.store.update(REPLICASETS, old, check_version=False)
             return adopted
 
-    def _set_replicas(self, rs: Obj, replicas: int) -> None:
+    def _annotate_revision(self, deploy: Obj, current: Obj) -> None:
+        """The deployment carries its current revision (`kubectl rollout undo` patches it)."""
+        ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
+        fresh = self.store.peek(DEPLOYMENTS, ns, name)
+        rs = self.store.peek(REPLICASETS, ns, current["metadata"]["name"]) or current
+        revision = rs["metadata"].get("annotations", {}).get(REVISION_ANNOTATION)
+        if fresh is None or revision is None:
+            return
+        if fresh["metadata"].get("annotations", {}).get(REVISION_ANNOTATION) == revision:
+            return
+        new = copy.deepcopy(fresh)
+        new["metadata"].setdefault("annotations", {})[REVISION_ANNOTATION] = revision
+        with contextlib.suppress(errors.ApiError):
+            self.store.update(DEPLOYMENTS, new, check_version=False)
+
+    def _set_replicas(self, rs: Obj, replicas: int, revision: int | None = None) -> None:
         new = copy.deepcopy(rs)
         new["spec"]["replicas"] = replicas
-        new["metadata"].setdefault("annotations", {})[
-            "deployment.kubernetes.io/desired-replicas"
-        ] = str(replicas)
+        annotations = new["metadata"].setdefault("annotations", {})
+        annotations["deployment.kubernetes.io/desired-replicas"] = str(replicas)
+        if revision is not None:
+            annotations[REVISION_ANNOTATION] = str(revision)
         with contextlib.suppress(errors.ApiError):
             self.cluster.replace(
                 REPLICASETS,

@@ -25,6 +25,7 @@ import shutil
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -385,7 +386,7 @@ class Kubelet:
         self.runtimes.clear()
 
     # ---- containers that are processes or cannot be pulled -------------------------------
-    def _pod_dir(self, rt: PodRuntime) -> Any:
+    def _pod_dir(self, rt: PodRuntime) -> Path:
         assert self.node is not None
         return self.node.pods_dir / f"{rt.namespace}_{rt.name}_{rt.uid}"
 
@@ -450,13 +451,12 @@ class Kubelet:
         write_service_account(directory, token, self.node.ca_pem, rt.namespace)
         return str(directory)
 
-    def _prepare(self, rt: PodRuntime, c: ContainerRuntime) -> tuple[list[str], dict[str, str]]:
+    def _prepare(
+        self, rt: PodRuntime, c: ContainerRuntime, pod: Obj
+    ) -> tuple[list[str], dict[str, str]]:
         """argv and environment of the next run. ValueError: the container must wait
         (CreateContainerConfigError); StartError: it fails to start."""
         assert self.node is not None
-        pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
-        if pod is None:
-            raise asyncio.CancelledError
         try:
             sa_dir = self._mount_service_account(rt, pod)
         except ValueError as exc:
@@ -482,8 +482,11 @@ class Kubelet:
                     }
                     self.sync_status(rt)
                     return
+                pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
+                if pod is None or pod["metadata"]["uid"] != rt.uid:
+                    return
                 try:
-                    argv, env = self._prepare(rt, c)
+                    argv, env = self._prepare(rt, c, pod)
                 except ValueError as exc:
                     mount = str(exc).startswith("MountVolume")
                     self._event(rt, "FailedMount" if mount else "Failed", str(exc), True)

@@ -243,25 +243,34 @@ class ContainerProcess:
         while line := await self.proc.stdout.readline():
             self.on_line(line.decode(errors="replace").rstrip("\n"))
 
+    def _kill_group(self) -> None:
+        # The container's other processes end with its main one, as in a PID namespace.
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     async def wait(self) -> int:
         """The exit code once the process has ended and its output is read."""
         assert self.proc is not None
         returncode = await self.proc.wait()
+        self._kill_group()
         if self._pump is not None:
             with contextlib.suppress(Exception):
                 await self._pump
         return exit_code(returncode)
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds, as a kubelet stops a container."""
+        """SIGTERM to the main process, then SIGKILL to all of the container's processes
+        after `grace` seconds, as a kubelet stops a container."""
         proc = self.proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-        except TimeoutError:
+        if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            except TimeoutError:
+                self._kill_group()
+                await proc.wait()
+        self._kill_group()
