@@ -80,6 +80,13 @@ def test_cli_rejects_misplaced_options() -> None:
             "--dry-run belongs to `mesh clean` / `mesh recover`",
         ),
         (["mesh", "list", "extra"], "unexpected argument 'extra'"),
+        # Input errors come before any cluster access (there is no kubeconfig here).
+        (["mesh", "svc", "--expose", "x"], "--expose 'x': the port 'x' is not a number"),
+        (
+            ["mesh", "svc", "--expose", "80", "--ready-timeout", "0"],
+            "--ready-timeout 0: give a positive number",
+        ),
+        (["mesh", "a/b", "-n", "c", "--expose", "80"], "'a/b' names namespace 'a' but -n says 'c'"),
     ]:
         result = run_cli(*argv)
         assert result.returncode == 2, result.stderr
