@@ -106,6 +106,27 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--router-ready-path", default="/ready", help=argparse.SUPPRESS)
     parser.add_argument("--shadow-env", action="append", default=[], help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
+    _intermix(parser)
+
+
+def _intermix(parser: argparse.ArgumentParser) -> None:
+    """Let options sit between the positionals (`mesh clean -n billing billing-api`), which
+    plain argparse rejects; the mesh parser has no subparsers, so intermixed parsing works."""
+    base = type(parser)
+
+    class Intermixed(base):  # type: ignore[valid-type,misc]
+        _inside = False
+
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            if self._inside:  # parse_known_intermixed_args calls back into this
+                return super().parse_known_args(args, namespace)
+            self._inside = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._inside = False
+
+    parser.__class__ = Intermixed
 
 
 def split_target(target: str, namespace: str | None, default: str) -> tuple[str, str]:
@@ -225,6 +246,7 @@ async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
     from localmesh.clustermesh.membership import MeshError
     from localmesh.clustermesh.session import MeshSession
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
+    from localmesh.errors import KubeError
     from localmesh.forward import Connector
 
     namespace, service = options.namespace, options.service
@@ -270,7 +292,14 @@ async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
             finally:
                 await tunnel.stop(grace=2.0)
                 await dialer.close()
-                result = await asyncio.shield(session.leave())
+                try:
+                    result = await asyncio.shield(session.leave())
+                except KubeError as exc:
+                    raise MeshError(
+                        f"could not leave the mesh of {namespace}/{service}: {exc}\n"
+                        "the session's Lease expires by itself; then "
+                        f"`localmesh mesh clean -n {namespace} {service}` puts the Service back"
+                    ) from None
         if result.restored:
             print(f"restored {namespace}/{service}; removed the router", flush=True)
         else:
