@@ -59,8 +59,8 @@ from common import (
     wait_status,
 )
 
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec
-from localmesh.xds.resources import render_static_config
+from localmesh.desired import ClusterSpec, DesiredState, Endpoint, Protocol, VirtualHostSpec
+from localmesh.xds.static import static_config_of
 
 NS = "bench"
 APP = "web"
@@ -81,8 +81,8 @@ SCENARIO: dict[str, Any] = {
 
 def envoy_direct_config(port: int, pod_ip: str) -> dict[str, Any]:
     cluster = ClusterSpec("direct", Protocol.HTTP, (Endpoint(pod_ip, 8080, "pod"),))
-    vhost = VirtualHostSpec(HOST, "direct", Protocol.HTTP)
-    return render_static_config(MeshSpec("127.0.0.1", port, (cluster,), (vhost,)))
+    vhost = VirtualHostSpec.to_cluster(HOST, "direct", Protocol.HTTP)
+    return static_config_of(DesiredState.serving("127.0.0.1", port, (cluster,), (vhost,)))
 
 
 class Cpu:

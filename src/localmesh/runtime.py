@@ -27,20 +27,15 @@ from types import TracebackType
 
 import structlog
 
-from localmesh.errors import LocalmeshError
+from localmesh.errors import AlreadyRunningError, RuntimeDirError
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_NAME = "default"
+# Envoy's admin API: a unix socket (mode 0600) in the runtime directory, never TCP.
+ENVOY_ADMIN_SOCKET = "admin.sock"
+ENVOY_ADMIN_SOCKET_MODE = 0o600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-class RuntimeDirError(LocalmeshError):
-    """The runtime directory is unusable (wrong owner, wrong mode, not creatable)."""
-
-
-class AlreadyRunningError(RuntimeDirError):
-    """Another `localmesh up` with the same --name holds the instance lock."""
 
 
 def validate_name(name: str) -> str:
@@ -147,6 +142,11 @@ class RuntimePaths:
         return self.root / "envoy-admin-address"
 
     @property
+    def envoy_admin_socket(self) -> Path:
+        """Envoy's admin API (stats, health, listener state); only this user can connect."""
+        return self.root / ENVOY_ADMIN_SOCKET
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "localmesh.pid"
 
@@ -161,6 +161,7 @@ class RuntimePaths:
             self.control_socket,
             self.envoy_bootstrap,
             self.envoy_admin_address,
+            self.envoy_admin_socket,
             self.state_file,
             self.lock_file,
         )
@@ -228,6 +229,34 @@ def read_owner_pid(paths: RuntimePaths) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def already_running(paths: RuntimePaths, pid: int | None) -> AlreadyRunningError:
+    """The error of an `up` whose --name another `up` holds."""
+    who = f" (pid {pid})" if pid else ""
+    return AlreadyRunningError(
+        f"a localmesh instance named {paths.name!r} is already running{who}; "
+        f"stop it with `localmesh down --name {paths.name}` "
+        "or start this one with a different --name"
+    )
+
+
+def lock_holder(paths: RuntimePaths) -> int | None:
+    """The pid of the `up` holding this mesh's lock (0 if it wrote none yet), or None when
+    the lock is free. Probes without taking over or removing anything."""
+    try:
+        fd = os.open(paths.lock_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        return read_owner_pid(paths) or 0
+    finally:
+        os.close(fd)  # also drops the probe's own lock, if it got one
+    return None
 
 
 def running_names(base: Path | None = None) -> list[str]:
@@ -313,13 +342,7 @@ class InstanceLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise RuntimeDirError(f"cannot lock {path}: {exc}") from exc
-                pid = read_owner_pid(self.paths)
-                who = f" (pid {pid})" if pid else ""
-                raise AlreadyRunningError(
-                    f"a localmesh instance named {self.paths.name!r} is already running{who}; "
-                    f"stop it with `localmesh down --name {self.paths.name}` "
-                    "or start this one with a different --name"
-                ) from None
+                raise already_running(self.paths, read_owner_pid(self.paths)) from None
             # The previous owner may have unlinked the file between our open and flock: a
             # lock on an unlinked inode protects nothing, so start over on the new file.
             try:
@@ -333,7 +356,8 @@ class InstanceLock:
         if stale and stale != os.getpid():
             log.info("taking over stale instance lock", name=self.paths.name, dead_pid=stale)
             # Leftover sockets of the dead run would make bind() fail.
-            for leftover in (self.paths.xds_socket, self.paths.control_socket):
+            paths = self.paths
+            for leftover in (paths.xds_socket, paths.control_socket, paths.envoy_admin_socket):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
         os.ftruncate(fd, 0)

@@ -148,3 +148,70 @@ async def test_live_dump_with_endpoints_validates(tmp_path: Path) -> None:
     path.write_text(result.stdout)
     checked = envoy_validate(path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("output", ["yaml", "json"])
+def test_routes_example_validates_and_shows_its_routes(tmp_path: Path, output: str) -> None:
+    path = dump_to_file(
+        tmp_path,
+        f"routes.{output}",
+        EXAMPLES / "routes.yaml",
+        "--mock-config",
+        EXAMPLES / "routes-mocks.yaml",
+        "--output",
+        output,
+    )
+    checked = envoy_validate(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = path.read_text()
+    assert "x-dev" in text and "/v2/" in text and "nothing listens on 127.0.0.1:3000" in text
+
+
+def test_routes_xds_dump_lists_local_and_forwarded_clusters() -> None:
+    result = run_cli(
+        "dump-envoy-config",
+        EXAMPLES / "routes.yaml",
+        "--mock-config",
+        EXAMPLES / "routes-mocks.yaml",
+        "--format",
+        "xds",
+        "--output",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)["resources"]
+    clusters = {
+        r["name"]: r["resource"]["type"]
+        for r in view["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["resources"]
+    }
+    assert clusters["http.local.127.0.0.1.9090"] == "STATIC"
+    assert clusters["grpc.local.127.0.0.1.50051"] == "STATIC"
+    assert clusters["http.billing.billing-api-v2.8080"] == "EDS"
+    (routes,) = view["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]["resources"]
+    billing = next(v for v in routes["resource"]["virtual_hosts"] if v["name"].startswith("bill"))
+    assert [r["route"]["cluster"] for r in billing["routes"]] == [
+        "http.local.127.0.0.1.9090",
+        "http.local.127.0.0.1.9090",
+        "http.billing.billing-api-v2.8080",
+        "http.billing.billing-api.8080",
+    ]
+
+
+async def test_live_dump_with_routes_validates(tmp_path: Path) -> None:
+    from localmesh.config import load_config, load_mocks
+    from localmesh.plan import plan
+    from localmesh.resolve import MockResolver, resolve_all
+
+    config = load_config(EXAMPLES / "routes.yaml")
+    ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "routes-mocks.yaml")))
+    runtime_dir = private_runtime_dir(tmp_path)
+    async with running_instance(runtime_dir, plan(config, ports, {}, "127.0.0.1")):
+        result = await run_cli_async(
+            runtime_dir, "dump-envoy-config", "--live", "--name", "dumptest"
+        )
+    assert result.returncode == 0, result.stderr
+    assert "x-dev" in result.stdout
+    path = tmp_path / "live.yaml"
+    path.write_text(result.stdout)
+    checked = envoy_validate(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -20,8 +20,15 @@ from typing import Any
 import pytest
 
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
+from localmesh.desired import (
+    ClusterSpec,
+    DesiredState,
+    Endpoint,
+    Protocol,
+    VirtualHostSpec,
+    cluster_name,
+)
 from localmesh.envoy import EnvoySupervisor
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
 from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.server import XdsServer, start_server
 from localmesh.xds.snapshot import Snapshot, build_snapshot
@@ -115,7 +122,7 @@ def mesh_service(name: str, *ports: int, protocol: Protocol = Protocol.HTTP) -> 
     endpoints = tuple(Endpoint("127.0.0.1", port, f"{name}-{i}") for i, port in enumerate(ports))
     return (
         ClusterSpec(cluster, protocol, endpoints),
-        VirtualHostSpec(f"{name}.localhost", cluster, protocol),
+        VirtualHostSpec.to_cluster(f"{name}.localhost", cluster, protocol),
     )
 
 
@@ -129,8 +136,8 @@ class SupervisedMesh:
     listener_port: int
     ads_mode: AdsMode
 
-    def mesh(self, *services: Service, listener_port: int | None = None) -> MeshSpec:
-        return MeshSpec(
+    def mesh(self, *services: Service, listener_port: int | None = None) -> DesiredState:
+        return DesiredState.serving(
             "127.0.0.1",
             self.listener_port if listener_port is None else listener_port,
             clusters=tuple(c for c, _ in services),

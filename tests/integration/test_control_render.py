@@ -162,3 +162,43 @@ def test_live_snapshot_json() -> None:
         "resource": {"name": "localmesh", "address": {}},
     }
     assert [r["name"] for r in data["resources"]] == ["localmesh", "c"]
+
+
+def with_route_error(status: InstanceStatus) -> InstanceStatus:
+    web = status.hosts[2]
+    broken = replace(web.routes[1], cluster="", error="service 'web-v2' not found")
+    return replace(status, hosts=(*status.hosts[:2], replace(web, routes=(web.routes[0], broken))))
+
+
+def test_text_shows_local_targets_and_routes_below_their_host() -> None:
+    lines = render_status_text(with_route_error(STATUS), now=NOW).splitlines()
+    web = next(i for i, line in enumerate(lines) if line.startswith("web.localhost"))
+    assert lines[web].split()[:3] == ["web.localhost", "local", "127.0.0.1:3000"]
+    assert lines[web + 1] == "    local 127.0.0.1:3000: listening"
+    assert lines[web + 2].split() == [
+        "route", "x-dev:", "alice", "->", "local", "127.0.0.1:9090", "NOT", "LISTENING",
+    ]  # fmt: skip
+    assert lines[web + 3].split()[:5] == ["route", "path", "/v2/", "->", "web/web-v2:http"]
+    assert lines[web + 3].endswith("error: service 'web-v2' not found")
+
+
+def test_a_local_host_with_nothing_listening_is_a_problem_a_route_target_is_not() -> None:
+    web = STATUS.hosts[2]
+    assert not any("9090" in p for p in STATUS.problems())  # a stopped route target: shown
+    stopped = replace(STATUS, hosts=(replace(web, local_listening=False),))
+    assert "web.localhost: nothing listens on 127.0.0.1:3000" in stopped.problems()
+    assert (
+        "web.localhost: route path /v2/ -> web/web-v2:http: service 'web-v2' not found"
+        in with_route_error(HEALTHY).problems()
+    )
+    data = json.loads(render_status_json(STATUS))
+    routes = data["hosts"][2]["routes"]
+    assert routes[0] == {
+        "match": "x-dev: alice",
+        "target": "local 127.0.0.1:9090",
+        "cluster": "http.local.127.0.0.1.9090",
+        "local": True,
+        "listening": False,
+        "error": "",
+    }
+    assert data["hosts"][2]["target"] == "local 127.0.0.1:3000"

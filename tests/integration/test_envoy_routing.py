@@ -17,10 +17,10 @@ import grpc
 import pytest
 
 from localmesh.bootstrap import AdsMode
-from localmesh.envoy import ListenerBindError, cluster_traffic
-from localmesh.mesh import Protocol
+from localmesh.desired import Protocol
+from localmesh.envoy import cluster_traffic
+from localmesh.errors import ListenerBindError, NackedError
 from localmesh.xds import resources as rs
-from localmesh.xds.cache import NackedError
 from localmesh.xds.snapshot import build_snapshot
 from tests.integration.backends import (
     GrpcBackend,
@@ -194,7 +194,7 @@ async def test_invalid_resource_is_nacked_and_the_old_config_keeps_serving(
         assert (await client.get("alpha.localhost"))["backend"] == "alpha"
         # A second virtual host with the same domain: well-formed, but Envoy refuses it.
         cluster, vhost = good
-        clash = (cluster, type(vhost)(vhost.host, cluster.name, Protocol.GRPC))
+        clash = (cluster, type(vhost).to_cluster(vhost.host, cluster.name, Protocol.GRPC))
         bad = build_snapshot(mesh.mesh(good, clash), mesh.cache.snapshot)
         mesh.cache.set_snapshot(bad)
         with pytest.raises(NackedError, match=r"alpha\.localhost"):

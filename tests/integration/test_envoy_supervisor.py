@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -19,8 +21,9 @@ from typing import Any
 import pytest
 import structlog
 
-from localmesh.envoy import ListenerBindError, cluster_traffic, find_envoy, validate_config
-from localmesh.errors import EnvoyError
+from localmesh.envoy import cluster_traffic, validate_config
+from localmesh.envoy_binary import find_envoy
+from localmesh.errors import EnvoyError, ListenerBindError
 from tests.integration.backends import HttpBackend, KeepAliveClient, curl, curl_json, eventually
 from tests.integration.conftest import SupervisorFactory, free_port, process_exists
 
@@ -126,7 +129,8 @@ async def test_start_serve_stats_and_clean_stop(
     assert supervisor.admin_address is not None
     assert supervisor.restart_count == 0
     assert re.fullmatch(r"\d+\.\d+\.\d+", supervisor.version)
-    assert json.loads(await asyncio.to_thread(supervisor.bootstrap_path.read_text)) == bootstrap
+    written = json.loads(await asyncio.to_thread(supervisor.bootstrap_path.read_text))
+    assert written == {**bootstrap, "admin": written["admin"]}  # admin: see the socket test
 
     reply = await curl_json(port, "alpha.localhost", "/hello")
     assert reply == {
@@ -226,11 +230,13 @@ async def test_crash_loop_backs_off_and_recovers(
     assert (await curl_json(port, "alpha.localhost"))["backend"] == "alpha"
 
 
-async def test_envoy_log_lines_reach_structlog_at_their_level(
+async def test_at_debug_every_envoy_line_comes_through_as_debug(
     envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
 ) -> None:
     alpha = await http_backends("alpha")
-    supervisor = envoy_supervisors(static_bootstrap(free_port(), {"a.localhost": alpha.port}))
+    supervisor = envoy_supervisors(
+        static_bootstrap(free_port(), {"a.localhost": alpha.port}), log_level="debug"
+    )
     with structlog.testing.capture_logs() as logs:
         await supervisor.start()
         pid = supervisor.pid
@@ -238,31 +244,28 @@ async def test_envoy_log_lines_reach_structlog_at_their_level(
     envoy_lines = [entry for entry in logs if "envoy" in entry]
     assert envoy_lines, "no Envoy log line was passed through"
     assert all(entry["envoy_pid"] == pid for entry in envoy_lines)
-    sigterm = [entry for entry in envoy_lines if entry["event"] == "caught ENVOY_SIGTERM"]
-    assert sigterm and sigterm[0]["log_level"] == "warning"
-    assert sigterm[0]["envoy"] == "main"
-    # The extension inventory Envoy prints at info on start is demoted to debug.
-    inventory = [e for e in envoy_lines if e["event"] == "statically linked extensions:"]
-    assert inventory and inventory[0]["log_level"] == "debug"
-    loop_started = [e for e in envoy_lines if e["event"] == "starting main dispatch loop"]
-    assert loop_started and loop_started[0]["log_level"] == "info"
+    by_event = {entry["event"]: entry for entry in envoy_lines}
+    assert by_event["statically linked extensions:"]["log_level"] == "debug"
+    assert by_event["starting main dispatch loop"]["log_level"] == "debug"
+    assert by_event["starting main dispatch loop"]["envoy"] == "main"
+    # A warning from the process being stopped is its goodbye, not news.
+    assert by_event["caught ENVOY_SIGTERM"]["log_level"] == "debug"
 
 
-async def test_log_level_sets_envoys_own_level(
+async def test_a_clean_start_and_stop_prints_no_envoy_line(
     envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
 ) -> None:
     alpha = await http_backends("alpha")
-    supervisor = envoy_supervisors(
-        static_bootstrap(free_port(), {"a.localhost": alpha.port}), log_level="warn"
-    )
+    supervisor = envoy_supervisors(static_bootstrap(free_port(), {"a.localhost": alpha.port}))
+    assert supervisor.command[supervisor.command.index("--log-level") + 1] == "warning"
     with structlog.testing.capture_logs() as logs:
         await supervisor.start()
         await supervisor.stop()
-    envoy_events = {entry["event"] for entry in logs if "envoy" in entry}
+    envoy_lines = [entry for entry in logs if "envoy" in entry]
     # Envoy itself was told `warning`: its info lines are never even printed.
-    assert "caught ENVOY_SIGTERM" in envoy_events
-    assert "starting main dispatch loop" not in envoy_events
-    assert "statically linked extensions:" not in envoy_events
+    assert "starting main dispatch loop" not in {entry["event"] for entry in envoy_lines}
+    shown = [e for e in envoy_lines if e["log_level"] not in ("debug",)]
+    assert shown == []
 
 
 async def test_taken_static_listener_port_is_a_clear_error(
@@ -423,11 +426,10 @@ async def test_not_ready_within_the_deadline(envoy_supervisors: SupervisorFactor
 async def test_invalid_bootstrap_fails_fast_with_envoys_reason(
     envoy_supervisors: SupervisorFactory,
 ) -> None:
-    bootstrap = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 70000}}}
-    }
+    bootstrap = static_bootstrap(free_port(), {})
+    bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 70000
     supervisor = envoy_supervisors(bootstrap)
-    with pytest.raises(EnvoyError, match=r"(?s)during startup: .*port_value") as info:
+    with pytest.raises(EnvoyError, match=r"(?is)during startup: .*port_?value") as info:
         await supervisor.start()
     assert "exited with status 1" in str(info.value)
     assert supervisor.pid is None
@@ -564,3 +566,109 @@ async def test_envoy_dies_with_a_killed_localmesh(tmp_path: Path) -> None:
         assert not process_exists(envoy_pid), f"envoy {envoy_pid} outlived its localmesh"
 
     await eventually(envoy_gone, within=10)
+
+
+def _tcp_listening_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _tcp_ports_listened_by(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its socket fds matched against /proc/net)."""
+    listening = _tcp_listening_inodes()
+    mine = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                mine.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in mine:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# A raw HTTP request over a unix socket, run as another process (and user).
+_POST = """
+import socket, sys
+try:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sys.argv[1])
+        head = f"POST {sys.argv[2]} HTTP/1.1\\r\\nHost: envoy\\r\\nConnection: close\\r\\n"
+        s.sendall(head.encode() + b"\\r\\n")
+        print(s.makefile("rb").readline().decode().strip())
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+async def _admin_post_as(user: list[str], socket_path: str, path: str) -> str:
+    """The status line of `POST path` on the admin socket, or the error's class name."""
+    proc = await asyncio.create_subprocess_exec(
+        *user,
+        sys.executable,
+        "-c",
+        _POST,
+        socket_path,
+        path,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return out.decode().strip()
+
+
+@pytest.fixture
+def traversable_dir() -> Iterator[Path]:
+    """A directory anyone may traverse: only a socket's own mode keeps others out of it."""
+    work = Path(tempfile.mkdtemp(prefix="localmesh-admin-"))
+    work.chmod(0o755)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def test_admin_api_is_a_socket_only_the_user_can_reach(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends, traversable_dir: Path
+) -> None:
+    # The bootstrap asks for admin on loopback TCP; the supervisor must not honour that.
+    assert os.geteuid() == 0, "acting as another user (setpriv) needs root"
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    alpha = await http_backends("alpha")
+    port = free_port()
+    runtime = traversable_dir / "run"
+    supervisor = envoy_supervisors(
+        static_bootstrap(port, {"alpha.localhost": alpha.port}), runtime_dir=runtime
+    )
+    await supervisor.start()
+    await asyncio.to_thread(runtime.chmod, 0o755)
+    pid = supervisor.pid
+    assert pid is not None
+    admin = supervisor.admin_address
+    assert admin == str(runtime / "admin.sock")
+    info = os.stat(admin)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == os.geteuid()
+    assert await asyncio.to_thread(_tcp_ports_listened_by, pid) == {port}
+    written = json.loads(await asyncio.to_thread(supervisor.bootstrap_path.read_text))
+    assert written["admin"] == {"address": {"pipe": {"path": admin, "mode": 0o600}}}
+
+    assert await _admin_post_as(nobody, admin, "/drain_listeners") == "PermissionError"
+    assert await _admin_post_as(nobody, admin, "/quitquitquit") == "PermissionError"
+    assert supervisor.pid == pid
+    assert (await curl_json(port, "alpha.localhost"))["backend"] == "alpha"
+    stats = await supervisor.stats(r"^listener_manager\.total_listeners_active$")
+    assert stats == {"listener_manager.total_listeners_active": 1}
+
+    # The same request from the user (or anyone, were the socket open) gets through.
+    await asyncio.to_thread(os.chmod, admin, 0o666)
+    assert await _admin_post_as(nobody, admin, "/drain_listeners") == "HTTP/1.1 200 OK"

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from localmesh.config import ServiceEntry
+from localmesh.desired import Protocol
 from localmesh.errors import TargetError
 from localmesh.forward import (
     ForwarderEvent,
@@ -24,7 +25,6 @@ from localmesh.forward import (
     multiplex as multiplexed_session,
 )
 from localmesh.kube import Cluster
-from localmesh.mesh import Protocol
 from localmesh.sandbox import Sandbox, Scenario
 
 pytestmark = pytest.mark.integration

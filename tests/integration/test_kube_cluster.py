@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from localmesh.config import ServiceEntry
+from localmesh.desired import Protocol
 from localmesh.errors import KubeError, TargetError
 from localmesh.kube import Cluster, Target, TargetUpdate
-from localmesh.mesh import Protocol
 from localmesh.sandbox import Sandbox, Scenario
 
 pytestmark = pytest.mark.integration

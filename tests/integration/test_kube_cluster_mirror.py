@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from localmesh.config import ServiceEntry
+from localmesh.desired import Protocol
 from localmesh.errors import TargetError
 from localmesh.kube import Cluster, ServiceKey
 from localmesh.kube.targets import ServiceInfo
-from localmesh.mesh import Protocol
 from localmesh.sandbox import Sandbox, Scenario
 
 pytestmark = pytest.mark.integration

@@ -52,7 +52,12 @@ def configmap(name: str, data: dict[str, str]) -> dict[str, Any]:
 async def test_list_with_label_and_field_selectors(sandbox: Sandbox) -> None:
     v1 = core(sandbox)
     pods = await call(v1.list_pod_for_all_namespaces)
-    assert sorted(p.metadata.namespace for p in pods.items) == ["admin", "billing", "users"]
+    assert sorted(p.metadata.namespace for p in pods.items) == [
+        "admin",
+        "billing",
+        "users",
+        "users",
+    ]
     assert int(pods.metadata.resource_version) == sandbox.store.rv
 
     async def names(**kw: Any) -> list[str]:
@@ -67,11 +72,12 @@ async def test_list_with_label_and_field_selectors(sandbox: Sandbox) -> None:
     assert await names(label_selector="app!=users-api,pod-template-hash") == [
         "admin-web",
         "billing-api",
+        "frontend",
     ]
     assert await names(label_selector="!app") == []
     one = pods.items[0].metadata.name
     assert len(await names(field_selector=f"metadata.name={one}")) == 1
-    assert len(await names(field_selector="status.phase=Running")) == 3
+    assert len(await names(field_selector="status.phase=Running")) == 4
     assert await names(field_selector="status.phase=Pending") == []
     assert len(await names(field_selector="metadata.namespace!=users")) == 2
     svcs = await call(v1.list_namespaced_service, "billing")
@@ -408,8 +414,8 @@ async def test_watch_list_initial_events_end_with_a_bookmark(sandbox: Sandbox) -
         )
         async with session.get(url, ssl=False) as resp:
             events: list[dict[str, Any]] = []
-            while len(events) < 4:
+            while len(events) < 5:
                 events.append(json.loads(await asyncio.wait_for(resp.content.readline(), 5)))
-    assert [e["type"] for e in events] == ["ADDED"] * 3 + ["BOOKMARK"]
-    marker = events[3]["object"]["metadata"]
+    assert [e["type"] for e in events] == ["ADDED"] * 4 + ["BOOKMARK"]
+    marker = events[4]["object"]["metadata"]
     assert marker["annotations"] == {"k8s.io/initial-events-end": "true"}

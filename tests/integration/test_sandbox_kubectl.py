@@ -23,7 +23,12 @@ async def test_get_pods_all_namespaces(sandbox_factory: SandboxFactory, version:
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     rows = {(cols[0], cols[1].rsplit("-", 2)[0]): cols for cols in map(str.split, lines[1:])}
-    assert set(rows) == {("users", "users-api"), ("billing", "billing-api"), ("admin", "admin-web")}
+    assert set(rows) == {
+        ("users", "users-api"),
+        ("users", "frontend"),
+        ("billing", "billing-api"),
+        ("admin", "admin-web"),
+    }
     assert all(cols[2] == "1/1" and cols[3] == "Running" for cols in rows.values())
     client = (await kubectl(sb, "version", "-o", "json")).check()
     info = json.loads(client.stdout)
@@ -176,13 +181,13 @@ async def test_apply_creates_then_configures(sandbox: Sandbox) -> None:
 
 
 async def test_get_watch_prints_table_rows(sandbox: Sandbox) -> None:
-    old = sandbox.pods("users")[0]["metadata"]["name"]
+    old = sandbox.pods("billing")[0]["metadata"]["name"]
     proc = await asyncio.create_subprocess_exec(
         "kubectl",
         "get",
         "pods",
         "-n",
-        "users",
+        "billing",
         "-w",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -194,7 +199,7 @@ async def test_get_watch_prints_table_rows(sandbox: Sandbox) -> None:
         assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
         first = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
         assert first[:3] == [old, "1/1", "Running"]
-        sandbox.faults.delete_pod("users", old)
+        sandbox.faults.delete_pod("billing", old)
         while True:
             row = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
             assert row, "kubectl get -w ended early"

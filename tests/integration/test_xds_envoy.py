@@ -11,9 +11,19 @@ from pathlib import Path
 import pytest
 
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec, cluster_name
+from localmesh.desired import (
+    DEFAULT_LISTENER_NAME,
+    DEFAULT_ROUTE_CONFIG_NAME,
+    ClusterSpec,
+    DesiredState,
+    Endpoint,
+    Protocol,
+    VirtualHostSpec,
+    cluster_name,
+)
+from localmesh.errors import NackedError
 from localmesh.xds import resources as rs
-from localmesh.xds.cache import NackedError, SnapshotCache
+from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.server import XdsServer, start_server
 from localmesh.xds.snapshot import Snapshot, build_snapshot
 from tests.integration.xds_helpers import (
@@ -37,7 +47,7 @@ class Plane:
     envoy: EnvoyProcess
     listener_port: int
 
-    async def push(self, mesh: MeshSpec) -> Snapshot:
+    async def push(self, mesh: DesiredState) -> Snapshot:
         snapshot = build_snapshot(mesh, self.cache.snapshot)
         self.cache.set_snapshot(snapshot)
         async with asyncio.timeout(ACK_WITHIN):
@@ -72,12 +82,12 @@ def service(
     cluster = cluster_name("dev", name, 80, protocol)
     return (
         ClusterSpec(cluster, protocol, (Endpoint("127.0.0.1", port, f"{name}-0"),)),
-        VirtualHostSpec(f"{name}.localhost", cluster, protocol),
+        VirtualHostSpec.to_cluster(f"{name}.localhost", cluster, protocol),
     )
 
 
-def mesh_of(port: int, *services: tuple[ClusterSpec, VirtualHostSpec]) -> MeshSpec:
-    return MeshSpec(
+def mesh_of(port: int, *services: tuple[ClusterSpec, VirtualHostSpec]) -> DesiredState:
+    return DesiredState.serving(
         "127.0.0.1",
         port,
         clusters=tuple(c for c, _ in services),
@@ -95,8 +105,8 @@ async def test_push_is_acked_and_served(plane: Plane) -> None:
         await plane.push(mesh)
         names = await plane.envoy.dynamic_names()
         assert names["clusters"] == {c.name for c in mesh.clusters}
-        assert names["listeners"] == {rs.LISTENER_NAME}
-        assert names["routes"] == {rs.ROUTE_CONFIG_NAME}
+        assert names["listeners"] == {DEFAULT_LISTENER_NAME}
+        assert names["routes"] == {DEFAULT_ROUTE_CONFIG_NAME}
         endpoints = await plane.envoy.cluster_endpoints()
         assert endpoints[mesh.clusters[0].name] == {billing}
         assert await plane.get("billing.localhost") == (200, b"billing")
@@ -129,7 +139,9 @@ async def test_nack_keeps_the_old_config_serving(plane: Plane) -> None:
         good = mesh_of(plane.listener_port, service("billing", billing))
         await plane.push(good)
         # Two virtual hosts with one domain: valid messages, but Envoy rejects the routes.
-        dup_vhost = VirtualHostSpec("billing.localhost", good.clusters[0].name, Protocol.GRPC)
+        dup_vhost = VirtualHostSpec.to_cluster(
+            "billing.localhost", good.clusters[0].name, Protocol.GRPC
+        )
         duplicate = dataclasses.replace(good, virtual_hosts=(*good.virtual_hosts, dup_vhost))
         bad = build_snapshot(duplicate, plane.cache.snapshot)
         plane.cache.set_snapshot(bad)

@@ -14,25 +14,26 @@ from localmesh.bootstrap import BootstrapOptions, build_bootstrap
 from localmesh.config import load_config, load_mocks
 from localmesh.control.model import InstanceStatus, SnapshotResource
 from localmesh.control.server import serve_control
-from localmesh.mesh import Endpoint, MeshSpec
-from localmesh.resolve import MockResolver, entry_cluster_name, mesh_spec_from_config, resolve_all
+from localmesh.desired import DesiredState, Endpoint
+from localmesh.plan import backend_key, plan
+from localmesh.resolve import MockResolver, resolve_all
 from localmesh.runtime import prepare, runtime_paths
 from localmesh.xds.resources import TYPE_ORDER, to_json
 from localmesh.xds.snapshot import Snapshot, build_snapshot
 from tests.unit.cli_helpers import BIN, EXAMPLES, Result, cli_env
 
 
-def seed_mesh_with_endpoints() -> MeshSpec:
+def seed_mesh_with_endpoints() -> DesiredState:
     config = load_config(EXAMPLES / "services.yaml")
     ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / "mocks.yaml")))
     endpoints = {
-        entry_cluster_name(entry, ports[entry]): [
+        backend_key(entry, ports[entry]): [
             Endpoint("127.0.0.1", 41000 + index, f"{entry.service}-0"),
             Endpoint("127.0.0.1", 42000 + index, f"{entry.service}-1"),
         ]
         for index, entry in enumerate(config.services)
     }
-    return mesh_spec_from_config(config, ports, endpoints, "127.0.0.1")
+    return plan(config, ports, endpoints, "127.0.0.1")
 
 
 def snapshot_resources(snapshot: Snapshot) -> list[SnapshotResource]:
@@ -61,7 +62,7 @@ class SnapshotOnlyInstance:
 
 @contextlib.asynccontextmanager
 async def running_instance(
-    runtime_dir: Path, mesh: MeshSpec, name: str = "dumptest"
+    runtime_dir: Path, mesh: DesiredState, name: str = "dumptest"
 ) -> AsyncIterator[Snapshot]:
     """Serve `mesh`'s snapshot on the control socket of mesh `name` under `runtime_dir`
     (pass XDG_RUNTIME_DIR=runtime_dir to the CLI), with the bootstrap file `up` writes."""

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from localmesh.cli.main import (
     build_parser,
     main,
     program_name,
+    selected_module,
 )
 from tests.unit.cli_helpers import BIN, EXAMPLES, cli_env, logging_restored, run_cli
 
@@ -129,7 +131,7 @@ def test_config_errors_print_every_issue_without_traceback(tmp_path: Path) -> No
     assert result.stderr.splitlines() == [
         f"localmesh: error: {bad}:1:16: listener_port: 0 is out of range (1..65535)",
         f"localmesh: error: {bad}:3:50: services[0].typ: unknown key `typ` (did you mean "
-        "`type`?); known keys: host, namespace, service, port_name, port, type",
+        "`type`?); known keys: host, namespace, service, port_name, port, type, local, routes",
     ]
 
 
@@ -277,3 +279,25 @@ def test_nested_subcommands_accept_the_global_options_too() -> None:
     assert (args.log_level, args.log_format, args.inner_command) == ("debug", "json", "inner")
     args = parser.parse_args(["outer", "--log-level", "warn", "inner"])
     assert (args.log_level, args.log_format) == ("warn", "auto")
+
+
+def test_only_the_named_commands_module_is_imported() -> None:
+    assert selected_module(["status"]) == "status"
+    assert selected_module(["--log-level", "debug", "dump-envoy-config", "x.yaml"]) == "dump"
+    assert selected_module(["--log-format=json", "sandbox", "up"]) == "sandbox"
+    assert selected_module(["--help"]) is None
+    assert selected_module(["nosuch"]) is None
+    probe = (
+        "import sys\nfrom localmesh.cli.main import main\nmain(sys.argv[1:])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('localmesh.cli.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "down", "--name", "nothing-here"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    loaded = result.stdout.strip().splitlines()[-1]
+    assert loaded == "['localmesh.cli.down', 'localmesh.cli.main', 'localmesh.cli.up']", result

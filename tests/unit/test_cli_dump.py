@@ -12,7 +12,8 @@ import yaml
 
 from localmesh.cli.main import main
 from localmesh.config import load_config, load_mocks
-from localmesh.resolve import MockResolver, mesh_spec_from_config, resolve_all
+from localmesh.plan import plan
+from localmesh.resolve import MockResolver, resolve_all
 from localmesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from localmesh.xds.snapshot import build_snapshot
 from tests.unit.cli_helpers import EXAMPLES, logging_restored, run_cli
@@ -123,7 +124,7 @@ def test_xds_format_lists_every_resource_with_name_and_version(
     # Versions are the ones the control plane serves for the same mesh.
     config = load_config(SERVICES)
     ports = resolve_all(config, MockResolver(load_mocks(MOCKS)))
-    snapshot = build_snapshot(mesh_spec_from_config(config, ports, {}, "127.0.0.1"))
+    snapshot = build_snapshot(plan(config, ports, {}, "127.0.0.1"))
     assert view["version"] == snapshot.version
     for type_url, listed in resources.items():
         assert listed["version"] == snapshot.type_version(type_url)

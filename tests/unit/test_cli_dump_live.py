@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from localmesh.cli.dump import static_config_from_xds_view
 from localmesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from localmesh.xds.static import render_static_config
 from tests.unit.cli_helpers import EXAMPLES, run_cli
 from tests.unit.dump_helpers import (
     private_runtime_dir,
@@ -78,7 +78,7 @@ def test_static_config_from_the_xds_view_equals_the_envoy_format() -> None:
     direct = json.loads(
         run_cli("dump-envoy-config", SERVICES, "--mock-config", MOCKS, "-o", "json").stdout
     )
-    converted = static_config_from_xds_view(view)
+    converted = render_static_config(view)
 
     def by_name(items: list[dict[str, object]]) -> dict[object, object]:
         return {item["name"]: item for item in items}

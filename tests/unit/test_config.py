@@ -18,8 +18,8 @@ from localmesh.config import (
     load_config,
     parse_config,
 )
+from localmesh.desired import Protocol
 from localmesh.errors import ConfigError, LocalmeshError
-from localmesh.mesh import Protocol
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

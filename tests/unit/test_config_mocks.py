@@ -17,8 +17,8 @@ from localmesh.config import (
     parse_config,
     parse_mocks,
 )
+from localmesh.desired import Protocol
 from localmesh.errors import TargetError
-from localmesh.mesh import Protocol
 from localmesh.resolve import MockResolver, resolve_all
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

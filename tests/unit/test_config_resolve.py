@@ -1,10 +1,11 @@
-"""From config and resolved ports to the desired MeshSpec."""
+"""From config and resolved ports to the desired DesiredState."""
 
 from __future__ import annotations
 
 from localmesh.config import ServiceEntry, parse_config
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec
-from localmesh.resolve import PortResolver, entry_cluster_name, mesh_spec_from_config
+from localmesh.desired import ClusterSpec, DesiredState, Endpoint, Protocol, VirtualHostSpec
+from localmesh.plan import entry_cluster_name, plan
+from localmesh.resolve import PortResolver
 
 CONFIG = parse_config(
     """\
@@ -37,14 +38,14 @@ def test_fixed_resolver_satisfies_the_protocol() -> None:
 
 def test_mesh_spec_shares_one_cluster_per_service_port() -> None:
     endpoints = {
-        "http.billing.billing-api.8080": [
+        "billing/billing-api:8080": [
             Endpoint("127.0.0.1", 4002, "b-2"),
             Endpoint("127.0.0.1", 4001, "b-1"),
         ],
         "unrelated": [Endpoint("127.0.0.1", 1)],
     }
-    mesh = mesh_spec_from_config(CONFIG, PORTS, endpoints, "127.0.0.1")
-    assert mesh == MeshSpec(
+    mesh = plan(CONFIG, PORTS, endpoints, "127.0.0.1")
+    assert mesh == DesiredState.serving(
         listener_address="127.0.0.1",
         listener_port=8080,
         clusters=(
@@ -57,18 +58,22 @@ def test_mesh_spec_shares_one_cluster_per_service_port() -> None:
             ),
         ),
         virtual_hosts=(
-            VirtualHostSpec("users-api.localhost", "grpc.users.users-api.50051", Protocol.GRPC),
-            VirtualHostSpec(
+            VirtualHostSpec.to_cluster(
+                "users-api.localhost", "grpc.users.users-api.50051", Protocol.GRPC
+            ),
+            VirtualHostSpec.to_cluster(
                 "billing-api.localhost", "http.billing.billing-api.8080", Protocol.HTTP
             ),
-            VirtualHostSpec("billing.localhost", "http.billing.billing-api.8080", Protocol.HTTP),
-            VirtualHostSpec("admin.localhost", "http.admin.admin-web.80", Protocol.HTTP),
+            VirtualHostSpec.to_cluster(
+                "billing.localhost", "http.billing.billing-api.8080", Protocol.HTTP
+            ),
+            VirtualHostSpec.to_cluster("admin.localhost", "http.admin.admin-web.80", Protocol.HTTP),
         ),
     )
 
 
 def test_unresolved_entries_are_left_out() -> None:
-    mesh = mesh_spec_from_config(CONFIG, {ADMIN: 80}, {}, "0.0.0.0")
+    mesh = plan(CONFIG, {ADMIN: 80}, {}, "0.0.0.0")
     assert [v.host for v in mesh.virtual_hosts] == ["admin.localhost"]
     assert [c.name for c in mesh.clusters] == ["http.admin.admin-web.80"]
     assert mesh.listener_address == "0.0.0.0"
@@ -94,6 +99,4 @@ def test_equal_inputs_give_equal_specs() -> None:
         entry: PORTS[original]
         for entry, original in zip(again.services, CONFIG.services, strict=True)
     }
-    assert mesh_spec_from_config(again, ports, {}, "127.0.0.1") == mesh_spec_from_config(
-        CONFIG, PORTS, {}, "127.0.0.1"
-    )
+    assert plan(again, ports, {}, "127.0.0.1") == plan(CONFIG, PORTS, {}, "127.0.0.1")

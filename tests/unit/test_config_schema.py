@@ -62,6 +62,43 @@ GOOD_ENTRY = {"host": "a.localhost", "namespace": "a", "service": "a", "port": 8
         {"services": [{**GOOD_ENTRY, "namespace": "Users"}]},
         {"services": [{**GOOD_ENTRY, "service": "1abc"}]},
         {"services": [{k: v for k, v in GOOD_ENTRY.items() if k != "namespace"}]},
+        {"services": [{"host": "a"}]},
+        {"services": [{**GOOD_ENTRY, "local": 3000}]},
+        {"services": [{"host": "a", "local": 70000}]},
+        {"services": [{"host": "a", "local": "example.com:80"}]},
+        {"services": [{**GOOD_ENTRY, "routes": [{"local": 9090}]}]},
+        {"services": [{**GOOD_ENTRY, "routes": [{"headers": {"x-dev": "a"}}]}]},
+        {"services": [{**GOOD_ENTRY, "routes": [{"path_prefix": "v2", "local": 1}]}]},
+        {"services": [{**GOOD_ENTRY, "routes": [{"headers": {}, "local": 1}]}]},
+        {
+            "services": [
+                {
+                    **GOOD_ENTRY,
+                    "routes": [{"headers": {"x": {"regex": "a", "exact": "b"}}, "local": 1}],
+                }
+            ]
+        },
+        {
+            "services": [
+                {
+                    **GOOD_ENTRY,
+                    "routes": [
+                        {
+                            "headers": {"x": "a"},
+                            "local": 1,
+                            "port": 80,
+                            "namespace": "b",
+                            "service": "b",
+                        }
+                    ],
+                }
+            ]
+        },
+        {
+            "services": [
+                {**GOOD_ENTRY, "routes": [{"headers": {"x": "a"}, "local": 1, "verb": "GET"}]}
+            ]
+        },
     ],
 )
 def test_services_schema_and_loader_both_reject(document: dict[str, Any]) -> None:
@@ -76,6 +113,34 @@ def test_services_schema_and_loader_both_reject(document: dict[str, Any]) -> Non
         {"services": [GOOD_ENTRY]},
         {"listener_port": 8080, "services": [{**GOOD_ENTRY, "type": "grpc"}]},
         {"services": [{"host": "b", "namespace": "b", "service": "b", "port_name": "h2c"}]},
+        {"services": [{"host": "web.localhost", "local": 3000, "type": "http"}]},
+        {
+            "services": [
+                {"host": "web", "local": "127.0.0.1:3000"},
+                {"host": "u", "local": "/run/u.sock"},
+            ]
+        },
+        {
+            "services": [
+                {
+                    **GOOD_ENTRY,
+                    "routes": [
+                        {"headers": {"x-dev": "alice"}, "local": 9090, "type": "grpc"},
+                        {
+                            "headers": {"x-dev": True, "x-b": {"regex": "a.*"}},
+                            "local": "localhost:9091",
+                        },
+                        {"headers": {"baggage": {"member": "dev=alice"}}, "local": 9092},
+                        {
+                            "path_prefix": "/v2/",
+                            "namespace": "b",
+                            "service": "b2",
+                            "port_name": "http",
+                        },
+                    ],
+                }
+            ]
+        },
     ],
 )
 def test_services_schema_and_loader_both_accept(document: dict[str, Any]) -> None:

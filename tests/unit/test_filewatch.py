@@ -1,4 +1,5 @@
-"""SaveWatch on a real inotify: one report per save, whatever the editor's way of saving."""
+"""SaveWatch on real file systems events: one report per save, whatever the editor's way of
+saving, with each backend (inotify, and watchfiles, macOS's, which runs on Linux too)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,23 @@ from pathlib import Path
 import pytest
 
 from localmesh.errors import LocalmeshError
-from localmesh.filewatch import MAX_DELAY, SaveWatch
+from localmesh.filewatch import (
+    BACKEND_ENV_VAR,
+    BACKENDS,
+    MAX_DELAY,
+    InotifySaveWatch,
+    SaveWatch,
+    WatchfilesSaveWatch,
+    default_backend,
+)
 
 WITHIN = 5.0  # bound on waiting for an event that must come
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 async def no_save_within(saves: SaveWatch, seconds: float) -> bool:
@@ -29,10 +44,10 @@ def save_by_rename(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def test_in_place_write_and_rename_over_are_saves(tmp_path: Path) -> None:
+async def test_in_place_write_and_rename_over_are_saves(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "services.yaml"
     path.write_text("a")
-    with SaveWatch(path) as saves:
+    with SaveWatch(path, backend=backend) as saves:
         path.write_text("b")
         async with asyncio.timeout(WITHIN):
             await saves.next()
@@ -41,9 +56,9 @@ async def test_in_place_write_and_rename_over_are_saves(tmp_path: Path) -> None:
             await saves.next()
 
 
-async def test_a_burst_of_events_is_one_save(tmp_path: Path) -> None:
+async def test_a_burst_of_events_is_one_save(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "services.yaml"
-    with SaveWatch(path) as saves:
+    with SaveWatch(path, backend=backend) as saves:
         for i in range(20):  # queued before anything reads them: one burst
             save_by_rename(path, str(i))
         async with asyncio.timeout(WITHIN):
@@ -51,19 +66,19 @@ async def test_a_burst_of_events_is_one_save(tmp_path: Path) -> None:
         assert await no_save_within(saves, 3 * MAX_DELAY)
 
 
-async def test_other_files_in_the_directory_are_not_saves(tmp_path: Path) -> None:
+async def test_other_files_in_the_directory_are_not_saves(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "services.yaml"
     path.write_text("a")
-    with SaveWatch(path) as saves:
+    with SaveWatch(path, backend=backend) as saves:
         (tmp_path / "notes.txt").write_text("x")
         save_by_rename(tmp_path / "other.yaml", "y")
         assert await no_save_within(saves, 3 * MAX_DELAY)
 
 
-async def test_the_file_going_away_and_coming_back_are_saves(tmp_path: Path) -> None:
+async def test_the_file_going_away_and_coming_back_are_saves(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "services.yaml"
     path.write_text("a")
-    with SaveWatch(path) as saves:
+    with SaveWatch(path, backend=backend) as saves:
         path.unlink()
         async with asyncio.timeout(WITHIN):
             await saves.next()
@@ -72,8 +87,9 @@ async def test_the_file_going_away_and_coming_back_are_saves(tmp_path: Path) -> 
             await saves.next()
 
 
-def test_a_missing_directory_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError), SaveWatch(tmp_path / "gone" / "services.yaml"):
+def test_a_missing_directory_is_an_error(tmp_path: Path, backend: str) -> None:
+    missing = tmp_path / "gone" / "services.yaml"
+    with pytest.raises(FileNotFoundError), SaveWatch(missing, backend=backend):
         pass
 
 
@@ -83,6 +99,36 @@ def test_without_inotify_watching_is_a_clear_error(
     def unavailable() -> None:
         raise AttributeError("inotify_init1")  # what asyncinotify raises off Linux
 
-    monkeypatch.setattr("localmesh.filewatch.Inotify", unavailable)
-    with pytest.raises(LocalmeshError, match="--watch needs inotify"):
+    monkeypatch.setattr("asyncinotify.Inotify", unavailable)
+    with pytest.raises(LocalmeshError, match="--watch needs inotify") as info:
+        SaveWatch(tmp_path / "services.yaml", backend="inotify")
+    assert f"{BACKEND_ENV_VAR}=watchfiles" in str(info.value)
+
+
+def test_the_backend_fits_the_platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    assert default_backend("linux") == "inotify"
+    assert default_backend("darwin") == "watchfiles"
+    assert default_backend("freebsd14") == "watchfiles"
+    monkeypatch.setattr("sys.platform", "darwin")
+    with SaveWatch(tmp_path / "services.yaml") as saves:
+        assert isinstance(saves, WatchfilesSaveWatch)
+    monkeypatch.setattr("sys.platform", "linux")
+    with SaveWatch(tmp_path / "services.yaml") as saves:
+        assert isinstance(saves, InotifySaveWatch)
+    monkeypatch.setenv(BACKEND_ENV_VAR, "watchfiles")
+    with SaveWatch(tmp_path / "services.yaml") as saves:
+        assert isinstance(saves, WatchfilesSaveWatch)
+    monkeypatch.setenv(BACKEND_ENV_VAR, "fsevents")
+    with pytest.raises(LocalmeshError, match="unknown file watch backend 'fsevents'"):
         SaveWatch(tmp_path / "services.yaml")
+
+
+async def test_a_cancelled_wait_loses_no_save(tmp_path: Path, backend: str) -> None:
+    path = tmp_path / "services.yaml"
+    path.write_text("a")
+    with SaveWatch(path, backend=backend) as saves:
+        assert await no_save_within(saves, 2 * MAX_DELAY)  # cancels a pending wait
+        save_by_rename(path, "b")
+        async with asyncio.timeout(WITHIN):
+            await saves.next()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from localmesh.logs import configure_logging, envoy_level, level_number, use_console
+from localmesh.logs import configure_logging, level_number, use_console
 
 
 class TtyStream(io.StringIO):
@@ -119,15 +119,9 @@ def test_auto_picks_console_on_a_terminal_and_json_otherwise(
     assert "\x1b[" in tty.getvalue()  # coloured console output
 
 
-def test_levels_and_their_envoy_names() -> None:
+def test_levels() -> None:
     assert [level_number(n) for n in ("debug", "info", "warn", "error")] == [10, 20, 30, 40]
     assert level_number("WARNING") == 30
-    assert [envoy_level(n) for n in ("debug", "info", "warn", "error")] == [
-        "debug",
-        "info",
-        "warning",
-        "error",
-    ]
     with pytest.raises(ValueError, match="unknown log level"):
         level_number("loud")
     with pytest.raises(ValueError, match="unknown log format"):

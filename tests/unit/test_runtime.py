@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from localmesh import runtime
+from localmesh.errors import AlreadyRunningError, RuntimeDirError
 from localmesh.runtime import (
-    AlreadyRunningError,
     InstanceLock,
-    RuntimeDirError,
     runtime_base,
     runtime_paths,
 )
@@ -110,6 +109,18 @@ def test_lock_refuses_second_instance_with_same_name(tmp_path: Path) -> None:
         assert "'dev' is already running" in message
         assert f"pid {os.getpid()}" in message
         assert "localmesh down --name dev" in message
+
+
+def test_lock_holder_probes_without_taking_anything(tmp_path: Path) -> None:
+    paths = runtime_paths("dev", base=tmp_path)
+    assert runtime.lock_holder(paths) is None  # nothing there yet
+    with InstanceLock(paths) as lock:
+        assert runtime.lock_holder(paths) == os.getpid()
+        assert runtime.lock_holder(paths) == os.getpid()  # the probe left the lock alone
+        assert lock.held and paths.lock_file.exists()
+        with pytest.raises(AlreadyRunningError):
+            InstanceLock(paths).acquire()
+    assert runtime.lock_holder(paths) is None
 
 
 def test_locks_of_different_names_coexist(tmp_path: Path) -> None:

@@ -28,9 +28,12 @@ def test_default_scenario_is_the_seed_example() -> None:
         "users-api": "grpc-greeter",
         "billing-api": "http-echo",
         "admin-web": "http-echo",
+        "frontend": "frontend",
     }
+    frontend = next(d for d in sc.deployments if d.name == "frontend")
+    assert (frontend.namespace, frontend.downstream) == ("users", "http://billing-api.billing:8080")
     kinds = [m["kind"] for m in sc.manifests()]
-    assert kinds == ["Namespace"] * 3 + ["Deployment"] * 3 + ["Service"] * 3
+    assert kinds == ["Namespace"] * 3 + ["Deployment"] * 4 + ["Service"] * 4
 
 
 def test_invalid_scenario_lists_every_problem(tmp_path: Path) -> None:

@@ -7,17 +7,17 @@ import dataclasses
 
 import pytest
 
-from localmesh.mesh import ClusterSpec, Endpoint, MeshSpec, Protocol, VirtualHostSpec
+from localmesh.desired import ClusterSpec, DesiredState, Endpoint, Protocol, VirtualHostSpec
+from localmesh.errors import InconsistentSnapshotError, NackedError
 from localmesh.xds import resources as rs
 from localmesh.xds.cache import (
     DeltaResponse,
-    NackedError,
     Response,
     SnapshotCache,
     SotwResponse,
-    Stream,
+    SotwStream,
 )
-from localmesh.xds.snapshot import InconsistentSnapshotError, Snapshot, build_snapshot
+from localmesh.xds.snapshot import Snapshot, build_snapshot
 from tests.unit.test_xds_resources import MESH
 
 CDS, EDS, LDS, RDS = rs.CLUSTER_TYPE, rs.ENDPOINT_TYPE, rs.LISTENER_TYPE, rs.ROUTE_TYPE
@@ -25,7 +25,7 @@ CLUSTERS = sorted(c.name for c in MESH.clusters)
 
 
 def sotw(
-    stream: Stream,
+    stream: SotwStream,
     type_url: str,
     names: list[str] | None = None,
     nonce: str = "",
@@ -50,7 +50,7 @@ def names(response: Response) -> list[str]:
     return [r.name for r in response.resources]
 
 
-def connect_sotw(cache: SnapshotCache) -> tuple[Stream, dict[str, Response]]:
+def connect_sotw(cache: SnapshotCache) -> tuple[SotwStream, dict[str, Response]]:
     """A stream that requested all four types as Envoy does; returns the first answers."""
     stream = cache.open_stream(delta=False)
     sotw(stream, CDS)
@@ -62,11 +62,11 @@ def connect_sotw(cache: SnapshotCache) -> tuple[Stream, dict[str, Response]]:
     return stream, first
 
 
-def ack(stream: Stream, response: Response, names_: list[str] | None = None) -> None:
+def ack(stream: SotwStream, response: Response, names_: list[str] | None = None) -> None:
     sotw(stream, response.type_url, names_, nonce=response.nonce)
 
 
-def sync_all(stream: Stream, pending: dict[str, Response]) -> None:
+def sync_all(stream: SotwStream, pending: dict[str, Response]) -> None:
     """Answer every response with an ACK until nothing more is sent."""
     while pending:
         for response in pending.values():
@@ -166,7 +166,7 @@ def test_removed_cluster_stays_until_routes_without_it_are_acked() -> None:
     cache = SnapshotCache(first)
     stream, pending = connect_sotw(cache)
     sync_all(stream, pending)
-    gone = MESH.virtual_hosts[0].cluster
+    gone = MESH.virtual_hosts[0].clusters[0]
     smaller = dataclasses.replace(
         MESH,
         clusters=tuple(c for c in MESH.clusters if c.name != gone),
@@ -210,7 +210,7 @@ def test_wait_for_ack_raises_on_nack() -> None:
         stream, pending = connect_sotw(cache)
         sync_all(stream, pending)
         await cache.wait_for_ack()
-        added = VirtualHostSpec("new.localhost", MESH.clusters[0].name, Protocol.HTTP)
+        added = VirtualHostSpec.to_cluster("new.localhost", MESH.clusters[0].name, Protocol.HTTP)
         bad = build_snapshot(
             dataclasses.replace(MESH, virtual_hosts=(*MESH.virtual_hosts, added)), good
         )
@@ -291,7 +291,7 @@ def test_inconsistent_snapshot_is_refused() -> None:
 
 
 def test_empty_mesh_is_served_and_acked() -> None:
-    cache = SnapshotCache(build_snapshot(MeshSpec("127.0.0.1", 18080)))
+    cache = SnapshotCache(build_snapshot(DesiredState.serving("127.0.0.1", 18080)))
     stream, first = connect_sotw(cache)
     assert names(first[CDS]) == []
     sync_all(stream, first)
@@ -304,10 +304,10 @@ def test_unsubscribing_everything_releases_an_unanswered_response() -> None:
     cache = SnapshotCache(first)
     stream, pending = connect_sotw(cache)
     sync_all(stream, pending)
-    empty = build_snapshot(MeshSpec("127.0.0.1", 18080), first)
+    empty = build_snapshot(DesiredState.serving("127.0.0.1", 18080), first)
     cache.set_snapshot(empty)
     step = by_type(stream.responses())  # routes, and the cluster no route uses
-    routed = sorted(v.cluster for v in MESH.virtual_hosts)
+    routed = sorted(c for v in MESH.virtual_hosts for c in v.clusters)
     assert names(step[CDS]) == routed
     ack(stream, step[RDS], ["localmesh_routes"])
     ack(stream, step[CDS])
@@ -326,7 +326,12 @@ def test_a_rejected_snapshot_is_offered_again_on_request() -> None:
     cache = SnapshotCache(good)
     stream, first = connect_sotw(cache)
     sync_all(stream, first)
-    moved = build_snapshot(dataclasses.replace(MESH, listener_port=MESH.listener_port + 1), good)
+    moved = build_snapshot(
+        dataclasses.replace(
+            MESH, listener=dataclasses.replace(MESH.listener, port=MESH.listener_port + 1)
+        ),
+        good,
+    )
     cache.set_snapshot(moved)
     push = by_type(stream.responses())[LDS]
     sotw(stream, LDS, nonce=push.nonce, error="cannot bind: Address already in use")

@@ -21,7 +21,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import (
 )
 from envoy_data_plane.google.rpc import Status
 
-from localmesh.mesh import MeshSpec
+from localmesh.desired import DesiredState
 from localmesh.xds import resources as rs
 from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.server import ADS_SERVICE, XdsServer, start_server
@@ -241,8 +241,8 @@ async def test_reconnect_and_two_nodes(served: Any) -> None:
         await cache.wait_for_ack(streams=2)
     assert sorted(s.node_id for s in cache.status()) == ["node-a", "node-b"]
     # A change reaches both.
-    cache.set_snapshot(build_snapshot(MeshSpec("127.0.0.1", 18080), cache.snapshot))
-    routed = sorted(v.cluster for v in MESH.virtual_hosts)
+    cache.set_snapshot(build_snapshot(DesiredState.serving("127.0.0.1", 18080), cache.snapshot))
+    routed = sorted(c for v in MESH.virtual_hosts for c in v.clusters)
     for envoy in (again, b):
         first = {r.type_url: r for r in [await envoy.read() for _ in range(3)]}
         assert set(first) == {CDS, EDS, RDS}

@@ -7,9 +7,10 @@ written once per Envoy start and never changes with services.yaml.
     build_bootstrap(options) -> dict        # JSON-able, for `envoy -c FILE`
     build_bootstrap_message(options) -> Bootstrap
 
-Admin listens on 127.0.0.1 with port 0 by default: the kernel picks a free port and Envoy
-writes the address it bound to the file given by `envoy --admin-address-path FILE`
-(supported by Envoy 1.40), where the supervisor reads it.
+Envoy's admin API can drain listeners, quit Envoy and dump every secret it holds, with no
+authentication: `admin_socket_path` puts it on a unix socket of mode 0600 that only the user
+can connect to, which is what `up` runs (the supervisor enforces it whatever the bootstrap
+says). Without it (tools running Envoy by hand) admin listens on 127.0.0.1, port 0.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptionsExplicitHttpConfig,
 )
 
+from localmesh.runtime import ENVOY_ADMIN_SOCKET_MODE
 from localmesh.xds.resources import ads_config_source, pack, to_json
 
 XDS_CLUSTER_NAME = "xds_cluster"
@@ -71,7 +73,8 @@ class BootstrapOptions:
     xds_tcp: tuple[str, int] | None = None  # (host, port) of the ADS server, if TCP is used
     node_id: str = DEFAULT_NODE_ID
     node_cluster: str = DEFAULT_NODE_CLUSTER
-    admin_address: str = "127.0.0.1"
+    admin_socket_path: str | None = None  # admin on this unix socket, mode 0600 (preferred)
+    admin_address: str = "127.0.0.1"  # else admin on TCP here (tools running Envoy by hand)
     admin_port: int = 0  # 0: ephemeral, read it back via --admin-address-path
     ads_mode: AdsMode = AdsMode.SOTW
 
@@ -113,6 +116,19 @@ def _xds_cluster(options: BootstrapOptions) -> Cluster:
     )
 
 
+def admin_socket_address(path: str) -> Address:
+    """Envoy's admin API on a unix socket only the user can connect to."""
+    return Address(pipe=Pipe(path=path, mode=ENVOY_ADMIN_SOCKET_MODE))
+
+
+def _admin_address(options: BootstrapOptions) -> Address:
+    if options.admin_socket_path is not None:
+        return admin_socket_address(options.admin_socket_path)
+    return Address(
+        socket_address=SocketAddress(address=options.admin_address, port_value=options.admin_port)
+    )
+
+
 def build_bootstrap_message(options: BootstrapOptions) -> Bootstrap:
     api_type = (
         ApiConfigSourceApiType.DELTA_GRPC
@@ -121,13 +137,7 @@ def build_bootstrap_message(options: BootstrapOptions) -> Bootstrap:
     )
     return Bootstrap(
         node=Node(id=options.node_id, cluster=options.node_cluster),
-        admin=Admin(
-            address=Address(
-                socket_address=SocketAddress(
-                    address=options.admin_address, port_value=options.admin_port
-                )
-            )
-        ),
+        admin=Admin(address=_admin_address(options)),
         dynamic_resources=BootstrapDynamicResources(
             ads_config=ApiConfigSource(
                 api_type=api_type,
@@ -154,6 +164,7 @@ __all__ = [
     "XDS_CLUSTER_NAME",
     "AdsMode",
     "BootstrapOptions",
+    "admin_socket_address",
     "build_bootstrap",
     "build_bootstrap_message",
 ]

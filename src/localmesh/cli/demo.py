@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import shlex
 import shutil
 import signal
 import socket
+import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from localmesh.errors import ConfigError
+from localmesh.errors import AlreadyRunningError, ConfigError
 
 DEMO_SERVICES = """\
 # The seed example, on an unprivileged port. Edit this file while the demo runs:
@@ -73,12 +77,31 @@ def _free_port(preferred: int = 8080) -> int:
     raise ConfigError("no free TCP port on 127.0.0.1")
 
 
+DEMO_NAME = "demo"
+
+
+def _refuse_a_second_demo() -> None:
+    """Before a sandbox starts: a demo runs already, and a second one would only fail."""
+    from localmesh.runtime import lock_holder, runtime_paths
+
+    pid = lock_holder(runtime_paths(DEMO_NAME))
+    if pid is None:
+        return
+    who = f" (pid {pid})" if pid else ""
+    raise AlreadyRunningError(
+        f"a localmesh demo is already running{who}: use it (`{_localmesh()} status --name "
+        f"{DEMO_NAME}` lists its hosts), or stop it with Ctrl-C in its terminal or "
+        f"`{_localmesh()} down --name {DEMO_NAME}`, then run the demo again"
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     from localmesh.instance import MeshInstance, UpOptions
     from localmesh.sandbox import Sandbox
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a valid port")
+    _refuse_a_second_demo()
     port = args.port or _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="localmesh-demo-"))
     services = workdir / "services.yaml"
@@ -93,7 +116,7 @@ async def run(args: argparse.Namespace) -> int:
             mesh = MeshInstance(
                 UpOptions(
                     config_path=services,
-                    name="demo",
+                    name=DEMO_NAME,
                     kubeconfig=str(sandbox.kubeconfig_path),
                     edit_hosts=args.edit_hosts,
                     watch=True,
@@ -120,25 +143,47 @@ async def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _localmesh() -> str:
+    """How to run localmesh from the user's shell: by name if PATH has it, else by path."""
+    return (
+        "localmesh" if shutil.which("localmesh") else f"{shlex.quote(sys.executable)} -m localmesh"
+    )
+
+
+def try_commands(port: int, services: Path, kubeconfig: Path) -> str:
+    """What to try, as lines that work when pasted into a shell all at once: comments on
+    lines of their own, and only commands that are installed here."""
+    python = shlex.quote(sys.executable)
+    env = f"KUBECONFIG={shlex.quote(str(kubeconfig))}"
+    lines = [
+        f"curl http://billing-api.localhost:{port}/hello",
+        f"curl http://admin.localhost:{port}/health",
+    ]
+    if shutil.which("grpcurl"):
+        lines.append(f"grpcurl -plaintext -authority users-api.localhost 127.0.0.1:{port} list")
+    lines += [
+        f"{python} -m localmesh.sandbox.greet --authority users-api.localhost 127.0.0.1:{port}",
+        "# per-host pods, forwarders and traffic:",
+        f"{_localmesh()} status --name {DEMO_NAME}",
+    ]
+    if shutil.which("kubectl"):
+        lines += [
+            f"{env} kubectl get pods -A",
+            "# a replacement pod comes up, and traffic follows it:",
+            f"{env} kubectl delete pod -n billing -l app=billing-api",
+        ]
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    what = "services.yaml" if editor else str(services)
+    lines.append(f"# edit {what}: changes apply live, Envoy is not restarted")
+    if editor:
+        lines.append(f"{editor} {shlex.quote(str(services))}")
+    return "\n".join(lines)
+
+
 def _print_try(port: int, services: Path, kubeconfig: Path) -> None:
-    grpcurl = "" if shutil.which("grpcurl") else "  (with grpcurl installed)"
+    commands = textwrap.indent(try_commands(port, services, kubeconfig), "  ")
     print(
-        f"""
-localmesh demo is up. Try:
-
-  curl http://billing-api.localhost:{port}/hello
-  curl http://admin.localhost:{port}/health
-  grpcurl -plaintext -authority users-api.localhost 127.0.0.1:{port} list{grpcurl}
-  python -m localmesh.sandbox.greet --authority users-api.localhost 127.0.0.1:{port}
-
-  localmesh status --name demo          per-host pods, forwarders and traffic
-  KUBECONFIG={kubeconfig} kubectl get pods -A
-  KUBECONFIG={kubeconfig} kubectl delete pod -n billing -l app=billing-api
-                                        (a replacement comes up; traffic follows it)
-  $EDITOR {services}
-                                        (applied live, Envoy is not restarted)
-
-Ctrl-C stops the demo and removes everything it set up.
-""",
+        f"\nlocalmesh demo is up. Try:\n\n{commands}\n\n"
+        "Ctrl-C stops the demo and removes everything it set up.\n",
         flush=True,
     )

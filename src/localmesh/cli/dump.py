@@ -7,10 +7,13 @@ Two shapes:
 - `--format xds`: what `up` really runs: the Envoy bootstrap, then every resource the ADS
   server would serve, grouped by type, each with its name and content version.
 
-Ports are resolved offline from `--mock-config mocks.yaml`, or from the cluster. A dump from
-services.yaml has no forwarders, so its clusters have no endpoints (`up` adds them as
-port-forwards come up). `--live` asks a running `localmesh up` for the snapshot it serves,
-live endpoints included, and prints it in either shape.
+Both come from the same planner as `up` (localmesh.plan) and the envoy shape from the one
+static renderer (localmesh.xds.static), so routes show exactly as `up` serves them. Ports
+are resolved offline from `--mock-config mocks.yaml`, or from the cluster. A dump from
+services.yaml has no forwarders, so the clusters of Service ports have no endpoints (`up`
+adds them as port-forwards come up; local targets carry their address). `--live` asks a
+running `localmesh up` for the snapshot it serves, live endpoints included, and prints it
+in either shape.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import json
 import sys
 from collections.abc import Mapping
@@ -29,8 +31,8 @@ import yaml
 
 from localmesh import eventloop
 from localmesh.config import Config, ServiceEntry, load_config, load_mocks
-from localmesh.errors import LocalmeshError
-from localmesh.resolve import MockResolver, mesh_spec_from_config, resolve_all
+from localmesh.errors import UsageError
+from localmesh.resolve import MockResolver, resolve_all
 from localmesh.runtime import DEFAULT_NAME
 
 COMMAND = "dump-envoy-config"
@@ -72,12 +74,6 @@ mocks.yaml:
       port_name: grpc      # "" for services.yaml entries that give `port`
       resolved_port: 50051
 """
-
-
-class UsageError(LocalmeshError):
-    """Options that do not go together (exit code 2, like argparse's own errors)."""
-
-    exit_code = 2
 
 
 def register(subparsers: Any) -> None:
@@ -135,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         if args.config or args.file or args.mock_config:
             raise UsageError("--live prints the running instance's config: drop services.yaml")
+        from localmesh.xds.static import render_static_config
+
         view = eventloop.run(live_xds_view(args.name))
-        document = view if args.format == "xds" else static_config_from_xds_view(view)
+        document = view if args.format == "xds" else render_static_config(view)
     else:
         config = load_config(config_path(args))
         if args.mock_config:
@@ -179,22 +177,26 @@ def build_document(
     bind: str,
     name: str = DEFAULT_NAME,
 ) -> dict[str, Any]:
-    """The JSON-able document `dump-envoy-config` prints. No forwarders: no endpoints."""
-    mesh = mesh_spec_from_config(config, ports, {}, bind)
+    """The JSON-able document `dump-envoy-config` prints. No forwarders: no endpoints
+    (local processes have theirs: their address is in the config)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    from localmesh.bootstrap import BootstrapOptions, build_bootstrap
+    from localmesh.plan import plan
+    from localmesh.runtime import runtime_paths
+    from localmesh.xds.snapshot import build_snapshot, render_xds_view
+    from localmesh.xds.static import render_static_config
+
+    state = plan(config, ports, {}, bind)
+    bootstrap = build_bootstrap(
+        BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
+    )
+    view = render_xds_view(build_snapshot(state).check(), bootstrap)
     if fmt == "envoy":
-        from localmesh.xds.resources import render_static_config
-
-        return render_static_config(mesh)
-    if fmt == "xds":
-        from localmesh.bootstrap import BootstrapOptions, build_bootstrap
-        from localmesh.runtime import runtime_paths
-        from localmesh.xds.snapshot import build_snapshot, render_xds_view
-
-        bootstrap = build_bootstrap(
-            BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
-        )
-        return render_xds_view(build_snapshot(mesh).check(), bootstrap)
-    raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+        # The static config's admin listens on loopback, port 0, whatever the bootstrap says.
+        view["bootstrap"] = {}
+        return render_static_config(view)
+    return view
 
 
 # -- --live ---------------------------------------------------------------------------------
@@ -223,46 +225,6 @@ async def live_xds_view(name: str) -> dict[str, Any]:
         view["bootstrap"] = json.loads(runtime_paths(name).envoy_bootstrap.read_text())
     view["resources"] = by_type
     return view
-
-
-def static_config_from_xds_view(view: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn an xDS view (bootstrap + resources) into one static Envoy config.
-
-    Routes fetched by RDS go inline into their listener, EDS clusters become STATIC
-    clusters carrying their ClusterLoadAssignment: the same routing, no control plane.
-    """
-    from localmesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-
-    def named(type_url: str) -> dict[str, dict[str, Any]]:
-        listed = view.get("resources", {}).get(type_url, {}).get("resources", [])
-        return {r["name"]: copy.deepcopy(r["resource"]) for r in listed}
-
-    routes, endpoints = named(ROUTE_TYPE), named(ENDPOINT_TYPE)
-    listeners = []
-    for listener in named(LISTENER_TYPE).values():
-        listener.pop("@type", None)
-        for chain in listener.get("filter_chains", []):
-            for network_filter in chain.get("filters", []):
-                hcm = network_filter.get("typed_config", {})
-                rds = hcm.pop("rds", None)
-                if rds is not None:
-                    route = routes.get(rds.get("route_config_name", ""), {})
-                    route.pop("@type", None)
-                    hcm["route_config"] = route
-        listeners.append(listener)
-    clusters = []
-    for name, cluster in named(CLUSTER_TYPE).items():
-        cluster.pop("@type", None)
-        if cluster.pop("eds_cluster_config", None) is not None or cluster.get("type") == "EDS":
-            cluster["type"] = "STATIC"
-            assignment = endpoints.get(name, {"cluster_name": name})
-            assignment.pop("@type", None)
-            cluster["load_assignment"] = assignment
-        clusters.append(cluster)
-    admin = view.get("bootstrap", {}).get("admin") or {
-        "address": {"socket_address": {"address": DEFAULT_BIND, "port_value": 0}}
-    }
-    return {"admin": admin, "static_resources": {"listeners": listeners, "clusters": clusters}}
 
 
 def render(document: Mapping[str, Any], output: str) -> str:

@@ -3,7 +3,9 @@
 Each subcommand lives in its own module under localmesh.cli and exposes
 `register(subparsers) -> None`, which adds its parser with `subparsers.add_parser(...)` and
 sets `run=<callable>` as a default. `run(args)` returns an exit code (None means 0); it may be
-a coroutine function, then it runs in asyncio (on uvloop, see localmesh.eventloop).
+a coroutine function, then it runs in asyncio (on uvloop, see localmesh.eventloop). Only
+the module of the command being run is imported (all of them for `--help`): keep heavy
+imports inside `run`, so that `status` never pays for Envoy's typed config (bench/cli.py).
 
 Conventions the subcommands get for free:
 - the global options `--log-level` and `--log-format` are accepted before and after the
@@ -23,18 +25,27 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from localmesh import __version__, eventloop
+from localmesh import __version__
 from localmesh.errors import LocalmeshError
 from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 
 # Subcommand modules, in the order `--help` lists them. A module that does not exist (yet)
 # is skipped, so the CLI works while commands are still being built.
-COMMAND_MODULES: tuple[str, ...] = ("up", "status", "down", "dump", "demo", "hosts", "sandbox")
-COMMAND_MODULES += ("mesh",)  # cluster -> this machine (localmesh.clustermesh)
-COMMAND_MODULES += ("agent",)  # in-cluster agents (localmesh's image), listed last
+COMMAND_MODULES: tuple[str, ...] = (
+    "up",
+    "status",
+    "down",
+    "dump",
+    "demo",
+    "hosts",
+    "sandbox",
+    "completion",
+    "mesh",  # cluster -> this machine (localmesh.clustermesh)
+    "agent",  # in-cluster agents (localmesh's image), listed last
+)
 
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_LOG_FORMAT = "auto"
@@ -116,7 +127,30 @@ def available_commands() -> tuple[str, ...]:
     )
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+# The command a module registers, where it differs from the module's name.
+_COMMAND_OF_MODULE = {"dump": "dump-envoy-config"}
+_GLOBAL_WITH_VALUE = ("--log-level", "--log-format")
+
+
+def selected_module(argv: Sequence[str]) -> str | None:
+    """The module of the command `argv` names, if it names a known one: only that module
+    is imported, so a command never pays for the others' imports."""
+    words = iter(argv)
+    for word in words:
+        if word in _GLOBAL_WITH_VALUE:
+            next(words, None)
+        elif not word.startswith("-"):
+            for module in available_commands():
+                if _COMMAND_OF_MODULE.get(module, module) == word:
+                    return module
+            return None
+    return None
+
+
+def build_parser(
+    prog: str | None = None, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The parser of every command, or only of the one `argv` names (see `selected_module`)."""
     parser = _Parser(
         prog=prog or program_name(),
         description=DESCRIPTION,
@@ -126,7 +160,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
-    for name in available_commands():
+    selected = selected_module(argv) if argv is not None else None
+    for name in (selected,) if selected else available_commands():
         importlib.import_module(f"localmesh.cli.{name}").register(sub)
     return parser
 
@@ -137,12 +172,28 @@ def print_error(exc: LocalmeshError) -> None:
         print(f"localmesh: error: {line}", file=sys.stderr)
 
 
+def quiet_grpc_core(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep gRPC's C core off stderr (its raw lines break `--log-format json`); must run
+    before grpc is imported. Its fork handlers are off: localmesh's children (Envoy,
+    kubectl) exec at once, so the handlers only printed `fork_posix.cc` notices."""
+    environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_grpc_core()
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        if "_ARGCOMPLETE" in os.environ:  # a shell asks for completions (cli/completion.py)
+            from localmesh.cli.completion import complete
+
+            complete(build_parser())
+        args = build_parser(argv=argv).parse_args(argv)
         configure_logging(args.log_level, args.log_format)
         result = args.run(args)
         if inspect.isawaitable(result):
+            from localmesh import eventloop  # asyncio and uvloop: only for async commands
+
             result = eventloop.run(_await(result))
         return int(result or 0)
     except LocalmeshError as exc:

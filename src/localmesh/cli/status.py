@@ -12,10 +12,14 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status",
         help="show what the running mesh serves",
-        description="Per host: the Kubernetes service port, its pods with their local "
-        "forwarders, request and error counts, and whether Envoy accepted the latest "
-        "config. Exits 1 when something is unhealthy (a host without live pods, a "
-        "rejected config, Envoy down), so scripts can wait on it.",
+        description="Per host: the Kubernetes service port (or local process), its pods "
+        "with their local forwarders, its routes with their targets (a local target is "
+        "checked: does it accept connections now?), request and error counts, and whether "
+        "Envoy accepted the latest config. Exits 1 when something is unhealthy (a host "
+        "without live pods, a local-only host with nothing listening, a route whose Service "
+        "cannot be resolved, a rejected config, Envoy down), so scripts can wait on it. A "
+        "stopped local process behind a route is shown, not unhealthy: its requests get a "
+        "503 that says so, and nothing else is affected.",
     )
     add_instance_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

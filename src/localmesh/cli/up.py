@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from localmesh.errors import ConfigError
 
 EPILOG = """\
@@ -113,6 +115,12 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from localmesh.cli.exposure import exposure_warning
+    from localmesh.cli.preflight import preflight
+
+    preflight(config_path(args), args.name)  # before the heavy imports below: fast errors
+    if warning := exposure_warning(args.bind, config_path(args)):
+        structlog.get_logger(__name__).warning(warning)
     from localmesh.bootstrap import AdsMode
     from localmesh.instance import MeshInstance, UpOptions
 

@@ -40,6 +40,7 @@ from localmesh.control.model import (
     HostStatus,
     InstanceStatus,
     PodStatus,
+    RouteStatus,
     SnapshotResource,
     XdsTypeStatus,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "HostStatus",
     "InstanceStatus",
     "PodStatus",
+    "RouteStatus",
     "SnapshotResource",
     "XdsTypeStatus",
     "bind_unix_socket",

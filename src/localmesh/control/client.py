@@ -103,7 +103,11 @@ class ControlClient:
         if not stat.S_ISSOCK(mode):
             raise ControlError(f"{self.socket_path} is not a socket")
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
+            # A private subchannel pool: a socket that failed a moment ago (an instance that
+            # was restarting) is dialled afresh, not left in another channel's backoff.
+            self._channel = grpc.aio.insecure_channel(
+                f"unix:{self.socket_path}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
         stub = pb_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
         try:
             return await getattr(stub, method)(request, timeout=self.timeout)

@@ -12,6 +12,7 @@ from localmesh.control.model import (
     HostStatus,
     InstanceStatus,
     PodStatus,
+    RouteStatus,
     SnapshotResource,
     XdsTypeStatus,
 )
@@ -67,6 +68,19 @@ def status_to_proto(status: InstanceStatus) -> pb.StatusResponse:
                 requests=h.requests,
                 errors=h.errors,
                 error=h.error,
+                local=h.local,
+                local_listening=h.local_listening,
+                routes=[
+                    pb.RouteStatus(
+                        match=r.match,
+                        target=r.target,
+                        cluster=r.cluster,
+                        local=r.local,
+                        listening=r.listening,
+                        error=r.error,
+                    )
+                    for r in h.routes
+                ],
             )
             for h in status.hosts
         ],
@@ -130,6 +144,19 @@ def status_from_proto(message: pb.StatusResponse) -> InstanceStatus:
                 requests=h.requests,
                 errors=h.errors,
                 error=h.error,
+                local=h.local,
+                local_listening=h.local_listening,
+                routes=tuple(
+                    RouteStatus(
+                        match=r.match,
+                        target=r.target,
+                        cluster=r.cluster,
+                        local=r.local,
+                        listening=r.listening,
+                        error=r.error,
+                    )
+                    for r in h.routes
+                ),
             )
             for h in message.hosts
         ),

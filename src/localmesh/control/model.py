@@ -34,6 +34,18 @@ class PodStatus:
 
 
 @dataclass(frozen=True)
+class RouteStatus:
+    """One `routes:` item of a host: its match, its target and whether the target is up."""
+
+    match: str  # e.g. "x-dev: alice" or "path /v2/"
+    target: str  # "local 127.0.0.1:9090" or "namespace/service:port"
+    cluster: str = ""
+    local: bool = False
+    listening: bool = False  # a local target accepted a connection when status was taken
+    error: str = ""  # why a Service target cannot be resolved, if so
+
+
+@dataclass(frozen=True)
 class HostStatus:
     """One services.yaml entry."""
 
@@ -50,9 +62,14 @@ class HostStatus:
     requests: int = 0
     errors: int = 0
     error: str = ""  # why the target cannot be resolved, if so
+    local: str = ""  # the host's own target is a local process at this address
+    local_listening: bool = False  # ... which accepted a connection when status was taken
+    routes: tuple[RouteStatus, ...] = ()
 
     @property
     def target(self) -> str:
+        if self.local:
+            return f"local {self.local}"
         return f"{self.namespace}/{self.service}:{self.port}"
 
     @property
@@ -120,6 +137,15 @@ class InstanceStatus:
         if not self.envoy.running:
             found.append("envoy is not running")
         for host in self.hosts:
+            found.extend(
+                f"{host.host}: route {r.match} -> {r.target}: {r.error}"
+                for r in host.routes
+                if r.error
+            )
+            if host.local:
+                if not host.local_listening:
+                    found.append(f"{host.host}: nothing listens on {host.local}")
+                continue
             if not host.live_pods:
                 why = f": {host.error}" if host.error else ""
                 found.append(f"{host.host}: no live endpoints ({host.target}){why}")

@@ -109,6 +109,20 @@ def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -
         details: list[str] = []
         if host.error:
             details.append(f"    error: {host.error}")
+        if host.local:
+            state = "listening" if host.local_listening else "NOT LISTENING"
+            details.append(f"    local {host.local}: {state}")
+        if host.routes:
+            route_rows = [
+                [
+                    f"route {r.match}",
+                    f"-> {r.target}",
+                    ("listening" if r.listening else "NOT LISTENING") if r.local else "",
+                    f"error: {r.error}" if r.error else "",
+                ]
+                for r in host.routes
+            ]
+            details.extend("    " + line for line in _table(route_rows))
         if host.pods:
             pod_rows = [
                 [

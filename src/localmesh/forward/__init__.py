@@ -6,6 +6,7 @@ Public surface: `ForwardManager` (supervises everything), `ForwarderEvent` (what
 `ForwardOptions`, and the building blocks `PodForwarder`, `Connector`, `Tunnel`.
 """
 
+from localmesh.errors import TunnelError
 from localmesh.forward.limits import raise_open_files_limit
 from localmesh.forward.manager import (
     ForwarderEvent,
@@ -14,7 +15,7 @@ from localmesh.forward.manager import (
     ServiceForwarder,
 )
 from localmesh.forward.pod import PodForwarder
-from localmesh.forward.tunnel import Connector, ForwardStats, Tunnel, TunnelError
+from localmesh.forward.tunnel import Connector, ForwardStats, Tunnel
 
 __all__ = [
     "Connector",

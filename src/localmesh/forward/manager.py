@@ -21,11 +21,11 @@ import aiohttp
 import structlog
 
 from localmesh.config import ServiceEntry
+from localmesh.desired import Endpoint
 from localmesh.forward.limits import map_large_buffers_apart, raise_open_files_limit
 from localmesh.forward.pod import PodForwarder
 from localmesh.forward.tunnel import Connector
 from localmesh.kube import Cluster, ServiceKey, Target, TargetUpdate, TargetWatch
-from localmesh.mesh import Endpoint
 
 log = structlog.get_logger(__name__)
 

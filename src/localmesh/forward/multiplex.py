@@ -17,13 +17,13 @@ import aiohttp
 import structlog
 
 from localmesh import spdy_wire
+from localmesh.errors import TunnelError
 from localmesh.forward import spdy
 from localmesh.forward.tunnel import (
     CLOSE_TIMEOUT,
     WRITE_HIGH_WATER,
     Connector,
     ForwardStats,
-    TunnelError,
 )
 
 log = structlog.get_logger(__name__)

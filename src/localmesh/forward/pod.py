@@ -18,8 +18,9 @@ import time
 
 import structlog
 
+from localmesh.errors import TunnelError
 from localmesh.forward.multiplex import SpdySession, open_session
-from localmesh.forward.tunnel import Connector, ForwardStats, Tunnel, TunnelError
+from localmesh.forward.tunnel import Connector, ForwardStats, Tunnel
 from localmesh.kube import Target
 
 log = structlog.get_logger(__name__)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 
+from localmesh.errors import TunnelError
 from localmesh.forward.channel import DATA, ERROR, SUBPROTOCOL, header_port, portforward_path
 from localmesh.kube.access import ClusterAccess
 
@@ -25,14 +26,6 @@ log = structlog.get_logger(__name__)
 READ_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 1024 * 1024  # bytes buffered towards the local client before waiting
 CLOSE_TIMEOUT = 2.0
-
-
-class TunnelError(Exception):
-    """The websocket to the pod could not be opened (the message says why)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status  # the HTTP status when the server answered without upgrading
 
 
 @dataclass

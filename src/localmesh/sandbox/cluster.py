@@ -12,6 +12,7 @@ import structlog
 
 from localmesh.sandbox import errors
 from localmesh.sandbox.controllers import Controllers
+from localmesh.sandbox.dns import ClusterDNS
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.ips import ServiceIPAllocator
 from localmesh.sandbox.kubelet import NODE_NAME, Kubelet
@@ -25,9 +26,11 @@ from localmesh.sandbox.resources import (
     NODES,
     PODS,
     REPLICASETS,
+    SERVICES,
     TYPES,
     ResourceType,
 )
+from localmesh.sandbox.serviceproxy import ServiceProxy
 from localmesh.sandbox.store import Obj, Store, StoredEvent, now_rfc3339
 from localmesh.sandbox.tasks import TaskSet
 
@@ -42,11 +45,21 @@ class Cluster:
         self.faults = Faults(self)
         self.kubelet = Kubelet(self)
         self.controllers = Controllers(self)
+        self.dns = ClusterDNS(self.store)
+        self.service_proxy = ServiceProxy(
+            self.store,
+            self.tasks,
+            self.service_ips,
+            lambda svc, reason, message: self.record_event(
+                svc, reason, message, type_="Warning", component="kube-proxy"
+            ),
+        )
         self.store.subscribe(self._on_event)
 
     def _on_event(self, ev: StoredEvent) -> None:
         self.kubelet.on_event(ev)
         self.controllers.on_event(ev)
+        self.service_proxy.on_event(ev)
 
     def bootstrap(self, kube_version: str = "1.32") -> None:
         """The objects every cluster has: default namespaces and one node."""
@@ -123,6 +136,7 @@ class Cluster:
             self.store.create(EVENTS, event)
 
     async def shutdown(self) -> None:
+        await self.service_proxy.close()
         await self.tasks.close()
         await self.kubelet.shutdown()
 
@@ -139,6 +153,8 @@ class Cluster:
                 )
             md["namespace"] = namespace or body_ns or "default"
         obj = prepare_create(rtype, obj, self.service_ips.allocate)
+        if rtype is SERVICES:
+            self.service_ips.admit(obj, None)
         if rtype.namespaced:
             ns = self.store.peek(NAMESPACES, None, md["namespace"])
             if ns is not None and ns["metadata"].get("deletionTimestamp"):
@@ -186,6 +202,8 @@ class Cluster:
         validate_change(rtype, current, obj)
         if rtype is PODS:
             self._check_pod_update(current, obj)
+        if rtype is SERVICES:
+            self.service_ips.admit(obj, current)
         return self.store.update(rtype, obj, check_version=check_version)
 
     @staticmethod

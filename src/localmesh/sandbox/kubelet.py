@@ -46,7 +46,13 @@ from localmesh.sandbox.processes import (
 )
 from localmesh.sandbox.resources import CONFIGMAPS, PODS, SERVICEACCOUNTS
 from localmesh.sandbox.store import Obj, StoredEvent, now_rfc3339
-from localmesh.sandbox.workloads import Listener, PodInfo, start_listener, workload_of_image
+from localmesh.sandbox.workloads import (
+    Listener,
+    PodInfo,
+    plain_env,
+    start_listener,
+    workload_of_image,
+)
 
 if TYPE_CHECKING:
     from localmesh.sandbox.cluster import Cluster
@@ -269,6 +275,11 @@ class Kubelet:
                     out.append((c["name"], workload, int(p["containerPort"])))
         return out
 
+    def _pod_info(self, rt: PodRuntime, ip: str, container: str) -> PodInfo:
+        pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
+        env = plain_env(pod, container)
+        return PodInfo(rt.name, rt.namespace, ip, env, self.cluster.dns)
+
     async def _bind(self, rt: PodRuntime) -> None:
         """Take a free loopback IP and start every listener on it (another IP if taken)."""
         for _ in range(_BIND_ATTEMPTS):
@@ -277,9 +288,9 @@ class Kubelet:
             started: dict[int, Listener] = {}
             rt.ip, rt.listeners = ip, started
             try:
-                for _, workload, port in rt.ports:
+                for container, workload, port in rt.ports:
                     if port not in started:
-                        info = PodInfo(rt.name, rt.namespace, ip)
+                        info = self._pod_info(rt, ip, container)
                         started[port] = await start_listener(workload, info, port)
             except OSError as exc:
                 rt.ip, rt.listeners = "", {}
@@ -667,10 +678,10 @@ class Kubelet:
                 await listener.close()
 
     async def revive_listener(self, rt: PodRuntime, port: int | None) -> None:
-        for _, workload, p in rt.ports:
+        for container, workload, p in rt.ports:
             if (port is None or p == port) and p not in rt.listeners:
                 rt.listeners[p] = await start_listener(
-                    workload, PodInfo(rt.name, rt.namespace, rt.ip), p
+                    workload, self._pod_info(rt, rt.ip, container), p
                 )
                 rt.log(f"listener on port {p} restarted")
 

@@ -4,12 +4,18 @@ namespaces: [users, billing]
 deployments:
   - name: billing-api            # pods billing-api-<hash>-<suffix>
     namespace: billing
-    workload: http-echo          # http-echo | grpc-greeter | tcp-echo
+    workload: http-echo          # http-echo | grpc-greeter | tcp-echo | frontend
     replicas: 2                  # default 1
     labels: {app: billing-api}   # default {app: <name>}
     ports:                       # default: the workload's port (8080, 50051, 9000)
       - {name: http, containerPort: 8080}
     readyDelay: 0.5              # seconds from start to Ready (default: the cluster's)
+  - name: frontend               # a frontend calls its downstream for every request
+    namespace: users
+    workload: frontend
+    downstream: http://billing-api.billing:8080   # required for a frontend
+    propagateHeaders: [version, baggage, traceparent, x-request-id]   # the default
+    downstreamKeepAlive: false   # true: pool downstream connections (default: one per call)
 services:
   - name: billing-api
     namespace: billing
@@ -35,7 +41,16 @@ import yaml
 
 from localmesh.errors import ConfigError
 from localmesh.sandbox.kubelet import READY_DELAY_ANNOTATION
-from localmesh.sandbox.workloads import WORKLOADS, default_port, image_for
+from localmesh.sandbox.workloads import (
+    DEFAULT_PROPAGATED,
+    DOWNSTREAM_ENV,
+    KEEPALIVE_ENV,
+    PROPAGATE_ENV,
+    WORKLOADS,
+    check_downstream,
+    default_port,
+    image_for,
+)
 
 DEFAULT_SCENARIO = "default_scenario.yaml"
 
@@ -55,6 +70,10 @@ class Deployment:
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[ContainerPort, ...] = ()
     ready_delay: float | None = None
+    # frontend workloads: where each request goes on to, and which headers go with it
+    downstream: str | None = None
+    propagate_headers: tuple[str, ...] = DEFAULT_PROPAGATED
+    downstream_keepalive: bool = False
     # Container and pod spec keys given as is (image, command, args, env, probes;
     # serviceAccountName): a localmesh image runs its command as a process.
     container: tuple[tuple[str, Any], ...] = ()
@@ -157,6 +176,31 @@ class Scenario:
                 f"{where}.readyDelay",
                 "must be a number of seconds",
             )
+            downstream = d.get("downstream")
+            if workload == "frontend":
+                problem = (
+                    check_downstream(downstream)
+                    if isinstance(downstream, str)
+                    else "a frontend needs its downstream URL"
+                )
+                want(problem is None, f"{where}.downstream", str(problem))
+            else:
+                want(
+                    downstream is None and "propagateHeaders" not in d,
+                    where,
+                    "downstream and propagateHeaders are for frontend workloads",
+                )
+            propagate = d.get("propagateHeaders", list(DEFAULT_PROPAGATED))
+            want(
+                isinstance(propagate, list)
+                and all(isinstance(h, str) and h.strip() and "," not in h for h in propagate),
+                f"{where}.propagateHeaders",
+                "must be a list of header names",
+            )
+            keepalive = d.get("downstreamKeepAlive", False)
+            want(
+                isinstance(keepalive, bool), f"{where}.downstreamKeepAlive", "must be true or false"
+            )
             deployments.append(
                 Deployment(
                     name=str(d["name"]),
@@ -166,6 +210,13 @@ class Scenario:
                     labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
                     ports=tuple(ports),
                     ready_delay=float(delay) if isinstance(delay, int | float) else None,
+                    downstream=downstream if isinstance(downstream, str) else None,
+                    propagate_headers=tuple(
+                        h.strip().lower() for h in propagate if isinstance(h, str)
+                    )
+                    if isinstance(propagate, list)
+                    else DEFAULT_PROPAGATED,
+                    downstream_keepalive=keepalive is True,
                     container=_spec_keys(d, CONTAINER_KEYS, where, want),
                     pod=_spec_keys(d, POD_KEYS, where, want),
                 )
@@ -241,7 +292,8 @@ class Scenario:
 
     @classmethod
     def default(cls) -> Scenario:
-        """The seed's example: users-api (gRPC), billing-api and admin-web (HTTP)."""
+        """The seed's example: users-api (gRPC), billing-api and admin-web (HTTP), and a
+        frontend in `users` that calls billing-api."""
         text = importlib_resources.files("localmesh.sandbox").joinpath(DEFAULT_SCENARIO)
         return cls.from_dict(yaml.safe_load(text.read_text()), DEFAULT_SCENARIO)
 
@@ -297,6 +349,13 @@ def deployment_manifest(d: Deployment) -> dict[str, Any]:
         }
         for p in d.ports
     ]
+    if d.workload == "frontend" and d.downstream:
+        container["env"] = [  # after any env the scenario gives
+            *container.get("env", []),
+            {"name": DOWNSTREAM_ENV, "value": d.downstream},
+            {"name": PROPAGATE_ENV, "value": ",".join(d.propagate_headers)},
+            {"name": KEEPALIVE_ENV, "value": "true" if d.downstream_keepalive else "false"},
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -93,6 +93,17 @@ def _replicas(obj: Obj, field: str) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
+def _svc_external(svc: Obj) -> str:
+    spec = svc.get("spec", {})
+    if spec.get("type") == "ExternalName":
+        return str(spec.get("externalName", "<none>"))
+    ips = list(spec.get("externalIPs") or [])
+    ips += [i.get("ip") for i in svc.get("status", {}).get("loadBalancer", {}).get("ingress") or []]
+    if ips:
+        return ",".join(str(ip) for ip in ips)
+    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
+
+
 def _svc_ports(svc: Obj) -> str:
     out = []
     for p in svc.get("spec", {}).get("ports") or []:
@@ -154,7 +165,7 @@ COLUMNS: dict[str, list[Column]] = {
         NAME,
         ("Type", "string", 0, lambda o: o.get("spec", {}).get("type", "ClusterIP")),
         ("Cluster-IP", "string", 0, lambda o: o.get("spec", {}).get("clusterIP") or "<none>"),
-        ("External-IP", "string", 0, lambda o: "<none>"),
+        ("External-IP", "string", 0, _svc_external),
         ("Port(s)", "string", 0, _svc_ports),
         AGE,
         ("Selector", "string", 1, lambda o: _selector(o.get("spec", {}).get("selector"))),

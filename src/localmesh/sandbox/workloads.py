@@ -2,24 +2,38 @@
 
 `http-echo` answers every request with JSON naming the pod and echoing the request,
 `grpc-greeter` serves localmesh.api.sandbox.v1.Greeter with reflection and health,
-`tcp-echo` sends back whatever it receives.
+`tcp-echo` sends back whatever it receives, `frontend` forwards each request to its
+downstream service (container env DOWNSTREAM_URL), passing on the headers that carry a
+request's identity (PROPAGATE_HEADERS), and answers with its own name and the downstream's
+answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+import ipaddress
+import json
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
+from localmesh.sandbox.dns import ClusterDNS, ClusterResolver
 
-WORKLOADS = ("http-echo", "grpc-greeter", "tcp-echo")
+WORKLOADS = ("http-echo", "grpc-greeter", "tcp-echo", "frontend")
+DOWNSTREAM_ENV = "DOWNSTREAM_URL"
+PROPAGATE_ENV = "PROPAGATE_HEADERS"
+KEEPALIVE_ENV = "DOWNSTREAM_KEEPALIVE"
+# The headers that carry a request's identity and routing mark from hop to hop.
+DEFAULT_PROPAGATED = ("version", "baggage", "traceparent", "x-request-id")
+DOWNSTREAM_TIMEOUT = 30.0
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 IMAGE_PREFIX = "localmesh.dev/sandbox/"
 
@@ -39,6 +53,20 @@ class PodInfo:
     name: str
     namespace: str
     ip: str
+    env: Mapping[str, str] = field(default_factory=dict)  # the container's plain env values
+    dns: ClusterDNS | None = None  # the cluster's DNS, for workloads that call services
+
+
+def plain_env(pod: Mapping[str, Any] | None, container: str) -> dict[str, str]:
+    """A container's env entries that have a plain value (valueFrom is not resolved)."""
+    for c in ((pod or {}).get("spec") or {}).get("containers") or []:
+        if c.get("name") == container:
+            return {
+                str(e["name"]): str(e["value"])
+                for e in c.get("env") or []
+                if isinstance(e, dict) and "name" in e and isinstance(e.get("value"), str)
+            }
+    return {}
 
 
 class Listener(Protocol):
@@ -196,10 +224,112 @@ class _GrpcGreeter:
         await self.server.stop(0)
 
 
+def check_downstream(url: str) -> str | None:
+    """Why `url` cannot be a frontend's downstream, or None when it can."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname
+        _ = parsed.port  # raises on a bad port
+    except ValueError:
+        host = None
+    if not host or parsed.scheme != "http":
+        return f"{url!r} is not an http:// URL"
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: the cluster resolver answers with loopback addresses only
+    return None if literal.is_loopback else f"{url} is not on this machine"
+
+
+class _Frontend:
+    """An HTTP service that calls another: each request goes on to the downstream URL (its
+    path and query appended), carrying only the propagated headers."""
+
+    def __init__(self, pod: PodInfo) -> None:
+        self.pod = pod
+        self.downstream = pod.env.get(DOWNSTREAM_ENV, "")
+        problem = check_downstream(self.downstream)
+        # A misconfigured frontend still starts and says what is wrong on every request.
+        self.config_error = f"{DOWNSTREAM_ENV}: {problem}" if problem else None
+        names = pod.env.get(PROPAGATE_ENV)
+        listed = names.split(",") if names is not None else DEFAULT_PROPAGATED
+        self.propagate = tuple(h.strip().lower() for h in listed if h.strip())
+        # New connection per call unless asked: a selector change shows on the next request
+        # (pooled connections keep their pod, as through a real kube-proxy).
+        self.keepalive = pod.env.get(KEEPALIVE_ENV, "").lower() in ("1", "true", "yes")
+        self.server = web.Server(self.handle)
+        self.asyncio_server: asyncio.Server | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self, port: int) -> None:
+        resolver = ClusterResolver(self.pod.dns, self.pod.namespace)
+        connector = aiohttp.TCPConnector(resolver=resolver, force_close=not self.keepalive)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=DOWNSTREAM_TIMEOUT),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            self.asyncio_server = await loop.create_server(
+                self.server, self.pod.ip, port, reuse_address=True
+            )
+        except OSError:
+            await self.session.close()
+            raise
+
+    def _target(self, request: web.BaseRequest) -> str:
+        return self.downstream.rstrip("/") + request.raw_path
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path in ("/health", "/healthz"):
+            return web.json_response({"status": "ok", "pod": self.pod.name})
+        assert self.session is not None
+        if self.config_error is not None:
+            return web.json_response({"pod": self.pod.name, "error": self.config_error}, status=500)
+        body = await request.read()
+        # A header sent several times (baggage may be) goes on as one comma-joined value.
+        headers = {
+            h: ",".join(request.headers.getall(h)) for h in self.propagate if h in request.headers
+        }
+        target = self._target(request)
+        answer: dict[str, Any] = {
+            "pod": self.pod.name,
+            "namespace": self.pod.namespace,
+            "pod_ip": self.pod.ip,
+            "workload": "frontend",
+            "propagated": headers,
+        }
+        try:
+            async with self.session.request(
+                request.method, target, headers=headers, data=body or None
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            answer["downstream"] = {"url": str(target), "error": str(exc) or type(exc).__name__}
+            return web.json_response(answer, status=502)
+        try:
+            downstream_body: Any = json.loads(raw)
+        except ValueError:
+            downstream_body = raw.decode(errors="replace")
+        answer["downstream"] = {"url": str(target), "status": status, "body": downstream_body}
+        return web.json_response(answer, status=status)
+
+    async def close(self) -> None:
+        if self.asyncio_server is not None:
+            self.asyncio_server.close()
+        await self.server.shutdown(0.1)
+        if self.asyncio_server is not None:
+            await self.asyncio_server.wait_closed()
+        if self.session is not None:
+            await self.session.close()
+
+
 _FACTORIES: dict[str, Callable[[PodInfo], Any]] = {
     "http-echo": _HttpEcho,
     "tcp-echo": _TcpEcho,
     "grpc-greeter": _GrpcGreeter,
+    "frontend": _Frontend,
 }
 
 
@@ -213,4 +343,4 @@ async def start_listener(workload: str, pod: PodInfo, port: int) -> Listener:
 
 
 def default_port(workload: str) -> int:
-    return {"http-echo": 8080, "grpc-greeter": 50051, "tcp-echo": 9000}[workload]
+    return {"http-echo": 8080, "grpc-greeter": 50051, "tcp-echo": 9000, "frontend": 8080}[workload]

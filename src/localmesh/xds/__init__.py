@@ -1,14 +1,15 @@
-"""localmesh's xDS control plane: MeshSpec -> Envoy resources -> snapshot -> cache -> ADS.
+"""localmesh's xDS control plane: DesiredState -> Envoy resources -> snapshot -> cache -> ADS.
 
 Layers (each module's docstring has its interface):
 
-    resources   pure builders of the Envoy messages; `render_static_config(mesh)` for
-                `dump-envoy-config --format envoy`
+    resources   pure builders of the Envoy messages
     codec       protobuf encoding without betterproto2's per-call re-validation
-    snapshot    `build_snapshot(mesh, previous)` -> immutable `Snapshot` (bytes + content
+    snapshot    `build_snapshot(state, previous)` -> immutable `Snapshot` (bytes + content
                 versions, only changed pieces re-encoded); `render_xds_view(snapshot, bootstrap)`
-    cache       `SnapshotCache`: per-stream ACK/NACK state, make-before-break ordering,
-                `wait_for_ack()`, `status()` (never imports grpc)
+    static      `render_static_config(view)`: the one static Envoy config renderer
+                (`dump-envoy-config --format envoy`, from a config or a live instance)
+    cache       `SnapshotCache`: snapshots per node id, per-stream ACK/NACK state,
+                make-before-break ordering, `wait_for_ack()`, `status()` (never imports grpc)
     wire        DiscoveryResponse bytes from cached resource bytes
     server      `AdsService(cache).register(server)`, `start_server(cache, socket_path)`
 
@@ -16,7 +17,7 @@ Typical use:
 
     cache = SnapshotCache()
     server = await start_server(cache, paths.xds_socket)
-    snapshot = build_snapshot(mesh, cache.snapshot)
+    snapshot = build_snapshot(state, cache.snapshot)
     cache.set_snapshot(snapshot)
     async with asyncio.timeout(10):
         await cache.wait_for_ack(snapshot.version)

@@ -1,13 +1,19 @@
 """The snapshot cache: what each connected Envoy holds, and what it should get next.
 
 Transport-free (never imports grpc): the ADS server feeds each stream's requests in and
-writes out whatever `Stream.responses()` returns. All Envoys (nodes) get the same snapshot.
+writes out whatever `Stream.responses()` returns. Snapshots are kept per node id (as
+go-control-plane does); a node without a snapshot of its own gets the default one.
 
     cache = SnapshotCache()
-    cache.set_snapshot(snapshot)                  # consistency-checked, wakes every stream
-    await cache.wait_for_ack(snapshot.version)    # every connected Envoy holds it
+    cache.set_snapshot(snapshot)                  # the default: every node without its own
+    cache.set_snapshot(router, node_id="router")  # only streams whose Envoy says node "router"
+    await cache.wait_for_ack(snapshot.version)    # every Envoy served the default holds it
+    await cache.wait_for_ack(node_id="router")    # ... or every Envoy of one node
     cache.status() -> list[StreamStatus]          # per stream and type: ACKed version, NACKs
     await cache.wait_changed()                    # until status() may differ
+
+The two ADS flavours are two stream classes over the same bookkeeping: `SotwStream`
+(whole state per type, `version_info`) and `DeltaStream` (changes and removals only).
 
 Per stream and type it tracks the subscription, the response in flight (one at a time:
 the next waits for the ACK/NACK, unless Envoy asks for more names) and what Envoy ACKed.
@@ -24,25 +30,25 @@ the type is not pushed again until the snapshot changes (no resend loop).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal, overload
 
 import structlog
 
+from localmesh.errors import NackedError
 from localmesh.xds import resources as rs
 from localmesh.xds.snapshot import Resource, Snapshot, content_version
 
 log = structlog.get_logger(__name__)
 
 WILDCARD_TYPES = frozenset({rs.CLUSTER_TYPE, rs.LISTENER_TYPE})
-
-
-class NackedError(Exception):
-    """An Envoy rejected (NACKed) the snapshot a caller waits for."""
+DEFAULT_NODE = ""  # the snapshot key of every node without a snapshot of its own
 
 
 @dataclass(frozen=True)
@@ -121,13 +127,15 @@ class _TypeState:
         return self.wildcard or name in self.names
 
 
-class Stream:
-    """One ADS stream (one Envoy connection), SotW or Delta. Owned by the cache."""
+class Stream(abc.ABC):
+    """One ADS stream (one Envoy connection). Owned by the cache; the flavour-specific parts
+    (reading a request, shaping a response) live in `SotwStream` and `DeltaStream`."""
 
-    def __init__(self, cache: SnapshotCache, stream_id: int, *, delta: bool) -> None:
+    delta: ClassVar[bool]
+
+    def __init__(self, cache: SnapshotCache, stream_id: int) -> None:
         self._cache = cache
         self.id = stream_id
-        self.delta = delta
         self.node_id = ""
         self.connected_at = time.time()
         self._types = {t: _TypeState(t) for t in rs.TYPE_ORDER}
@@ -139,11 +147,17 @@ class Stream:
         self._routes_acked: Snapshot | None = None
         self._routes_sent: Snapshot | None = None
 
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot this stream's node should hold."""
+        return self._cache.snapshot_for(self.node_id)
+
     # -- requests ---------------------------------------------------------------------
 
     def _set_node(self, node_id: str) -> None:
         if node_id and not self.node_id:
             self.node_id = node_id
+            self._cache.changed()
 
     def _known(self, type_url: str) -> _TypeState | None:
         state = self._types.get(type_url)
@@ -151,97 +165,12 @@ class Stream:
             log.warning("xds.unknown_type", stream=self.id, type_url=type_url)
         return state
 
-    def on_sotw_request(
-        self,
-        *,
-        type_url: str,
-        resource_names: Iterable[str],
-        response_nonce: str,
-        error_detail: str | None,
-        node_id: str = "",
-    ) -> None:
-        """A DiscoveryRequest: first request, ACK, NACK, or a new subscription."""
-        self._set_node(node_id)
-        state = self._known(type_url)
-        if state is None:
-            return
-        names = set(resource_names)
-        if not state.requested:
-            state.requested = True
-            state.wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
-            state.grew = state.first = True
-        if not state.wildcard:
-            if names - state.names:
-                state.grew = True
-                state.fresh |= names - state.names
-            for name in state.names - names:
-                # Envoy forgets what it no longer asks for.
-                state.sent.pop(name, None)
-                state.acked.pop(name, None)
-            state.names = names
-        self._on_answer(state, response_nonce, error_detail)
-        self._forget_if_unsubscribed(state)
-        self._wake.set()
-
     def _forget_if_unsubscribed(self, state: _TypeState) -> None:
         # With no names left Envoy has no watch for the type and answers no response of
         # it: an unanswered one must not block the stream (nor wait_for_ack).
         if not state.wildcard and not state.names and state.pending is not None:
             state.pending = None
             self._cache.changed()
-
-    def on_delta_request(
-        self,
-        *,
-        type_url: str,
-        subscribe: Iterable[str],
-        unsubscribe: Iterable[str],
-        initial_versions: Mapping[str, str],
-        response_nonce: str,
-        error_detail: str | None,
-        node_id: str = "",
-    ) -> None:
-        """A DeltaDiscoveryRequest: (re)subscription, ACK or NACK."""
-        self._set_node(node_id)
-        state = self._known(type_url)
-        if state is None:
-            return
-        sub, unsub = set(subscribe), set(unsubscribe)
-        if not state.requested:
-            state.requested = True
-            state.wildcard = type_url in WILDCARD_TYPES and (not sub or "*" in sub)
-            state.grew = state.first = True
-            # After a reconnect Envoy says what it holds: send only what differs.
-            held = self._held(type_url, initial_versions)
-            state.sent, state.acked, state.acked_any = dict(held), dict(held), bool(held)
-        if "*" in sub:
-            state.wildcard = True
-        if "*" in unsub:
-            state.wildcard = False
-        sub.discard("*")
-        unsub.discard("*")
-        if sub - state.names:
-            state.grew = True
-            state.fresh |= sub - state.names
-        state.names = (state.names | sub) - unsub
-        for name in unsub:
-            # Envoy forgets unsubscribed resources by itself.
-            state.sent.pop(name, None)
-            state.acked.pop(name, None)
-        self._on_answer(state, response_nonce, error_detail)
-        self._forget_if_unsubscribed(state)
-        self._wake.set()
-
-    def _held(self, type_url: str, versions: Mapping[str, str]) -> dict[str, Resource]:
-        """Resources Envoy reports holding; unknown ones get a placeholder (so they differ)."""
-        current = self._cache.snapshot.resources(type_url)
-        held = {}
-        for name, version in versions.items():
-            resource = current.get(name)
-            if resource is None or resource.version != version:
-                resource = Resource(type_url, name, b"", version, b"")
-            held[name] = resource
-        return held
 
     def _on_answer(self, state: _TypeState, nonce: str, error: str | None) -> None:
         pending = state.pending
@@ -262,7 +191,7 @@ class Stream:
             state.nack_count += 1
             state.last_error = error
             state.nacked_at = pending.snapshot.version
-            state.last_nack_seq = cache.seq_of(pending.snapshot.version)
+            state.last_nack_seq = cache.seq_of(pending.snapshot.version, self.node_id)
             state.sent = dict(state.acked)
             if state.type_url == rs.ROUTE_TYPE:
                 self._routes_sent = None
@@ -316,7 +245,7 @@ class Stream:
         """The responses to send now, in ADS order; marks them in flight."""
         if self.closed:
             return []
-        snapshot = self._cache.snapshot
+        snapshot = self.snapshot
         out: list[Response] = []
         for type_url in rs.TYPE_ORDER:
             state = self._types[type_url]
@@ -343,38 +272,30 @@ class Stream:
             for n, r in desired.items()
             if (old := state.sent.get(n)) is None or old.version != r.version
         }
-        removed = state.sent.keys() - desired.keys()
-        first, fresh = state.first, state.fresh
-        grew = state.grew
+        removed = set(state.sent.keys() - desired.keys())
+        response = self._compose(snapshot, state, desired, changed, removed)
         state.grew, state.first, state.fresh = False, False, set()
-        if self.delta:
-            # Newly asked-for names that do not exist are answered as removed.
-            removed |= fresh - desired.keys()
-            if not (changed or removed or (first and state.wildcard and not state.acked_any)):
-                return None
-        else:
-            if not (changed or removed or grew):
-                return None
-            if not desired and not state.sent and not state.wildcard:
-                return None  # nothing to say about names that do not exist (yet)
-        nonce = str(next(self._nonces))
-        response: Response
-        if self.delta:
-            response = DeltaResponse(
-                type_url,
-                snapshot.version,
-                tuple(changed[n] for n in sorted(changed)),
-                tuple(sorted(removed)),
-                nonce,
-            )
-        else:
-            ordered = tuple(desired[n] for n in sorted(desired))
-            response = SotwResponse(type_url, _state_version(desired), ordered, nonce)
+        if response is None:
+            return None
         state.sent = desired
-        state.pending = _Pending(nonce, desired, snapshot)
+        state.pending = _Pending(response.nonce, desired, snapshot)
         if type_url == rs.ROUTE_TYPE:
             self._routes_sent = snapshot
         return response
+
+    def _nonce(self) -> str:
+        return str(next(self._nonces))
+
+    @abc.abstractmethod
+    def _compose(
+        self,
+        snapshot: Snapshot,
+        state: _TypeState,
+        desired: dict[str, Resource],
+        changed: dict[str, Resource],
+        removed: set[str],
+    ) -> Response | None:
+        """The response for one type, or None when there is nothing to say."""
 
     # -- status -----------------------------------------------------------------------
 
@@ -402,7 +323,7 @@ class Stream:
         return None
 
     def status(self) -> StreamStatus:
-        snapshot = self._cache.snapshot
+        snapshot = self.snapshot
         types = tuple(
             TypeStatus(
                 type_url=s.type_url,
@@ -428,44 +349,213 @@ class Stream:
         self._cache._remove(self)
 
 
-class SnapshotCache:
-    """The current snapshot and every connected stream. Use from one event loop."""
+class SotwStream(Stream):
+    """State of the world: every response carries all resources of its type."""
 
-    _HISTORY = 256  # snapshot versions remembered for wait_for_ack ordering
+    delta = False
+
+    def on_sotw_request(
+        self,
+        *,
+        type_url: str,
+        resource_names: Iterable[str],
+        response_nonce: str,
+        error_detail: str | None,
+        node_id: str = "",
+    ) -> None:
+        """A DiscoveryRequest: first request, ACK, NACK, or a new subscription."""
+        self._set_node(node_id)
+        state = self._known(type_url)
+        if state is None:
+            return
+        names = set(resource_names)
+        if not state.requested:
+            state.requested = True
+            state.wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
+            state.grew = state.first = True
+        if not state.wildcard:
+            if names - state.names:
+                state.grew = True
+                state.fresh |= names - state.names
+            for name in state.names - names:
+                # Envoy forgets what it no longer asks for.
+                state.sent.pop(name, None)
+                state.acked.pop(name, None)
+            state.names = names
+        self._on_answer(state, response_nonce, error_detail)
+        self._forget_if_unsubscribed(state)
+        self._wake.set()
+
+    def _compose(
+        self,
+        snapshot: Snapshot,
+        state: _TypeState,
+        desired: dict[str, Resource],
+        changed: dict[str, Resource],
+        removed: set[str],
+    ) -> Response | None:
+        if not (changed or removed or state.grew):
+            return None
+        if not desired and not state.sent and not state.wildcard:
+            return None  # nothing to say about names that do not exist (yet)
+        ordered = tuple(desired[n] for n in sorted(desired))
+        return SotwResponse(state.type_url, _state_version(desired), ordered, self._nonce())
+
+
+class DeltaStream(Stream):
+    """Incremental: responses carry what changed and the names removed."""
+
+    delta = True
+
+    def on_delta_request(
+        self,
+        *,
+        type_url: str,
+        subscribe: Iterable[str],
+        unsubscribe: Iterable[str],
+        initial_versions: Mapping[str, str],
+        response_nonce: str,
+        error_detail: str | None,
+        node_id: str = "",
+    ) -> None:
+        """A DeltaDiscoveryRequest: (re)subscription, ACK or NACK."""
+        self._set_node(node_id)
+        state = self._known(type_url)
+        if state is None:
+            return
+        sub, unsub = set(subscribe), set(unsubscribe)
+        if not state.requested:
+            state.requested = True
+            state.wildcard = type_url in WILDCARD_TYPES and (not sub or "*" in sub)
+            state.grew = state.first = True
+            # After a reconnect Envoy says what it holds: send only what differs.
+            held = self._held(type_url, initial_versions)
+            state.sent, state.acked, state.acked_any = dict(held), dict(held), bool(held)
+        if "*" in sub:
+            state.wildcard = True
+        if "*" in unsub:
+            state.wildcard = False
+        sub.discard("*")
+        unsub.discard("*")
+        if sub - state.names:
+            state.grew = True
+            state.fresh |= sub - state.names
+        state.names = (state.names | sub) - unsub
+        for name in unsub:
+            # Envoy forgets unsubscribed resources by itself.
+            state.sent.pop(name, None)
+            state.acked.pop(name, None)
+        self._on_answer(state, response_nonce, error_detail)
+        self._forget_if_unsubscribed(state)
+        self._wake.set()
+
+    def _held(self, type_url: str, versions: Mapping[str, str]) -> dict[str, Resource]:
+        """Resources Envoy reports holding; unknown ones get a placeholder (so they differ)."""
+        current = self.snapshot.resources(type_url)
+        held = {}
+        for name, version in versions.items():
+            resource = current.get(name)
+            if resource is None or resource.version != version:
+                resource = Resource(type_url, name, b"", version, b"")
+            held[name] = resource
+        return held
+
+    def _compose(
+        self,
+        snapshot: Snapshot,
+        state: _TypeState,
+        desired: dict[str, Resource],
+        changed: dict[str, Resource],
+        removed: set[str],
+    ) -> Response | None:
+        # Newly asked-for names that do not exist are answered as removed.
+        removed |= state.fresh - desired.keys()
+        if not (changed or removed or (state.first and state.wildcard and not state.acked_any)):
+            return None
+        return DeltaResponse(
+            state.type_url,
+            snapshot.version,
+            tuple(changed[n] for n in sorted(changed)),
+            tuple(sorted(removed)),
+            self._nonce(),
+        )
+
+
+class SnapshotCache:
+    """The snapshots by node and every connected stream. Use from one event loop."""
+
+    _HISTORY = 256  # snapshot versions remembered per node for wait_for_ack ordering
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
-        self._snapshot = snapshot.check() if snapshot is not None else Snapshot({})
+        default = snapshot.check() if snapshot is not None else Snapshot({})
+        self._snapshots: dict[str, Snapshot] = {DEFAULT_NODE: default}
         self._streams: dict[int, Stream] = {}
         self._ids = itertools.count(1)
         self._seq = 0
-        self._seqs: OrderedDict[str, int] = OrderedDict({self._snapshot.version: 0})
+        self._seqs: dict[str, OrderedDict[str, int]] = {
+            DEFAULT_NODE: OrderedDict({default.version: 0})
+        }
         self._changed = asyncio.Event()
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._snapshot
+        """The default snapshot (nodes without one of their own)."""
+        return self._snapshots[DEFAULT_NODE]
 
-    def set_snapshot(self, snapshot: Snapshot) -> None:
-        """Serve `snapshot` from now on (raises InconsistentSnapshotError if it dangles)."""
+    def _key(self, node_id: str) -> str:
+        return node_id if node_id in self._snapshots else DEFAULT_NODE
+
+    def snapshot_for(self, node_id: str) -> Snapshot:
+        """What an Envoy announcing `node_id` should hold."""
+        return self._snapshots[self._key(node_id)]
+
+    def nodes(self) -> list[str]:
+        """Node ids with a snapshot of their own."""
+        return [n for n in self._snapshots if n != DEFAULT_NODE]
+
+    def set_snapshot(self, snapshot: Snapshot, node_id: str = DEFAULT_NODE) -> None:
+        """Serve `snapshot` to `node_id` (default: every node without its own snapshot) from
+        now on; raises InconsistentSnapshotError if it dangles."""
         snapshot.check()
-        if snapshot.version == self._snapshot.version:
+        current = self._snapshots.get(node_id)
+        if current is not None and snapshot.version == current.version:
             return
-        self._snapshot = snapshot
+        self._snapshots[node_id] = snapshot
         self._seq += 1
-        self._seqs[snapshot.version] = self._seq
-        self._seqs.move_to_end(snapshot.version)
-        while len(self._seqs) > self._HISTORY:
-            self._seqs.popitem(last=False)
-        log.debug("xds.snapshot", version=snapshot.version, streams=len(self._streams))
+        seqs = self._seqs.setdefault(node_id, OrderedDict())
+        seqs[snapshot.version] = self._seq
+        seqs.move_to_end(snapshot.version)
+        while len(seqs) > self._HISTORY:
+            seqs.popitem(last=False)
+        log.debug("xds.snapshot", node=node_id, version=snapshot.version)
         for stream in self._streams.values():
-            stream.wake()
+            if self._key(stream.node_id) == node_id:
+                stream.wake()
         self.changed()
 
-    def seq_of(self, version: str) -> int:
-        return self._seqs.get(version, -1)
+    def clear_snapshot(self, node_id: str) -> None:
+        """`node_id` gets the default snapshot again."""
+        if node_id == DEFAULT_NODE or self._snapshots.pop(node_id, None) is None:
+            return
+        self._seqs.pop(node_id, None)
+        for stream in self._streams.values():
+            if stream.node_id == node_id:
+                stream.wake()
+        self.changed()
 
+    def seq_of(self, version: str, node_id: str = DEFAULT_NODE) -> int:
+        seqs = self._seqs.get(self._key(node_id))
+        return -1 if seqs is None else seqs.get(version, -1)
+
+    @overload
+    def open_stream(self, *, delta: Literal[True]) -> DeltaStream: ...
+    @overload
+    def open_stream(self, *, delta: Literal[False]) -> SotwStream: ...
+    @overload
+    def open_stream(self, *, delta: bool) -> Stream: ...
     def open_stream(self, *, delta: bool) -> Stream:
-        stream = Stream(self, next(self._ids), delta=delta)
+        kind: type[Stream] = DeltaStream if delta else SotwStream
+        stream = kind(self, next(self._ids))
         self._streams[stream.id] = stream
         self.changed()
         return stream
@@ -499,39 +589,49 @@ class SnapshotCache:
         """Until the next change of status (for watchers of `status()`)."""
         await self._changed.wait()
 
-    def streams(self) -> list[Stream]:
-        return list(self._streams.values())
+    def streams(self, node_id: str | None = None) -> list[Stream]:
+        """Every stream, or those served the snapshot of `node_id` (DEFAULT_NODE: those
+        without a snapshot of their own)."""
+        if node_id is None:
+            return list(self._streams.values())
+        return [s for s in self._streams.values() if self._key(s.node_id) == node_id]
 
-    async def wait_for_ack(self, version: str | None = None, *, streams: int = 1) -> None:
-        """Until at least `streams` Envoys are connected and each holds the current snapshot,
-        which is `version` or one set after it. Raises NackedError if an Envoy rejects it.
-        Bound it with asyncio.timeout()."""
-        target = self._snapshot.version if version is None else version
-        if target not in self._seqs:
+    async def wait_for_ack(
+        self, version: str | None = None, *, node_id: str = DEFAULT_NODE, streams: int = 1
+    ) -> None:
+        """Until at least `streams` Envoys of `node_id` (default: the nodes without their
+        own snapshot) are connected and each holds its current snapshot, which is `version`
+        or one set after it. Raises NackedError if one rejects it. Bound it with
+        asyncio.timeout()."""
+        seqs = self._seqs.get(node_id)
+        current = self._snapshots.get(node_id)
+        if seqs is None or current is None:
+            raise ValueError(f"no snapshot for node {node_id!r}")
+        target = current.version if version is None else version
+        if target not in seqs:
             raise ValueError(f"unknown snapshot version {target!r}")
-        seq = self._seqs[target]
+        seq = seqs[target]
         while True:
             changed = self._changed
-            live = list(self._streams.values())
+            live = self.streams(node_id)
             for stream in live:
                 error = stream.nacked_since(seq)
                 if error is not None:
                     raise NackedError(error)
-            if (
-                self._seq >= seq
-                and len(live) >= streams
-                and all(s.in_sync(self._snapshot) for s in live)
-            ):
+            snapshot = self._snapshots[node_id]
+            if len(live) >= streams and all(s.in_sync(snapshot) for s in live):
                 return
             await changed.wait()
 
 
 __all__ = [
+    "DEFAULT_NODE",
     "DeltaResponse",
-    "NackedError",
+    "DeltaStream",
     "Response",
     "SnapshotCache",
     "SotwResponse",
+    "SotwStream",
     "Stream",
     "StreamStatus",
     "TypeStatus",

@@ -1,25 +1,25 @@
-"""Pure builders: a `MeshSpec` becomes the Envoy resources localmesh serves (no I/O).
+"""Pure builders: a `DesiredState` becomes the Envoy resources localmesh serves (no I/O).
 
 What Envoy gets:
-- ONE listener `localmesh_http` on the mesh's listener address and port. Its HTTP connection
-  manager takes HTTP/1.1 and h2c on the same port (codec AUTO) and fetches its routes by RDS
-  over ADS (`localmesh_routes`), so the listener never changes while services come and go
-  (a listener change would drain open connections).
-- ONE route configuration `localmesh_routes` with a virtual host per services.yaml host,
-  matching `host` and `host:<any port>`.
-- One EDS cluster per Kubernetes service port (HTTP/1.1 upstream for http, h2c for grpc)
-  and one ClusterLoadAssignment per cluster, listing the live forwarders.
+- ONE listener (named by the state's `ListenerSpec`) on the listener address and port. Its
+  HTTP connection manager takes HTTP/1.1 and h2c on the same port (codec AUTO) and fetches
+  its routes by RDS over ADS, so the listener never changes while services and routes come
+  and go (a listener change would drain open connections). A local reply mapper turns a
+  refused connection on a route that names its address into a 503 that says so.
+- ONE route configuration with a virtual host per host, matching `host` and `host:<any
+  port>`, its routes in order: path prefix, header matches, a cluster or weighted clusters.
+- One cluster per target: EDS for forwarded Service ports and pod IPs (endpoints come and
+  go), STATIC for a local process (its one address inline); HTTP/1.1, h2c or the
+  downstream's protocol upstream. One ClusterLoadAssignment per EDS cluster.
 
 Public functions:
-    build_listener(address, port) -> Listener
+    build_listener(spec: ListenerSpec) -> Listener
     build_cluster(spec: ClusterSpec) -> Cluster
     build_load_assignment(spec: ClusterSpec) -> ClusterLoadAssignment
     build_virtual_host(spec: VirtualHostSpec) -> VirtualHost
-    build_route_configuration(virtual_hosts) -> RouteConfiguration
-    build_resources(mesh) -> dict[type URL, dict[name, Message]]
-    render_static_config(mesh, admin_address=..., admin_port=0) -> dict (JSON-able)
-        a self-contained Envoy config (inline routes and endpoints), what
-        `dump-envoy-config --format envoy` prints; runnable with `envoy -c`.
+    build_route_configuration(name, virtual_hosts) -> RouteConfiguration
+    build_resources(state) -> dict[type URL, dict[name, Message]]
+    route_config_names(listener) / route_clusters(route_configuration): what they reference
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from datetime import timedelta
 from typing import Any
 
 import betterproto2
-from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLogFilter,
+    AndFilter,
+    ExtensionFilter,
+    ResponseFlagFilter,
+)
 from envoy_data_plane.envoy.config.cluster.v3 import (
     Cluster,
     ClusterDiscoveryType,
@@ -41,9 +46,13 @@ from envoy_data_plane.envoy.config.core.v3 import (
     AggregatedConfigSource,
     ApiVersion,
     ConfigSource,
+    DataSource,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
+    Metadata,
+    Pipe,
     SocketAddress,
+    SubstitutionFormatString,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import (
     ClusterLoadAssignment,
@@ -53,6 +62,7 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.route.v3 import (
+    HeaderMatcher,
     RetryPolicy,
     RetryPolicyRetryHostPredicate,
     Route,
@@ -60,28 +70,47 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteConfiguration,
     RouteMatch,
     VirtualHost,
+    WeightedCluster,
+    WeightedClusterClusterWeight,
 )
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
+    HttpConnectionManagerUpgradeConfig,
     HttpFilter,
+    LocalReplyConfig,
     Rds,
+    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
+    HttpProtocolOptionsUseDownstreamHttpConfig,
 )
-from envoy_data_plane.google.protobuf import Any as AnyMsg
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.google.protobuf import Any as AnyMsg, Struct, Value
 from envoy_data_plane.message_pool import default_message_pool
 
-from localmesh.mesh import ClusterSpec, MeshSpec, Protocol, VirtualHostSpec
+from localmesh.desired import (
+    ClusterSpec,
+    DesiredState,
+    Endpoint,
+    HeaderMatch,
+    ListenerSpec,
+    MatchKind,
+    Protocol,
+    RouteSpec,
+    VirtualHostSpec,
+)
 from localmesh.xds.codec import encode
 
-LISTENER_NAME = "localmesh_http"
-ROUTE_CONFIG_NAME = "localmesh_routes"
 STAT_PREFIX = "localmesh"
+# Route metadata the local reply mapper reads: the 503 body for a refused connection.
+METADATA_NAMESPACE = "localmesh"
+UNREACHABLE_KEY = "unreachable"
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -116,26 +145,75 @@ def ads_config_source() -> ConfigSource:
     return ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
 
 
+def _address(endpoint: Endpoint) -> Address:
+    if endpoint.port == 0 and endpoint.address.startswith("/"):
+        return Address(pipe=Pipe(path=endpoint.address))  # a unix socket
+    return _socket_address(endpoint.address, endpoint.port)
+
+
 def _socket_address(address: str, port: int) -> Address:
     return Address(socket_address=SocketAddress(address=address, port_value=port))
 
 
-def _http_connection_manager(route: Rds | RouteConfiguration) -> HttpConnectionManager:
+@functools.cache
+def _local_reply_config() -> LocalReplyConfig:
+    """A refused connection (UF) on a route that carries an `unreachable` text answers
+    with that text: "localmesh: nothing listens on 127.0.0.1:9090 (...)"."""
+    has_text = ExpressionFilter(
+        expression=f"has(xds.route_metadata.filter_metadata.{METADATA_NAMESPACE})"
+    )
+    refused = AccessLogFilter(
+        and_filter=AndFilter(
+            filters=[
+                AccessLogFilter(response_flag_filter=ResponseFlagFilter(flags=["UF"])),
+                AccessLogFilter(
+                    extension_filter=ExtensionFilter(
+                        name="envoy.access_loggers.extension_filters.cel",
+                        typed_config=pack(has_text),
+                    )
+                ),
+            ]
+        )
+    )
+    body = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{UNREACHABLE_KEY})%\n"
+    return LocalReplyConfig(
+        mappers=[
+            ResponseMapper(
+                filter=refused,
+                status_code=503,
+                body_format_override=SubstitutionFormatString(
+                    text_format_source=DataSource(inline_string=body)
+                ),
+            )
+        ]
+    )
+
+
+def _http_connection_manager(
+    route: Rds | RouteConfiguration, *, websockets: bool
+) -> HttpConnectionManager:
     routing: dict[str, Any] = {"rds": route} if isinstance(route, Rds) else {"route_config": route}
+    upgrades = [HttpConnectionManagerUpgradeConfig(upgrade_type="websocket")] if websockets else []
     return HttpConnectionManager(
         stat_prefix=STAT_PREFIX,
         # AUTO sniffs the HTTP/2 connection preface: HTTP/1.1 and h2c share the port.
         codec_type=HttpConnectionManagerCodecType.AUTO,
         http2_protocol_options=Http2ProtocolOptions(),
         http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=pack(Router()))],
+        local_reply_config=_local_reply_config(),
+        upgrade_configs=upgrades,
         **routing,
     )
 
 
-def _listener(address: str, port: int, hcm: HttpConnectionManager) -> Listener:
+@functools.lru_cache(maxsize=64)
+def build_listener(spec: ListenerSpec) -> Listener:
+    """The one HTTP listener; its routes come over ADS by RDS (`spec.route_config_name`)."""
+    rds = Rds(config_source=ads_config_source(), route_config_name=spec.route_config_name)
+    hcm = _http_connection_manager(rds, websockets=spec.websockets)
     return Listener(
-        name=LISTENER_NAME,
-        address=_socket_address(address, port),
+        name=spec.name,
+        address=_socket_address(spec.address, spec.port),
         # Envoy defaults to SO_REUSEPORT, which lets a second mesh (or any process doing the
         # same) bind our port without error and silently take half of the connections.
         # Without it a taken port fails the bind: Envoy NACKs, and `up` says so.
@@ -153,27 +231,45 @@ def _listener(address: str, port: int, hcm: HttpConnectionManager) -> Listener:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def build_listener(address: str, port: int) -> Listener:
-    """The one HTTP listener; its routes come from RDS `localmesh_routes` over ADS."""
-    rds = Rds(config_source=ads_config_source(), route_config_name=ROUTE_CONFIG_NAME)
-    return _listener(address, port, _http_connection_manager(rds))
-
-
 @functools.cache
 def _protocol_options(protocol: Protocol) -> dict[str, AnyMsg]:
-    if protocol is Protocol.GRPC:
-        explicit = HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions()
+    options: HttpProtocolOptions
+    if protocol is Protocol.DOWNSTREAM:
+        options = HttpProtocolOptions(
+            use_downstream_protocol_config=HttpProtocolOptionsUseDownstreamHttpConfig(
+                http_protocol_options=Http1ProtocolOptions(),
+                http2_protocol_options=Http2ProtocolOptions(),
+            )
+        )
+    elif protocol is Protocol.GRPC:
+        options = HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http2_protocol_options=Http2ProtocolOptions()
+            )
         )
     else:
-        explicit = HttpProtocolOptionsExplicitHttpConfig(
-            http_protocol_options=Http1ProtocolOptions()
+        options = HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http_protocol_options=Http1ProtocolOptions()
+            )
         )
-    return {_HTTP_PROTOCOL_OPTIONS_KEY: pack(HttpProtocolOptions(explicit_http_config=explicit))}
+    return {_HTTP_PROTOCOL_OPTIONS_KEY: pack(options)}
 
 
-def _cluster(spec: ClusterSpec, **discovery: Any) -> Cluster:
+def build_cluster(spec: ClusterSpec) -> Cluster:
+    """EDS (endpoints over ADS) for forwarded ports and pod IPs, STATIC for a local
+    process; h2c upstream for gRPC, HTTP/1.1 for http, the client's for downstream."""
+    discovery: dict[str, Any]
+    if spec.kind.eds:
+        discovery = {
+            "type": ClusterDiscoveryType.EDS,
+            "eds_cluster_config": ClusterEdsClusterConfig(eds_config=ads_config_source()),
+        }
+    else:
+        discovery = {
+            "type": ClusterDiscoveryType.STATIC,
+            "load_assignment": build_load_assignment(spec),
+        }
     return Cluster(
         name=spec.name,
         connect_timeout=CONNECT_TIMEOUT,
@@ -182,20 +278,10 @@ def _cluster(spec: ClusterSpec, **discovery: Any) -> Cluster:
     )
 
 
-def build_cluster(spec: ClusterSpec) -> Cluster:
-    """An EDS cluster (endpoints over ADS); h2c upstream for gRPC, HTTP/1.1 otherwise."""
-    return _cluster(
-        spec,
-        type=ClusterDiscoveryType.EDS,
-        eds_cluster_config=ClusterEdsClusterConfig(eds_config=ads_config_source()),
-    )
-
-
 def build_load_assignment(spec: ClusterSpec) -> ClusterLoadAssignment:
-    """The cluster's endpoints: one per live forwarder (an empty list is valid)."""
+    """The cluster's endpoints (an empty list is valid)."""
     lb_endpoints = [
-        LbEndpoint(endpoint=EnvoyEndpoint(address=_socket_address(ep.address, ep.port)))
-        for ep in spec.endpoints
+        LbEndpoint(endpoint=EnvoyEndpoint(address=_address(ep))) for ep in spec.endpoints
     ]
     return ClusterLoadAssignment(
         cluster_name=spec.name,
@@ -219,41 +305,111 @@ def _retry_policy() -> RetryPolicy:
     )
 
 
-def build_virtual_host(spec: VirtualHostSpec) -> VirtualHost:
-    """One services.yaml host: `host` and `host:<port>` (any port) route to its cluster."""
-    action: dict[str, Any] = {"cluster": spec.cluster, "retry_policy": _retry_policy()}
-    if spec.protocol is Protocol.GRPC:
+def _header_matcher(match: HeaderMatch) -> HeaderMatcher:
+    if match.kind is MatchKind.PRESENT:
+        return HeaderMatcher(name=match.name, present_match=True)
+    if match.kind is MatchKind.REGEX:
+        string = StringMatcher(safe_regex=RegexMatcher(regex=match.value))
+    else:
+        string = StringMatcher(exact=match.value)
+    return HeaderMatcher(name=match.name, string_match=string)
+
+
+def build_route(spec: RouteSpec) -> Route:
+    action: dict[str, Any] = {"retry_policy": _retry_policy()}
+    if spec.cluster:
+        action["cluster"] = spec.cluster
+    else:
+        action["weighted_clusters"] = WeightedCluster(
+            clusters=[
+                WeightedClusterClusterWeight(name=w.cluster, weight=w.weight) for w in spec.weighted
+            ]
+        )
+    if spec.streams:
         # Streams may live for hours and sit idle: no route timeout, no idle timeout.
         action["timeout"] = timedelta(0)
         action["idle_timeout"] = timedelta(0)
-    return VirtualHost(
-        name=spec.host,
-        domains=[spec.host, f"{spec.host}:*"],
-        routes=[Route(match=RouteMatch(prefix="/"), route=RouteAction(**action))],
+    extra: dict[str, Any] = {}
+    if spec.unreachable:
+        text = Value(string_value=spec.unreachable)
+        extra["metadata"] = Metadata(
+            filter_metadata={METADATA_NAMESPACE: Struct(fields={UNREACHABLE_KEY: text})}
+        )
+    return Route(
+        name=spec.name,
+        match=RouteMatch(
+            prefix=spec.path_prefix, headers=[_header_matcher(h) for h in spec.headers]
+        ),
+        route=RouteAction(**action),
+        **extra,
     )
 
 
-def build_route_configuration(virtual_hosts: Iterable[VirtualHost]) -> RouteConfiguration:
-    return RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=list(virtual_hosts))
+def build_virtual_host(spec: VirtualHostSpec) -> VirtualHost:
+    """One host (`host` and `host:<port>`, any port) with its routes in order."""
+    return VirtualHost(
+        name=spec.host,
+        domains=list(spec.all_domains),
+        routes=[build_route(r) for r in spec.routes],
+    )
 
 
-def _sorted_hosts(mesh: MeshSpec) -> list[VirtualHostSpec]:
+def build_route_configuration(
+    name: str, virtual_hosts: Iterable[VirtualHost]
+) -> RouteConfiguration:
+    return RouteConfiguration(name=name, virtual_hosts=list(virtual_hosts))
+
+
+def sorted_hosts(state: DesiredState) -> list[VirtualHostSpec]:
     # Order does not matter to Envoy; sorting keeps versions independent of it.
-    return sorted(mesh.virtual_hosts, key=lambda v: v.host)
+    return sorted(state.virtual_hosts, key=lambda v: v.host)
 
 
-def build_resources(mesh: MeshSpec) -> dict[str, dict[str, betterproto2.Message]]:
-    """Every resource the control plane serves for `mesh`, by type URL, then by name."""
+def build_resources(state: DesiredState) -> dict[str, dict[str, betterproto2.Message]]:
+    """Every resource the control plane serves for `state`, by type URL, then by name."""
+    listener = state.listener
     return {
-        CLUSTER_TYPE: {c.name: build_cluster(c) for c in mesh.clusters},
-        ENDPOINT_TYPE: {c.name: build_load_assignment(c) for c in mesh.clusters},
-        LISTENER_TYPE: {LISTENER_NAME: build_listener(mesh.listener_address, mesh.listener_port)},
+        CLUSTER_TYPE: {c.name: build_cluster(c) for c in state.clusters},
+        ENDPOINT_TYPE: {c.name: build_load_assignment(c) for c in state.clusters if c.kind.eds},
+        LISTENER_TYPE: {listener.name: build_listener(listener)},
         ROUTE_TYPE: {
-            ROUTE_CONFIG_NAME: build_route_configuration(
-                build_virtual_host(v) for v in _sorted_hosts(mesh)
+            listener.route_config_name: build_route_configuration(
+                listener.route_config_name, (build_virtual_host(v) for v in sorted_hosts(state))
             )
         },
     }
+
+
+# -- references (for the snapshot's consistency check) -------------------------------------
+
+
+def route_config_names(listener: Listener) -> set[str]:
+    """The route configurations a listener fetches by RDS."""
+    names = set()
+    for chain in listener.filter_chains:
+        for network_filter in chain.filters:
+            config = network_filter.typed_config
+            if config is None or not config.type_url.endswith(".HttpConnectionManager"):
+                continue
+            hcm = HttpConnectionManager.parse(config.value)
+            if hcm.rds is not None:
+                names.add(hcm.rds.route_config_name)
+    return names
+
+
+def route_clusters(route_configuration: RouteConfiguration) -> set[str]:
+    """Every cluster a route configuration sends traffic to (weighted clusters included)."""
+    found = set()
+    for vh in route_configuration.virtual_hosts:
+        for route in vh.routes:
+            action = route.route
+            if action is None:
+                continue
+            if action.cluster:
+                found.add(action.cluster)
+            if action.weighted_clusters is not None:
+                found.update(w.name for w in action.weighted_clusters.clusters)
+    return found
 
 
 def to_json(msg: betterproto2.Message) -> dict[str, Any]:
@@ -261,35 +417,10 @@ def to_json(msg: betterproto2.Message) -> dict[str, Any]:
     return msg.to_dict(casing=betterproto2.Casing.SNAKE)
 
 
-def render_static_config(
-    mesh: MeshSpec, *, admin_address: str = "127.0.0.1", admin_port: int = 0
-) -> dict[str, Any]:
-    """A self-contained static Envoy config serving the same routes as the control plane.
-
-    Routes are inline in the listener and endpoints inline in STATIC clusters, so the
-    output runs with `envoy -c FILE` and no control plane. Admin listens on loopback.
-    """
-    route_config = build_route_configuration(build_virtual_host(v) for v in _sorted_hosts(mesh))
-    listener = _listener(
-        mesh.listener_address, mesh.listener_port, _http_connection_manager(route_config)
-    )
-    clusters = [
-        _cluster(c, type=ClusterDiscoveryType.STATIC, load_assignment=build_load_assignment(c))
-        for c in mesh.clusters
-    ]
-    bootstrap = Bootstrap(
-        admin=Admin(address=_socket_address(admin_address, admin_port)),
-        static_resources=BootstrapStaticResources(listeners=[listener], clusters=clusters),
-    )
-    return to_json(bootstrap)
-
-
 __all__ = [
     "CLUSTER_TYPE",
     "ENDPOINT_TYPE",
-    "LISTENER_NAME",
     "LISTENER_TYPE",
-    "ROUTE_CONFIG_NAME",
     "ROUTE_TYPE",
     "TYPE_ORDER",
     "ads_config_source",
@@ -297,9 +428,12 @@ __all__ = [
     "build_listener",
     "build_load_assignment",
     "build_resources",
+    "build_route",
     "build_route_configuration",
     "build_virtual_host",
     "pack",
-    "render_static_config",
+    "route_clusters",
+    "route_config_names",
+    "sorted_hosts",
     "to_json",
 ]

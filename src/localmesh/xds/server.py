@@ -34,7 +34,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import (
     DiscoveryRequest,
 )
 
-from localmesh.errors import LocalmeshError
+from localmesh.errors import XdsServerError
 from localmesh.xds.cache import SnapshotCache, Stream
 from localmesh.xds.wire import encode_response
 
@@ -43,10 +43,6 @@ log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request", DiscoveryRequest, DeltaDiscoveryRequest)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-
-class XdsServerError(LocalmeshError):
-    """The xDS socket cannot be created (path too long, not ours, in use)."""
 
 
 def _error_text(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str | None:
@@ -220,7 +216,6 @@ __all__ = [
     "ADS_SERVICE",
     "AdsService",
     "XdsServer",
-    "XdsServerError",
     "prepare_socket_path",
     "start_server",
 ]

@@ -4,14 +4,16 @@ A `Snapshot` maps each xDS type URL to `{name: Resource}`; a `Resource` carries 
 serialized message and a version derived from those bytes (equal content, equal version),
 so the cache and Envoy can tell what changed without comparing messages.
 
-    build_snapshot(mesh, previous=None) -> Snapshot
-        `previous` lets unchanged pieces of the mesh reuse their bytes: only clusters,
+    build_snapshot(state, previous=None) -> Snapshot
+        `previous` lets unchanged pieces of the state reuse their bytes: only clusters,
         endpoints and virtual hosts whose spec changed are built and encoded again. The
         route configuration is assembled from per-virtual-host bytes (a repeated message
         field is the concatenation of its elements), so one new host costs one host.
     Snapshot.from_messages({type_url: {name: message}}) -> Snapshot   (hand-made resources)
     snapshot.version, snapshot.resources(type_url), snapshot.type_version(type_url)
     snapshot.consistency_errors() -> list[str]     empty when every reference resolves
+        (listener -> route configurations, routes -> clusters incl. weighted ones,
+        EDS clusters <-> ClusterLoadAssignments), derived from the resources' own content
     render_xds_view(snapshot, bootstrap) -> dict   bootstrap + every resource, as JSON
 """
 
@@ -24,12 +26,13 @@ from types import MappingProxyType
 from typing import Any
 
 import betterproto2
-from envoy_data_plane.envoy.config.cluster.v3 import Cluster
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment
 from envoy_data_plane.envoy.config.listener.v3 import Listener
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 
-from localmesh.mesh import ClusterSpec, MeshSpec, Protocol, VirtualHostSpec
+from localmesh.desired import ClusterSpec, DesiredState, ListenerSpec, VirtualHostSpec
+from localmesh.errors import InconsistentSnapshotError
 from localmesh.xds import resources as rs
 from localmesh.xds.codec import encode, field_bytes
 
@@ -66,43 +69,52 @@ class Resource:
         return MESSAGE_TYPES[self.type_url].parse(self.body)
 
 
-class InconsistentSnapshotError(Exception):
-    """A snapshot references a resource it does not contain (a bug, not a user mistake)."""
+_ClusterKey = tuple[object, ...]
 
 
 @dataclass(frozen=True)
 class _Memo:
     """Per-piece results of the previous build, keyed by name with the spec they were
-    built from: a piece is reused when its spec is the same object (the reconciler keeps
+    built from: a piece is reused when its spec is the same object (the planner keeps
     unchanged pieces identical) or an equal one; nothing is hashed."""
 
-    clusters: Mapping[str, tuple[Protocol, Resource]] = field(default_factory=dict)
+    clusters: Mapping[str, tuple[_ClusterKey, Resource]] = field(default_factory=dict)
     endpoints: Mapping[str, tuple[ClusterSpec, Resource]] = field(default_factory=dict)
     # A virtual host's bytes framed as RouteConfiguration field 2, ready to concatenate.
     vhosts: Mapping[str, tuple[VirtualHostSpec, bytes]] = field(default_factory=dict)
-    listener: Mapping[tuple[str, int], Resource] = field(default_factory=dict)
+    listener: Mapping[ListenerSpec, Resource] = field(default_factory=dict)
+    # The virtual hosts (the very tuple) and the clusters their routes use.
+    routed: tuple[tuple[VirtualHostSpec, ...], frozenset[str]] = ((), frozenset())
+
+
+@dataclass(frozen=True)
+class References:
+    """What a snapshot's resources point at, read from them when they are built."""
+
+    route_clusters: frozenset[str] = frozenset()  # clusters routes send traffic to
+    route_configs: frozenset[str] = frozenset()  # route configurations listeners fetch
+    eds_clusters: frozenset[str] = frozenset()  # clusters whose endpoints come by EDS
 
 
 _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 class Snapshot:
-    """What every Envoy should hold. Immutable; compare versions, not contents."""
+    """What an Envoy should hold. Immutable; compare versions, not contents."""
 
-    __slots__ = ("_by_type", "_memo", "_type_versions", "route_clusters", "version")
+    __slots__ = ("_by_type", "_memo", "_type_versions", "references", "version")
 
     def __init__(
         self,
         by_type: Mapping[str, Mapping[str, Resource]],
         *,
-        route_clusters: Iterable[str] = (),
+        references: References | None = None,
         memo: _Memo | None = None,
     ) -> None:
         self._by_type = MappingProxyType(
             {t: MappingProxyType(dict(by_type.get(t, {}))) for t in rs.TYPE_ORDER}
         )
-        # Clusters the routes send traffic to: the cache pushes and awaits these first.
-        self.route_clusters = frozenset(route_clusters)
+        self.references = references or References()
         self._memo = memo or _Memo()
         self._type_versions = {
             t: content_version(
@@ -114,6 +126,11 @@ class Snapshot:
             "\n".join(self._type_versions[t] for t in rs.TYPE_ORDER).encode()
         )
 
+    @property
+    def route_clusters(self) -> frozenset[str]:
+        """Clusters the routes send traffic to: the cache pushes and awaits these first."""
+        return self.references.route_clusters
+
     @classmethod
     def from_messages(cls, messages: Mapping[str, Mapping[str, betterproto2.Message]]) -> Snapshot:
         """A snapshot of hand-made messages (any content, e.g. one Envoy will reject)."""
@@ -121,15 +138,21 @@ class Snapshot:
             t: {n: Resource.of(t, n, encode(m)) for n, m in by_name.items()}
             for t, by_name in messages.items()
         }
-        route_clusters = {
-            route.route.cluster
-            for rc in messages.get(rs.ROUTE_TYPE, {}).values()
-            if isinstance(rc, RouteConfiguration)
-            for vh in rc.virtual_hosts
-            for route in vh.routes
-            if route.route is not None and route.route.cluster
+        route_clusters: set[str] = set()
+        for rc in messages.get(rs.ROUTE_TYPE, {}).values():
+            if isinstance(rc, RouteConfiguration):
+                route_clusters |= rs.route_clusters(rc)
+        route_configs: set[str] = set()
+        for listener in messages.get(rs.LISTENER_TYPE, {}).values():
+            if isinstance(listener, Listener):
+                route_configs |= rs.route_config_names(listener)
+        eds = {
+            name
+            for name, cluster in messages.get(rs.CLUSTER_TYPE, {}).items()
+            if isinstance(cluster, Cluster) and cluster.type == ClusterDiscoveryType.EDS
         }
-        return cls(by_type, route_clusters=route_clusters)
+        references = References(frozenset(route_clusters), frozenset(route_configs), frozenset(eds))
+        return cls(by_type, references=references)
 
     def resources(self, type_url: str) -> Mapping[str, Resource]:
         return self._by_type.get(type_url, _EMPTY)
@@ -140,26 +163,25 @@ class Snapshot:
 
     def consistency_errors(self) -> list[str]:
         """Dangling references; an empty list means Envoy can warm everything."""
-        errors = []
-        clusters = self.resources(rs.CLUSTER_TYPE)
-        endpoints = self.resources(rs.ENDPOINT_TYPE)
-        routes = self.resources(rs.ROUTE_TYPE)
-        errors += [
+        refs = self.references
+        clusters = self.resources(rs.CLUSTER_TYPE).keys()
+        endpoints = self.resources(rs.ENDPOINT_TYPE).keys()
+        routes = self.resources(rs.ROUTE_TYPE).keys()
+        errors = [
             f"route references missing cluster {c!r}"
-            for c in sorted(self.route_clusters - clusters.keys())
+            for c in sorted(refs.route_clusters - clusters)
         ]
         errors += [
             f"EDS cluster {c!r} has no ClusterLoadAssignment"
-            for c in sorted(clusters.keys() - endpoints.keys())
+            for c in sorted((refs.eds_clusters & clusters) - endpoints)
         ]
         errors += [
-            f"ClusterLoadAssignment {c!r} has no cluster"
-            for c in sorted(endpoints.keys() - clusters.keys())
+            f"ClusterLoadAssignment {c!r} has no cluster" for c in sorted(endpoints - clusters)
         ]
-        if self.resources(rs.LISTENER_TYPE) and rs.ROUTE_CONFIG_NAME not in routes:
-            errors.append(
-                f"listener references missing route configuration {rs.ROUTE_CONFIG_NAME!r}"
-            )
+        errors += [
+            f"listener references missing route configuration {r!r}"
+            for r in sorted(refs.route_configs - routes)
+        ]
         return errors
 
     def check(self) -> Snapshot:
@@ -178,24 +200,36 @@ def _vhost_field(spec: VirtualHostSpec) -> bytes:
     return field_bytes(2, encode(rs.build_virtual_host(spec)))
 
 
-def _route_configuration(vhost_fields: Iterable[bytes]) -> bytes:
+def _route_configuration(name: str, vhost_fields: Iterable[bytes]) -> bytes:
     # RouteConfiguration: name = 1, then the framed virtual hosts.
-    return field_bytes(1, rs.ROUTE_CONFIG_NAME.encode()) + b"".join(vhost_fields)
+    return field_bytes(1, name.encode()) + b"".join(vhost_fields)
 
 
-def build_snapshot(mesh: MeshSpec, previous: Snapshot | None = None) -> Snapshot:
-    """The snapshot of `mesh`, reusing every unchanged piece's bytes from `previous`."""
+def _cluster_key(spec: ClusterSpec) -> _ClusterKey:
+    # An EDS cluster's own message does not depend on its endpoints; a static one does.
+    if spec.kind.eds:
+        return (spec.protocol, spec.kind)
+    return (spec.protocol, spec.kind, spec.endpoints)
+
+
+def build_snapshot(state: DesiredState, previous: Snapshot | None = None) -> Snapshot:
+    """The snapshot of `state`, reusing every unchanged piece's bytes from `previous`."""
     old = previous._memo if previous is not None else _Memo()
-    clusters: dict[str, tuple[Protocol, Resource]] = {}
+    clusters: dict[str, tuple[_ClusterKey, Resource]] = {}
     endpoints: dict[str, tuple[ClusterSpec, Resource]] = {}
-    for spec in mesh.clusters:
+    eds: set[str] = set()
+    for spec in state.clusters:
         name = spec.name
+        key = _cluster_key(spec)
         had = old.clusters.get(name)
-        if had is not None and had[0] == spec.protocol:
+        if had is not None and had[0] == key:
             cluster = had[1]
         else:
             cluster = Resource.of(rs.CLUSTER_TYPE, name, encode(rs.build_cluster(spec)))
-        clusters[name] = (spec.protocol, cluster)
+        clusters[name] = (key, cluster)
+        if not spec.kind.eds:
+            continue
+        eds.add(name)
         was = old.endpoints.get(name)
         if was is not None and (was[0] is spec or was[0] == spec):
             cla = was[1]
@@ -206,21 +240,22 @@ def build_snapshot(mesh: MeshSpec, previous: Snapshot | None = None) -> Snapshot
 
     vhosts: dict[str, tuple[VirtualHostSpec, bytes]] = {}
     # Every virtual host is served, even two with one host: Envoy must see (and reject)
-    # what the mesh says, not a de-duplicated version of it. The memo keeps one per host.
+    # what the state says, not a de-duplicated version of it. The memo keeps one per host.
     vhost_fields: list[bytes] = []
-    for vh in sorted(mesh.virtual_hosts, key=lambda v: v.host):
+    for vh in rs.sorted_hosts(state):
         seen = old.vhosts.get(vh.host)
         if seen is None or not (seen[0] is vh or seen[0] == vh):
             seen = (vh, _vhost_field(vh))
         vhosts[vh.host] = seen
         vhost_fields.append(seen[1])
-    routes = Resource.of(rs.ROUTE_TYPE, rs.ROUTE_CONFIG_NAME, _route_configuration(vhost_fields))
+    listener_spec = state.listener
+    route_name = listener_spec.route_config_name
+    routes = Resource.of(rs.ROUTE_TYPE, route_name, _route_configuration(route_name, vhost_fields))
 
-    listener_key = (mesh.listener_address, mesh.listener_port)
-    listener = old.listener.get(listener_key)
+    listener = old.listener.get(listener_spec)
     if listener is None:
-        body = encode(rs.build_listener(*listener_key))
-        listener = Resource.of(rs.LISTENER_TYPE, rs.LISTENER_NAME, body)
+        body = encode(rs.build_listener(listener_spec))
+        listener = Resource.of(rs.LISTENER_TYPE, listener_spec.name, body)
 
     by_type = {
         rs.CLUSTER_TYPE: {n: r for n, (_, r) in clusters.items()},
@@ -228,8 +263,18 @@ def build_snapshot(mesh: MeshSpec, previous: Snapshot | None = None) -> Snapshot
         rs.LISTENER_TYPE: {listener.name: listener},
         rs.ROUTE_TYPE: {routes.name: routes},
     }
-    memo = _Memo(clusters, endpoints, vhosts, {listener_key: listener})
-    return Snapshot(by_type, route_clusters=(v.cluster for v in mesh.virtual_hosts), memo=memo)
+    # Endpoint moves keep the planner's virtual host tuple: no need to walk every route.
+    route_clusters = old.routed[1] if old.routed[0] is state.virtual_hosts else None
+    if route_clusters is None:
+        route_clusters = state.route_clusters
+    routed = (state.virtual_hosts, route_clusters)
+    memo = _Memo(clusters, endpoints, vhosts, {listener_spec: listener}, routed)
+    references = References(
+        route_clusters=route_clusters,
+        route_configs=frozenset({route_name}),
+        eds_clusters=frozenset(eds),
+    )
+    return Snapshot(by_type, references=references, memo=memo)
 
 
 def render_xds_view(snapshot: Snapshot, bootstrap: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,7 +296,7 @@ def render_xds_view(snapshot: Snapshot, bootstrap: Mapping[str, Any]) -> dict[st
 
 
 __all__ = [
-    "InconsistentSnapshotError",
+    "References",
     "Resource",
     "Snapshot",
     "build_snapshot",

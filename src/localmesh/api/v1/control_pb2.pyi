@@ -40,7 +40,7 @@ class StatusResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pid: _Optional[int] = ..., listener_address: _Optional[str] = ..., listener_port: _Optional[int] = ..., config_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., xds: _Optional[_Iterable[_Union[XdsTypeStatus, _Mapping]]] = ..., envoy: _Optional[_Union[EnvoyStatus, _Mapping]] = ..., healthy: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HostStatus(_message.Message):
-    __slots__ = ("host", "namespace", "service", "port", "target_port", "type", "cluster", "pods", "last_reconnect", "last_reconnect_reason", "requests", "errors", "error")
+    __slots__ = ("host", "namespace", "service", "port", "target_port", "type", "cluster", "pods", "last_reconnect", "last_reconnect_reason", "requests", "errors", "error", "local", "local_listening", "routes")
     HOST_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,9 @@ class HostStatus(_message.Message):
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_LISTENING_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     host: str
     namespace: str
     service: str
@@ -67,7 +70,26 @@ class HostStatus(_message.Message):
     requests: int
     errors: int
     error: str
-    def __init__(self, host: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., port: _Optional[str] = ..., target_port: _Optional[int] = ..., type: _Optional[str] = ..., cluster: _Optional[str] = ..., pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., last_reconnect: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_reconnect_reason: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    local: str
+    local_listening: bool
+    routes: _containers.RepeatedCompositeFieldContainer[RouteStatus]
+    def __init__(self, host: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., port: _Optional[str] = ..., target_port: _Optional[int] = ..., type: _Optional[str] = ..., cluster: _Optional[str] = ..., pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., last_reconnect: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_reconnect_reason: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error: _Optional[str] = ..., local: _Optional[str] = ..., local_listening: _Optional[bool] = ..., routes: _Optional[_Iterable[_Union[RouteStatus, _Mapping]]] = ...) -> None: ...
+
+class RouteStatus(_message.Message):
+    __slots__ = ("match", "target", "cluster", "local", "listening", "error")
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    LISTENING_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    match: str
+    target: str
+    cluster: str
+    local: bool
+    listening: bool
+    error: str
+    def __init__(self, match: _Optional[str] = ..., target: _Optional[str] = ..., cluster: _Optional[str] = ..., local: _Optional[bool] = ..., listening: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class PodStatus(_message.Message):
     __slots__ = ("name", "local_address", "local_port", "state", "active_connections", "last_error")
