@@ -265,3 +265,36 @@ async def test_list_in_one_namespace_without_cluster_rights(
     assert here.returncode == 0, here.stderr
     assert here.stdout.strip() == "no mesh sessions in namespace billing"
     await admin.close()
+
+
+async def test_api_server_gone_at_exit_says_how_to_recover(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    before = await service_json(sandbox)
+    proc, _ = await start_mesh(sandbox, local_app, tmp_path)
+    outage = asyncio.create_task(sandbox.faults.restart_apiserver(downtime=15))
+
+    async def api_down() -> bool:
+        result = await sandbox_fixtures.kubectl(sandbox, "get", "ns", "--request-timeout=2s")
+        return result.returncode != 0
+
+    await eventually(api_down, seconds=10, what="the API server to stop", every=0.2)
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1
+    message = err.decode()
+    assert message.startswith("localmesh: error: could not leave the mesh of billing/billing-api")
+    assert "`localmesh mesh clean -n billing billing-api` puts the Service back" in message
+    await outage
+    kc = sandbox.kubeconfig_path
+
+    async def cleaned() -> str | None:
+        done = await run_cli(
+            tmp_path, "mesh", "clean", "-n", "billing", "billing-api", kubeconfig=kc
+        )
+        return done.stdout if "restored" in done.stdout else None
+
+    await eventually(cleaned, seconds=60, what="clean to restore the Service", every=1.0)
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)

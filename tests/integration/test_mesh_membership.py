@@ -266,3 +266,47 @@ async def test_the_router_may_do_exactly_its_job(sandbox: Sandbox) -> None:
             assert (result.stdout.strip() == "yes") == (rule in allowed), rule
         await session.leave()
     await kube.close()
+
+
+async def test_clean_removes_leftovers_of_a_service_no_longer_meshed(sandbox: Sandbox) -> None:
+    # A leaver that crashed between restoring the Service and deleting the router's objects.
+    before = await service_json(sandbox)
+    kube = kube_for(sandbox)
+    service = await kube.get("Service", "billing", "billing-api")
+    assert service is not None
+    for obj in [m.origin_service(service), *m.router_rbac("billing", "billing-api")]:
+        await kube.create(obj["kind"], "billing", obj)
+    assert len(await managed_objects(sandbox)) == 4
+    report = await cleanup.clean(kube, None)
+    assert sorted(report.actions) == [
+        "deleted Role billing/billing-api-localmesh-router",
+        "deleted RoleBinding billing/billing-api-localmesh-router",
+        "deleted Service billing/billing-api-localmesh-origin",
+        "deleted ServiceAccount billing/billing-api-localmesh-router",
+    ]
+    assert await service_json(sandbox) == before
+    await wait_managed_gone(sandbox)
+    await kube.close()
+
+
+async def test_checks_skip_ports_and_need_a_selector(sandbox: Sandbox) -> None:
+    kube = kube_for(sandbox)
+    # Nothing listens on port 1, and the check is skipped as the flag says.
+    checked = await MeshSession(kube, options(1, skip_port_checking=True)).check()
+    assert [str(p) for p in checked.ports] == ["1:8080:8080"]
+    with pytest.raises(MeshError, match="nothing accepts connections on local port 1"):
+        await MeshSession(kube, options(1)).check()
+    await kube.create(
+        "Service",
+        "billing",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "by-hand"},
+            "spec": {"ports": [{"port": 8080}]},
+        },
+    )
+    with pytest.raises(MeshError, match="service billing/by-hand has no selector"):
+        await MeshSession(kube, options(1, service="by-hand", skip_port_checking=True)).check()
+    assert await managed_objects(sandbox) == []
+    await kube.close()

@@ -57,6 +57,18 @@ def test_ktctl_spellings_mean_the_same() -> None:
     assert [(p.local, p.remote) for p in options.exposed] == [(8080, 8080)]
 
 
+def test_options_may_sit_between_positionals() -> None:
+    args = parse("clean", "-n", "billing", "billing-api", "--dry-run")
+    assert (args.target, args.service, args.namespace, args.dry_run) == (
+        "clean",
+        "billing-api",
+        "billing",
+        True,
+    )
+    args = build_parser("localmesh").parse_args(["mesh", "list", "--log-level", "debug"])
+    assert (args.target, args.log_level) == ("list", "debug")
+
+
 def test_defaults() -> None:
     options = mesh_options(parse("svc", "--expose", "9090:8080,9091:8081"), "ns", "svc")
     assert options.image == m.DEFAULT_ROUTER_IMAGE == "localmesh/localmesh:0.1.0"
@@ -80,6 +92,13 @@ def test_cli_rejects_misplaced_options() -> None:
             "--dry-run belongs to `mesh clean` / `mesh recover`",
         ),
         (["mesh", "list", "extra"], "unexpected argument 'extra'"),
+        # Input errors come before any cluster access (there is no kubeconfig here).
+        (["mesh", "svc", "--expose", "x"], "--expose 'x': the port 'x' is not a number"),
+        (
+            ["mesh", "svc", "--expose", "80", "--ready-timeout", "0"],
+            "--ready-timeout 0: give a positive number",
+        ),
+        (["mesh", "a/b", "-n", "c", "--expose", "80"], "'a/b' names namespace 'a' but -n says 'c'"),
     ]:
         result = run_cli(*argv)
         assert result.returncode == 2, result.stderr

@@ -10,10 +10,14 @@ import shlex
 import signal
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localmesh.cli.up import add_cluster_arguments
 from localmesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from localmesh.clustermesh.session import Joined, MeshOptions
+    from localmesh.kube.objects import KubeObjects
 
 ACTIONS = ("list", "clean", "recover")
 
@@ -102,6 +106,27 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--router-ready-path", default="/ready", help=argparse.SUPPRESS)
     parser.add_argument("--shadow-env", action="append", default=[], help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
+    _intermix(parser)
+
+
+def _intermix(parser: argparse.ArgumentParser) -> None:
+    """Let options sit between the positionals (`mesh clean -n billing billing-api`), which
+    plain argparse rejects; the mesh parser has no subparsers, so intermixed parsing works."""
+    base = type(parser)
+
+    class Intermixed(base):  # type: ignore[valid-type,misc]
+        _inside = False
+
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            if self._inside:  # parse_known_intermixed_args calls back into this
+                return super().parse_known_args(args, namespace)
+            self._inside = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._inside = False
+
+    parser.__class__ = Intermixed
 
 
 def split_target(target: str, namespace: str | None, default: str) -> tuple[str, str]:
@@ -126,21 +151,23 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unexpected argument {args.service!r}")
     if action not in {"clean", "recover"} and args.dry_run:
         raise ConfigError("--dry-run belongs to `mesh clean` / `mesh recover`")
+    options = None
+    if action == "mesh":  # every input checked before the cluster is contacted
+        default = context_namespace(args.kubeconfig, args.context)
+        options = mesh_options(args, *split_target(args.target, args.namespace, default))
     kube = KubeObjects.connect(args.kubeconfig, args.context)
     try:
+        if options is not None:
+            return await run_mesh(kube, options)
         if action == "list":
             with _namespace_hint(args.namespace):
                 return await run_list(kube, args.namespace)
-        if action in ("clean", "recover"):
-            namespace, service = args.namespace, None
-            if args.service:
-                default = context_namespace(args.kubeconfig, args.context)
-                namespace, service = split_target(args.service, args.namespace, default)
-            with _namespace_hint(namespace):
-                return await run_clean(kube, namespace, service, args.dry_run)
-        default = context_namespace(args.kubeconfig, args.context)
-        namespace, service = split_target(args.target, args.namespace, default)
-        return await run_mesh(kube, args, namespace, service)
+        namespace, service = args.namespace, None  # clean / recover
+        if args.service:
+            default = context_namespace(args.kubeconfig, args.context)
+            namespace, service = split_target(args.service, args.namespace, default)
+        with _namespace_hint(namespace):
+            return await run_clean(kube, namespace, service, args.dry_run)
     finally:
         await kube.close()
 
@@ -159,7 +186,7 @@ def _namespace_hint(namespace: str | None) -> Iterator[None]:
 
 
 # -- mesh SERVICE ------------------------------------------------------------------------
-def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Any:
+def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> MeshOptions:
     from localmesh.clustermesh import manifests
     from localmesh.clustermesh.marks import parse_expose, parse_version_mark
     from localmesh.clustermesh.session import MeshOptions
@@ -168,6 +195,8 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Any:
         raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
     if args.mode == "manual":
         raise ConfigError("--mode manual is not yet supported; use --mode auto (the default)")
+    if args.ready_timeout <= 0:
+        raise ConfigError(f"--ready-timeout {args.ready_timeout:g}: give a positive number")
     env = []
     for item in args.shadow_env:
         key, sep, value = item.partition("=")
@@ -194,7 +223,7 @@ def service_url(namespace: str, service: str, port: int) -> str:
     return f"{scheme}://{service}.{namespace}:{port}/"
 
 
-def joined_text(options: Any, joined: Any) -> str:
+def joined_text(options: MeshOptions, joined: Joined) -> str:
     mark = options.mark
     lines = [f"meshed {options.namespace}/{options.service} (mode {options.mode})"]
     lines += [f"  created {what}" for what in joined.created]
@@ -211,15 +240,16 @@ def joined_text(options: Any, joined: Any) -> str:
     return "\n".join(lines)
 
 
-async def run_mesh(kube: Any, args: argparse.Namespace, namespace: str, service: str) -> int:
+async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
     import aiohttp
 
     from localmesh.clustermesh.membership import MeshError
     from localmesh.clustermesh.session import MeshSession
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
+    from localmesh.errors import KubeError
     from localmesh.forward import Connector
 
-    options = mesh_options(args, namespace, service)
+    namespace, service = options.namespace, options.service
     session = MeshSession(kube, options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -262,7 +292,14 @@ async def run_mesh(kube: Any, args: argparse.Namespace, namespace: str, service:
             finally:
                 await tunnel.stop(grace=2.0)
                 await dialer.close()
-                result = await asyncio.shield(session.leave())
+                try:
+                    result = await asyncio.shield(session.leave())
+                except KubeError as exc:
+                    raise MeshError(
+                        f"could not leave the mesh of {namespace}/{service}: {exc}\n"
+                        "the session's Lease expires by itself; then "
+                        f"`localmesh mesh clean -n {namespace} {service}` puts the Service back"
+                    ) from None
         if result.restored:
             print(f"restored {namespace}/{service}; removed the router", flush=True)
         else:

@@ -26,7 +26,16 @@ from localmesh.clustermesh.membership import (
 from localmesh.kube.objects import KubeObjects
 from localmesh.kube.targets import JSON
 
-CREATED_KINDS = ("Lease", "Pod", "Secret", "Deployment", "Service", "Role", "RoleBinding")
+CREATED_KINDS = (
+    "Lease",
+    "Pod",
+    "Secret",
+    "Deployment",
+    "Service",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
 
 
 @dataclass
