@@ -22,7 +22,12 @@ from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually
-from tests.integration.mesh_helpers import SERVER_FIELDS, service_json, wait_managed_gone
+from tests.integration.mesh_helpers import (
+    SERVER_FIELDS,
+    managed_objects,
+    service_json,
+    wait_managed_gone,
+)
 
 pytestmark = pytest.mark.e2e
 sandbox = sandbox_fixtures.sandbox
@@ -279,18 +284,17 @@ async def test_two_developers_a_killed_session_falls_back_and_the_router_restore
                 what="the router to restore the Service",
                 every=0.2,
             )
-            shared = await sandbox_fixtures.kubectl(
-                sandbox,
-                "get",
-                "deploy,svc",
-                "-n",
-                "billing",
-                "-l",
-                m.managed_selector(),
-                "-o",
-                "name",
-            )
-            assert shared.stdout.strip() == "" or "localmesh-router" not in shared.stdout
+            # ... and removes the router, the origin Service and the router's RBAC; what is
+            # left are the dead sessions' own objects, which `mesh clean` removes.
+            shared_kinds = ("Deployment", "Service", "ServiceAccount", "Role", "RoleBinding")
+
+            async def shared_gone() -> list[str] | None:
+                left = await managed_objects(sandbox)
+                kinds = {name.split("/", 1)[0] for name in left}
+                return left if not kinds & set(shared_kinds) else None
+
+            left = await eventually(shared_gone, seconds=30, what="the shared objects to go")
+            assert {name.split("/", 1)[0] for name in left} <= {"Lease", "Pod", "Secret"}
         finally:
             for proc in (ana, bob):
                 if proc.returncode is None:
