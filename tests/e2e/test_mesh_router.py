@@ -5,6 +5,7 @@ Service's cluster IP as any in-cluster client's would, with real curl, aiohttp a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -141,7 +142,8 @@ async def test_marked_http_and_websocket_reach_this_machine_the_rest_the_pods(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     before = comparable(await service_json(sandbox))
-    async with local_app("ana") as port:
+    async with contextlib.AsyncExitStack() as app_stack:
+        port = await app_stack.enter_async_context(local_app("ana"))
         proc = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{port}:8080", "dev")
         try:
             ip = await cluster_ip(sandbox, "billing", "billing-api")
@@ -166,6 +168,16 @@ async def test_marked_http_and_websocket_reach_this_machine_the_rest_the_pods(
                 for text in ("one", "two"):
                     await ws.send_str(text)
                     assert (await ws.receive_str()) == f"ana echoes {text}"
+
+            # The local process stops: marked requests get a 503 that says so.
+            await app_stack.aclose()
+            reply = await curl(url, extra=["-H", "version: dev"])
+            assert reply.status == 503
+            assert reply.body.startswith(
+                "localmesh: the local process behind version: dev is not answering"
+            )
+            plain = await body_of(url)
+            assert plain is not None and json.loads(plain)["pod"].startswith("billing-api")
         finally:
             await stop_mesh(proc)
     assert proc.returncode == 0

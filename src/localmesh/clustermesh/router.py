@@ -212,9 +212,14 @@ class RouterAgent:
 
     async def _become_ready(self) -> None:
         assert self._envoy is not None
-        await self._cache.wait_for_ack()
-        for port in self.ports:
-            await self._envoy.wait_listening(port, within=60.0)
+        try:
+            await self._cache.wait_for_ack()
+            for port in self.ports:
+                await self._envoy.wait_listening(port, within=60.0)
+        except LocalmeshError as exc:
+            # Never Ready: the joining session times out on the router and says so.
+            log.error("router cannot serve", reason=str(exc))
+            return
         self.ready = True
         log.info("router ready", ports=self.ports)
 
