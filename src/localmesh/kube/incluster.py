@@ -13,6 +13,7 @@ client's in-cluster loader re-reads the token file (projected tokens rotate).
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,14 @@ def load_incluster_access() -> ClusterAccess:
         raise KubeError(f"no in-cluster credentials: {exc}") from None
     cfg.retries = False
     server = str(cfg.host).rstrip("/")
+    try:
+        context = _ssl_context(cfg)
+    except (ssl.SSLError, OSError) as exc:
+        raise KubeError(f"{folder / 'ca.crt'}: not a usable CA certificate ({exc})") from None
     return ClusterAccess(
         server=server,
         context=None,
-        ssl_context=_ssl_context(cfg) if server.startswith("https") else None,
+        ssl_context=context,
         server_hostname=None,
         configuration=cfg,
     )
