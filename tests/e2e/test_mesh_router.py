@@ -22,7 +22,7 @@ from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
 from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
-from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually
+from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
     SERVER_FIELDS,
     managed_objects,
@@ -296,17 +296,30 @@ async def test_two_developers_a_killed_session_falls_back_and_the_router_restore
                 what="the router to restore the Service",
                 every=0.2,
             )
-            # ... and removes the router, the origin Service and the router's RBAC; what is
-            # left are the dead sessions' own objects, which `mesh clean` removes.
-            shared_kinds = ("Deployment", "Service", "ServiceAccount", "Role", "RoleBinding")
 
-            async def shared_gone() -> list[str] | None:
+            # ... and removes its Deployment and the origin Service. Its RBAC goes in one
+            # round of concurrent deletes; RBAC cannot let an agent delete the last object
+            # that grants it the right, so one may be left, with the dead sessions' own
+            # objects, for `mesh clean`.
+            async def router_gone() -> list[str] | None:
                 left = await managed_objects(sandbox)
                 kinds = {name.split("/", 1)[0] for name in left}
-                return left if not kinds & set(shared_kinds) else None
+                return left if not kinds & {"Deployment", "Service"} else None
 
-            left = await eventually(shared_gone, seconds=30, what="the shared objects to go")
-            assert {name.split("/", 1)[0] for name in left} <= {"Lease", "Pod", "Secret"}
+            left = await eventually(router_gone, seconds=30, what="the router to go")
+            assert {name.split("/", 1)[0] for name in left} <= {
+                "Lease",
+                "Pod",
+                "Secret",
+                "Role",
+                "RoleBinding",
+                "ServiceAccount",
+            }
+            kc = sandbox.kubeconfig_path
+            cleaned = await run_cli(tmp_path, "mesh", "clean", "-n", "billing", kubeconfig=kc)
+            assert cleaned.returncode == 0, cleaned.stderr
+            await wait_managed_gone(sandbox)
+            assert comparable(await service_json(sandbox)) == before
         finally:
             for proc in (ana, bob):
                 if proc.returncode is None:

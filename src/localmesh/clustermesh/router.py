@@ -63,6 +63,9 @@ NODE_ID = "localmesh-router"
 MAX_TICK = 1.0
 HEALTH_READ_TIMEOUT = 5.0
 KINDS = ("Lease", "Pod", "EndpointSlice")
+# Envoy's default is one worker per core of the NODE, whatever the pod's CPU share; a
+# proxy in a small pod does better with a few (as sidecars are usually configured).
+ENVOY_WORKERS = 2
 
 
 class RouterError(LocalmeshError):
@@ -116,6 +119,7 @@ class RouterAgent:
         self._envoy: EnvoySupervisor | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._last_live = 0.0
+        self._planned: rp.RouterPlan | None = None
 
     # -- watches ---------------------------------------------------------------------------
     def _deliver(self, kind: str) -> Callable[[str, Any], None]:
@@ -198,6 +202,9 @@ class RouterAgent:
 
     def _publish(self, now: datetime) -> rp.RouterPlan:
         router = self.plan(now)
+        if router == self._planned:
+            return router  # a tick or a Lease renewal that changes nothing: build nothing
+        self._planned = router
         snapshot = rp.build_router_snapshot(router)
         if snapshot.version != self._cache.snapshot.version:
             self._cache.set_snapshot(snapshot)
@@ -249,7 +256,7 @@ class RouterAgent:
         else:
             return False
         # Deployment and origin first; then the three objects that carry this agent's own
-        # rights, together (each request is authorized before any of them is gone).
+        # rights, together (each is authorized unless another already took the rights).
         own = {"Deployment", "Service"}
         first = {k: v for k, v in versions.items() if k.split("/", 1)[0] in own}
         deleted = await delete_shared(kube, self.namespace, first)
@@ -262,7 +269,10 @@ class RouterAgent:
                 log.warning("router could not delete", reason=str(result))
             else:
                 deleted += result
-        log.info("router retired", deleted=deleted)
+        left = sorted(set(versions) - {d.replace(f" {self.namespace}/", "/") for d in deleted})
+        # RBAC never lets an agent delete the last object granting it that right: whichever
+        # of Role and RoleBinding goes second may be refused. `mesh clean` removes it.
+        log.info("router retired", deleted=deleted, left_for_mesh_clean=left)
         return True
 
     # -- running ---------------------------------------------------------------------------
@@ -293,6 +303,7 @@ class RouterAgent:
                 runtime_dir=root,
                 envoy_path=self._envoy_path,
                 log_level=self._log_level,
+                concurrency=ENVOY_WORKERS,
             )
             await self._envoy.start()
             self._tasks.append(asyncio.create_task(self._become_ready()))
