@@ -1,4 +1,4 @@
-"""`localmesh agent shadow`: the processes localmesh runs inside the cluster (its image's
+"""`localmesh agent shadow|router`: the processes localmesh runs inside the cluster (its image's
 command). Users do not run these by hand; `localmesh mesh` puts them in pod specs."""
 
 from __future__ import annotations
@@ -76,6 +76,34 @@ def register(subparsers: Any) -> None:
         "and /healthz on this port, for the pod's probes",
     )
     shadow.set_defaults(run=run_shadow)
+    _register_router(sub)
+
+
+def _register_router(sub: Any) -> None:
+    from localmesh.clustermesh.router import DEFAULT_IDLE_TIMEOUT
+
+    router = sub.add_parser(
+        "router",
+        help="a meshed Service's router: Envoy sending marked requests to shadow pods",
+        description="Serve ADS to an Envoy child listening on the router ports ($POD_IP):\n"
+        "per live session Lease its mark to the session's shadow pod, everything else to\n"
+        "the original pods. Restore the Service once no session is left (--idle-timeout).",
+        epilog="example:\n  %(prog)s --namespace billing --service billing-api --health-port 15021",
+    )
+    router.add_argument("--namespace", required=True, help="the meshed Service's namespace")
+    router.add_argument("--service", required=True, help="the meshed Service")
+    router.add_argument(
+        "--health-port", type=int, required=True, help="serve GET /ready and /healthz here"
+    )
+    router.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="seconds without a live session before the router restores the Service and "
+        f"removes itself (default: {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    router.add_argument("--bind", default=None, help="listen address (default: $POD_IP)")
+    router.set_defaults(run=run_router)
 
 
 def read_secret(secret_file: Path | None) -> bytes:
@@ -155,3 +183,32 @@ async def run_shadow(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
     return 0
+
+
+async def run_router(args: argparse.Namespace) -> int:
+    from localmesh.clustermesh.router import RouterAgent
+
+    if not 0 < args.health_port <= 65535:
+        raise ConfigError(f"--health-port {args.health_port} is not a valid port")
+    if args.idle_timeout <= 0:
+        raise ConfigError(f"--idle-timeout {args.idle_timeout:g}: give a positive number")
+    bind = args.bind or os.environ.get("POD_IP")
+    if not bind:
+        raise ConfigError("no listen address: set $POD_IP (the downward API) or give --bind")
+    agent = RouterAgent(
+        args.namespace,
+        args.service,
+        pod_ip=bind,
+        health_port=args.health_port,
+        idle_timeout=args.idle_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await agent.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)

@@ -361,13 +361,14 @@ def router_rbac(namespace: str, service: str) -> list[JSON]:
             "apiGroups": [""],
             "resources": ["serviceaccounts"],
             "resourceNames": [name],
-            "verbs": ["delete"],
+            "verbs": ["get", "delete"],
         },
         {
+            # get: the resourceVersion its preconditioned delete needs (as a leaver's).
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["roles", "rolebindings"],
             "resourceNames": [name],
-            "verbs": ["delete"],
+            "verbs": ["get", "delete"],
         },
     ]
     return [

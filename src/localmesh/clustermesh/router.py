@@ -1,0 +1,362 @@
+"""`localmesh agent router`: the in-cluster router of one meshed Service.
+
+It runs in the router pod (the localmesh image) and drives its own Envoy child over ADS
+(localmesh's xDS server and snapshot cache, on a 0600 unix socket in a private temporary
+directory). It watches, with the pod's ServiceAccount:
+
+- the session Leases of the Service and the shadow pods they name,
+- the EndpointSlices of `<svc>-localmesh-origin` (the original selector's pods),
+
+and serves what `router_plan` makes of them, again whenever one changes and when the
+first live Lease expires (an expired session loses its route within a lease duration
+even if nothing else happens). GET /ready on the health port answers 200 once Envoy ACKed
+a snapshot with the default route and listens on every router port; /healthz while the
+agent runs.
+
+When no live session is left for `idle_timeout` seconds, the router retires: it restores
+the Service (compare-and-swap on its resourceVersion; a session that joined meanwhile
+keeps it meshed), then deletes the origin Service, its own Deployment and RBAC, each only
+in the version seen before the restore (a joiner's claim makes those deletes miss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from localmesh.bootstrap import BootstrapOptions, build_bootstrap
+from localmesh.clustermesh import manifests as m, router_plan as rp
+from localmesh.clustermesh.membership import (
+    CAS_ATTEMPTS,
+    delete_shared,
+    lease_dead,
+    lease_live,
+    mesh_state,
+    restored,
+    session_leases,
+    snapshot_shared,
+)
+from localmesh.envoy import EnvoySupervisor
+from localmesh.errors import KubeError, LocalmeshError
+from localmesh.kube.incluster import list_functions, load_incluster_access
+from localmesh.kube.objects import Conflict, KubeObjects, NotFound
+from localmesh.kube.reflector import Reflector
+from localmesh.kube.targets import JSON
+from localmesh.xds.cache import SnapshotCache
+from localmesh.xds.server import XdsServer, start_server
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_IDLE_TIMEOUT = 60.0
+NODE_ID = "localmesh-router"
+# The longest the agent waits between plans: idle checks and lease expiry need no event.
+MAX_TICK = 1.0
+HEALTH_READ_TIMEOUT = 5.0
+KINDS = ("Lease", "Pod", "EndpointSlice")
+# Envoy's default is one worker per core of the NODE, whatever the pod's CPU share; a
+# proxy in a small pod does better with a few (as sidecars are usually configured).
+ENVOY_WORKERS = 2
+
+
+class RouterError(LocalmeshError):
+    """The router cannot start; the message says why."""
+
+
+def router_listen_ports(deployment: JSON) -> list[int]:
+    """The router's ports: its container ports except the health port (the Service's
+    targetPorts, resolved when the Deployment was made)."""
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+    ports = []
+    for container in containers or []:
+        for port in container.get("ports") or []:
+            if port.get("name") != "lm-health" and port.get("containerPort") is not None:
+                ports.append(int(port["containerPort"]))
+    return sorted(set(ports))
+
+
+class RouterAgent:
+    def __init__(
+        self,
+        namespace: str,
+        service: str,
+        *,
+        pod_ip: str,
+        health_port: int,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        kube: KubeObjects | None = None,
+        envoy_path: str | None = None,
+        log_level: str = "info",
+    ) -> None:
+        self.namespace = namespace
+        self.service = service
+        self.pod_ip = pod_ip
+        self.health_port = health_port
+        self.idle_timeout = idle_timeout
+        self._kube = kube
+        self._envoy_path = envoy_path
+        self._log_level = log_level
+        self.ports: list[int] = []
+        self.ready = False
+        self.retired = False
+        self._objects: dict[str, dict[str, JSON]] = {k: {} for k in KINDS}
+        self._synced: set[str] = set()
+        self._changed = asyncio.Event()
+        self._cache = SnapshotCache()
+        self._reflectors: list[Reflector] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._health: asyncio.Server | None = None
+        self._xds: XdsServer | None = None
+        self._envoy: EnvoySupervisor | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._last_live = 0.0
+        self._planned: rp.RouterPlan | None = None
+
+    # -- watches ---------------------------------------------------------------------------
+    def _deliver(self, kind: str) -> Callable[[str, Any], None]:
+        def deliver(event: str, payload: Any) -> None:
+            store = self._objects[kind]
+            if event == "SYNC":
+                store.clear()
+                for obj in payload:
+                    store[obj["metadata"]["name"]] = obj
+                self._synced.add(kind)
+            elif event in ("ADDED", "MODIFIED"):
+                store[payload["metadata"]["name"]] = payload
+            elif event == "DELETED":
+                store.pop(payload["metadata"]["name"], None)
+            else:
+                log.warning("router watch", kind=kind, event=event, reason=payload)
+                return
+            self._changed.set()
+
+        return deliver
+
+    def _start_watches(self, kube: KubeObjects) -> None:
+        lists = list_functions(kube.access)
+        selectors = {
+            "Lease": f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=session",
+            "Pod": f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=shadow",
+            "EndpointSlice": f"kubernetes.io/service-name={m.origin_name(self.service)}",
+        }
+        loop = asyncio.get_running_loop()
+        for kind in KINDS:
+            reflector = Reflector(
+                f"{kind}/{self.service}",
+                functools.partial(lists[kind], label_selector=selectors[kind]),
+                self.namespace,
+                self._deliver(kind),
+                loop=loop,
+                server=kube.access.server,
+                context=None,
+            )
+            reflector.start()
+            self._reflectors.append(reflector)
+
+    # -- health ----------------------------------------------------------------------------
+    async def _on_health(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(HEALTH_READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            parts = head.split(b" ", 2)
+            path = parts[1].decode("latin-1") if len(parts) > 2 else ""
+            if path == "/healthz":
+                status, body = "200 OK", "ok\n"
+            elif path == "/ready":
+                status, body = (
+                    ("200 OK", "ready\n")
+                    if self.ready
+                    else ("503 Service Unavailable", "not ready\n")
+                )
+            else:
+                status, body = "404 Not Found", "not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode()
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    # -- planning --------------------------------------------------------------------------
+    def plan(self, now: datetime) -> rp.RouterPlan:
+        return rp.plan(
+            self.pod_ip,
+            self.ports,
+            leases=self._objects["Lease"].values(),
+            pods=self._objects["Pod"],
+            slices=self._objects["EndpointSlice"].values(),
+            now=now,
+        )
+
+    def _publish(self, now: datetime) -> rp.RouterPlan:
+        router = self.plan(now)
+        if router == self._planned:
+            return router  # a tick or a Lease renewal that changes nothing: build nothing
+        self._planned = router
+        snapshot = rp.build_router_snapshot(router)
+        if snapshot.version != self._cache.snapshot.version:
+            self._cache.set_snapshot(snapshot)
+            log.info(
+                "router routes",
+                sessions=[
+                    f"{s.header}: {s.value} -> {s.shadow_ip or 'origin'}" for s in router.sessions
+                ],
+                origin={p: len(eps) for p, eps in router.origin.items()},
+            )
+        return router
+
+    async def _become_ready(self) -> None:
+        assert self._envoy is not None
+        try:
+            await self._cache.wait_for_ack()
+            for port in self.ports:
+                await self._envoy.wait_listening(port, within=60.0)
+        except LocalmeshError as exc:
+            # Never Ready: the joining session times out on the router and says so.
+            log.error("router cannot serve", reason=str(exc))
+            return
+        self.ready = True
+        log.info("router ready", ports=self.ports)
+
+    # -- retiring --------------------------------------------------------------------------
+    async def retire(self, kube: KubeObjects) -> bool:
+        """Restore the Service and delete the shared objects, unless a session is (or may
+        be) live. True when the Service is no longer meshed by anyone."""
+        versions = await snapshot_shared(kube, self.namespace, self.service)
+        for attempt in range(CAS_ATTEMPTS):
+            current = await kube.get("Service", self.namespace, self.service)
+            if current is None or mesh_state(current).original_selector is None:
+                break
+            leases = await session_leases(kube, self.namespace, self.service)
+            listed = mesh_state(current).sessions
+            if any(lease_live(lease) for lease in leases.values()) or any(
+                not lease_dead(leases.get(name)) for name in listed
+            ):
+                return False
+            try:
+                await kube.replace("Service", self.namespace, self.service, restored(current))
+                log.info("router restored the service", service=self.service)
+                break
+            except NotFound:
+                break
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+        else:
+            return False
+        # Deployment and origin first; then the three objects that carry this agent's own
+        # rights, together (each is authorized unless another already took the rights).
+        own = {"Deployment", "Service"}
+        first = {k: v for k, v in versions.items() if k.split("/", 1)[0] in own}
+        deleted = await delete_shared(kube, self.namespace, first)
+        rest = [{k: v} for k, v in versions.items() if k not in first]
+        results = await asyncio.gather(
+            *(delete_shared(kube, self.namespace, one) for one in rest), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("router could not delete", reason=str(result))
+            else:
+                deleted += result
+        left = sorted(set(versions) - {d.replace(f" {self.namespace}/", "/") for d in deleted})
+        # RBAC never lets an agent delete the last object granting it that right: whichever
+        # of Role and RoleBinding goes second may be refused. `mesh clean` removes it.
+        log.info("router retired", deleted=deleted, left_for_mesh_clean=left)
+        return True
+
+    # -- running ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> int:
+        kube = self._kube or KubeObjects(load_incluster_access())
+        try:
+            deployment = await kube.get("Deployment", self.namespace, m.router_name(self.service))
+            if deployment is None:
+                raise RouterError(
+                    f"deployment {self.namespace}/{m.router_name(self.service)} not found"
+                )
+            self.ports = router_listen_ports(deployment)
+            if not self.ports:
+                raise RouterError("the router deployment lists no ports")
+            self._health = await asyncio.start_server(
+                self._on_health, self.pod_ip, self.health_port
+            )
+            self._tmp = tempfile.TemporaryDirectory(prefix="lm-router-")
+            root = Path(self._tmp.name)
+            self._xds = await start_server(self._cache, root / "xds.sock")
+            self._start_watches(kube)
+            self._publish(datetime.now(UTC))  # default route; endpoints follow on sync
+            bootstrap = build_bootstrap(
+                BootstrapOptions(xds_socket_path=str(root / "xds.sock"), node_id=NODE_ID)
+            )
+            self._envoy = EnvoySupervisor(
+                bootstrap,
+                runtime_dir=root,
+                envoy_path=self._envoy_path,
+                log_level=self._log_level,
+                concurrency=ENVOY_WORKERS,
+            )
+            await self._envoy.start()
+            self._tasks.append(asyncio.create_task(self._become_ready()))
+            return await self._loop(kube, stop)
+        finally:
+            await self._shutdown(kube)
+
+    async def _loop(self, kube: KubeObjects, stop: asyncio.Event) -> int:
+        self._last_live = time.monotonic()
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                now = datetime.now(UTC)
+                router = self._publish(now)
+                if router.sessions or len(self._synced) < len(KINDS):
+                    self._last_live = time.monotonic()
+                elif not self.retired and time.monotonic() - self._last_live >= self.idle_timeout:
+                    try:
+                        self.retired = await self.retire(kube)
+                    except KubeError as exc:
+                        log.warning("router could not retire yet", reason=str(exc))
+                    self._last_live = time.monotonic()
+                expiry = rp.next_expiry(self._objects["Lease"].values(), now)
+                tick = MAX_TICK if expiry is None else min(MAX_TICK, max(expiry, 0.0) + 0.01)
+                self._changed.clear()
+                changed = asyncio.create_task(self._changed.wait())
+                await asyncio.wait(
+                    {changed, stopping}, timeout=tick, return_when=asyncio.FIRST_COMPLETED
+                )
+                changed.cancel()
+        finally:
+            stopping.cancel()
+        return 0
+
+    async def _shutdown(self, kube: KubeObjects) -> None:
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for reflector in self._reflectors:
+            reflector.stop()
+        if self._envoy is not None:
+            with contextlib.suppress(Exception):
+                await self._envoy.stop()
+        if self._xds is not None:
+            await self._xds.stop(0)
+        if self._health is not None:
+            self._health.close()
+        for reflector in self._reflectors:
+            await reflector.join()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        if self._kube is None:
+            await kube.close()
+
+
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "RouterAgent", "RouterError", "router_listen_ports"]

@@ -1,0 +1,364 @@
+"""What the in-cluster router's Envoy serves, from the cluster's objects (pure, no I/O).
+
+Inputs: the session Leases of one meshed Service, the shadow pods they name and the
+EndpointSlices of the origin Service (`<svc>-localmesh-origin`, the original selector).
+Output: one Snapshot for the router's own Envoy:
+
+- per router port (a Service targetPort) a listener on the pod IP, codec AUTO (HTTP/1.1,
+  h2c, gRPC on one port), websocket upgrades, its routes by RDS;
+- per port a route configuration with one virtual host `*`: first a route per live,
+  routed session (`header: value`, exact, header name lower case) to a cluster of that
+  session's shadow pod, then a catch-all to the cluster of the origin pods (one EDS
+  endpoint per ready pod);
+- upstream protocol = the caller's (h1 stays h1, h2c/gRPC stays h2c); Host/:authority kept;
+- a marked request whose shadow or tunnel fails gets a 503 whose body names the mark.
+
+A session is routed only while its Lease is live (renewTime + leaseDurationSeconds > now)
+and its shadow pod is Ready; otherwise its marked requests take the catch-all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLogFilter,
+    AndFilter,
+    ExtensionFilter,
+    ResponseFlagFilter,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    Http2ProtocolOptions,
+    SocketAddress,
+    SubstitutionFormatString,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpConnectionManagerUpgradeConfig,
+    HttpFilter,
+    LocalReplyConfig,
+    Rds,
+    ResponseMapper,
+)
+
+from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.membership import lease_live, parse_time
+from localmesh.desired import (
+    ClusterKind,
+    ClusterSpec,
+    Endpoint,
+    HeaderMatch,
+    MatchKind,
+    Protocol,
+    RouteSpec,
+    VirtualHostSpec,
+)
+from localmesh.kube.targets import JSON
+from localmesh.xds import resources as rs
+from localmesh.xds.snapshot import Snapshot
+
+# Failures of the upstream connection a marked request may meet on the way to the
+# developer's machine: reset (UC), connect failure (UF), retries exhausted (URX), no
+# healthy endpoint (UH).
+SHADOW_FAILURE_FLAGS = ("UC", "UF", "URX", "UH")
+
+
+@dataclass(frozen=True)
+class Session:
+    """One live session's mark, as its Lease says it."""
+
+    name: str
+    header: str  # lower case
+    value: str
+    holder: str
+    targets: tuple[int, ...]  # the router ports whose marked requests it takes
+    shadow: str  # the shadow pod's name
+    shadow_ip: str | None  # set only while the shadow pod is Ready
+    acquired: datetime | None
+
+    @property
+    def routed(self) -> bool:
+        return self.shadow_ip is not None
+
+
+@dataclass(frozen=True)
+class RouterPlan:
+    """Everything the router serves right now."""
+
+    pod_ip: str
+    ports: tuple[int, ...]
+    sessions: tuple[Session, ...]  # live, in route order
+    origin: Mapping[int, tuple[Endpoint, ...]]  # router port -> ready origin pods
+
+    def routes(self, port: int) -> tuple[RouteSpec, ...]:
+        marked = tuple(
+            RouteSpec(
+                cluster=shadow_cluster(s.name, port),
+                headers=(HeaderMatch(s.header, MatchKind.EXACT, s.value),),
+                streams=True,
+                name=s.name,
+                unreachable=unreachable_text(s),
+            )
+            for s in self.sessions
+            if s.routed and port in s.targets
+        )
+        return (*marked, RouteSpec(cluster=origin_cluster(port), streams=True, name="origin"))
+
+    def clusters(self) -> tuple[ClusterSpec, ...]:
+        found = [
+            ClusterSpec(origin_cluster(p), Protocol.DOWNSTREAM, self.origin.get(p, ()), _PODS)
+            for p in self.ports
+        ]
+        for s in self.sessions:
+            if s.shadow_ip is None:
+                continue
+            for p in s.targets:
+                if p in self.ports:
+                    endpoint = Endpoint(s.shadow_ip, p, s.shadow)
+                    found.append(
+                        ClusterSpec(
+                            shadow_cluster(s.name, p), Protocol.DOWNSTREAM, (endpoint,), _PODS
+                        )
+                    )
+        return tuple(found)
+
+
+_PODS = ClusterKind.POD_IPS
+
+
+def origin_cluster(port: int) -> str:
+    return f"origin.{port}"
+
+
+def shadow_cluster(session: str, port: int) -> str:
+    return f"shadow.{session}.{port}"
+
+
+def listener_name(port: int) -> str:
+    return f"router_{port}"
+
+
+def route_config_name(port: int) -> str:
+    return f"router_routes_{port}"
+
+
+def unreachable_text(session: Session) -> str:
+    return (
+        f"localmesh: the local process behind {session.header}: {session.value} is not "
+        f"answering (session {session.name} of {session.holder}: is `localmesh mesh` still "
+        "running there, and its local port open?)"
+    )
+
+
+# -- from the cluster's objects --------------------------------------------------------
+def _pod_ready(pod: JSON | None) -> str | None:
+    """The pod's IP while it is Ready and not being deleted."""
+    if pod is None or pod.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    status = pod.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    ip = status.get("podIP")
+    return str(ip) if ready and ip else None
+
+
+def live_sessions(
+    leases: Iterable[JSON], pods: Mapping[str, JSON], now: datetime
+) -> tuple[Session, ...]:
+    """Sessions whose Lease is live, oldest first (the first of two equal marks wins);
+    a Lease without a header or value is not a session and is ignored."""
+    found = []
+    for lease in leases:
+        if not lease_live(lease, now):
+            continue
+        meta = lease.get("metadata") or {}
+        notes = meta.get("annotations") or {}
+        header = (notes.get(m.HEADER_ANNOTATION) or "").strip().lower()
+        value = notes.get(m.VALUE_ANNOTATION)
+        if not header or value is None:
+            continue
+        try:
+            maps = m.parse_port_maps(notes.get(m.PORTS_ANNOTATION) or "")
+        except ValueError:
+            continue
+        shadow = notes.get(m.SHADOW_ANNOTATION) or str(meta.get("name", ""))
+        spec = lease.get("spec") or {}
+        found.append(
+            Session(
+                name=str(meta.get("name", "")),
+                header=header,
+                value=str(value),
+                holder=str(spec.get("holderIdentity") or "?"),
+                targets=tuple(sorted({pm.target for pm in maps})),
+                shadow=shadow,
+                shadow_ip=_pod_ready(pods.get(shadow)),
+                acquired=parse_time(spec.get("acquireTime")),
+            )
+        )
+    epoch = datetime.min.replace(tzinfo=now.tzinfo)
+    return tuple(sorted(found, key=lambda s: (s.acquired or epoch, s.name)))
+
+
+def next_expiry(leases: Iterable[JSON], now: datetime) -> float | None:
+    """Seconds until the first live Lease expires (None: none is live): the router
+    re-plans then even if no event comes."""
+    soonest: float | None = None
+    for lease in leases:
+        if not lease_live(lease, now):
+            continue
+        spec = lease.get("spec") or {}
+        renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+        if renewed is None:
+            continue
+        duration = float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
+        left = (renewed + timedelta(seconds=duration) - now).total_seconds()
+        soonest = left if soonest is None else min(soonest, left)
+    return soonest
+
+
+def origin_endpoints(
+    slices: Iterable[JSON], ports: Sequence[int]
+) -> dict[int, tuple[Endpoint, ...]]:
+    """Router port -> one endpoint per ready, non-terminating origin pod serving it (the
+    origin Service keeps the original targetPorts, so a slice port is a router port)."""
+    found: dict[int, set[Endpoint]] = {p: set() for p in ports}
+    for piece in slices:
+        numbers = [int(p["port"]) for p in piece.get("ports") or [] if p.get("port") is not None]
+        for endpoint in piece.get("endpoints") or []:
+            conditions = endpoint.get("conditions") or {}
+            if conditions.get("ready") is False or conditions.get("terminating") is True:
+                continue
+            addresses = endpoint.get("addresses") or []
+            if not addresses:
+                continue
+            pod = str((endpoint.get("targetRef") or {}).get("name") or "")
+            for number in numbers:
+                if number in found:
+                    found[number].add(Endpoint(str(addresses[0]), number, pod))
+    return {p: tuple(sorted(eps)) for p, eps in found.items()}
+
+
+def plan(
+    pod_ip: str,
+    ports: Sequence[int],
+    *,
+    leases: Iterable[JSON],
+    pods: Mapping[str, JSON],
+    slices: Iterable[JSON],
+    now: datetime,
+) -> RouterPlan:
+    return RouterPlan(
+        pod_ip=pod_ip,
+        ports=tuple(sorted(set(ports))),
+        sessions=live_sessions(leases, pods, now),
+        origin=origin_endpoints(slices, ports),
+    )
+
+
+# -- to Envoy resources ------------------------------------------------------------------
+@functools.cache
+def _local_reply_config() -> LocalReplyConfig:
+    """A marked route (it carries the `unreachable` text) whose shadow or tunnel fails
+    answers 503 with that text; the catch-all keeps Envoy's own replies."""
+    has_text = ExpressionFilter(
+        expression=f"has(xds.route_metadata.filter_metadata.{rs.METADATA_NAMESPACE})"
+    )
+    failed = AccessLogFilter(
+        and_filter=AndFilter(
+            filters=[
+                AccessLogFilter(
+                    response_flag_filter=ResponseFlagFilter(flags=list(SHADOW_FAILURE_FLAGS))
+                ),
+                AccessLogFilter(
+                    extension_filter=ExtensionFilter(
+                        name="envoy.access_loggers.extension_filters.cel",
+                        typed_config=rs.pack(has_text),
+                    )
+                ),
+            ]
+        )
+    )
+    body = f"%METADATA(ROUTE:{rs.METADATA_NAMESPACE}:{rs.UNREACHABLE_KEY})%\n"
+    return LocalReplyConfig(
+        mappers=[
+            ResponseMapper(
+                filter=failed,
+                status_code=503,
+                body_format_override=SubstitutionFormatString(
+                    text_format_source=DataSource(inline_string=body)
+                ),
+            )
+        ]
+    )
+
+
+@functools.cache
+def build_router_listener(pod_ip: str, port: int) -> Listener:
+    hcm = HttpConnectionManager(
+        stat_prefix=f"router_{port}",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        http2_protocol_options=Http2ProtocolOptions(),
+        http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=rs.pack(Router()))],
+        local_reply_config=_local_reply_config(),
+        upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="websocket")],
+        rds=Rds(config_source=rs.ads_config_source(), route_config_name=route_config_name(port)),
+    )
+    return Listener(
+        name=listener_name(port),
+        address=Address(socket_address=SocketAddress(address=pod_ip, port_value=port)),
+        enable_reuse_port=False,
+        filter_chains=[
+            FilterChain(
+                filters=[
+                    Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=rs.pack(hcm),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def build_router_snapshot(router: RouterPlan) -> Snapshot:
+    clusters = router.clusters()
+    routes = {
+        route_config_name(p): rs.build_route_configuration(
+            route_config_name(p),
+            [rs.build_virtual_host(VirtualHostSpec("*", router.routes(p), domains=("*",)))],
+        )
+        for p in router.ports
+    }
+    snapshot = Snapshot.from_messages(
+        {
+            rs.CLUSTER_TYPE: {c.name: rs.build_cluster(c) for c in clusters},
+            rs.ENDPOINT_TYPE: {c.name: rs.build_load_assignment(c) for c in clusters},
+            rs.LISTENER_TYPE: {
+                listener_name(p): build_router_listener(router.pod_ip, p) for p in router.ports
+            },
+            rs.ROUTE_TYPE: routes,
+        }
+    )
+    return snapshot.check()
+
+
+__all__ = [
+    "RouterPlan",
+    "Session",
+    "build_router_snapshot",
+    "live_sessions",
+    "next_expiry",
+    "origin_endpoints",
+    "plan",
+]

@@ -1,0 +1,78 @@
+"""`localmesh agent router`: bad input and missing credentials are one-line errors; the
+router's ports come from its own Deployment. (The running router: tests/e2e.)"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localmesh.cli.main import main
+from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.router import router_listen_ports
+from localmesh.errors import KubeError
+from localmesh.kube.incluster import SERVICEACCOUNT_DIR_ENV, load_incluster_access
+from tests.unit.cli_helpers import logging_restored
+
+BASE = ["agent", "router", "--namespace", "billing", "--service", "billing-api"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    with logging_restored():
+        yield
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--health-port", "0"], "--health-port 0 is not a valid port"),
+        (["--health-port", "15021", "--idle-timeout", "0"], "--idle-timeout 0: give a positive"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*BASE, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("localmesh: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_no_pod_ip_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("POD_IP", raising=False)
+    assert main([*BASE, "--health-port", "15021"]) == 2
+    assert "no listen address: set $POD_IP" in capsys.readouterr().err
+
+
+def test_no_in_cluster_credentials_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv(SERVICEACCOUNT_DIR_ENV, str(tmp_path))
+    with pytest.raises(KubeError, match="no in-cluster credentials: Service host/port is not set"):
+        load_incluster_access()
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    with pytest.raises(KubeError, match="token file does not exist"):
+        load_incluster_access()
+    (tmp_path / "token").write_text("t0k3n")
+    (tmp_path / "ca.crt").write_text("not a certificate")
+    with pytest.raises(KubeError, match=r"ca.crt: not a usable CA certificate"):
+        load_incluster_access()
+    (tmp_path / "ca.crt").write_bytes(
+        Path(ssl.get_default_verify_paths().cafile or "").read_bytes()
+    )
+    access = load_incluster_access()
+    assert access.server == "https://127.0.0.1:6443"
+    assert access.headers_now()["Authorization"].lower() == "bearer t0k3n"
+
+
+def test_router_ports_are_the_deployments_ports_without_the_health_port() -> None:
+    ports = [m.RouterPort(8080, "http"), m.RouterPort(9090, None)]
+    deployment = m.router_deployment("billing", "billing-api", "img:1", ports)
+    assert router_listen_ports(deployment) == [8080, 9090]
