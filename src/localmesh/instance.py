@@ -161,6 +161,10 @@ class MeshInstance:
         # The control server goes (nearly) last: a `localmesh down` waiting for its reply
         # gets it before the socket goes.
         await self._start_server(owner_uid)
+        # Credentials before the hosts file: a cluster that refuses them changes nothing.
+        cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
+        stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
+        await asyncio.to_thread(cluster.check_credentials)
         if opts.edit_hosts:
             hosts = HostsFile(opts.hosts_file, opts.name)
             update = hosts.ensure(_hosts(config), address=opts.bind)
@@ -168,8 +172,6 @@ class MeshInstance:
             stack.callback(self._remove_hosts)
             for name in update.stale_removed:
                 log.info("removed hosts entries left by a crashed run", mesh=name)
-        cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
-        stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
 
         self._spawn("reconciler", self.reconciler.run)
         manager = ForwardManager(cluster, self._on_forwarder, ForwardOptions(bind="127.0.0.1"))

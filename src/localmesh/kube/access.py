@@ -20,6 +20,7 @@ from kubernetes import client as k8s_client, config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from localmesh.errors import KubeError
+from localmesh.kube.kubeconfig import KubeconfigError, check_kubeconfig, kubeconfig_paths
 
 # How long a header from a refreshing credential (exec plugin) is reused before asking again;
 # the client's own hook only runs the plugin when the token is near expiry.
@@ -66,22 +67,22 @@ class ClusterAccess:
 def load_access(kubeconfig: str | None = None, context: str | None = None) -> ClusterAccess:
     """Load credentials as kubectl does: `kubeconfig` (a path or os.pathsep-separated list),
     else $KUBECONFIG, else ~/.kube/config; `context`, else the current context."""
-    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    paths = kubeconfig_paths(kubeconfig)
+    context_name = check_kubeconfig(paths, context)
+    path = os.pathsep.join(paths)
     cfg = k8s_client.Configuration()
     try:
         k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=path, context=context, client_configuration=cfg, persist_config=False
         )
-        _, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-            config_file=path
-        )
     except ConfigException as exc:
-        raise KubeError(f"cannot load kubeconfig {path}: {exc}") from None
+        raise KubeconfigError(f"cannot load kubeconfig {path}: {exc}") from None
     except OSError as exc:
         raise KubeError(f"cannot read kubeconfig {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # the loader's own errors on shapes the check lets through
+        raise KubeconfigError(f"cannot load kubeconfig {path}: {exc!r}") from None
     # Fail fast on an unreachable server instead of retrying each request three times.
     cfg.retries = False
-    context_name = context or (active or {}).get("name")
     server = str(cfg.host).rstrip("/")
     return ClusterAccess(
         server=server,

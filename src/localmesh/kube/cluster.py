@@ -26,7 +26,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from localmesh.config import ServiceEntry
-from localmesh.errors import TargetError
+from localmesh.errors import KubeError, TargetError
 from localmesh.kube.access import ClusterAccess, load_access
 from localmesh.kube.failures import describe
 from localmesh.kube.reflector import Reflector
@@ -187,6 +187,21 @@ class Cluster:
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
         return cls(load_access(kubeconfig, context))
+
+    def check_credentials(self) -> None:
+        """Raise KubeError when the API server refuses the credentials (401) or fails
+        the TLS handshake: nothing can work then. An unreachable server is no error
+        here: entries are retried until it answers."""
+        try:
+            self._read(k8s_client.CoreApi(self._api).get_api_versions)
+        except ApiException as exc:
+            if exc.status == 401 or (not exc.status and str(exc.reason).startswith("SSLError")):
+                raise KubeError(describe(exc, self.access.server, self.access.context)) from None
+        except Exception as exc:
+            log.warning(
+                "API server not reachable yet",
+                reason=describe(exc, self.access.server, self.access.context),
+            )
 
     # -- one-off resolution (blocking; PortResolver) --------------------------------------
     def _fail(self, entry: ServiceEntry, exc: BaseException) -> TargetError:
