@@ -111,6 +111,7 @@ class MeshInstance:
         self.reconciler = Reconciler(self._publish, listener_address=options.bind)
         self._stack = contextlib.AsyncExitStack()
         self._manager: ForwardManager | None = None
+        self._cluster: Cluster | None = None
         self._backends: Backends | None = None
         self._envoy: EnvoySupervisor | None = None
         self._hosts: HostsFile | None = None
@@ -164,6 +165,7 @@ class MeshInstance:
         # Credentials before the hosts file: a cluster that refuses them changes nothing.
         cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
         stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
+        self._cluster = cluster
         await asyncio.to_thread(cluster.check_credentials)
         if opts.edit_hosts:
             hosts = HostsFile(opts.hosts_file, opts.name)
@@ -428,7 +430,10 @@ class MeshInstance:
             xds=xds_status(self.cache),
             config_path=str(self.options.config_path),
             started_at=self._started_at,
-            extra_problems=(self._config_problem,) if self._config_problem else (),
+            extra_problems=(
+                *((self._config_problem,) if self._config_problem else ()),
+                *(self._cluster.problems() if self._cluster is not None else ()),
+            ),
         )
 
     async def _served_port(self, configured: int) -> int:

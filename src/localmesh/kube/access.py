@@ -5,6 +5,11 @@ The official client's loader does the work (KUBECONFIG with several paths, `--ku
 result to code that must not import `kubernetes` (the port-forwarders): the server URL, an
 `ssl.SSLContext` and the current authorization header, refreshed when an exec plugin's token
 expires.
+
+Credentials change under a running `up` (a cluster recreated with a new CA and token, a
+rotated token): whoever gets a 401/403 or a failed TLS handshake calls `reload()`, which
+re-reads the kubeconfig; every client made by `api_client()` and every later port-forward
+then uses what it says. Connections already open are left alone.
 """
 
 from __future__ import annotations
@@ -12,19 +17,29 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import structlog
 from kubernetes import client as k8s_client, config as k8s_config
+from kubernetes.client import rest as k8s_rest
 from kubernetes.config.config_exception import ConfigException
 
 from localmesh.errors import KubeError
 from localmesh.kube.kubeconfig import KubeconfigError, check_kubeconfig, kubeconfig_paths
 
+log = structlog.get_logger(__name__)
+
 # How long a header from a refreshing credential (exec plugin) is reused before asking again;
 # the client's own hook only runs the plugin when the token is near expiry.
 _REFRESH_CHECK_SECONDS = 10.0
+# Failures come in bursts (every watch and connection at once): read the kubeconfig at
+# most this often.
+RELOAD_MIN_INTERVAL = 1.0
 
 
 @dataclass
@@ -36,7 +51,67 @@ class ClusterAccess:
     ssl_context: ssl.SSLContext | None  # None for plain http://
     server_hostname: str | None  # TLS SNI / verification name override (tls-server-name)
     configuration: Any = field(repr=False)  # kubernetes.client.Configuration
+    kubeconfig: str | None = None  # what load_access was given, to load again
+    context_arg: str | None = None
+    generation: int = 0  # bumped by every reload that changed something
     _cached: tuple[float, dict[str, str]] | None = field(default=None, repr=False)
+    _fingerprint: tuple[object, ...] = field(default=(), repr=False)
+    _clients: list[Any] = field(default_factory=list, repr=False)
+    _listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _last_reload: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self._fingerprint:
+            self._fingerprint = _fingerprint(self.configuration)
+
+    def api_client(self) -> Any:
+        """A kubernetes ApiClient that follows reloads (its connection pool is replaced)."""
+        api = k8s_client.ApiClient(self.configuration)
+        with self._lock:
+            self._clients.append(api)
+        return api
+
+    def on_reload(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.append(callback)
+
+    def reload(self, seen: int) -> bool:
+        """Re-read the kubeconfig after a 401/403 or a TLS failure; True when the
+        credentials (or server, or CA) changed since generation `seen`, so a retry may
+        succeed. Thread-safe and rate-limited; blocks (may run an exec plugin)."""
+        with self._lock:
+            if self.generation != seen:
+                return True  # another caller already picked up the new credentials
+            now = time.monotonic()
+            if now - self._last_reload < RELOAD_MIN_INTERVAL:
+                return False
+            self._last_reload = now
+            try:
+                fresh = load_access(self.kubeconfig, self.context_arg)
+            except KubeError as exc:
+                log.warning("cannot re-read the kubeconfig", error=str(exc))
+                return False
+            if fresh._fingerprint == self._fingerprint:
+                return False
+            self.server = fresh.server
+            self.context = fresh.context
+            self.ssl_context = fresh.ssl_context
+            self.server_hostname = fresh.server_hostname
+            self.configuration = fresh.configuration
+            self._fingerprint = fresh._fingerprint
+            self._cached = None
+            self.generation += 1
+            for api in self._clients:
+                # New connections with the new CA and credentials; requests in flight
+                # (open watches) keep the old pool until they end.
+                api.configuration = fresh.configuration
+                api.rest_client = k8s_rest.RESTClientObject(fresh.configuration)
+            listeners = list(self._listeners)
+        log.info("kubeconfig re-read: new credentials", server=self.server, context=self.context)
+        for callback in listeners:
+            callback()
+        return True
 
     def headers_now(self) -> dict[str, str]:
         """The authorization headers, running the credential refresh hook (may block)."""
@@ -90,7 +165,19 @@ def load_access(kubeconfig: str | None = None, context: str | None = None) -> Cl
         ssl_context=_ssl_context(cfg) if server.startswith("https") else None,
         server_hostname=getattr(cfg, "tls_server_name", None) or None,
         configuration=cfg,
+        kubeconfig=kubeconfig,
+        context_arg=context,
     )
+
+
+def _fingerprint(cfg: Any) -> tuple[object, ...]:
+    """What identifies the credentials: the loader writes inline CA and certificate data
+    to fresh temporary files each time, so their contents count, not their names."""
+    files = tuple(
+        Path(name).read_bytes() if name and Path(name).is_file() else name
+        for name in (cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file)
+    )
+    return (cfg.host, cfg.verify_ssl, dict(cfg.api_key), cfg.username, cfg.password, files)
 
 
 def _ssl_context(cfg: Any) -> ssl.SSLContext:

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from localmesh.config import ServiceEntry
 from localmesh.errors import KubeError, TargetError
 from localmesh.kube.access import ClusterAccess, load_access
-from localmesh.kube.failures import describe
+from localmesh.kube.failures import credentials_refused, describe
 from localmesh.kube.reflector import Reflector
 from localmesh.kube.targets import (
     JSON,
@@ -153,6 +153,7 @@ class _Namespace:
     pods_by_ip: dict[str, str] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)  # kind -> why its watch is failing
+    causes: dict[str, str] = field(default_factory=dict)  # kind -> the API server's failure
     watches: dict[str, list[TargetWatch]] = field(default_factory=dict)  # service -> watches
     reflectors: list[Reflector] = field(default_factory=list)
     followed: set[str] = field(default_factory=set)  # kinds with a running watch
@@ -177,7 +178,7 @@ class Cluster:
 
     def __init__(self, access: ClusterAccess) -> None:
         self.access = access
-        self._api = k8s_client.ApiClient(access.configuration)
+        self._api = access.api_client()
         self._core = k8s_client.CoreV1Api(self._api)
         self._discovery = k8s_client.DiscoveryV1Api(self._api)
         self._namespaces: dict[str, _Namespace] = {}
@@ -193,7 +194,7 @@ class Cluster:
         the TLS handshake: nothing can work then. An unreachable server is no error
         here: entries are retried until it answers."""
         try:
-            self._read(k8s_client.CoreApi(self._api).get_api_versions)
+            self._read_fresh(k8s_client.CoreApi(self._api).get_api_versions)
         except ApiException as exc:
             if exc.status == 401 or (not exc.status and str(exc.reason).startswith("SSLError")):
                 raise KubeError(describe(exc, self.access.server, self.access.context)) from None
@@ -202,6 +203,18 @@ class Cluster:
                 "API server not reachable yet",
                 reason=describe(exc, self.access.server, self.access.context),
             )
+
+    def problems(self) -> list[str]:
+        """Why the cluster is not being followed right now, one sentence per cause (the
+        same outage seen by every watch is one problem); empty while all is well."""
+        causes: dict[str, int] = {}
+        for namespace in self._namespaces.values():
+            for cause in namespace.causes.values():
+                causes[cause] = causes.get(cause, 0) + 1
+        return [
+            f"watches failing ({count}): {cause}" if count > 1 else f"watch failing: {cause}"
+            for cause, count in causes.items()
+        ]
 
     # -- one-off resolution (blocking; PortResolver) --------------------------------------
     def _fail(self, entry: ServiceEntry, exc: BaseException) -> TargetError:
@@ -217,11 +230,24 @@ class Cluster:
             response.release_conn()
         return body
 
+    def _read_fresh(self, call: Callable[..., Any], *args: Any) -> JSON:
+        """`_read`, once more with the kubeconfig re-read when the credentials were
+        refused (the cluster was recreated, a token rotated)."""
+        seen = self.access.generation
+        try:
+            return self._read(call, *args)
+        except Exception as exc:
+            if not credentials_refused(exc) or not self.access.reload(seen):
+                raise
+        return self._read(call, *args)
+
     def service_info(self, entry: ServiceEntry) -> ServiceInfo:
         """Check the entry against the cluster: namespace, service and port exist."""
         label = entry_label(entry)
         try:
-            service = self._read(self._core.read_namespaced_service, entry.service, entry.namespace)
+            service = self._read_fresh(
+                self._core.read_namespaced_service, entry.service, entry.namespace
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise self._fail(entry, exc) from None
@@ -346,6 +372,8 @@ class Cluster:
             loop=asyncio.get_running_loop(),
             server=self.access.server,
             context=self.access.context,
+            refresh=self.access.reload,
+            generation=lambda: self.access.generation,
         )
         namespace.reflectors.append(reflector)
         reflector.start()
@@ -363,8 +391,10 @@ class Cluster:
     def _apply(self, namespace: _Namespace, kind: str, event: str, payload: Any) -> None:
         if event in ("ERROR", "DOWN"):
             namespace.errors[kind] = f"watching {kind} in namespace {namespace.name}: {payload}"
+            namespace.causes[kind] = str(payload)
             self._recompute_all(namespace)
             return
+        namespace.causes.pop(kind, None)
         cleared = namespace.errors.pop(kind, None) is not None
         store = self._store(namespace, kind)
         affected: set[str] | None = set()

@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from localmesh.errors import KubeError
@@ -90,7 +89,7 @@ class KubeObjects:
 
     def __init__(self, access: ClusterAccess) -> None:
         self.access = access
-        self._api: Any = k8s_client.ApiClient(access.configuration)
+        self._api: Any = access.api_client()
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeObjects:
