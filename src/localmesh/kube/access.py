@@ -15,6 +15,8 @@ then uses what it says. Connections already open are left alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import os
 import ssl
 import threading
@@ -128,15 +130,85 @@ class ClusterAccess:
         return headers
 
     async def headers(self) -> dict[str, str]:
-        """The authorization headers; refreshing credentials are checked off the loop."""
+        """The authorization headers; refreshing credentials are checked off the loop, and
+        a cached header never outlives its token (an exec plugin's expirationTimestamp)."""
         if self.configuration.refresh_api_key_hook is None:
             if self._cached is None:
                 self._cached = (0.0, self.headers_now())
             return self._cached[1]
         now = time.monotonic()
-        if self._cached is None or now - self._cached[0] > _REFRESH_CHECK_SECONDS:
-            self._cached = (now, await asyncio.to_thread(self.headers_now))
+        if self._cached is None or now >= self._cached[0]:
+            headers = await asyncio.to_thread(self.headers_now)
+            until = now + _REFRESH_CHECK_SECONDS
+            left = token_seconds_left(self.configuration)
+            if left is not None:
+                until = min(until, now + max(0.0, left - refresh_margin(self.configuration)))
+            self._cached = (until, headers)
         return self._cached[1]
+
+
+# -- exec credential plugins ---------------------------------------------------------------
+# The official client re-runs a plugin once its token is within five minutes of expiring:
+# right for hour-long tokens, but a plugin whose tokens live less than that would run on
+# every request. The hook is wrapped to re-run it a quarter of the token's lifetime (at
+# most five minutes) before its expirationTimestamp instead.
+_MAX_MARGIN_SECONDS = 300.0
+
+
+def _loader(cfg: Any) -> Any:
+    """The client's kubeconfig loader behind its refresh hook (it holds the expiry)."""
+    hook = getattr(cfg, "refresh_api_key_hook", None)
+    hook = getattr(hook, "wrapped", hook)
+    for cell in getattr(hook, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):
+            if hasattr(cell.cell_contents, "_load_authentication"):
+                return cell.cell_contents
+    return None
+
+
+def _expiry(cfg: Any) -> float | None:
+    expiry = getattr(_loader(cfg), "expiry", None)
+    return expiry.timestamp() if isinstance(expiry, datetime.datetime) else None
+
+
+def token_seconds_left(cfg: Any) -> float | None:
+    """Seconds until the exec plugin's current token expires (None: no known expiry)."""
+    expiry = _expiry(cfg)
+    return None if expiry is None else expiry - time.time()
+
+
+def refresh_margin(cfg: Any) -> float:
+    hook = getattr(cfg, "refresh_api_key_hook", None)
+    lifetime = getattr(hook, "lifetime", None)
+    if not isinstance(lifetime, float):
+        return _MAX_MARGIN_SECONDS
+    return min(_MAX_MARGIN_SECONDS, max(1.0, lifetime / 4))
+
+
+class _TimelyRefresh:
+    """Replaces the client's refresh hook: re-run the plugin `margin` before expiry."""
+
+    def __init__(self, wrapped: Callable[[Any], None], cfg: Any) -> None:
+        self.wrapped = wrapped
+        self.lifetime: float | None = None
+        self._lock = threading.Lock()
+        left = token_seconds_left(cfg)
+        if left is not None:
+            self.lifetime = float(left)
+
+    def __call__(self, cfg: Any) -> None:
+        with self._lock:
+            left = token_seconds_left(cfg)
+            if left is not None and left > refresh_margin(cfg):
+                return
+            self.wrapped(cfg)
+            # The client installs a new hook of its own each time: keep this one in front.
+            if cfg.refresh_api_key_hook is not self:
+                self.wrapped = cfg.refresh_api_key_hook
+                cfg.refresh_api_key_hook = self
+            left = token_seconds_left(cfg)
+            if left is not None:
+                self.lifetime = float(left)
 
 
 def load_access(kubeconfig: str | None = None, context: str | None = None) -> ClusterAccess:
@@ -158,6 +230,8 @@ def load_access(kubeconfig: str | None = None, context: str | None = None) -> Cl
         raise KubeconfigError(f"cannot load kubeconfig {path}: {exc!r}") from None
     # Fail fast on an unreachable server instead of retrying each request three times.
     cfg.retries = False
+    if cfg.refresh_api_key_hook is not None:
+        cfg.refresh_api_key_hook = _TimelyRefresh(cfg.refresh_api_key_hook, cfg)
     server = str(cfg.host).rstrip("/")
     return ClusterAccess(
         server=server,

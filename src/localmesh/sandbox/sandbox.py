@@ -30,6 +30,7 @@ from localmesh.sandbox import errors
 from localmesh.sandbox.apiserver import ApiServer
 from localmesh.sandbox.certs import ServingCerts, make_serving_certs
 from localmesh.sandbox.cluster import Cluster
+from localmesh.sandbox.execauth import ExecCredentials
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.kubeconfig import write_kubeconfig
 from localmesh.sandbox.processes import DEFAULT_PROCESS_IMAGES, NodeConfig
@@ -71,6 +72,7 @@ class Sandbox:
         ready_timeout: float = 60.0,
         history_size: int = 20000,
         process_images: tuple[str, ...] = DEFAULT_PROCESS_IMAGES,
+        exec_token_seconds: float | None = None,
     ) -> None:
         if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
             raise ConfigError(
@@ -94,6 +96,10 @@ class Sandbox:
         self.kubeconfig_path = Path()
         self.ca_path = Path()
         self._ca_pem = b""
+        # With exec_token_seconds the kubeconfig runs an exec plugin printing tokens that
+        # live that long (the API server refuses them after).
+        self._exec_token_seconds = exec_token_seconds
+        self.exec_credentials: ExecCredentials | None = None
 
     @classmethod
     def start(cls, scenario: Scenario | None = None, **kwargs: Any) -> Sandbox:
@@ -139,6 +145,13 @@ class Sandbox:
             port=self._port,
             ssl_context=ctx,
         )
+        if self._exec_token_seconds is not None:
+            self.exec_credentials = ExecCredentials(
+                self._workdir / "exec",
+                self._exec_token_seconds,
+                User("sandbox-admin", (MASTERS, AUTHENTICATED)),
+            )
+            self._server.exec_credentials = self.exec_credentials
         await self._server.start()
         self.cluster.faults._restart_apiserver = self._restart_apiserver
         self.cluster.kubelet.node = NodeConfig(
@@ -177,6 +190,7 @@ class Sandbox:
             self._server.url,
             self._ca_pem,
             self.token,
+            user=self.exec_credentials.kubeconfig_user() if self.exec_credentials else None,
         )
 
     async def _restart_apiserver(self, downtime: float, rotate_credentials: bool) -> None:
