@@ -167,6 +167,7 @@ class MeshInstance:
         stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
         self._cluster = cluster
         await asyncio.to_thread(cluster.check_credentials)
+        cluster.start_probe()
         if opts.edit_hosts:
             hosts = HostsFile(opts.hosts_file, opts.name)
             update = hosts.ensure(_hosts(config), address=opts.bind)

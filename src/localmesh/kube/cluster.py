@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,11 @@ from localmesh.kube.targets import (
 log = structlog.get_logger(__name__)
 
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read (seconds) for one-off REST calls
+# Liveness of the API server: a cheap GET /version this often, answered within the timeout.
+# Watch streams alone cannot tell a frozen server from a quiet namespace.
+PROBE_INTERVAL = 2.0
+PROBE_TIMEOUT = (2.0, 3.0)
+SILENT_AFTER = 6.0  # seconds without an answer before status says so
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,10 @@ class Cluster:
         self._namespaces: dict[str, _Namespace] = {}
         self._use_slices: bool | None = None
         self._lock = asyncio.Lock()
+        self._probe_stop = threading.Event()
+        self._probe: threading.Thread | None = None
+        self._answered_at = time.monotonic()
+        self._probe_error = ""
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
@@ -204,17 +215,44 @@ class Cluster:
                 reason=describe(exc, self.access.server, self.access.context),
             )
 
+    def start_probe(self) -> None:
+        """Ask the API server whether it answers, every PROBE_INTERVAL, in a thread."""
+        if self._probe is None:
+            self._probe = threading.Thread(target=self._run_probe, name="probe", daemon=True)
+            self._probe.start()
+
+    def _run_probe(self) -> None:
+        version: Any = k8s_client.VersionApi(self._api)
+        while not self._probe_stop.is_set():
+            try:
+                response = version.get_code(_preload_content=False, _request_timeout=PROBE_TIMEOUT)
+                response.release_conn()
+                self._answered_at, self._probe_error = time.monotonic(), ""
+            except Exception as exc:
+                if not self._probe_stop.is_set():
+                    self._probe_error = describe(exc, self.access.server, self.access.context)
+            self._probe_stop.wait(PROBE_INTERVAL)
+
     def problems(self) -> list[str]:
         """Why the cluster is not being followed right now, one sentence per cause (the
         same outage seen by every watch is one problem); empty while all is well."""
+        found = []
+        silent = time.monotonic() - self._answered_at
+        if self._probe is not None and silent > SILENT_AFTER:
+            why = f": {self._probe_error}" if self._probe_error else " (no reply yet)"
+            found.append(
+                f"the Kubernetes API server at {self.access.server} has not answered "
+                f"for {silent:.0f}s{why}"
+            )
         causes: dict[str, int] = {}
         for namespace in self._namespaces.values():
             for cause in namespace.causes.values():
                 causes[cause] = causes.get(cause, 0) + 1
-        return [
+        found.extend(
             f"watches failing ({count}): {cause}" if count > 1 else f"watch failing: {cause}"
             for cause, count in causes.items()
-        ]
+        )
+        return found
 
     # -- one-off resolution (blocking; PortResolver) --------------------------------------
     def _fail(self, entry: ServiceEntry, exc: BaseException) -> TargetError:
@@ -319,6 +357,7 @@ class Cluster:
         watch._close()
 
     async def close(self) -> None:
+        self._probe_stop.set()
         namespaces, self._namespaces = list(self._namespaces.values()), {}
         for namespace in namespaces:
             for reflector in namespace.reflectors:
