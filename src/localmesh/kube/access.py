@@ -59,7 +59,6 @@ class ClusterAccess:
     _cached: tuple[float, dict[str, str]] | None = field(default=None, repr=False)
     _fingerprint: tuple[object, ...] = field(default=(), repr=False)
     _clients: list[Any] = field(default_factory=list, repr=False)
-    _listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_reload: float = field(default=0.0, repr=False)
 
@@ -73,10 +72,6 @@ class ClusterAccess:
         with self._lock:
             self._clients.append(api)
         return api
-
-    def on_reload(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            self._listeners.append(callback)
 
     def reload(self, seen: int) -> bool:
         """Re-read the kubeconfig after a 401/403 or a TLS failure; True when the
@@ -109,10 +104,7 @@ class ClusterAccess:
                 # (open watches) keep the old pool until they end.
                 api.configuration = fresh.configuration
                 api.rest_client = k8s_rest.RESTClientObject(fresh.configuration)
-            listeners = list(self._listeners)
         log.info("kubeconfig re-read: new credentials", server=self.server, context=self.context)
-        for callback in listeners:
-            callback()
         return True
 
     def headers_now(self) -> dict[str, str]:
