@@ -225,8 +225,9 @@ class Cluster:
         version: Any = k8s_client.VersionApi(self._api)
         while not self._probe_stop.is_set():
             try:
-                response = version.get_code(_preload_content=False, _request_timeout=PROBE_TIMEOUT)
-                response.release_conn()
+                # The answer itself is not needed, but it must be read: a connection goes
+                # back to the shared pool only once its response is consumed.
+                version.get_code(_request_timeout=PROBE_TIMEOUT)
                 self._answered_at, self._probe_error = time.monotonic(), ""
             except Exception as exc:
                 if not self._probe_stop.is_set():
