@@ -111,6 +111,7 @@ class MeshInstance:
         self.reconciler = Reconciler(self._publish, listener_address=options.bind)
         self._stack = contextlib.AsyncExitStack()
         self._manager: ForwardManager | None = None
+        self._cluster: Cluster | None = None
         self._backends: Backends | None = None
         self._envoy: EnvoySupervisor | None = None
         self._hosts: HostsFile | None = None
@@ -161,6 +162,12 @@ class MeshInstance:
         # The control server goes (nearly) last: a `localmesh down` waiting for its reply
         # gets it before the socket goes.
         await self._start_server(owner_uid)
+        # Credentials before the hosts file: a cluster that refuses them changes nothing.
+        cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
+        stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
+        self._cluster = cluster
+        await asyncio.to_thread(cluster.check_credentials)
+        cluster.start_probe()
         if opts.edit_hosts:
             hosts = HostsFile(opts.hosts_file, opts.name)
             update = hosts.ensure(_hosts(config), address=opts.bind)
@@ -168,8 +175,6 @@ class MeshInstance:
             stack.callback(self._remove_hosts)
             for name in update.stale_removed:
                 log.info("removed hosts entries left by a crashed run", mesh=name)
-        cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
-        stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
 
         self._spawn("reconciler", self.reconciler.run)
         manager = ForwardManager(cluster, self._on_forwarder, ForwardOptions(bind="127.0.0.1"))
@@ -426,7 +431,10 @@ class MeshInstance:
             xds=xds_status(self.cache),
             config_path=str(self.options.config_path),
             started_at=self._started_at,
-            extra_problems=(self._config_problem,) if self._config_problem else (),
+            extra_problems=(
+                *((self._config_problem,) if self._config_problem else ()),
+                *(self._cluster.problems() if self._cluster is not None else ()),
+            ),
         )
 
     async def _served_port(self, configured: int) -> int:

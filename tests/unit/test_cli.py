@@ -143,9 +143,24 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_kube_error_exit_code_1_without_traceback(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("not: a kubeconfig\n")
+    kubeconfig.write_text(
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\n"
+        "current-context: x\n"
+    )
     result = run_cli(*DUMP, "--kubeconfig", kubeconfig)
     assert result.returncode == 1
+    assert result.stderr.startswith("localmesh: error: ")
+    assert "cannot reach the Kubernetes API server at http://127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_kubeconfig_exit_code_2_without_traceback(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("not: a kubeconfig\n")
+    result = run_cli(*DUMP, "--kubeconfig", kubeconfig)
+    assert result.returncode == 2
     assert result.stderr.startswith("localmesh: error: ")
     assert str(kubeconfig) in result.stderr
     assert "Traceback" not in result.stderr

@@ -74,7 +74,7 @@ def test_token_skip_verify_and_server_name(tmp_path: Path) -> None:
 def test_context_selection_and_errors(tmp_path: Path) -> None:
     path = write(tmp_path, {"server": "http://127.0.0.1:8080"}, {"token": "t"})
     assert load_access(path, context="ctx").ssl_context is None  # plain http: no TLS
-    with pytest.raises(KubeError, match="cannot load kubeconfig"):
+    with pytest.raises(KubeError, match=r"context .nope. not found.*available contexts: ctx"):
         load_access(path, context="nope")
     with pytest.raises(KubeError, match="kubeconfig"):
         load_access(str(tmp_path / "missing"))

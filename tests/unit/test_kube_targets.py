@@ -87,6 +87,22 @@ def test_slices_keep_only_ready_and_not_terminating() -> None:
     assert not result.uses_pods
 
 
+def test_serving_terminating_endpoints_only_when_none_is_ready() -> None:
+    info = service_info(SERVICE, "http")
+    old = _endpoint("127.1.0.1", "old", ready=False, serving=True, terminating=True)
+    stopped = _endpoint("127.1.0.2", "stopped", ready=False, serving=False, terminating=True)
+    new = _endpoint("127.1.0.3", "new", ready=True, serving=True, terminating=False)
+    starting = _endpoint("127.1.0.3", "new", ready=False, serving=False, terminating=False)
+
+    def targets(*endpoints: dict[str, Any]) -> set[str]:
+        piece = {"ports": [{"name": "http", "port": 8080}], "endpoints": list(endpoints)}
+        return {t.pod for t in targets_from_slices(info, [piece], {}, {}).targets}
+
+    assert targets(old, stopped, starting) == {"old"}  # the only one still serving
+    assert targets(old, stopped, new) == {"new"}  # a ready one wins
+    assert targets(stopped, starting) == set()
+
+
 def test_named_target_port_resolved_per_pod_when_the_slice_omits_it() -> None:
     info = service_info(SERVICE, "grpc")
     pods = {

@@ -100,8 +100,8 @@ class ServiceForwarder:
             await self._sync(update.targets)
 
     async def _sync(self, targets: frozenset[Target]) -> None:
-        for target in [t for t in self.forwarders if t not in targets]:
-            self._withdraw(target)
+        # New pods first, then the old ones go: a single replica being replaced always
+        # has an endpoint.
         for target in sorted(targets - self.forwarders.keys()):
             forwarder = PodForwarder(
                 self._connector,
@@ -119,6 +119,8 @@ class ServiceForwarder:
             self.forwarders[target] = forwarder
             log.info("forwarder up", service=str(self.key), pod=target.pod, port=port)
             self._emit(ForwarderEvent(True, self.key, target.pod, address, port))
+        for target in [t for t in self.forwarders if t not in targets]:
+            self._withdraw(target)
 
     def _withdraw(self, target: Target) -> None:
         forwarder = self.forwarders.pop(target)

@@ -19,6 +19,7 @@ import time
 import structlog
 
 from localmesh.errors import TunnelError
+from localmesh.forward.faillog import FailureLog
 from localmesh.forward.multiplex import SpdySession, open_session
 from localmesh.forward.tunnel import Connector, ForwardStats, Tunnel
 from localmesh.kube import Target
@@ -73,6 +74,7 @@ class PodForwarder:
         self._session: SpdySession | None = None
         self._session_opening: asyncio.Task[SpdySession | None] | None = None
         self._retired: set[SpdySession] = set()
+        self._failures = FailureLog("port-forward failed", target=self.label)
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -126,14 +128,16 @@ class PodForwarder:
             session = await self._live_session() if self._multiplex else None
             if session is not None:
                 connection = await session.open(self.target.port)
+                self._failures.succeeded()
                 await connection.attach(reader, writer)
                 return
             tunnel = self._take_spare()
             if tunnel is None:
                 tunnel = await self._open()
+            self._failures.succeeded()
             await tunnel.attach(reader, writer)
         except (TunnelError, ConnectionError) as exc:
-            log.warning("port-forward failed", target=self.label, error=str(exc))
+            self._failures.failed(str(exc))
             writer.close()
         except asyncio.CancelledError:
             # Stopped: end quietly (Python 3.11's stream server logs cancelled handlers).

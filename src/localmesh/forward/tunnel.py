@@ -43,6 +43,10 @@ class ForwardStats:
     bytes_down: int = 0
 
 
+class CredentialsRefused(TunnelError):
+    """401/403 or a failed TLS handshake: new credentials (a re-read kubeconfig) may help."""
+
+
 class Connector:
     """Opens port-forward websockets through one API server, on one shared ClientSession."""
 
@@ -62,7 +66,20 @@ class Connector:
     async def websocket(
         self, path: str, protocol: str, label: str, stats: ForwardStats
     ) -> aiohttp.ClientWebSocketResponse:
-        """Upgrade `path` on the API server to a websocket speaking `protocol`."""
+        """Upgrade `path` on the API server to a websocket speaking `protocol`; when the
+        server refuses the credentials (401/403) or its certificate, the kubeconfig is
+        re-read and, if it changed, the upgrade tried once more."""
+        seen = self.access.generation
+        try:
+            return await self._websocket(path, protocol, label, stats)
+        except CredentialsRefused:
+            if not await asyncio.to_thread(self.access.reload, seen):
+                raise
+        return await self._websocket(path, protocol, label, stats)
+
+    async def _websocket(
+        self, path: str, protocol: str, label: str, stats: ForwardStats
+    ) -> aiohttp.ClientWebSocketResponse:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 headers = await self.access.headers()
@@ -78,9 +95,15 @@ class Connector:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             stats.open_failures += 1
-            raise TunnelError(
+            error = CredentialsRefused if exc.status in (401, 403) else TunnelError
+            raise error(
                 f"port-forward to {label} refused by the API server: {exc.status} {exc.message}",
                 status=exc.status,
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            stats.open_failures += 1
+            raise CredentialsRefused(
+                f"port-forward to {label}: TLS failure with {self.access.server}: {exc}"
             ) from None
         except TimeoutError:
             stats.open_failures += 1

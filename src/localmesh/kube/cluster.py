@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +28,9 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from localmesh.config import ServiceEntry
-from localmesh.errors import TargetError
+from localmesh.errors import KubeError, TargetError
 from localmesh.kube.access import ClusterAccess, load_access
-from localmesh.kube.failures import describe
+from localmesh.kube.failures import credentials_refused, describe
 from localmesh.kube.reflector import Reflector
 from localmesh.kube.targets import (
     JSON,
@@ -45,6 +47,11 @@ from localmesh.kube.targets import (
 log = structlog.get_logger(__name__)
 
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read (seconds) for one-off REST calls
+# Liveness of the API server: a cheap GET /version this often, answered within the timeout.
+# Watch streams alone cannot tell a frozen server from a quiet namespace.
+PROBE_INTERVAL = 2.0
+PROBE_TIMEOUT = (2.0, 3.0)
+SILENT_AFTER = 6.0  # seconds without an answer before status says so
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,7 @@ class _Namespace:
     pods_by_ip: dict[str, str] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)  # kind -> why its watch is failing
+    causes: dict[str, str] = field(default_factory=dict)  # kind -> the API server's failure
     watches: dict[str, list[TargetWatch]] = field(default_factory=dict)  # service -> watches
     reflectors: list[Reflector] = field(default_factory=list)
     followed: set[str] = field(default_factory=set)  # kinds with a running watch
@@ -177,16 +185,75 @@ class Cluster:
 
     def __init__(self, access: ClusterAccess) -> None:
         self.access = access
-        self._api = k8s_client.ApiClient(access.configuration)
+        self._api = access.api_client()
         self._core = k8s_client.CoreV1Api(self._api)
         self._discovery = k8s_client.DiscoveryV1Api(self._api)
         self._namespaces: dict[str, _Namespace] = {}
         self._use_slices: bool | None = None
         self._lock = asyncio.Lock()
+        self._probe_stop = threading.Event()
+        self._probe: threading.Thread | None = None
+        self._answered_at = time.monotonic()
+        self._probe_error = ""
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
         return cls(load_access(kubeconfig, context))
+
+    def check_credentials(self) -> None:
+        """Raise KubeError when the API server refuses the credentials (401) or fails
+        the TLS handshake: nothing can work then. An unreachable server is no error
+        here: entries are retried until it answers."""
+        try:
+            self._read_fresh(k8s_client.CoreApi(self._api).get_api_versions)
+        except ApiException as exc:
+            if exc.status == 401 or (not exc.status and str(exc.reason).startswith("SSLError")):
+                raise KubeError(describe(exc, self.access.server, self.access.context)) from None
+        except Exception as exc:
+            log.warning(
+                "API server not reachable yet",
+                reason=describe(exc, self.access.server, self.access.context),
+            )
+
+    def start_probe(self) -> None:
+        """Ask the API server whether it answers, every PROBE_INTERVAL, in a thread."""
+        if self._probe is None:
+            self._probe = threading.Thread(target=self._run_probe, name="probe", daemon=True)
+            self._probe.start()
+
+    def _run_probe(self) -> None:
+        version: Any = k8s_client.VersionApi(self._api)
+        while not self._probe_stop.is_set():
+            try:
+                # The answer itself is not needed, but it must be read: a connection goes
+                # back to the shared pool only once its response is consumed.
+                version.get_code(_request_timeout=PROBE_TIMEOUT)
+                self._answered_at, self._probe_error = time.monotonic(), ""
+            except Exception as exc:
+                if not self._probe_stop.is_set():
+                    self._probe_error = describe(exc, self.access.server, self.access.context)
+            self._probe_stop.wait(PROBE_INTERVAL)
+
+    def problems(self) -> list[str]:
+        """Why the cluster is not being followed right now, one sentence per cause (the
+        same outage seen by every watch is one problem); empty while all is well."""
+        found = []
+        silent = time.monotonic() - self._answered_at
+        if self._probe is not None and silent > SILENT_AFTER:
+            why = f": {self._probe_error}" if self._probe_error else " (no reply yet)"
+            found.append(
+                f"the Kubernetes API server at {self.access.server} has not answered "
+                f"for {silent:.0f}s{why}"
+            )
+        causes: dict[str, int] = {}
+        for namespace in self._namespaces.values():
+            for cause in namespace.causes.values():
+                causes[cause] = causes.get(cause, 0) + 1
+        found.extend(
+            f"watches failing ({count}): {cause}" if count > 1 else f"watch failing: {cause}"
+            for cause, count in causes.items()
+        )
+        return found
 
     # -- one-off resolution (blocking; PortResolver) --------------------------------------
     def _fail(self, entry: ServiceEntry, exc: BaseException) -> TargetError:
@@ -202,11 +269,24 @@ class Cluster:
             response.release_conn()
         return body
 
+    def _read_fresh(self, call: Callable[..., Any], *args: Any) -> JSON:
+        """`_read`, once more with the kubeconfig re-read when the credentials were
+        refused (the cluster was recreated, a token rotated)."""
+        seen = self.access.generation
+        try:
+            return self._read(call, *args)
+        except Exception as exc:
+            if not credentials_refused(exc) or not self.access.reload(seen):
+                raise
+        return self._read(call, *args)
+
     def service_info(self, entry: ServiceEntry) -> ServiceInfo:
         """Check the entry against the cluster: namespace, service and port exist."""
         label = entry_label(entry)
         try:
-            service = self._read(self._core.read_namespaced_service, entry.service, entry.namespace)
+            service = self._read_fresh(
+                self._core.read_namespaced_service, entry.service, entry.namespace
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise self._fail(entry, exc) from None
@@ -278,6 +358,7 @@ class Cluster:
         watch._close()
 
     async def close(self) -> None:
+        self._probe_stop.set()
         namespaces, self._namespaces = list(self._namespaces.values()), {}
         for namespace in namespaces:
             for reflector in namespace.reflectors:
@@ -331,6 +412,8 @@ class Cluster:
             loop=asyncio.get_running_loop(),
             server=self.access.server,
             context=self.access.context,
+            refresh=self.access.reload,
+            generation=lambda: self.access.generation,
         )
         namespace.reflectors.append(reflector)
         reflector.start()
@@ -348,8 +431,10 @@ class Cluster:
     def _apply(self, namespace: _Namespace, kind: str, event: str, payload: Any) -> None:
         if event in ("ERROR", "DOWN"):
             namespace.errors[kind] = f"watching {kind} in namespace {namespace.name}: {payload}"
+            namespace.causes[kind] = str(payload)
             self._recompute_all(namespace)
             return
+        namespace.causes.pop(kind, None)
         cleared = namespace.errors.pop(kind, None) is not None
         store = self._store(namespace, kind)
         affected: set[str] | None = set()

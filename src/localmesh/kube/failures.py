@@ -19,6 +19,19 @@ def status_message(exc: ApiException) -> str:
     return str(message or exc.reason or f"HTTP {exc.status}")
 
 
+def credentials_refused(exc: BaseException) -> bool:
+    """A failure new credentials may cure: 401/403, or a TLS handshake that failed (the
+    server's certificate no longer matches the kubeconfig's CA)."""
+    if isinstance(exc, ApiException):
+        if exc.status in (401, 403):
+            return True
+        return not exc.status and str(exc.reason or "").startswith("SSLError")
+    reason: BaseException | None = exc
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        reason = exc.reason
+    return isinstance(reason, urllib3.exceptions.SSLError | ssl.SSLError)
+
+
 def describe(exc: BaseException, server: str, context: str | None) -> str:
     """Why a request to the API server failed, with the likely fix."""
     where = f"the Kubernetes API server at {server}" + (f" (context {context})" if context else "")

@@ -19,12 +19,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from localmesh.errors import KubeError
 from localmesh.kube.access import ClusterAccess, load_access
-from localmesh.kube.failures import describe, status_message
+from localmesh.kube.failures import credentials_refused, describe, status_message
 from localmesh.kube.targets import JSON
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
@@ -90,7 +89,7 @@ class KubeObjects:
 
     def __init__(self, access: ClusterAccess) -> None:
         self.access = access
-        self._api: Any = k8s_client.ApiClient(access.configuration)
+        self._api: Any = access.api_client()
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeObjects:
@@ -98,6 +97,21 @@ class KubeObjects:
 
     def _request(
         self, method: str, path: str, query: list[tuple[str, str]] | None = None, body: Any = None
+    ) -> JSON:
+        """One request; when the credentials are refused (401/403, a TLS failure) and the
+        kubeconfig says something new, once more with what it says now."""
+        seen = self.access.generation
+        try:
+            return self._request_once(method, path, query, body)
+        except (_Status, _Refused) as exc:
+            if isinstance(exc, _Status) and exc.status not in (401, 403):
+                raise
+            if not self.access.reload(seen):
+                raise
+        return self._request_once(method, path, query, body)
+
+    def _request_once(
+        self, method: str, path: str, query: list[tuple[str, str]] | None, body: Any
     ) -> JSON:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -119,10 +133,9 @@ class KubeObjects:
                 _request_timeout=REQUEST_TIMEOUT,
             )
             data = response.read()
-        except ApiException as exc:
-            raise KubeError(describe(exc, self.access.server, self.access.context)) from None
         except Exception as exc:
-            raise KubeError(describe(exc, self.access.server, self.access.context)) from None
+            kind = _Refused if credentials_refused(exc) else KubeError
+            raise kind(describe(exc, self.access.server, self.access.context)) from None
         if response.status >= 300:
             error = ApiException(status=response.status, reason=response.reason)
             error.body = data.decode(errors="replace") if isinstance(data, bytes) else data
@@ -212,6 +225,10 @@ class KubeObjects:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._api.close)
+
+
+class _Refused(KubeError):
+    """The server refused the credentials or its certificate did not verify."""
 
 
 class _Status(KubeError):

@@ -14,13 +14,14 @@ import contextlib
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-from localmesh.kube.failures import describe
+from localmesh.kube.failures import credentials_refused, describe
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +71,15 @@ class Reflector:
         loop: asyncio.AbstractEventLoop,
         server: str,
         context: str | None,
+        refresh: Callable[[int], bool] | None = None,
+        generation: Callable[[], int] | None = None,
     ) -> None:
         self.name = name
+        # After a 401/403 or a TLS failure: re-read the credentials (True: they changed
+        # since the given generation, so retry now).
+        self._refresh = refresh
+        self._generation = generation or (lambda: 0)
+        self.last_contact = 0.0  # time.monotonic() of the last answer from the API server
         self._list_fn = list_fn
         self._namespace = namespace
         self._deliver = deliver
@@ -133,6 +141,7 @@ class Reflector:
             body = json.loads(response.data)
         finally:
             self._release(response)
+        self.last_contact = time.monotonic()
         self._post("SYNC", list(body.get("items") or []))
         return str(body.get("metadata", {}).get("resourceVersion", ""))
 
@@ -145,7 +154,9 @@ class Reflector:
             timeout_seconds=WATCH_TIMEOUT_SECONDS,
         )
         try:
+            self.last_contact = time.monotonic()
             for line in iter_lines(response):
+                self.last_contact = time.monotonic()
                 event = json.loads(line)
                 kind = event.get("type")
                 obj = event.get("object") or {}
@@ -160,11 +171,20 @@ class Reflector:
             self._release(response)
         return version
 
+    def _retry_with_new_credentials(self, exc: BaseException, seen: int) -> bool:
+        return (
+            self._refresh is not None
+            and credentials_refused(exc)
+            and not self._stop.is_set()
+            and self._refresh(seen)
+        )
+
     def _run(self) -> None:
         delay = BACKOFF_INITIAL
         version: str | None = None
         connected = False
         while not self._stop.is_set():
+            seen = self._generation()
             try:
                 if version is None:
                     version = self._list()
@@ -182,11 +202,17 @@ class Reflector:
                 if exc.status == 410:
                     version = None
                     continue
+                if self._retry_with_new_credentials(exc, seen):
+                    version = None
+                    continue
                 reason = describe(exc, self._server, self._context)
                 self._post("ERROR", reason)
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                if self._retry_with_new_credentials(exc, seen):
+                    version = None
+                    continue
                 reason = describe(exc, self._server, self._context)
                 self._post("DOWN", reason)
                 # The server may have come back with a fresh history: relist, don't resume.

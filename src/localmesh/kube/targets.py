@@ -117,10 +117,18 @@ def container_port(pod: JSON | None, name: str) -> int | None:
     return None
 
 
-def _endpoint_serves(endpoint: Mapping[str, Any]) -> bool:
-    # The API says an unset `ready` means ready; a terminating endpoint is never used.
+def _endpoint_ready(endpoint: Mapping[str, Any]) -> bool:
+    # The API says an unset `ready` means ready; a terminating endpoint is not ready.
     conditions = endpoint.get("conditions") or {}
     return conditions.get("ready") is not False and conditions.get("terminating") is not True
+
+
+def _endpoint_serving_terminating(endpoint: Mapping[str, Any]) -> bool:
+    """Terminating but still passing its readiness probe (an unset `serving` means the
+    same as `ready`): used, as kube-proxy does, only while no endpoint is ready."""
+    conditions = endpoint.get("conditions") or {}
+    serving = conditions.get("serving", conditions.get("ready"))
+    return conditions.get("terminating") is True and serving is not False
 
 
 def _pod_name(ref: Mapping[str, Any] | None) -> str | None:
@@ -153,8 +161,11 @@ def targets_from_slices(
     pods: Mapping[str, JSON],
     pods_by_ip: Mapping[str, str],
 ) -> TargetSet:
-    """Ready, non-terminating endpoints of the EndpointSlices of one service."""
+    """Ready, non-terminating endpoints of the EndpointSlices of one service; when there
+    is none, the terminating ones that still serve (a single replica being replaced:
+    kube-proxy does the same since Kubernetes 1.28)."""
     found: set[Target] = set()
+    fallback: set[Target] = set()
     uses_pods = False
     for piece in slices:
         listed: int | None = None
@@ -162,7 +173,8 @@ def targets_from_slices(
             if (port.get("name") or "") == info.port.name and port.get("port") is not None:
                 listed = int(port["port"])
         for endpoint in piece.get("endpoints") or []:
-            if not _endpoint_serves(endpoint):
+            ready = _endpoint_ready(endpoint)
+            if not ready and not _endpoint_serving_terminating(endpoint):
                 continue
             addresses = endpoint.get("addresses") or []
             if not addresses:
@@ -177,8 +189,8 @@ def targets_from_slices(
             number, needed_pod = _target_port(info, listed, pods.get(pod_name))
             uses_pods |= needed_pod
             if number is not None:
-                found.add(Target(pod=pod_name, ip=ip, port=number))
-    return TargetSet(frozenset(found), uses_pods)
+                (found if ready else fallback).add(Target(pod=pod_name, ip=ip, port=number))
+    return TargetSet(frozenset(found or fallback), uses_pods)
 
 
 def targets_from_endpoints(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from localmesh.sandbox import errors, openapi, protobodies, protowire, rbac, resources, tables
 from localmesh.sandbox.cluster import Cluster
+from localmesh.sandbox.execauth import ExecCredentials
 from localmesh.sandbox.rbac import Attributes, Identities, User
 from localmesh.sandbox.resources import BY_PATH, PODS, ResourceType
 from localmesh.sandbox.selectors import FieldSelector, LabelSelector, Selector
@@ -91,6 +92,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._watchers: set[Watcher] = set()
+        self.exec_credentials: ExecCredentials | None = None  # short-lived plugin tokens
         self.requests: list[tuple[str, str]] = []  # (method, path) of recent requests
         self.unknown_paths: list[str] = []
 
@@ -152,6 +154,8 @@ class ApiServer:
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         user = self.identities.authenticate(token)
+        if user is None and self.exec_credentials is not None and token:
+            user = self.exec_credentials.authenticate(token)
         if user is None:
             if path in PUBLIC_PATHS:
                 return ANONYMOUS

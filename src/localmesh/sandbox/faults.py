@@ -26,7 +26,7 @@ class Faults:
         # First back-off (s) of a crashing container or a failing image pull; it doubles
         # up to 300 s, as the kubelet's does.
         self.backoff_base: float = 10.0
-        self._restart_apiserver: Callable[[float], Awaitable[None]] | None = None
+        self._restart_apiserver: Callable[[float, bool], Awaitable[None]] | None = None
 
     def set_ready(self, namespace: str, pod: str, ready: bool | None) -> None:
         """Force a pod Ready (True) or unready (False); None returns it to normal."""
@@ -63,9 +63,13 @@ class Faults:
         Returns the current resourceVersion."""
         return self._cluster.store.compact()
 
-    async def restart_apiserver(self, downtime: float = 0.0) -> None:
+    async def restart_apiserver(
+        self, downtime: float = 0.0, *, rotate_credentials: bool = False
+    ) -> None:
         """Stop the API server (dropping every connection and watch), wait `downtime`
-        seconds, and serve again on the same port with the same objects."""
+        seconds, and serve again on the same port with the same objects. With
+        `rotate_credentials`, it comes back with a new CA and admin token, written to the
+        same kubeconfig path (the old token is refused, the old CA fails TLS)."""
         if self._restart_apiserver is None:
             raise RuntimeError("the API server is not running")
-        await self._restart_apiserver(downtime)
+        await self._restart_apiserver(downtime, rotate_credentials)

@@ -12,8 +12,15 @@ import yaml
 CONTEXT_NAME = "localmesh-sandbox"
 
 
-def kubeconfig_dict(server: str, ca_pem: bytes, token: str, namespace: str = "default") -> Any:
-    """A kubeconfig with one cluster, one user (bearer token) and one current context."""
+def kubeconfig_dict(
+    server: str,
+    ca_pem: bytes,
+    token: str,
+    namespace: str = "default",
+    user: dict[str, Any] | None = None,
+) -> Any:
+    """A kubeconfig with one cluster, one user (a bearer token, or `user` as given: an
+    exec plugin) and one current context."""
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -27,7 +34,7 @@ def kubeconfig_dict(server: str, ca_pem: bytes, token: str, namespace: str = "de
                 },
             }
         ],
-        "users": [{"name": CONTEXT_NAME, "user": {"token": token}}],
+        "users": [{"name": CONTEXT_NAME, "user": user or {"token": token}}],
         "contexts": [
             {
                 "name": CONTEXT_NAME,
@@ -42,12 +49,14 @@ def kubeconfig_dict(server: str, ca_pem: bytes, token: str, namespace: str = "de
     }
 
 
-def write_kubeconfig(path: Path, server: str, ca_pem: bytes, token: str) -> Path:
+def write_kubeconfig(
+    path: Path, server: str, ca_pem: bytes, token: str, user: dict[str, Any] | None = None
+) -> Path:
     """Write the kubeconfig atomically with mode 0600 (it holds a credential)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(kubeconfig_dict(server, ca_pem, token), fh, sort_keys=False)
+        yaml.safe_dump(kubeconfig_dict(server, ca_pem, token, user=user), fh, sort_keys=False)
     tmp.replace(path)
     return path

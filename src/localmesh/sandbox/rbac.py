@@ -110,6 +110,9 @@ class Identities:
     def add_static(self, token: str, user: User) -> None:
         self._static[token] = user
 
+    def remove_static(self, token: str) -> None:
+        self._static.pop(token, None)
+
     # ---- service-account tokens ----------------------------------------------------------
     def issue(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import resource
@@ -27,12 +28,13 @@ import structlog
 from localmesh.errors import ConfigError
 from localmesh.sandbox import errors
 from localmesh.sandbox.apiserver import ApiServer
-from localmesh.sandbox.certs import make_serving_certs
+from localmesh.sandbox.certs import ServingCerts, make_serving_certs
 from localmesh.sandbox.cluster import Cluster
+from localmesh.sandbox.execauth import ExecCredentials
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.kubeconfig import write_kubeconfig
 from localmesh.sandbox.processes import DEFAULT_PROCESS_IMAGES, NodeConfig
-from localmesh.sandbox.rbac import Identities
+from localmesh.sandbox.rbac import AUTHENTICATED, MASTERS, Identities, User
 from localmesh.sandbox.resources import BY_KIND, DEPLOYMENTS, ENDPOINTSLICES, PODS
 from localmesh.sandbox.scenario import Scenario
 from localmesh.sandbox.selectors import LabelSelector, Selector
@@ -70,6 +72,7 @@ class Sandbox:
         ready_timeout: float = 60.0,
         history_size: int = 20000,
         process_images: tuple[str, ...] = DEFAULT_PROCESS_IMAGES,
+        exec_token_seconds: float | None = None,
     ) -> None:
         if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
             raise ConfigError(
@@ -92,6 +95,11 @@ class Sandbox:
         self._changed = asyncio.Event()
         self.kubeconfig_path = Path()
         self.ca_path = Path()
+        self._ca_pem = b""
+        # With exec_token_seconds the kubeconfig runs an exec plugin printing tokens that
+        # live that long (the API server refuses them after).
+        self._exec_token_seconds = exec_token_seconds
+        self.exec_credentials: ExecCredentials | None = None
 
     @classmethod
     def start(cls, scenario: Scenario | None = None, **kwargs: Any) -> Sandbox:
@@ -124,10 +132,7 @@ class Sandbox:
         _raise_fd_limit(4 * len(self.scenario.deployments) + 4096)
         self._workdir = Path(tempfile.mkdtemp(prefix="localmesh-sandbox-"))
         certs = make_serving_certs()
-        ca_path, cert_path, key_path = certs.write(self._workdir)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert_path, key_path)
-        self.ca_path = ca_path
+        ctx = self._serving_context(certs)
         self.store.subscribe(self._notify)
         self.cluster.bootstrap(self.kube_version)
         self._server = ApiServer(
@@ -140,8 +145,15 @@ class Sandbox:
             port=self._port,
             ssl_context=ctx,
         )
+        if self._exec_token_seconds is not None:
+            self.exec_credentials = ExecCredentials(
+                self._workdir / "exec",
+                self._exec_token_seconds,
+                User("sandbox-admin", (MASTERS, AUTHENTICATED)),
+            )
+            self._server.exec_credentials = self.exec_credentials
         await self._server.start()
-        self.cluster.faults._restart_apiserver = self._server.restart
+        self.cluster.faults._restart_apiserver = self._restart_apiserver
         self.cluster.kubelet.node = NodeConfig(
             api_host=self._host,
             api_port=self._server.port,
@@ -150,12 +162,8 @@ class Sandbox:
             identities=self.identities,
             process_images=self.process_images,
         )
-        self.kubeconfig_path = write_kubeconfig(
-            self._kubeconfig_arg or self._workdir / "kubeconfig",
-            self._server.url,
-            certs.ca_pem,
-            self.token,
-        )
+        self._ca_pem = certs.ca_pem
+        self._write_kubeconfig()
         self.apply(self.scenario.manifests())
         if self._wait_ready:
             await self.wait_all_ready(self._ready_timeout)
@@ -166,6 +174,49 @@ class Sandbox:
             services=len(self.scenario.services),
             seconds=round(time.monotonic() - started, 3),
         )
+
+    def _serving_context(self, certs: ServingCerts) -> ssl.SSLContext:
+        assert self._workdir is not None
+        ca_path, cert_path, key_path = certs.write(self._workdir)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert_path, key_path)
+        self.ca_path = ca_path
+        return ctx
+
+    def _write_kubeconfig(self) -> None:
+        assert self._workdir is not None and self._server is not None
+        self.kubeconfig_path = write_kubeconfig(
+            self._kubeconfig_arg or self._workdir / "kubeconfig",
+            self._server.url,
+            self._ca_pem,
+            self.token,
+            user=self.exec_credentials.kubeconfig_user() if self.exec_credentials else None,
+        )
+
+    async def _restart_apiserver(self, downtime: float, rotate_credentials: bool) -> None:
+        server = self.apiserver
+        await server.stop()
+        if rotate_credentials:
+            self.rotate_credentials()
+        if downtime > 0:
+            await asyncio.sleep(downtime)  # the outage a test asked for
+        await server.start()
+
+    def rotate_credentials(self) -> None:
+        """A new CA, serving certificate and admin token, as when a cluster is recreated;
+        the kubeconfig is rewritten in place and the old token stops working. The new
+        certificate is served from the next start of the API server on."""
+        certs = make_serving_certs()
+        self.apiserver.ssl_context = self._serving_context(certs)
+        self._ca_pem = certs.ca_pem
+        self.identities.remove_static(self.token)
+        self.token = secrets.token_urlsafe(24)
+        self.identities.add_static(self.token, User("sandbox-admin", (MASTERS, AUTHENTICATED)))
+        node = self.cluster.kubelet.node
+        if node is not None:
+            self.cluster.kubelet.node = dataclasses.replace(node, ca_pem=certs.ca_pem)
+        self._write_kubeconfig()
+        log.info("sandbox credentials rotated", kubeconfig=str(self.kubeconfig_path))
 
     async def down(self) -> None:
         if self._server is not None:

@@ -25,6 +25,7 @@ Public functions:
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -49,6 +50,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
+    HttpProtocolOptions as CoreHttpProtocolOptions,
     Metadata,
     Pipe,
     SocketAddress,
@@ -132,6 +134,12 @@ RETRY_ON = "connect-failure,refused-stream,reset"
 NUM_RETRIES = 3
 
 _HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# An idle upstream connection holds a forwarder connection and its port-forward stream on
+# the API server; Envoy's default keeps it for an hour. LOCALMESH_UPSTREAM_IDLE_TIMEOUT
+# (seconds) shortens it for tests.
+UPSTREAM_IDLE_TIMEOUT = timedelta(
+    seconds=float(os.environ.get("LOCALMESH_UPSTREAM_IDLE_TIMEOUT", "").strip() or 60)
+)
 
 
 def pack(msg: betterproto2.Message) -> AnyMsg:
@@ -253,6 +261,9 @@ def _protocol_options(protocol: Protocol) -> dict[str, AnyMsg]:
                 http_protocol_options=Http1ProtocolOptions()
             )
         )
+    options.common_http_protocol_options = CoreHttpProtocolOptions(
+        idle_timeout=UPSTREAM_IDLE_TIMEOUT
+    )
     return {_HTTP_PROTOCOL_OPTIONS_KEY: pack(options)}
 
 
