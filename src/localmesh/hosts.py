@@ -306,6 +306,23 @@ class HostsFile:
             self._write(_splice(lines, None, None, drop=own), action="remove")
             return True
 
+    def left_by_crash(self) -> Block | None:
+        """The block of this name whose owner died without removing it, if any."""
+        with self._locked() as content:
+            blocks = parse_blocks(content.splitlines(keepends=True))
+        for block in blocks:
+            if block.name != self.name or block.owner_pid is None:
+                continue
+            if not self._is_alive(block.owner_pid, block.owner_start):
+                return block
+        return None
+
+    def remove_command(self) -> str:
+        """The command that removes this name's block: with sudo only where it is needed."""
+        if os.access(self.path, os.W_OK):
+            return self.sudo_command("remove").removeprefix("sudo ")
+        return self.sudo_command("remove")
+
     def sudo_command(self, action: str, hosts: Iterable[str] = ()) -> str:
         """The exact command that performs `action` ("add" or "remove") with root rights."""
         cmd = [sys.executable, "-m", "localmesh", "hosts", action, "--name", self.name]
@@ -340,6 +357,9 @@ class HostsFile:
                 raise HostsFileError(f"hosts file {self.path} does not exist") from None
             except OSError as exc:
                 raise HostsFileError(f"cannot read hosts file {self.path}: {exc}") from exc
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise HostsFileError(f"hosts file {self.path} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 # A writer may have renamed a new file into place while we waited.
@@ -359,6 +379,9 @@ class HostsFile:
         target = Path(os.path.realpath(self.path))
         try:
             st = os.stat(target)
+            # Rename would replace a file the user may not write (0444, even their own):
+            # ask the kernel whether this process may write it, as an in-place write would.
+            os.close(os.open(target, os.O_WRONLY | os.O_CLOEXEC))
             try:
                 self._write_atomic(target, content, st)
                 return

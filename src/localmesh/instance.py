@@ -209,7 +209,7 @@ class MeshInstance:
         await self._wait_in_sync()
 
         if self._hosts is not None:
-            self._print("/etc/hosts updated successfully")
+            self._print(f"{self.options.hosts_file} updated successfully")
         self._print_forwards()
         self._print(f"envoy config: {self.paths.envoy_bootstrap}")
         self._print(f"listen: {_listen(opts.bind, config.listener_port)}")

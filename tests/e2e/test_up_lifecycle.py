@@ -78,7 +78,7 @@ async def test_signal_leaves_the_hosts_file_byte_identical(
         up_runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts_file
     )
     try:
-        assert up.stdout[0] == "/etc/hosts updated successfully"
+        assert up.stdout[0] == f"{hosts_file} updated successfully"
         during = await read_bytes(hosts_file)
         for host in SEED_HOSTS:
             assert during.count(f"127.0.0.1 {host}".encode()) == 1, during

@@ -68,7 +68,7 @@ async def mesh(
 
 async def test_prints_the_lines_users_know(mesh: Mesh) -> None:
     lines = mesh.up.stdout
-    assert lines[0] == "/etc/hosts updated successfully", mesh.up.describe()
+    assert lines[0] == f"{mesh.hosts_file} updated successfully", mesh.up.describe()
     pf = [PF_LINE.match(line) for line in lines if line.startswith("pf: ")]
     assert all(pf), lines
     targets = {(m["host"], m["ns"], m["svc"], m["port"]) for m in pf if m}

@@ -509,3 +509,23 @@ def test_unwritable_file_with_only_stale_blocks_to_clean_is_not_an_error(tmp_pat
         etc.chmod(0o755)
     assert out == "False\n"  # nothing needed; the stale block waits for a writable run
     assert path.read_bytes() == original
+
+
+def test_read_only_file_in_writable_directory_is_not_replaced(tmp_path: Path) -> None:
+    # The user's own 0444 file: a rename would succeed (the directory is writable) and
+    # silently replace a file its owner marked read-only.
+    path = tmp_path / "hosts"
+    path.write_bytes(b"127.0.0.1 localhost\n")
+    path.chmod(0o444)
+    inode = path.stat().st_ino
+    out = _run_unprivileged(path, "ensure")
+    assert out.startswith(f"ERROR: cannot write {path} (Permission denied)")
+    assert f"--hosts-file {path} a.localhost b.localhost" in out
+    assert path.read_bytes() == b"127.0.0.1 localhost\n"
+    assert path.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["hosts"]
+
+
+def test_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(HostsFileError, match=rf"^hosts file {tmp_path} is not a regular file$"):
+        HostsFile(tmp_path, "dev").ensure(["a.localhost"])

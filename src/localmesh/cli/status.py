@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from localmesh.cli.hosts import add_hosts_file_argument, crash_hint
 from localmesh.cli.up import add_instance_arguments
 
 
@@ -22,6 +23,7 @@ def register(subparsers: Any) -> None:
         "503 that says so, and nothing else is affected.",
     )
     add_instance_arguments(parser)
+    add_hosts_file_argument(parser, "hosts file to check for a block left by a crash")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run)
 
@@ -33,8 +35,14 @@ async def run(args: argparse.Namespace) -> int:
         render_status_text,
         status_exit_code,
     )
+    from localmesh.errors import ControlError
 
-    async with ControlClient.for_name(args.name) as client:
-        status = await client.status()
+    try:
+        async with ControlClient.for_name(args.name) as client:
+            status = await client.status()
+    except ControlError as exc:
+        if hint := crash_hint(args.hosts_file, args.name):
+            raise ControlError(f"{exc}\n{hint}") from None
+        raise
     print(render_status_json(status) if args.json else render_status_text(status))
     return status_exit_code(status)

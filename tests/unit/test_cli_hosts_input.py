@@ -1,0 +1,84 @@
+"""Bad hosts-file input on the command line: one-line errors naming the file, no tracebacks,
+and the block a crashed run left behind named by `status` and `down`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from localmesh.hosts import HostsFile
+from tests.unit.cli_helpers import BIN, Result, cli_env
+
+SERVICES = "services:\n  - {host: a.localhost, namespace: a, service: a, port: 80}\n"
+
+
+def _run(tmp_path: Path, *args: str | Path) -> Result:
+    env = dict(cli_env(), XDG_RUNTIME_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [str(BIN / "localmesh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_up_with_a_directory_as_hosts_file_is_one_line(tmp_path: Path) -> None:
+    services = tmp_path / "services.yaml"
+    services.write_text(SERVICES)
+    hosts_dir = tmp_path / "hosts.d"
+    hosts_dir.mkdir()
+    result = _run(tmp_path, "up", "-f", services, "--hosts-file", hosts_dir, "--name", "t")
+    assert result.returncode == 1, result
+    assert result.stderr == f"localmesh: error: hosts file {hosts_dir} is not a regular file\n"
+    assert not (tmp_path / "localmesh" / "t").exists()
+
+
+def test_hosts_add_validates_names_as_services_yaml_does(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"127.0.0.1 localhost\n")
+    for bad in ("under_score.localhost", "a..localhost", "a.localhost:8080", "a-.localhost"):
+        result = _run(tmp_path, "hosts", "add", "--hosts-file", hosts, "ok.localhost", bad)
+        assert result.returncode == 2, result
+        assert result.stderr.startswith(f"localmesh: error: host {bad!r} "), result
+        assert len(result.stderr.splitlines()) == 1, result
+    assert hosts.read_bytes() == b"127.0.0.1 localhost\n"
+    result = _run(tmp_path, "hosts", "add", "--hosts-file", hosts, "ok.localhost")
+    assert result.returncode == 0, result
+    assert b"127.0.0.1 ok.localhost" in hosts.read_bytes()
+
+
+def test_status_and_down_name_the_block_a_crash_left_behind(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"127.0.0.1 localhost\n")
+    pid = _dead_pid()
+    HostsFile(hosts, "crashed", owner_pid=pid, is_alive=lambda *_: True).ensure(["a.localhost"])
+    for command in ("status", "down"):
+        result = _run(tmp_path, command, "--name", "crashed", "--hosts-file", hosts)
+        assert result.returncode == 1, result
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith("localmesh: error: no localmesh instance named 'crashed'")
+        assert lines[1] == (
+            f"localmesh: error: {hosts} still has the hosts block of 'crashed' left by a run "
+            f"that ended without clean-up (pid {pid}); the next `localmesh up --name crashed` "
+            "removes it, or now:"
+        )
+        assert lines[2] == (
+            f"localmesh: error:   {sys.executable} -m localmesh hosts remove --name crashed "
+            f"--hosts-file {hosts}"
+        )
+    # Another name, or no block at all: nothing about the hosts file.
+    result = _run(tmp_path, "status", "--name", "other", "--hosts-file", hosts)
+    assert len(result.stderr.splitlines()) == 1, result
+    assert os.path.exists(hosts)
