@@ -93,7 +93,7 @@ async def clean(
         current = await kube.get("Service", ns, name)
         listed = set(mesh_state(current).sessions) if current is not None else set()
         orphans: dict[str, list[str]] = defaultdict(list)
-        for kind in ("Pod", "Secret"):
+        for kind in ("Pod", "Secret", "Service"):
             selector = f"{m.managed_selector(name)},{m.COMPONENT_LABEL}=shadow"
             for obj in await kube.list(kind, ns, selector):
                 orphans[obj["metadata"]["name"]].append(kind)
