@@ -275,3 +275,34 @@ async def test_without_selector_labels_only_rules_reach_the_shadow_and_clean_aft
     await wait_managed_gone(sandbox)
     await wait_unchanged(sandbox, before)
     assert await managed_objects(sandbox) == []
+
+
+async def test_apply_without_istio_says_so_and_leaves_nothing(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    """The sandbox serves no Istio kinds (no CRDs): `--apply` records the rule on the Lease,
+    the create is refused, and the session is rolled back, the record included."""
+    before = await namespace_objects(sandbox)
+    result = await run_cli(
+        tmp_path,
+        "mesh",
+        "billing/billing-api",
+        "--mode",
+        "manual",
+        "--apply",
+        "--expose",
+        f"{local_app}:8080",
+        "--versionMark",
+        "dev",
+        "--shadow-env",
+        "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
+        kubeconfig=sandbox.kubeconfig_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "localmesh: error: the cluster does not serve networking.istio.io/v1 DestinationRule "
+        "(is Istio installed?)"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    await wait_managed_gone(sandbox)
+    await wait_unchanged(sandbox, before)

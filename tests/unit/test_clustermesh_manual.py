@@ -20,7 +20,9 @@ from localmesh.cli.main import build_parser
 from localmesh.cli.mesh_manual import manual_args, rules_yaml
 from localmesh.clustermesh import manifests as m, manual_rules as rules
 from localmesh.clustermesh.manual import (
+    APPLIED_ANNOTATION,
     ManualJoined,
+    applied_rules,
     manual_shadow_pod,
     mark_label,
     shadow_labels,
@@ -249,7 +251,12 @@ def parse(*argv: str) -> Any:
 
 def test_manual_flags_belong_to_manual_mode(tmp_path: Any) -> None:
     assert manual_args(parse()) is None
-    for flag in (["--no-selector-labels"], ["--shadow-service"], ["--istio-output", "x"]):
+    for flag in (
+        ["--no-selector-labels"],
+        ["--shadow-service"],
+        ["--istio-output", "x"],
+        ["--apply"],
+    ):
         with pytest.raises(ConfigError, match=f"{flag[0]} belongs to --mode manual"):
             manual_args(parse(*flag))
     got = manual_args(parse("--mode", "manual", "--no-selector-labels"))
@@ -259,3 +266,10 @@ def test_manual_flags_belong_to_manual_mode(tmp_path: Any) -> None:
     assert got is not None and got.output == out and got.selector_labels
     with pytest.raises(ConfigError, match="cannot write in"):
         manual_args(parse("--mode", "manual", "--istio-output", str(tmp_path / "no" / "x")))
+
+
+def test_applied_rules_are_read_from_the_lease() -> None:
+    assert applied_rules(None) == []
+    assert applied_rules({"metadata": {}}) == []
+    lease = {"metadata": {"annotations": {APPLIED_ANNOTATION: '[["VirtualService", "a"]]'}}}
+    assert applied_rules(lease) == [("VirtualService", "a")]

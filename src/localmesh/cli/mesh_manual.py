@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from localmesh.clustermesh.session import MeshOptions
     from localmesh.kube.objects import KubeObjects
 
-FLAGS = ("--no-selector-labels", "--shadow-service", "--istio-output")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("manual mode (--mode manual)")
@@ -35,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "HTTPRoute routing marked requests to it",
     )
     group.add_argument(
+        "--apply",
+        action="store_true",
+        help="also apply the Istio rules (recorded on the session's Lease first; removed "
+        "on exit and by `mesh clean`)",
+    )
+    group.add_argument(
         "--istio-output",
         metavar="FILE",
         help="also write the rules to FILE (for kubectl apply -f FILE)",
@@ -46,6 +50,7 @@ class ManualArgs:
     selector_labels: bool
     shadow_service: bool
     output: Path | None
+    apply: bool = False
 
     def session(self, kube: KubeObjects, options: MeshOptions) -> ManualSession:
         from localmesh.clustermesh.manual import ManualSession
@@ -55,6 +60,7 @@ class ManualArgs:
             options,
             selector_labels=self.selector_labels,
             with_shadow_service=self.shadow_service,
+            apply=self.apply,
         )
 
 
@@ -65,6 +71,7 @@ def manual_args(args: argparse.Namespace) -> ManualArgs | None:
         "--no-selector-labels": args.no_selector_labels,
         "--shadow-service": args.shadow_service,
         "--istio-output": args.istio_output is not None,
+        "--apply": args.apply,
     }
     if args.mode != "manual":
         used = [flag for flag, on in given.items() if on]
@@ -77,7 +84,7 @@ def manual_args(args: argparse.Namespace) -> ManualArgs | None:
         folder = output.parent if str(output.parent) else Path(".")
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError(f"--istio-output {args.istio_output}: cannot write in {folder}")
-    return ManualArgs(not args.no_selector_labels, args.shadow_service, output)
+    return ManualArgs(not args.no_selector_labels, args.shadow_service, output, args.apply)
 
 
 def rules_yaml(manual: ManualJoined) -> str:
@@ -126,9 +133,10 @@ def manual_text(options: MeshOptions, manual: ManualJoined, output: Path | None)
     lines.append(f"send the header  {mark.header}  (once the rules are applied)")
     url = service_url(options.namespace, options.service, joined.spec.ports[0].remote)
     lines.append(f"try from inside the cluster:  curl -H {shlex.quote(mark.header)} {url}")
+    applied = any(what.endswith("(applied)") for what in joined.created)
     lines.append(
-        "Ctrl-C to stop: the shadow and what was made for it are removed "
-        "(delete the rules you applied)"
+        "Ctrl-C to stop: the shadow and what was made for it are removed"
+        + (", the applied rules first" if applied else " (delete the rules you applied)")
     )
     return "\n".join(lines)
 

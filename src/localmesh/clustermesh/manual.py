@@ -16,12 +16,17 @@ printed): changing the cluster's routing stays the user's decision.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass
 
 from localmesh.clustermesh import manifests as m, manual_rules as rules
 from localmesh.clustermesh.marks import VersionMark
-from localmesh.clustermesh.membership import LeaveResult, MeshError, delete_session_objects
+from localmesh.clustermesh.membership import (
+    LeaveResult,
+    MeshError,
+    delete_session_objects,
+)
 from localmesh.clustermesh.session import (
     Joined,
     MeshOptions,
@@ -30,10 +35,15 @@ from localmesh.clustermesh.session import (
     wait_pod_ready,
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
-from localmesh.kube.objects import KubeObjects
+from localmesh.errors import KubeError
+from localmesh.kube.objects import Conflict, KubeObjects, NotFound
 from localmesh.kube.targets import JSON
 
 MODE = "manual"
+# On a manual session's Lease, before they are created: the rules `--apply` applies, as
+# JSON [[kind, name], ...], so Ctrl-C and `mesh clean` remove them.
+APPLIED_ANNOTATION = "localmesh.dev/applied-rules"
+LEASE_ATTEMPTS = 5
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 # Labels localmesh uses to find its own objects: a shadow cannot take the Service's value.
 OWN_LABELS = (m.MANAGED_BY_LABEL, m.COMPONENT_LABEL, m.SERVICE_LABEL, m.SESSION_LABEL)
@@ -116,6 +126,32 @@ class ManualJoined:
     notes: list[str]
 
 
+def applied_rules(lease: JSON | None) -> list[tuple[str, str]]:
+    """The rules a session's Lease says it applied."""
+    raw = ((lease or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_ANNOTATION)
+    if not raw:
+        return []
+    return [(str(kind), str(name)) for kind, name in json.loads(raw)]
+
+
+async def delete_applied_rules(
+    kube: KubeObjects, namespace: str, lease: JSON | None, dry_run: bool = False
+) -> list[str]:
+    """Delete the rules recorded on `lease` (those still labelled as localmesh's)."""
+    done = []
+    for kind, name in applied_rules(lease):
+        try:
+            obj = await kube.get(kind, namespace, name)
+        except KubeError:
+            continue  # the kind is gone with its CRD: so are its objects
+        labels = (obj or {}).get("metadata", {}).get("labels") or {}
+        if obj is None or labels.get(m.MANAGED_BY_LABEL) != m.MANAGER:
+            continue
+        if dry_run or await kube.delete(kind, namespace, name):
+            done.append(f"{kind} {namespace}/{name}")
+    return done
+
+
 class ManualSession(MeshSession):
     """One developer's manual-mode session: Lease, Secret, shadow pod (and shadow Service);
     never the Service itself."""
@@ -127,9 +163,12 @@ class ManualSession(MeshSession):
         *,
         selector_labels: bool = True,
         with_shadow_service: bool = False,
+        apply: bool = False,
     ) -> None:
         super().__init__(kube, options)
         self.selector_labels = selector_labels
+        self.apply = apply
+        self.applied: list[tuple[str, str]] = []
         # Without the selector labels the shadow is no endpoint of the Service: rules can
         # reach it only through a Service of its own.
         self.with_shadow_service = with_shadow_service or not selector_labels
@@ -154,6 +193,12 @@ class ManualSession(MeshSession):
         ]
         if self.with_shadow_service:
             wanted += [Permission(v, "services") for v in ("get", "create", "delete")]
+        if self.apply:
+            wanted += [
+                Permission(verb, resource, "networking.istio.io")
+                for resource in ("destinationrules", "virtualservices")
+                for verb in ("get", "create", "delete")
+            ]
         return wanted
 
     async def missing_permissions(self) -> list[str]:
@@ -253,18 +298,57 @@ class ManualSession(MeshSession):
                 # Ready only once this machine's tunnel connects, after the join.
                 running_is_enough=True,
             )
+            istio = rules.istio_rules(rules_input)
+            if self.apply:
+                created += await self._apply(istio)
         except BaseException:
             await asyncio.shield(self._rollback())
             raise
         joined = Joined(spec, secret, created, [], first=True)
         return ManualJoined(
-            joined,
-            labels,
-            rules_input,
-            rules.istio_rules(rules_input),
-            rules.http_routes(rules_input),
-            notes,
+            joined, labels, rules_input, istio, rules.http_routes(rules_input), notes
         )
+
+    async def _record(self, applied: list[tuple[str, str]]) -> None:
+        """Write `applied` on the Lease (racing only the renewer: retry on conflict)."""
+        assert self.spec is not None
+        o, name = self.options, self.spec.name
+        for _ in range(LEASE_ATTEMPTS):
+            lease = await self.kube.get("Lease", o.namespace, name)
+            if lease is None:
+                raise MeshError(f"the session's Lease {o.namespace}/{name} was deleted")
+            notes = lease["metadata"].setdefault("annotations", {})
+            notes[APPLIED_ANNOTATION] = json.dumps([list(a) for a in applied])
+            try:
+                self._lease = await self.kube.replace("Lease", o.namespace, name, lease)
+                return
+            except Conflict:
+                continue
+        raise MeshError(f"could not record the applied rules on Lease {o.namespace}/{name}")
+
+    async def _apply(self, objects: list[JSON]) -> list[str]:
+        """Create the rules, each recorded on the Lease before it is created."""
+        o, done = self.options, []
+        for obj in objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            await self._record([*self.applied, (kind, name)])
+            self.applied.append((kind, name))
+            try:
+                await self.kube.create(kind, o.namespace, obj)
+            except Conflict:
+                self.applied.pop()  # someone else's: never removed by this session
+                raise MeshError(
+                    f"{kind} {o.namespace}/{name} already exists (another session with the "
+                    "same mark?); apply the printed rules by hand, or choose another mark"
+                ) from None
+            except NotFound:
+                self.applied.pop()
+                raise MeshError(
+                    f"the cluster does not serve {obj['apiVersion']} {kind} (is Istio "
+                    "installed?); nothing was applied: drop --apply to print the rules only"
+                ) from None
+            done.append(f"{kind} {o.namespace}/{name} (applied)")
+        return done
 
     async def join(self) -> Joined:
         self.manual = await self.join_manual()
@@ -278,5 +362,10 @@ class ManualSession(MeshSession):
             self._renewer = None
         if self.spec is None:
             return LeaveResult(False, [])
-        deleted = await delete_session_objects(self.kube, self.options.namespace, self.spec.name)
+        o = self.options
+        # The applied rules first: marked requests go back to the cluster's pods before the
+        # shadow goes away; then the Lease that recorded them.
+        recorded = {"metadata": {"annotations": {APPLIED_ANNOTATION: json.dumps(self.applied)}}}
+        deleted = await delete_applied_rules(self.kube, o.namespace, recorded)
+        deleted += await delete_session_objects(self.kube, o.namespace, self.spec.name)
         return LeaveResult(False, deleted)
