@@ -28,6 +28,8 @@ examples:
         requests to billing-api:8080 with the header `version: dev` go to 127.0.0.1:9090
   %(prog)s -n billing billing-api --expose 8080 --versionMark kt-mark:
         the header `kt-mark: <random>`; local port 8080 serves service port 8080
+  %(prog)s billing/billing-api --mode manual --expose 9090:8080 --version-mark dev
+        for clusters with Istio: a shadow pod labelled version=dev; prints the rules
   %(prog)s list                      every developer's live marks (all namespaces)
   %(prog)s clean --dry-run           what a crashed session left, and would be undone
   %(prog)s clean -n billing billing-api
