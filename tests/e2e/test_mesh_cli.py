@@ -204,7 +204,7 @@ async def test_cli_errors_are_one_line_and_change_nothing(
     kc = sandbox.kubeconfig_path
     cases = {
         ("--expose", f"{local_app}:9999"): "has no port 9999; its ports: http:8080->http",
-        ("--expose", "8080", "--mode", "manual"): "--mode manual is not yet supported",
+        ("--expose", "8080", "--shadow-service"): "--shadow-service belongs to --mode manual",
         ("--expose", "1:8080"): "nothing accepts connections on local port 1",
         ("--expose", "x"): "--expose 'x': the port 'x' is not a number",
         ("--expose", "8080", "--versionMark", "host:x"): "'host' is a header proxies",

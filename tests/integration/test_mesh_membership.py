@@ -130,7 +130,7 @@ async def test_bad_input_changes_nothing(sandbox: Sandbox) -> None:
             await MeshSession(kube, options(port, exposed=_expose(f"{port}:9999"))).join()
         with pytest.raises(MeshError, match="service billing/nope not found"):
             await MeshSession(kube, options(port, service="nope")).join()
-        with pytest.raises(MeshError, match="--mode manual is not yet supported"):
+        with pytest.raises(MeshError, match="a ManualSession joins in that mode"):
             await MeshSession(kube, options(port, mode="manual")).join()
         manual = await kube.get("Service", "billing", "billing-api")
         assert manual is not None

@@ -80,8 +80,8 @@ def test_defaults() -> None:
 def test_option_errors() -> None:
     with pytest.raises(ConfigError, match="--expose is required"):
         mesh_options(parse("svc"), "ns", "svc")
-    with pytest.raises(ConfigError, match="--mode manual is not yet supported"):
-        mesh_options(parse("svc", "--expose", "80", "--mode", "manual"), "ns", "svc")
+    manual = mesh_options(parse("svc", "--expose", "80", "--mode", "manual"), "ns", "svc")
+    assert manual.mode == "manual"
 
 
 def test_cli_rejects_misplaced_options() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from localmesh.cli import mesh_manual
 from localmesh.cli.up import add_cluster_arguments
 from localmesh.errors import ConfigError
 
@@ -27,6 +28,8 @@ examples:
         requests to billing-api:8080 with the header `version: dev` go to 127.0.0.1:9090
   %(prog)s -n billing billing-api --expose 8080 --versionMark kt-mark:
         the header `kt-mark: <random>`; local port 8080 serves service port 8080
+  %(prog)s billing/billing-api --mode manual --expose 9090:8080 --version-mark dev
+        for clusters with Istio: a shadow pod labelled version=dev; prints the rules
   %(prog)s list                      every developer's live marks (all namespaces)
   %(prog)s clean --dry-run           what a crashed session left, and would be undone
   %(prog)s clean -n billing billing-api
@@ -99,6 +102,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="clean/recover: say what would be done"
     )
+    mesh_manual.add_arguments(parser)
     add_cluster_arguments(parser)
     # Seams for tests while the router agent is being built: a stand-in router command
     # and readiness path, and extra shadow environment. Not for users.
@@ -152,13 +156,14 @@ async def run(args: argparse.Namespace) -> int:
     if action not in {"clean", "recover"} and args.dry_run:
         raise ConfigError("--dry-run belongs to `mesh clean` / `mesh recover`")
     options = None
+    manual = mesh_manual.manual_args(args) if action == "mesh" else None
     if action == "mesh":  # every input checked before the cluster is contacted
         default = context_namespace(args.kubeconfig, args.context)
         options = mesh_options(args, *split_target(args.target, args.namespace, default))
     kube = KubeObjects.connect(args.kubeconfig, args.context)
     try:
         if options is not None:
-            return await run_mesh(kube, options)
+            return await run_mesh(kube, options, manual)
         if action == "list":
             with _namespace_hint(args.namespace):
                 return await run_list(kube, args.namespace)
@@ -193,8 +198,6 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
 
     if not args.expose:
         raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
-    if args.mode == "manual":
-        raise ConfigError("--mode manual is not yet supported; use --mode auto (the default)")
     if args.ready_timeout <= 0:
         raise ConfigError(f"--ready-timeout {args.ready_timeout:g}: give a positive number")
     env = []
@@ -240,7 +243,9 @@ def joined_text(options: MeshOptions, joined: Joined) -> str:
     return "\n".join(lines)
 
 
-async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
+async def run_mesh(
+    kube: KubeObjects, options: MeshOptions, manual: mesh_manual.ManualArgs | None = None
+) -> int:
     import aiohttp
 
     from localmesh.clustermesh.membership import MeshError
@@ -250,7 +255,7 @@ async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
     from localmesh.forward import Connector
 
     namespace, service = options.namespace, options.service
-    session = MeshSession(kube, options)
+    session = MeshSession(kube, options) if manual is None else manual.session(kube, options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with _signals(loop, stop):
@@ -283,7 +288,11 @@ async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
                             + (f": {dialer.last_error}" if dialer.last_error else "")
                         )
                     else:
-                        print(joined_text(options, joined), flush=True)
+                        if manual is None:
+                            print(joined_text(options, joined), flush=True)
+                        else:
+                            text = mesh_manual.describe(options, session, manual.output)
+                            print(text, flush=True)
                         lost = asyncio.create_task(session.lost.wait())
                         await _first(lost, stop)
                         lost.cancel()
@@ -300,7 +309,9 @@ async def run_mesh(kube: KubeObjects, options: MeshOptions) -> int:
                         "the session's Lease expires by itself; then "
                         f"`localmesh mesh clean -n {namespace} {service}` puts the Service back"
                     ) from None
-        if result.restored:
+        if manual is not None:
+            print(f"left {namespace}/{service}; removed the shadow", flush=True)
+        elif result.restored:
             print(f"restored {namespace}/{service}; removed the router", flush=True)
         else:
             print(f"left {namespace}/{service}; others still mesh it", flush=True)

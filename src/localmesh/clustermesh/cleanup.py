@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.manual import delete_applied_rules
 from localmesh.clustermesh.membership import (
     delete_session_objects,
     lease_dead,
@@ -93,7 +94,7 @@ async def clean(
         current = await kube.get("Service", ns, name)
         listed = set(mesh_state(current).sessions) if current is not None else set()
         orphans: dict[str, list[str]] = defaultdict(list)
-        for kind in ("Pod", "Secret"):
+        for kind in ("Pod", "Secret", "Service"):
             selector = f"{m.managed_selector(name)},{m.COMPONENT_LABEL}=shadow"
             for obj in await kube.list(kind, ns, selector):
                 orphans[obj["metadata"]["name"]].append(kind)
@@ -102,7 +103,9 @@ async def clean(
         for session in sorted(orphans):
             if session in listed or not lease_dead(leases.get(session)):
                 continue
-            done = await delete_session_objects(kube, ns, session, dry_run, if_dead=True)
+            # A manual session's applied rules go first: its Lease records them.
+            done = await delete_applied_rules(kube, ns, leases.get(session), dry_run)
+            done += await delete_session_objects(kube, ns, session, dry_run, if_dead=True)
             report.actions += [f"{prefix} {what}" for what in done]
         live = sorted(n for n in listed if not lease_dead(leases.get(n)))
         if live:

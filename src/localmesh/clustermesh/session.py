@@ -29,9 +29,11 @@ from localmesh.clustermesh.membership import (
     cas_service,
     delete_session_objects,
     ensure,
+    lease_live,
     mesh_state,
     remove_sessions,
     routed,
+    session_leases,
     with_session,
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
@@ -256,16 +258,26 @@ class MeshSession:
     async def check(self) -> Checked:
         """Every check that must pass before anything changes."""
         o = self.options
-        if o.mode != "auto":
-            raise MeshError(f"--mode {o.mode} is not yet supported; use --mode auto (the default)")
+        if o.mode not in ("auto", "manual"):
+            raise MeshError(f"--mode {o.mode}: use auto (the default) or manual")
         service = await self.kube.get("Service", o.namespace, o.service)
         if service is None:
             raise MeshError(f"service {self.where} not found")
         state = mesh_state(service)
-        if state.mode is not None and state.mode != "auto":
+        if state.mode is not None and state.mode != o.mode:
             raise MeshError(
-                f"service {self.where} is meshed in {state.mode} mode; auto mode cannot join it"
+                f"service {self.where} is meshed in {state.mode} mode; {o.mode} mode cannot join it"
             )
+        # Manual sessions leave the Service as it is: their Leases say which mode they use.
+        for lease in (await session_leases(self.kube, o.namespace, o.service)).values():
+            notes = lease["metadata"].get("annotations") or {}
+            other = notes.get(m.MODE_ANNOTATION, "auto")
+            if other != o.mode and lease_live(lease):
+                holder = (lease.get("spec") or {}).get("holderIdentity", "?")
+                raise MeshError(
+                    f"service {self.where} is meshed in {other} mode by {holder}; "
+                    f"{o.mode} mode cannot join it"
+                )
         selector = state.original_selector
         if selector is None:
             selector = service.get("spec", {}).get("selector") or None
@@ -293,7 +305,7 @@ class MeshSession:
                         f"nothing accepts connections on local port {port}: start the process "
                         "that should serve it first, or pass --skip-port-checking"
                     )
-        missing = await missing_permissions(self.kube, o.namespace, o.service)
+        missing = await self.missing_permissions()
         if missing:
             raise MeshError(
                 f"missing permissions to mesh {self.where} (nothing was changed):\n  "
@@ -301,7 +313,12 @@ class MeshSession:
             )
         return Checked(service, ports, router_ports)
 
+    async def missing_permissions(self) -> list[str]:
+        return await missing_permissions(self.kube, self.options.namespace, self.options.service)
+
     async def join(self) -> Joined:
+        if self.options.mode != "auto":
+            raise MeshError(f"--mode {self.options.mode}: a ManualSession joins in that mode")
         checked = await self.check()
         o = self.options
         spec = m.SessionSpec(

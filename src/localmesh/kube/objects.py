@@ -65,6 +65,13 @@ KINDS: dict[str, Kind] = {
     ),
     "Lease": Kind("/apis/coordination.k8s.io/v1", "leases", "coordination.k8s.io"),
     "EndpointSlice": Kind("/apis/discovery.k8s.io/v1", "endpointslices", "discovery.k8s.io"),
+    # Istio's routing rules, applied by `mesh --mode manual --apply`
+    "DestinationRule": Kind(
+        "/apis/networking.istio.io/v1", "destinationrules", "networking.istio.io"
+    ),
+    "VirtualService": Kind(
+        "/apis/networking.istio.io/v1", "virtualservices", "networking.istio.io"
+    ),
 }
 
 
