@@ -46,6 +46,7 @@ from localmesh.apply_config import Backends
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
 from localmesh.config import Config, ServiceEntry, load_config
 from localmesh.control import (
+    CheckStatus,
     EnvoyStatus,
     InstanceStatus,
     SnapshotResource,
@@ -61,6 +62,7 @@ from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
 from localmesh.heap import freeze_heap, load_without_gc
 from localmesh.hosts import HostsFile
 from localmesh.kube import Cluster
+from localmesh.listenerhealth import ListenerHealth
 from localmesh.reconciler import Reconciler
 from localmesh.runtime import InstanceLock, RuntimePaths, invoking_user, runtime_paths
 from localmesh.statusview import hosts_status, xds_status
@@ -73,6 +75,7 @@ log = structlog.get_logger(__name__)
 
 FIRST_TARGETS_TIMEOUT = 15.0  # how long start-up waits for an entry's first forwarders
 RETRY_UNRESOLVED_EVERY = 5.0  # entries whose service is missing are tried again this often
+STATS_TIMEOUT = 2.0  # status waits this long for Envoy's stats (the listener check says why)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class MeshInstance:
         self._manager: ForwardManager | None = None
         self._backends: Backends | None = None
         self._envoy: EnvoySupervisor | None = None
+        self._listener_health: ListenerHealth | None = None
         self._hosts: HostsFile | None = None
         self._saves: SaveWatch | None = None
         self._stop = asyncio.Event()
@@ -202,6 +206,8 @@ class MeshInstance:
         self._spawn("envoy supervision", envoy.join)  # a dead supervisor stops `up`
         await envoy.wait_listening(config.listener_port)
         await self._wait_in_sync()
+        self._listener_health = ListenerHealth(envoy, opts.bind, config.listener_port)
+        self._spawn("check the listener", self._listener_health.run)
 
         if self._hosts is not None:
             self._print("/etc/hosts updated successfully")
@@ -325,6 +331,8 @@ class MeshInstance:
         assert self._backends is not None
         await self._backends.apply(config)
         self.config = config
+        if self._listener_health is not None:
+            self._listener_health.port = config.listener_port
         if self._hosts is not None:
             try:
                 self._hosts.ensure(_hosts(config), address=self.options.bind)
@@ -403,7 +411,8 @@ class MeshInstance:
         traffic = {}
         if envoy is not None and envoy.running:
             with contextlib.suppress(Exception):
-                traffic = cluster_traffic(await envoy.stats(r"^cluster\."))
+                async with asyncio.timeout(STATS_TIMEOUT):  # a stopped Envoy never answers
+                    traffic = cluster_traffic(await envoy.stats(r"^cluster\."))
         hosts = (
             await hosts_status(self._backends, self._manager, traffic)
             if self._backends is not None
@@ -426,8 +435,14 @@ class MeshInstance:
             xds=xds_status(self.cache),
             config_path=str(self.options.config_path),
             started_at=self._started_at,
+            checks=await self._checks(),
             extra_problems=(self._config_problem,) if self._config_problem else (),
         )
+
+    async def _checks(self) -> tuple[CheckStatus, ...]:
+        """The facts status is derived from, checked now (each repaired in between)."""
+        health = self._listener_health
+        return (await health.check(),) if health is not None else ()
 
     async def _served_port(self, configured: int) -> int:
         """The port Envoy listens on: the configured one, unless Envoy could not bind it

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from localmesh.api.v1 import control_pb2 as pb
 from localmesh.control.model import (
+    CheckStatus,
     EnvoyStatus,
     HostStatus,
     InstanceStatus,
@@ -103,6 +104,10 @@ def status_to_proto(status: InstanceStatus) -> pb.StatusResponse:
         ),
         healthy=not problems,
         problems=list(problems),
+        checks=[
+            pb.Check(name=c.name, ok=c.ok, problem=c.problem, repaired=c.repaired)
+            for c in status.checks
+        ],
     )
     # Timestamps are set in place: no separate google.protobuf import needed.
     _set_time(message, "started_at", status.started_at)
@@ -176,6 +181,10 @@ def status_from_proto(message: pb.StatusResponse) -> InstanceStatus:
             restarts=message.envoy.restarts,
             version=message.envoy.version,
             bootstrap_path=message.envoy.bootstrap_path,
+        ),
+        checks=tuple(
+            CheckStatus(name=c.name, ok=c.ok, problem=c.problem, repaired=c.repaired)
+            for c in message.checks
         ),
     )
     # Problems the server reported beyond the derived ones travel as extra problems.

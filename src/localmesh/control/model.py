@@ -96,6 +96,16 @@ class XdsTypeStatus:
 
 
 @dataclass(frozen=True)
+class CheckStatus:
+    """One fact checked when status is taken (e.g. "listener": bound and serving)."""
+
+    name: str
+    ok: bool
+    problem: str = ""  # why the check fails now, one sentence
+    repaired: str = ""  # the last repair localmesh made for it, e.g. "Envoy restarted at ..."
+
+
+@dataclass(frozen=True)
 class EnvoyStatus:
     running: bool
     pid: int = 0
@@ -121,6 +131,8 @@ class InstanceStatus:
     # Problems only the instance knows about (e.g. "services.yaml is invalid, serving the
     # previous version"); they make the status unhealthy like the derived ones.
     extra_problems: tuple[str, ...] = ()
+    # Facts checked at status time (and repaired in between when they fail).
+    checks: tuple[CheckStatus, ...] = ()
 
     @property
     def listener(self) -> str:
@@ -136,6 +148,7 @@ class InstanceStatus:
         found: list[str] = []
         if not self.envoy.running:
             found.append("envoy is not running")
+        found.extend(f"{c.name}: {c.problem}" for c in self.checks if not c.ok)
         for host in self.hosts:
             found.extend(
                 f"{host.host}: route {r.match} -> {r.target}: {r.error}"

@@ -63,6 +63,16 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _check_lines(status: InstanceStatus) -> list[str]:
+    """One line per checked fact, and the last repair of each under it."""
+    lines = []
+    for check in status.checks:
+        lines.append(f"{check.name}: {'ok' if check.ok else 'FAILING: ' + check.problem}")
+        if check.repaired:
+            lines.append(f"  repaired: {check.repaired}")
+    return lines
+
+
 def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -> str:
     """The human view: a summary, one line per host with its pods indented below it, the
     xDS exchange per type, and the problems last."""
@@ -84,6 +94,7 @@ def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -
         lines.append(f"envoy: running ({', '.join(detail)})")
     else:
         lines.append(f"envoy: NOT RUNNING (restarts {envoy.restarts})")
+    lines.extend(_check_lines(status))
 
     lines.append("")
     rows = [["HOST", "TARGET", "TYPE", "PODS", "REQUESTS", "ERRORS", "LAST RECONNECT"]]

@@ -14,7 +14,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("name", "pid", "listener_address", "listener_port", "config_path", "started_at", "hosts", "xds", "envoy", "healthy", "problems")
+    __slots__ = ("name", "pid", "listener_address", "listener_port", "config_path", "started_at", "hosts", "xds", "envoy", "healthy", "problems", "checks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LISTENER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class StatusResponse(_message.Message):
     ENVOY_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     pid: int
     listener_address: str
@@ -37,7 +38,20 @@ class StatusResponse(_message.Message):
     envoy: EnvoyStatus
     healthy: bool
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., pid: _Optional[int] = ..., listener_address: _Optional[str] = ..., listener_port: _Optional[int] = ..., config_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., xds: _Optional[_Iterable[_Union[XdsTypeStatus, _Mapping]]] = ..., envoy: _Optional[_Union[EnvoyStatus, _Mapping]] = ..., healthy: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    checks: _containers.RepeatedCompositeFieldContainer[Check]
+    def __init__(self, name: _Optional[str] = ..., pid: _Optional[int] = ..., listener_address: _Optional[str] = ..., listener_port: _Optional[int] = ..., config_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., xds: _Optional[_Iterable[_Union[XdsTypeStatus, _Mapping]]] = ..., envoy: _Optional[_Union[EnvoyStatus, _Mapping]] = ..., healthy: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ...) -> None: ...
+
+class Check(_message.Message):
+    __slots__ = ("name", "ok", "problem", "repaired")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    problem: str
+    repaired: str
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., problem: _Optional[str] = ..., repaired: _Optional[str] = ...) -> None: ...
 
 class HostStatus(_message.Message):
     __slots__ = ("host", "namespace", "service", "port", "target_port", "type", "cluster", "pods", "last_reconnect", "last_reconnect_reason", "requests", "errors", "error", "local", "local_listening", "routes")
