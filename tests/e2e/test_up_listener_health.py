@@ -56,7 +56,7 @@ async def mesh(
 
 def listener_check(status: dict[str, Any]) -> dict[str, Any]:
     (check,) = [c for c in status["checks"] if c["name"] == "listener"]
-    return check
+    return dict(check)
 
 
 async def admin_post(socket_path: str, path: str) -> None:
@@ -74,7 +74,7 @@ async def unhealthy_because(runtime_dir: Path, words: str) -> dict[str, Any] | N
     if not problems:
         return None
     assert code == 1 and status["healthy"] is False, status
-    return status
+    return dict(status)
 
 
 async def repaired(runtime_dir: Path, old_pid: int) -> dict[str, Any] | None:
@@ -83,7 +83,7 @@ async def repaired(runtime_dir: Path, old_pid: int) -> dict[str, Any] | None:
     if code != 0 or not check["ok"] or "Envoy restarted at" not in check["repaired"]:
         return None
     assert envoy_pid(status) != old_pid
-    return status
+    return dict(status)
 
 
 async def test_drained_listener_makes_status_unhealthy_and_is_repaired(
