@@ -113,7 +113,8 @@ def parse_bind_error(message: str, binary: Path | None = None) -> ListenerBindEr
 class ClusterTraffic:
     """Request and error counts of one Envoy cluster, from its admin stats."""
 
-    requests: int = 0
+    requests: int = 0  # attempts: a retried request counts once per try
+    completed: int = 0  # requests answered (by the upstream or, failing, by Envoy)
     active: int = 0
     responses_2xx: int = 0
     responses_4xx: int = 0
@@ -130,6 +131,7 @@ class ClusterTraffic:
 
 _TRAFFIC_STATS: dict[str, str] = {
     "upstream_rq_total": "requests",
+    "upstream_rq_completed": "completed",
     "upstream_rq_active": "active",
     "upstream_rq_2xx": "responses_2xx",
     "upstream_rq_4xx": "responses_4xx",

@@ -63,6 +63,7 @@ from localmesh.heap import freeze_heap, load_without_gc
 from localmesh.hosts import HostsFile
 from localmesh.kube import Cluster
 from localmesh.listenerhealth import ListenerHealth
+from localmesh.recent import SAMPLE_EVERY, STATS_PATTERN, RecentTraffic
 from localmesh.reconciler import Reconciler
 from localmesh.runtime import InstanceLock, RuntimePaths, invoking_user, runtime_paths
 from localmesh.statusview import hosts_status, xds_status
@@ -117,6 +118,7 @@ class MeshInstance:
         self._backends: Backends | None = None
         self._envoy: EnvoySupervisor | None = None
         self._listener_health: ListenerHealth | None = None
+        self._recent = RecentTraffic()
         self._hosts: HostsFile | None = None
         self._saves: SaveWatch | None = None
         self._stop = asyncio.Event()
@@ -208,6 +210,7 @@ class MeshInstance:
         await self._wait_in_sync()
         self._listener_health = ListenerHealth(envoy, opts.bind, config.listener_port)
         self._spawn("check the listener", self._listener_health.run)
+        self._spawn("sample envoy's counters", self._sample_traffic)
 
         if self._hosts is not None:
             self._print("/etc/hosts updated successfully")
@@ -413,8 +416,11 @@ class MeshInstance:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(STATS_TIMEOUT):  # a stopped Envoy never answers
                     traffic = cluster_traffic(await envoy.stats(r"^cluster\."))
+        if traffic:
+            self._recent.add(asyncio.get_running_loop().time(), traffic)
+        recent, recent_seconds = self._recent.recent()
         hosts = (
-            await hosts_status(self._backends, self._manager, traffic)
+            await hosts_status(self._backends, self._manager, traffic, recent)
             if self._backends is not None
             else ()
         )
@@ -436,8 +442,20 @@ class MeshInstance:
             config_path=str(self.options.config_path),
             started_at=self._started_at,
             checks=await self._checks(),
+            recent_seconds=recent_seconds,
             extra_problems=(self._config_problem,) if self._config_problem else (),
         )
+
+    async def _sample_traffic(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            envoy = self._envoy
+            if envoy is not None and envoy.running:
+                with contextlib.suppress(Exception):  # a stopped Envoy: the check says so
+                    async with asyncio.timeout(STATS_TIMEOUT):
+                        stats = await envoy.stats(STATS_PATTERN)
+                    self._recent.add(loop.time(), cluster_traffic(stats))
+            await asyncio.sleep(SAMPLE_EVERY)  # the sampling interval
 
     async def _checks(self) -> tuple[CheckStatus, ...]:
         """The facts status is derived from, checked now (each repaired in between)."""

@@ -71,6 +71,8 @@ def status_to_proto(status: InstanceStatus) -> pb.StatusResponse:
                 error=h.error,
                 local=h.local,
                 local_listening=h.local_listening,
+                recent_requests=h.recent_requests,
+                recent_failures=h.recent_failures,
                 routes=[
                     pb.RouteStatus(
                         match=r.match,
@@ -108,6 +110,8 @@ def status_to_proto(status: InstanceStatus) -> pb.StatusResponse:
             pb.Check(name=c.name, ok=c.ok, problem=c.problem, repaired=c.repaired)
             for c in status.checks
         ],
+        recent_seconds=status.recent_seconds,
+        degraded=list(status.degraded()),
     )
     # Timestamps are set in place: no separate google.protobuf import needed.
     _set_time(message, "started_at", status.started_at)
@@ -151,6 +155,8 @@ def status_from_proto(message: pb.StatusResponse) -> InstanceStatus:
                 error=h.error,
                 local=h.local,
                 local_listening=h.local_listening,
+                recent_requests=h.recent_requests,
+                recent_failures=h.recent_failures,
                 routes=tuple(
                     RouteStatus(
                         match=r.match,
@@ -186,6 +192,7 @@ def status_from_proto(message: pb.StatusResponse) -> InstanceStatus:
             CheckStatus(name=c.name, ok=c.ok, problem=c.problem, repaired=c.repaired)
             for c in message.checks
         ),
+        recent_seconds=message.recent_seconds,
     )
     # Problems the server reported beyond the derived ones travel as extra problems.
     known = set(derived.problems())
