@@ -221,6 +221,7 @@ class PodForwarder:
         if self._session is session and not self._stopped:
             # Not at once: a server that ends every session at once is not hammered.
             self._session = None
+            self._close_later(session)  # its websocket, if still open
             asyncio.get_running_loop().call_later(SESSION_REOPEN_DELAY, self._reopen)
 
     def _reopen(self) -> None:
