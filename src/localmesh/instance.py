@@ -12,10 +12,12 @@ the reverse order of their start:
     reconciler    the one task that plans the desired state from facts, then snapshots
     forwarders    one local listener per ready pod (`apply_config.Backends`); up/down
                   events feed the reconciler
-    Envoy         started once from a static bootstrap; restarted if it dies
+    Envoy         started once from a static bootstrap; restarted if it dies, or if its
+                  listener stops serving (`localmesh.listenerhealth`)
 
 Config apply lives in `localmesh.apply_config`, the status builder in
-`localmesh.statusview`, GC tuning in `localmesh.heap`.
+`localmesh.statusview` (recent counts per host: `localmesh.recent`), GC tuning in
+`localmesh.heap`.
 
 With `watch=True` edits of services.yaml are applied live (only the difference: new entries
 get forwarders, removed ones lose theirs, routes follow over RDS); an invalid edit is logged

@@ -32,9 +32,9 @@ log = structlog.get_logger(__name__)
 
 CHECK_NAME = "listener"
 CHECK_EVERY = 1.0  # seconds between periodic checks
-ADMIN_TIMEOUT = 2.0  # a healthy Envoy answers /ready in milliseconds
+ADMIN_TIMEOUT = 3.0  # a healthy Envoy answers /ready in milliseconds, even on a busy machine
 CONNECT_TIMEOUT = 1.0
-REPAIR_AFTER = 2.0  # seconds a fault lasts before Envoy is restarted
+REPAIR_AFTER = 3.0  # seconds a fault lasts before Envoy is restarted
 RESTART_TIMEOUT = 30.0  # a restarted Envoy is LIVE once it has its first CDS and LDS
 
 
