@@ -440,11 +440,11 @@ class MeshInstance:
                 bootstrap_path=str(self.paths.envoy_bootstrap),
             ),
             hosts=hosts,
+            recent_seconds=recent_seconds,
+            checks=await self._checks(),
             xds=xds_status(self.cache),
             config_path=str(self.options.config_path),
             started_at=self._started_at,
-            checks=await self._checks(),
-            recent_seconds=recent_seconds,
             extra_problems=(self._config_problem,) if self._config_problem else (),
         )
 
