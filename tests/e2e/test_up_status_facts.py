@@ -133,8 +133,10 @@ async def test_forwarders_shown_as_they_are(
         ), status["problems"]
     finally:
         await restart
-    assert await eventually(
-        lambda: status_is(port, "billing-api.localhost", 200), seconds=20, what="served again"
-    )
-    _, status = await status_json(up_runtime_dir)
-    assert {p["state"] for p in host(status, "billing-api.localhost")["pods"]} == {"ready"}
+
+    async def reconnected() -> bool:  # by itself: no request has been sent since
+        _, status = await status_json(up_runtime_dir)
+        return {p["state"] for p in host(status, "billing-api.localhost")["pods"]} == {"ready"}
+
+    await eventually(reconnected, seconds=40, what="the forwarders connected again")
+    assert await status_is(port, "billing-api.localhost", 200)

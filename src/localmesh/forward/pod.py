@@ -32,6 +32,7 @@ BACKOFF_MAX = 5.0
 RESERVE_MAX = 16  # websockets held open for one pod at the busiest
 RESERVE_DECAY_SECONDS = 10.0  # without a miss for this long the reserve halves
 SESSION_REOPEN_DELAY = 1.0  # seconds after a multiplexed session ended before it reopens
+SESSION_REOPEN_MAX = 30.0  # ... doubling while reopening fails (the API server is away)
 
 
 class PodForwarder:
@@ -74,6 +75,7 @@ class PodForwarder:
         self._session: SpdySession | None = None
         self._session_opening: asyncio.Task[SpdySession | None] | None = None
         self._retired: set[SpdySession] = set()
+        self._reopen_delay = SESSION_REOPEN_DELAY
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -222,11 +224,21 @@ class PodForwarder:
             # Not at once: a server that ends every session at once is not hammered.
             self._session = None
             self._close_later(session)  # its websocket, if still open
-            asyncio.get_running_loop().call_later(SESSION_REOPEN_DELAY, self._reopen)
+            self._reopen_delay = SESSION_REOPEN_DELAY
+            asyncio.get_running_loop().call_later(self._reopen_delay, self._reopen)
 
     def _reopen(self) -> None:
         if self._session is None and not self._stopped and self._multiplex:
-            self._session_task().add_done_callback(_retrieve)
+            self._session_task().add_done_callback(self._reopened)
+
+    def _reopened(self, task: asyncio.Task[SpdySession | None]) -> None:
+        _retrieve(task)
+        if task.cancelled() or task.exception() is None or self._stopped:
+            return
+        # Keep trying while the API server is away, so the state turns "ready" again when
+        # it is back, without waiting for a connection to try.
+        self._reopen_delay = min(SESSION_REOPEN_MAX, self._reopen_delay * 2)
+        asyncio.get_running_loop().call_later(self._reopen_delay, self._reopen)
 
     # -- the reserve ------------------------------------------------------------------------
     def _fill(self) -> None:
