@@ -70,12 +70,12 @@ class PodForwarder:
         self._retry: asyncio.TimerHandle | None = None
         self._decay: asyncio.TimerHandle | None = None
         self._stopped = False
+        self._reopen_delay = SESSION_REOPEN_DELAY  # while a lost session cannot be reopened
         # The multiplexed session, while the server offers one.
         self._multiplex = multiplex
         self._session: SpdySession | None = None
         self._session_opening: asyncio.Task[SpdySession | None] | None = None
         self._retired: set[SpdySession] = set()
-        self._reopen_delay = SESSION_REOPEN_DELAY
 
     async def start(self) -> tuple[str, int]:
         self._server = await asyncio.start_server(
