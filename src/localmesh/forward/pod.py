@@ -214,8 +214,8 @@ class PodForwarder:
             await session.close()
             return None
         self._session = session
-        # A session that ends (the API server restarted) is opened again at once, so that
-        # the state says whether the pod side can still be reached.
+        # A session that ends (the API server restarted) is opened again shortly after,
+        # so that the state says whether the pod side can still be reached.
         session.add_done_callback(functools.partial(self._session_ended, session))
         return session
 
