@@ -113,7 +113,8 @@ def parse_bind_error(message: str, binary: Path | None = None) -> ListenerBindEr
 class ClusterTraffic:
     """Request and error counts of one Envoy cluster, from its admin stats."""
 
-    requests: int = 0
+    requests: int = 0  # attempts: a retried request counts once per try
+    completed: int = 0  # requests answered (by the upstream or, failing, by Envoy)
     active: int = 0
     responses_2xx: int = 0
     responses_4xx: int = 0
@@ -130,6 +131,7 @@ class ClusterTraffic:
 
 _TRAFFIC_STATS: dict[str, str] = {
     "upstream_rq_total": "requests",
+    "upstream_rq_completed": "completed",
     "upstream_rq_active": "active",
     "upstream_rq_2xx": "responses_2xx",
     "upstream_rq_4xx": "responses_4xx",
@@ -286,6 +288,8 @@ class EnvoySupervisor:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Set by restart(): the process was ended on purpose, start the next without backoff.
+        self._restart_reason: str | None = None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -383,6 +387,34 @@ class EnvoySupervisor:
             for status in listeners.get("listener_statuses", [])
             if "port_value" in status.get("local_address", {}).get("socket_address", {})
         }
+
+    async def answers(self, within: float) -> bool:
+        """Whether the admin API of the current process answers within `within` seconds
+        (a stopped or looping Envoy still accepts connections in the kernel, and no more)."""
+        if self._admin is None or not self.running:
+            return False
+        try:
+            async with asyncio.timeout(within):
+                session, base = self._admin_target()
+                async with session.get(base + "/ready") as resp:
+                    await resp.read()
+                    return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError, EnvoyError):
+            return False
+
+    async def restart(self, reason: str) -> None:
+        """End the current process at once (SIGKILL: it may be stopped or looping) and let
+        the supervisor start a new one without backoff; it re-syncs from the control plane.
+        Returns once the new process is LIVE."""
+        run = self._run
+        if self._task is None or run is None or run.proc.returncode is not None:
+            raise EnvoyError("Envoy is not supervised")
+        log.warning("restarting envoy", pid=run.pid, reason=reason)
+        self._restart_reason = reason
+        self._ready.clear()
+        with contextlib.suppress(ProcessLookupError):
+            run.proc.kill()
+        await self._ready.wait()
 
     async def wait_listening(self, port: int, within: float = 10.0) -> None:
         """Wait until Envoy listens on `port` (pushed over LDS), or raise why it cannot.
@@ -568,14 +600,21 @@ class EnvoySupervisor:
                     return
                 if loop.time() - run.started >= self._stable_after:
                     delay = self._backoff_initial
-                log.error(
-                    "envoy exited unexpectedly; restarting",
-                    pid=run.pid,
-                    reason=self.last_exit,
-                    restart_in=round(delay, 2),
-                )
-            await asyncio.sleep(delay)  # backoff, not synchronisation
-            delay = min(delay * 2, self._backoff_max)
+                if self._restart_reason is not None:  # restart(): no crash loop to slow down
+                    self.last_exit = f"restarted by localmesh: {self._restart_reason}"
+                    self._restart_reason = None
+                    wait = 0.0
+                else:
+                    log.error(
+                        "envoy exited unexpectedly; restarting",
+                        pid=run.pid,
+                        reason=self.last_exit,
+                        restart_in=round(delay, 2),
+                    )
+                    wait, delay = delay, min(delay * 2, self._backoff_max)
+            else:
+                wait, delay = delay, min(delay * 2, self._backoff_max)
+            await asyncio.sleep(wait)  # backoff, not synchronisation
             self.restart_count += 1
             try:
                 run = await self._spawn()

@@ -12,10 +12,12 @@ the reverse order of their start:
     reconciler    the one task that plans the desired state from facts, then snapshots
     forwarders    one local listener per ready pod (`apply_config.Backends`); up/down
                   events feed the reconciler
-    Envoy         started once from a static bootstrap; restarted if it dies
+    Envoy         started once from a static bootstrap; restarted if it dies, or if its
+                  listener stops serving (`localmesh.listenerhealth`)
 
 Config apply lives in `localmesh.apply_config`, the status builder in
-`localmesh.statusview`, GC tuning in `localmesh.heap`.
+`localmesh.statusview` (recent counts per host: `localmesh.recent`), GC tuning in
+`localmesh.heap`.
 
 With `watch=True` edits of services.yaml are applied live (only the difference: new entries
 get forwarders, removed ones lose theirs, routes follow over RDS); an invalid edit is logged
@@ -46,6 +48,7 @@ from localmesh.apply_config import Backends
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
 from localmesh.config import Config, ServiceEntry, load_config
 from localmesh.control import (
+    CheckStatus,
     EnvoyStatus,
     InstanceStatus,
     SnapshotResource,
@@ -61,6 +64,8 @@ from localmesh.forward import ForwarderEvent, ForwardManager, ForwardOptions
 from localmesh.heap import freeze_heap, load_without_gc
 from localmesh.hosts import HostsFile
 from localmesh.kube import Cluster
+from localmesh.listenerhealth import ListenerHealth
+from localmesh.recent import SAMPLE_EVERY, STATS_PATTERN, RecentTraffic
 from localmesh.reconciler import Reconciler
 from localmesh.runtime import InstanceLock, RuntimePaths, invoking_user, runtime_paths
 from localmesh.statusview import hosts_status, xds_status
@@ -73,6 +78,7 @@ log = structlog.get_logger(__name__)
 
 FIRST_TARGETS_TIMEOUT = 15.0  # how long start-up waits for an entry's first forwarders
 RETRY_UNRESOLVED_EVERY = 5.0  # entries whose service is missing are tried again this often
+STATS_TIMEOUT = 2.0  # status waits this long for Envoy's stats (the listener check says why)
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class MeshInstance:
         self._cluster: Cluster | None = None
         self._backends: Backends | None = None
         self._envoy: EnvoySupervisor | None = None
+        self._listener_health: ListenerHealth | None = None
+        self._recent = RecentTraffic()
         self._hosts: HostsFile | None = None
         self._saves: SaveWatch | None = None
         self._stop = asyncio.Event()
@@ -207,6 +215,9 @@ class MeshInstance:
         self._spawn("envoy supervision", envoy.join)  # a dead supervisor stops `up`
         await envoy.wait_listening(config.listener_port)
         await self._wait_in_sync()
+        self._listener_health = ListenerHealth(envoy, opts.bind, config.listener_port)
+        self._spawn("check the listener", self._listener_health.run)
+        self._spawn("sample envoy's counters", self._sample_traffic)
 
         if self._hosts is not None:
             self._print(f"{self.options.hosts_file} updated successfully")
@@ -330,6 +341,8 @@ class MeshInstance:
         assert self._backends is not None
         await self._backends.apply(config)
         self.config = config
+        if self._listener_health is not None:
+            self._listener_health.port = config.listener_port
         if self._hosts is not None:
             try:
                 self._hosts.ensure(_hosts(config), address=self.options.bind)
@@ -408,9 +421,13 @@ class MeshInstance:
         traffic = {}
         if envoy is not None and envoy.running:
             with contextlib.suppress(Exception):
-                traffic = cluster_traffic(await envoy.stats(r"^cluster\."))
+                async with asyncio.timeout(STATS_TIMEOUT):  # a stopped Envoy never answers
+                    traffic = cluster_traffic(await envoy.stats(r"^cluster\."))
+        if traffic:
+            self._recent.add(asyncio.get_running_loop().time(), traffic)
+        recent, recent_seconds = self._recent.recent()
         hosts = (
-            await hosts_status(self._backends, self._manager, traffic)
+            await hosts_status(self._backends, self._manager, traffic, recent)
             if self._backends is not None
             else ()
         )
@@ -428,6 +445,8 @@ class MeshInstance:
                 bootstrap_path=str(self.paths.envoy_bootstrap),
             ),
             hosts=hosts,
+            recent_seconds=recent_seconds,
+            checks=await self._checks(),
             xds=xds_status(self.cache),
             config_path=str(self.options.config_path),
             started_at=self._started_at,
@@ -436,6 +455,22 @@ class MeshInstance:
                 *(self._cluster.problems() if self._cluster is not None else ()),
             ),
         )
+
+    async def _sample_traffic(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            envoy = self._envoy
+            if envoy is not None and envoy.running:
+                with contextlib.suppress(Exception):  # a stopped Envoy: the check says so
+                    async with asyncio.timeout(STATS_TIMEOUT):
+                        stats = await envoy.stats(STATS_PATTERN)
+                    self._recent.add(loop.time(), cluster_traffic(stats))
+            await asyncio.sleep(SAMPLE_EVERY)  # the sampling interval
+
+    async def _checks(self) -> tuple[CheckStatus, ...]:
+        """The facts status is derived from, checked now (each repaired in between)."""
+        health = self._listener_health
+        return (await health.check(),) if health is not None else ()
 
     async def _served_port(self, configured: int) -> int:
         """The port Envoy listens on: the configured one, unless Envoy could not bind it

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from localmesh.apply_config import Backends
 from localmesh.config import Config, LocalAddress, ServiceEntry, ServiceRef, route_backend
 from localmesh.control import (
-    POD_READY,
     HostStatus,
     PodStatus,
     RouteStatus,
@@ -26,6 +25,7 @@ from localmesh.desired import local_cluster_name
 from localmesh.envoy import ClusterTraffic
 from localmesh.forward import ForwardManager
 from localmesh.plan import entry_cluster_name
+from localmesh.recent import Recent
 from localmesh.xds.cache import SnapshotCache
 
 LOCAL_PROBE_TIMEOUT = 1.0
@@ -85,6 +85,7 @@ class HostSources:
     manager: ForwardManager | None
     traffic: Mapping[str, ClusterTraffic]
     listening: Mapping[LocalAddress, bool]
+    recent: Mapping[str, Recent]  # per cluster, over the instance's recent window
 
 
 def _pods(sources: HostSources, backend: ServiceEntry) -> tuple[tuple[PodStatus, ...], int]:
@@ -102,7 +103,7 @@ def _pods(sources: HostSources, backend: ServiceEntry) -> tuple[tuple[PodStatus,
                 name=target.pod,
                 local_address=address,
                 local_port=port,
-                state=POD_READY,
+                state=forwarder.state,
                 active_connections=forwarder.stats.active,
                 last_error=forwarder.stats.last_error or "",
             )
@@ -141,7 +142,18 @@ def _route_status(sources: HostSources, entry: ServiceEntry) -> tuple[RouteStatu
     return tuple(found)
 
 
+def _with_recent(sources: HostSources, host: HostStatus) -> HostStatus:
+    recent = sources.recent.get(host.cluster)
+    if recent is None:
+        return host
+    return replace(host, recent_requests=recent.requests, recent_failures=recent.failures)
+
+
 def host_status(sources: HostSources, entry: ServiceEntry) -> HostStatus:
+    return _with_recent(sources, _host_status(sources, entry))
+
+
+def _host_status(sources: HostSources, entry: ServiceEntry) -> HostStatus:
     routes = _route_status(sources, entry)
     if entry.local is not None:
         cluster = local_cluster_name(entry.local.address, entry.local.port, entry.protocol)
@@ -184,11 +196,14 @@ def host_status(sources: HostSources, entry: ServiceEntry) -> HostStatus:
 
 
 async def hosts_status(
-    backends: Backends, manager: ForwardManager | None, traffic: Mapping[str, ClusterTraffic]
+    backends: Backends,
+    manager: ForwardManager | None,
+    traffic: Mapping[str, ClusterTraffic],
+    recent: Mapping[str, Recent] | None = None,
 ) -> tuple[HostStatus, ...]:
     config = backends.config
     listening = await probe_all(local_addresses(config))
-    sources = HostSources(backends, manager, traffic, listening)
+    sources = HostSources(backends, manager, traffic, listening, recent or {})
     return tuple(host_status(sources, entry) for entry in config.services)
 
 

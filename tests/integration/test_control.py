@@ -23,6 +23,7 @@ from localmesh.api.v1 import control_pb2, control_pb2_grpc
 from localmesh.control import (
     POD_BACKOFF,
     POD_READY,
+    CheckStatus,
     ControlClient,
     EnvoyStatus,
     HostStatus,
@@ -114,6 +115,7 @@ STATUS = InstanceStatus(
         XdsTypeStatus(CDS, "5", "4", "cluster 'x': invalid"),
     ),
     extra_problems=("services.yaml is invalid; serving the previous version",),
+    checks=(CheckStatus("listener", True, repaired="Envoy restarted at 09:00:00 (it hung)"),),
 )
 
 RESOURCES = (

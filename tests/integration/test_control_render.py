@@ -11,6 +11,7 @@ import pytest
 from localmesh.control import (
     POD_BACKOFF,
     POD_CONNECTING,
+    CheckStatus,
     EnvoyStatus,
     HostStatus,
     InstanceStatus,
@@ -139,6 +140,18 @@ DOWN_HOST = HostStatus(
             "envoy rejected Listener version 9: bad listener",
         ),
         (replace(HEALTHY, extra_problems=("config invalid",)), "config invalid"),
+        (
+            replace(HEALTHY, checks=(CheckStatus("listener", False, "nothing accepts"),)),
+            "listener: nothing accepts",
+        ),
+        (
+            _with_host(
+                replace(HEALTHY, recent_seconds=10.2),
+                replace(STATUS.hosts[0], recent_requests=4, recent_failures=4),
+            ),
+            "billing-api.localhost: all 4 requests failed in the last 10s "
+            "(5xx, resets or connect failures)",
+        ),
     ],
 )
 def test_exit_code_is_non_zero_for_each_unhealthy_condition(
@@ -202,3 +215,31 @@ def test_a_local_host_with_nothing_listening_is_a_problem_a_route_target_is_not(
         "error": "",
     }
     assert data["hosts"][2]["target"] == "local 127.0.0.1:3000"
+
+
+def test_some_recent_failures_make_a_degraded_instance_that_exits_0() -> None:
+    host = replace(STATUS.hosts[0], recent_requests=10, recent_failures=3)
+    status = replace(HEALTHY, hosts=(host, *HEALTHY.hosts[1:]), recent_seconds=9.6)
+    assert status.problems() == () and status.state == "degraded"
+    assert status_exit_code(status) == 0
+    reason = (
+        "billing-api.localhost: 3 of 10 requests failed in the last 10s "
+        "(5xx, resets or connect failures)"
+    )
+    assert status.degraded() == (reason,)
+    text = render_status_text(status, now=NOW)
+    assert text.startswith("localmesh 'dev' (pid 4321): DEGRADED\n")
+    assert text.endswith(f"degraded:\n  - {reason}\n")
+    data = json.loads(render_status_json(status))
+    assert (data["state"], data["healthy"], data["degraded"]) == ("degraded", True, [reason])
+
+
+def test_text_shows_each_check_and_its_last_repair() -> None:
+    status = replace(
+        HEALTHY,
+        checks=(CheckStatus("listener", True, repaired="Envoy restarted at 04:09:58 (hung)"),),
+    )
+    text = render_status_text(status, now=NOW)
+    assert "\nlistener: ok\n  repaired: Envoy restarted at 04:09:58 (hung)\n" in text
+    failing = replace(status, checks=(CheckStatus("listener", False, "nothing accepts"),))
+    assert "\nlistener: FAILING: nothing accepts\n" in render_status_text(failing, now=NOW)

@@ -672,3 +672,30 @@ async def test_admin_api_is_a_socket_only_the_user_can_reach(
     # The same request from the user (or anyone, were the socket open) gets through.
     await asyncio.to_thread(os.chmod, admin, 0o666)
     assert await _admin_post_as(nobody, admin, "/drain_listeners") == "HTTP/1.1 200 OK"
+
+
+async def test_restart_replaces_a_stopped_envoy_without_backoff(
+    envoy_supervisors: SupervisorFactory, http_backends: HttpBackends
+) -> None:
+    """The listener check's repair: a process that stopped answering is replaced at once
+    (a backoff of a minute shows that no crash-loop delay applies)."""
+    alpha = await http_backends("alpha")
+    port = free_port()
+    supervisor = envoy_supervisors(
+        static_bootstrap(port, {"alpha.localhost": alpha.port}),
+        backoff_initial=60.0,
+        backoff_max=60.0,
+    )
+    await supervisor.start()
+    first = supervisor.pid
+    assert first is not None
+    assert await supervisor.answers(within=5)
+    os.kill(first, signal.SIGSTOP)
+    assert not await supervisor.answers(within=0.5)
+    await asyncio.wait_for(supervisor.restart("it stopped answering"), 30)
+    assert supervisor.pid not in (None, first)
+    assert not process_exists(first)
+    assert supervisor.restart_count == 1
+    assert supervisor.last_exit == "restarted by localmesh: it stopped answering"
+    assert await supervisor.answers(within=5)
+    assert (await curl_json(port, "alpha.localhost"))["backend"] == "alpha"

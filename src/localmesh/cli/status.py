@@ -25,7 +25,30 @@ def register(subparsers: Any) -> None:
     add_instance_arguments(parser)
     add_hosts_file_argument(parser, "hosts file to check for a block left by a crash")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep showing one line per host (live pods, req/s, failed requests), refreshed "
+        "every --interval seconds until Ctrl-C; on a non-terminal, one block per refresh",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes of --watch (default: 2)",
+    )
     parser.set_defaults(run=run)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"between 0.1 and 3600 seconds, not {text}")
+    return value
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -37,6 +60,14 @@ async def run(args: argparse.Namespace) -> int:
     )
     from localmesh.errors import ControlError
 
+    if args.watch:
+        from localmesh.errors import UsageError
+        from localmesh.statuswatch import watch_status
+
+        if args.json:
+            raise UsageError("--watch shows a table: use --json without --watch")
+
+        return await watch_status(args.name, args.interval)
     try:
         async with ControlClient.for_name(args.name) as client:
             status = await client.status()

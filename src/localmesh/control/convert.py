@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from localmesh.api.v1 import control_pb2 as pb
 from localmesh.control.model import (
+    CheckStatus,
     EnvoyStatus,
     HostStatus,
     InstanceStatus,
@@ -70,6 +71,8 @@ def status_to_proto(status: InstanceStatus) -> pb.StatusResponse:
                 error=h.error,
                 local=h.local,
                 local_listening=h.local_listening,
+                recent_requests=h.recent_requests,
+                recent_failures=h.recent_failures,
                 routes=[
                     pb.RouteStatus(
                         match=r.match,
@@ -103,6 +106,12 @@ def status_to_proto(status: InstanceStatus) -> pb.StatusResponse:
         ),
         healthy=not problems,
         problems=list(problems),
+        checks=[
+            pb.Check(name=c.name, ok=c.ok, problem=c.problem, repaired=c.repaired)
+            for c in status.checks
+        ],
+        recent_seconds=status.recent_seconds,
+        degraded=list(status.degraded()),
     )
     # Timestamps are set in place: no separate google.protobuf import needed.
     _set_time(message, "started_at", status.started_at)
@@ -146,6 +155,8 @@ def status_from_proto(message: pb.StatusResponse) -> InstanceStatus:
                 error=h.error,
                 local=h.local,
                 local_listening=h.local_listening,
+                recent_requests=h.recent_requests,
+                recent_failures=h.recent_failures,
                 routes=tuple(
                     RouteStatus(
                         match=r.match,
@@ -177,6 +188,11 @@ def status_from_proto(message: pb.StatusResponse) -> InstanceStatus:
             version=message.envoy.version,
             bootstrap_path=message.envoy.bootstrap_path,
         ),
+        checks=tuple(
+            CheckStatus(name=c.name, ok=c.ok, problem=c.problem, repaired=c.repaired)
+            for c in message.checks
+        ),
+        recent_seconds=message.recent_seconds,
     )
     # Problems the server reported beyond the derived ones travel as extra problems.
     known = set(derived.problems())

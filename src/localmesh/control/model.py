@@ -65,6 +65,9 @@ class HostStatus:
     local: str = ""  # the host's own target is a local process at this address
     local_listening: bool = False  # ... which accepted a connection when status was taken
     routes: tuple[RouteStatus, ...] = ()
+    # Over the instance's recent window (`InstanceStatus.recent_seconds`), from Envoy's stats.
+    recent_requests: int = 0
+    recent_failures: int = 0  # 5xx answers, resets and connect failures
 
     @property
     def target(self) -> str:
@@ -96,6 +99,16 @@ class XdsTypeStatus:
 
 
 @dataclass(frozen=True)
+class CheckStatus:
+    """One fact checked when status is taken (e.g. "listener": bound and serving)."""
+
+    name: str
+    ok: bool
+    problem: str = ""  # why the check fails now, one sentence
+    repaired: str = ""  # the last repair localmesh made for it, e.g. "Envoy restarted at ..."
+
+
+@dataclass(frozen=True)
 class EnvoyStatus:
     running: bool
     pid: int = 0
@@ -121,6 +134,9 @@ class InstanceStatus:
     # Problems only the instance knows about (e.g. "services.yaml is invalid, serving the
     # previous version"); they make the status unhealthy like the derived ones.
     extra_problems: tuple[str, ...] = ()
+    # Facts checked at status time (and repaired in between when they fail).
+    checks: tuple[CheckStatus, ...] = ()
+    recent_seconds: float = 0.0  # the span the hosts' recent counts cover (0: none yet)
 
     @property
     def listener(self) -> str:
@@ -136,6 +152,7 @@ class InstanceStatus:
         found: list[str] = []
         if not self.envoy.running:
             found.append("envoy is not running")
+        found.extend(f"{c.name}: {c.problem}" for c in self.checks if not c.ok)
         for host in self.hosts:
             found.extend(
                 f"{host.host}: route {r.match} -> {r.target}: {r.error}"
@@ -149,6 +166,12 @@ class InstanceStatus:
             if not host.live_pods:
                 why = f": {host.error}" if host.error else ""
                 found.append(f"{host.host}: no live endpoints ({host.target}){why}")
+        found.extend(
+            f"{h.host}: all {h.recent_requests} requests failed in the last "
+            f"{self.recent_seconds:.0f}s (5xx, resets or connect failures)"
+            for h in self.hosts
+            if h.recent_requests and h.recent_failures >= h.recent_requests
+        )
         for xds in self.xds:
             if xds.nack:
                 found.append(
@@ -160,6 +183,23 @@ class InstanceStatus:
     @property
     def healthy(self) -> bool:
         return not self.problems()
+
+    def degraded(self) -> tuple[str, ...]:
+        """What works only in part (some recent requests of a host failed), one sentence
+        each; it does not make the instance unhealthy, it makes it "degraded"."""
+        return tuple(
+            f"{h.host}: {h.recent_failures} of {h.recent_requests} requests failed in the last "
+            f"{self.recent_seconds:.0f}s (5xx, resets or connect failures)"
+            for h in self.hosts
+            if 0 < h.recent_failures < h.recent_requests
+        )
+
+    @property
+    def state(self) -> str:
+        """ "unhealthy" (problems), "degraded" (partial failures) or "healthy"."""
+        if not self.healthy:
+            return "unhealthy"
+        return "degraded" if self.degraded() else "healthy"
 
 
 @dataclass(frozen=True)

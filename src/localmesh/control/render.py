@@ -30,7 +30,9 @@ def status_to_dict(status: InstanceStatus) -> dict[str, Any]:
     data.pop("extra_problems")
     data["listener"] = status.listener
     data["healthy"] = status.healthy
+    data["state"] = status.state
     data["problems"] = list(status.problems())
+    data["degraded"] = list(status.degraded())
     for host, raw in zip(status.hosts, data["hosts"], strict=True):
         raw["target"] = host.target
         raw["live_pods"] = len(host.live_pods)
@@ -63,11 +65,21 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _check_lines(status: InstanceStatus) -> list[str]:
+    """One line per checked fact, and the last repair of each under it."""
+    lines = []
+    for check in status.checks:
+        lines.append(f"{check.name}: {'ok' if check.ok else 'FAILING: ' + check.problem}")
+        if check.repaired:
+            lines.append(f"  repaired: {check.repaired}")
+    return lines
+
+
 def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -> str:
     """The human view: a summary, one line per host with its pods indented below it, the
     xDS exchange per type, and the problems last."""
     now = now or datetime.now(UTC)
-    state = "healthy" if status.healthy else "UNHEALTHY"
+    state = {"unhealthy": "UNHEALTHY", "degraded": "DEGRADED"}.get(status.state, "healthy")
     lines = [f"localmesh {status.name!r} (pid {status.pid}): {state}"]
     lines.append(f"listen: {status.listener}")
     if status.config_path:
@@ -84,6 +96,7 @@ def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -
         lines.append(f"envoy: running ({', '.join(detail)})")
     else:
         lines.append(f"envoy: NOT RUNNING (restarts {envoy.restarts})")
+    lines.extend(_check_lines(status))
 
     lines.append("")
     rows = [["HOST", "TARGET", "TYPE", "PODS", "REQUESTS", "ERRORS", "LAST RECONNECT"]]
@@ -159,6 +172,11 @@ def render_status_text(status: InstanceStatus, *, now: datetime | None = None) -
         lines.append("")
         lines.append("problems:")
         lines.extend(f"  - {p}" for p in problems)
+    degraded = status.degraded()
+    if degraded:
+        lines.append("")
+        lines.append("degraded:")
+        lines.extend(f"  - {p}" for p in degraded)
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,8 @@ BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 5.0
 RESERVE_MAX = 16  # websockets held open for one pod at the busiest
 RESERVE_DECAY_SECONDS = 10.0  # without a miss for this long the reserve halves
+SESSION_REOPEN_DELAY = 1.0  # seconds after a multiplexed session ended before it reopens
+SESSION_REOPEN_MAX = 30.0  # ... doubling while reopening fails (the API server is away)
 
 
 class PodForwarder:
@@ -69,6 +71,7 @@ class PodForwarder:
         self._retry: asyncio.TimerHandle | None = None
         self._decay: asyncio.TimerHandle | None = None
         self._stopped = False
+        self._reopen_delay = SESSION_REOPEN_DELAY  # while a lost session cannot be reopened
         # The multiplexed session, while the server offers one.
         self._multiplex = multiplex
         self._session: SpdySession | None = None
@@ -116,6 +119,22 @@ class PodForwarder:
         sessions = [*self._retired, *([self._session] if self._session else [])]
         await asyncio.gather(*(session.close() for session in sessions))
         log.debug("forwarder stopped", target=self.label)
+
+    @property
+    def state(self) -> str:
+        """What the forwarder knows now: "ready" (its pod side is connected, or opens on
+        demand without failing), "connecting", "backoff" (opening the pod side fails) or
+        "closed" (its listener is gone)."""
+        if self._stopped or self._server is None or not self._server.is_serving():
+            return "closed"
+        if self._multiplex:
+            if self._session is not None and self._session.usable:
+                return "ready"
+            opening = self._session_opening
+            if opening is None or not opening.done():
+                return "connecting"
+            return "backoff" if opening.cancelled() or opening.exception() else "connecting"
+        return "backoff" if self._delay > 0 else "ready"
 
     # -- connections ------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -199,7 +218,31 @@ class PodForwarder:
             await session.close()
             return None
         self._session = session
+        # A session that ends (the API server restarted) is opened again shortly after,
+        # so that the state says whether the pod side can still be reached.
+        session.add_done_callback(functools.partial(self._session_ended, session))
         return session
+
+    def _session_ended(self, session: SpdySession) -> None:
+        if self._session is session and not self._stopped:
+            # Not at once: a server that ends every session at once is not hammered.
+            self._session = None
+            self._close_later(session)  # its websocket, if still open
+            self._reopen_delay = SESSION_REOPEN_DELAY
+            asyncio.get_running_loop().call_later(self._reopen_delay, self._reopen)
+
+    def _reopen(self) -> None:
+        if self._session is None and not self._stopped and self._multiplex:
+            self._session_task().add_done_callback(self._reopened)
+
+    def _reopened(self, task: asyncio.Task[SpdySession | None]) -> None:
+        _retrieve(task)
+        if task.cancelled() or task.exception() is None or self._stopped:
+            return
+        # Keep trying while the API server is away, so the state turns "ready" again when
+        # it is back, without waiting for a connection to try.
+        self._reopen_delay = min(SESSION_REOPEN_MAX, self._reopen_delay * 2)
+        asyncio.get_running_loop().call_later(self._reopen_delay, self._reopen)
 
     # -- the reserve ------------------------------------------------------------------------
     def _fill(self) -> None:

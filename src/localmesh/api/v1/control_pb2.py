@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elocalmesh/api/v1/control.proto\x12\x0clocalmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rStatusRequest\"\xc1\x02\n\x0eStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x18\n\x10listener_address\x18\x03 \x01(\t\x12\x15\n\rlistener_port\x18\x04 \x01(\r\x12\x13\n\x0b\x63onfig_path\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05hosts\x18\x07 \x03(\x0b\x32\x18.localmesh.v1.HostStatus\x12(\n\x03xds\x18\x08 \x03(\x0b\x32\x1b.localmesh.v1.XdsTypeStatus\x12(\n\x05\x65nvoy\x18\t \x01(\x0b\x32\x19.localmesh.v1.EnvoyStatus\x12\x0f\n\x07healthy\x18\n \x01(\x08\x12\x10\n\x08problems\x18\x0b \x03(\t\"\xfe\x02\n\nHostStatus\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\t\x12\x13\n\x0btarget_port\x18\x05 \x01(\r\x12\x0c\n\x04type\x18\x06 \x01(\t\x12\x0f\n\x07\x63luster\x18\x07 \x01(\t\x12%\n\x04pods\x18\x08 \x03(\x0b\x32\x17.localmesh.v1.PodStatus\x12\x32\n\x0elast_reconnect\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15last_reconnect_reason\x18\n \x01(\t\x12\x10\n\x08requests\x18\x0b \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x0c \x01(\x04\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\r\n\x05local\x18\x0e \x01(\t\x12\x17\n\x0flocal_listening\x18\x0f \x01(\x08\x12)\n\x06routes\x18\x10 \x03(\x0b\x32\x19.localmesh.v1.RouteStatus\"n\n\x0bRouteStatus\x12\r\n\x05match\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x11\n\tlistening\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x83\x01\n\tPodStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlocal_address\x18\x02 \x01(\t\x12\x12\n\nlocal_port\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\x1a\n\x12\x61\x63tive_connections\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\"^\n\rXdsTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x16\n\x0eserved_version\x18\x02 \x01(\t\x12\x15\n\racked_version\x18\x03 \x01(\t\x12\x0c\n\x04nack\x18\x04 \x01(\t\"}\n\x0b\x45nvoyStatus\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x15\n\radmin_address\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x16\n\x0e\x62ootstrap_path\x18\x06 \x01(\t\"\r\n\x0b\x44ownRequest\"\x1b\n\x0c\x44ownResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"(\n\x13\x44umpSnapshotRequest\x12\x11\n\ttype_urls\x18\x01 \x03(\t\"I\n\x14\x44umpSnapshotResponse\x12\x31\n\tresources\x18\x01 \x03(\x0b\x32\x1e.localmesh.v1.SnapshotResource\"Q\n\x10SnapshotResource\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04json\x18\x04 \x01(\t2\xe4\x01\n\x07\x43ontrol\x12\x43\n\x06Status\x12\x1b.localmesh.v1.StatusRequest\x1a\x1c.localmesh.v1.StatusResponse\x12=\n\x04\x44own\x12\x19.localmesh.v1.DownRequest\x1a\x1a.localmesh.v1.DownResponse\x12U\n\x0c\x44umpSnapshot\x12!.localmesh.v1.DumpSnapshotRequest\x1a\".localmesh.v1.DumpSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elocalmesh/api/v1/control.proto\x12\x0clocalmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rStatusRequest\"\x90\x03\n\x0eStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x18\n\x10listener_address\x18\x03 \x01(\t\x12\x15\n\rlistener_port\x18\x04 \x01(\r\x12\x13\n\x0b\x63onfig_path\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05hosts\x18\x07 \x03(\x0b\x32\x18.localmesh.v1.HostStatus\x12(\n\x03xds\x18\x08 \x03(\x0b\x32\x1b.localmesh.v1.XdsTypeStatus\x12(\n\x05\x65nvoy\x18\t \x01(\x0b\x32\x19.localmesh.v1.EnvoyStatus\x12\x0f\n\x07healthy\x18\n \x01(\x08\x12\x10\n\x08problems\x18\x0b \x03(\t\x12#\n\x06\x63hecks\x18\x14 \x03(\x0b\x32\x13.localmesh.v1.Check\x12\x16\n\x0erecent_seconds\x18\x15 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x16 \x03(\t\"D\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0f\n\x07problem\x18\x03 \x01(\t\x12\x10\n\x08repaired\x18\x04 \x01(\t\"\xb0\x03\n\nHostStatus\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\t\x12\x13\n\x0btarget_port\x18\x05 \x01(\r\x12\x0c\n\x04type\x18\x06 \x01(\t\x12\x0f\n\x07\x63luster\x18\x07 \x01(\t\x12%\n\x04pods\x18\x08 \x03(\x0b\x32\x17.localmesh.v1.PodStatus\x12\x32\n\x0elast_reconnect\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15last_reconnect_reason\x18\n \x01(\t\x12\x10\n\x08requests\x18\x0b \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x0c \x01(\x04\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\r\n\x05local\x18\x0e \x01(\t\x12\x17\n\x0flocal_listening\x18\x0f \x01(\x08\x12)\n\x06routes\x18\x10 \x03(\x0b\x32\x19.localmesh.v1.RouteStatus\x12\x17\n\x0frecent_requests\x18\x11 \x01(\x04\x12\x17\n\x0frecent_failures\x18\x12 \x01(\x04\"n\n\x0bRouteStatus\x12\r\n\x05match\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x11\n\tlistening\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x83\x01\n\tPodStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlocal_address\x18\x02 \x01(\t\x12\x12\n\nlocal_port\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\x1a\n\x12\x61\x63tive_connections\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\"^\n\rXdsTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x16\n\x0eserved_version\x18\x02 \x01(\t\x12\x15\n\racked_version\x18\x03 \x01(\t\x12\x0c\n\x04nack\x18\x04 \x01(\t\"}\n\x0b\x45nvoyStatus\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x15\n\radmin_address\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x16\n\x0e\x62ootstrap_path\x18\x06 \x01(\t\"\r\n\x0b\x44ownRequest\"\x1b\n\x0c\x44ownResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"(\n\x13\x44umpSnapshotRequest\x12\x11\n\ttype_urls\x18\x01 \x03(\t\"I\n\x14\x44umpSnapshotResponse\x12\x31\n\tresources\x18\x01 \x03(\x0b\x32\x1e.localmesh.v1.SnapshotResource\"Q\n\x10SnapshotResource\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04json\x18\x04 \x01(\t2\xe4\x01\n\x07\x43ontrol\x12\x43\n\x06Status\x12\x1b.localmesh.v1.StatusRequest\x1a\x1c.localmesh.v1.StatusResponse\x12=\n\x04\x44own\x12\x19.localmesh.v1.DownRequest\x1a\x1a.localmesh.v1.DownResponse\x12U\n\x0c\x44umpSnapshot\x12!.localmesh.v1.DumpSnapshotRequest\x1a\".localmesh.v1.DumpSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=81
   _globals['_STATUSREQUEST']._serialized_end=96
   _globals['_STATUSRESPONSE']._serialized_start=99
-  _globals['_STATUSRESPONSE']._serialized_end=420
-  _globals['_HOSTSTATUS']._serialized_start=423
-  _globals['_HOSTSTATUS']._serialized_end=805
-  _globals['_ROUTESTATUS']._serialized_start=807
-  _globals['_ROUTESTATUS']._serialized_end=917
-  _globals['_PODSTATUS']._serialized_start=920
-  _globals['_PODSTATUS']._serialized_end=1051
-  _globals['_XDSTYPESTATUS']._serialized_start=1053
-  _globals['_XDSTYPESTATUS']._serialized_end=1147
-  _globals['_ENVOYSTATUS']._serialized_start=1149
-  _globals['_ENVOYSTATUS']._serialized_end=1274
-  _globals['_DOWNREQUEST']._serialized_start=1276
-  _globals['_DOWNREQUEST']._serialized_end=1289
-  _globals['_DOWNRESPONSE']._serialized_start=1291
-  _globals['_DOWNRESPONSE']._serialized_end=1318
-  _globals['_DUMPSNAPSHOTREQUEST']._serialized_start=1320
-  _globals['_DUMPSNAPSHOTREQUEST']._serialized_end=1360
-  _globals['_DUMPSNAPSHOTRESPONSE']._serialized_start=1362
-  _globals['_DUMPSNAPSHOTRESPONSE']._serialized_end=1435
-  _globals['_SNAPSHOTRESOURCE']._serialized_start=1437
-  _globals['_SNAPSHOTRESOURCE']._serialized_end=1518
-  _globals['_CONTROL']._serialized_start=1521
-  _globals['_CONTROL']._serialized_end=1749
+  _globals['_STATUSRESPONSE']._serialized_end=499
+  _globals['_CHECK']._serialized_start=501
+  _globals['_CHECK']._serialized_end=569
+  _globals['_HOSTSTATUS']._serialized_start=572
+  _globals['_HOSTSTATUS']._serialized_end=1004
+  _globals['_ROUTESTATUS']._serialized_start=1006
+  _globals['_ROUTESTATUS']._serialized_end=1116
+  _globals['_PODSTATUS']._serialized_start=1119
+  _globals['_PODSTATUS']._serialized_end=1250
+  _globals['_XDSTYPESTATUS']._serialized_start=1252
+  _globals['_XDSTYPESTATUS']._serialized_end=1346
+  _globals['_ENVOYSTATUS']._serialized_start=1348
+  _globals['_ENVOYSTATUS']._serialized_end=1473
+  _globals['_DOWNREQUEST']._serialized_start=1475
+  _globals['_DOWNREQUEST']._serialized_end=1488
+  _globals['_DOWNRESPONSE']._serialized_start=1490
+  _globals['_DOWNRESPONSE']._serialized_end=1517
+  _globals['_DUMPSNAPSHOTREQUEST']._serialized_start=1519
+  _globals['_DUMPSNAPSHOTREQUEST']._serialized_end=1559
+  _globals['_DUMPSNAPSHOTRESPONSE']._serialized_start=1561
+  _globals['_DUMPSNAPSHOTRESPONSE']._serialized_end=1634
+  _globals['_SNAPSHOTRESOURCE']._serialized_start=1636
+  _globals['_SNAPSHOTRESOURCE']._serialized_end=1717
+  _globals['_CONTROL']._serialized_start=1720
+  _globals['_CONTROL']._serialized_end=1948
 # @@protoc_insertion_point(module_scope)

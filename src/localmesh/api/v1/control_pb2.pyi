@@ -14,7 +14,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("name", "pid", "listener_address", "listener_port", "config_path", "started_at", "hosts", "xds", "envoy", "healthy", "problems")
+    __slots__ = ("name", "pid", "listener_address", "listener_port", "config_path", "started_at", "hosts", "xds", "envoy", "healthy", "problems", "checks", "recent_seconds", "degraded")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LISTENER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,9 @@ class StatusResponse(_message.Message):
     ENVOY_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     name: str
     pid: int
     listener_address: str
@@ -37,10 +40,25 @@ class StatusResponse(_message.Message):
     envoy: EnvoyStatus
     healthy: bool
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., pid: _Optional[int] = ..., listener_address: _Optional[str] = ..., listener_port: _Optional[int] = ..., config_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., xds: _Optional[_Iterable[_Union[XdsTypeStatus, _Mapping]]] = ..., envoy: _Optional[_Union[EnvoyStatus, _Mapping]] = ..., healthy: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    checks: _containers.RepeatedCompositeFieldContainer[Check]
+    recent_seconds: float
+    degraded: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., pid: _Optional[int] = ..., listener_address: _Optional[str] = ..., listener_port: _Optional[int] = ..., config_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., xds: _Optional[_Iterable[_Union[XdsTypeStatus, _Mapping]]] = ..., envoy: _Optional[_Union[EnvoyStatus, _Mapping]] = ..., healthy: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recent_seconds: _Optional[float] = ..., degraded: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Check(_message.Message):
+    __slots__ = ("name", "ok", "problem", "repaired")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    problem: str
+    repaired: str
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., problem: _Optional[str] = ..., repaired: _Optional[str] = ...) -> None: ...
 
 class HostStatus(_message.Message):
-    __slots__ = ("host", "namespace", "service", "port", "target_port", "type", "cluster", "pods", "last_reconnect", "last_reconnect_reason", "requests", "errors", "error", "local", "local_listening", "routes")
+    __slots__ = ("host", "namespace", "service", "port", "target_port", "type", "cluster", "pods", "last_reconnect", "last_reconnect_reason", "requests", "errors", "error", "local", "local_listening", "routes", "recent_requests", "recent_failures")
     HOST_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +75,8 @@ class HostStatus(_message.Message):
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     LOCAL_LISTENING_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     host: str
     namespace: str
     service: str
@@ -73,7 +93,9 @@ class HostStatus(_message.Message):
     local: str
     local_listening: bool
     routes: _containers.RepeatedCompositeFieldContainer[RouteStatus]
-    def __init__(self, host: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., port: _Optional[str] = ..., target_port: _Optional[int] = ..., type: _Optional[str] = ..., cluster: _Optional[str] = ..., pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., last_reconnect: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_reconnect_reason: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error: _Optional[str] = ..., local: _Optional[str] = ..., local_listening: _Optional[bool] = ..., routes: _Optional[_Iterable[_Union[RouteStatus, _Mapping]]] = ...) -> None: ...
+    recent_requests: int
+    recent_failures: int
+    def __init__(self, host: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., port: _Optional[str] = ..., target_port: _Optional[int] = ..., type: _Optional[str] = ..., cluster: _Optional[str] = ..., pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., last_reconnect: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_reconnect_reason: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error: _Optional[str] = ..., local: _Optional[str] = ..., local_listening: _Optional[bool] = ..., routes: _Optional[_Iterable[_Union[RouteStatus, _Mapping]]] = ..., recent_requests: _Optional[int] = ..., recent_failures: _Optional[int] = ...) -> None: ...
 
 class RouteStatus(_message.Message):
     __slots__ = ("match", "target", "cluster", "local", "listening", "error")
