@@ -14,7 +14,6 @@ import contextlib
 import json
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -79,7 +78,6 @@ class Reflector:
         # since the given generation, so retry now).
         self._refresh = refresh
         self._generation = generation or (lambda: 0)
-        self.last_contact = 0.0  # time.monotonic() of the last answer from the API server
         self._list_fn = list_fn
         self._namespace = namespace
         self._deliver = deliver
@@ -141,7 +139,6 @@ class Reflector:
             body = json.loads(response.data)
         finally:
             self._release(response)
-        self.last_contact = time.monotonic()
         self._post("SYNC", list(body.get("items") or []))
         return str(body.get("metadata", {}).get("resourceVersion", ""))
 
@@ -154,9 +151,7 @@ class Reflector:
             timeout_seconds=WATCH_TIMEOUT_SECONDS,
         )
         try:
-            self.last_contact = time.monotonic()
             for line in iter_lines(response):
-                self.last_contact = time.monotonic()
                 event = json.loads(line)
                 kind = event.get("type")
                 obj = event.get("object") or {}
