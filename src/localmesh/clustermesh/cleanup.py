@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from localmesh.clustermesh import manifests as m
-from localmesh.clustermesh.manual import delete_applied_rules
+from localmesh.clustermesh.manual import delete_applied_rules, delete_shadow_service
 from localmesh.clustermesh.membership import (
     delete_session_objects,
     lease_dead,
@@ -106,6 +106,8 @@ async def clean(
             # A manual session's applied rules go first: its Lease records them.
             done = await delete_applied_rules(kube, ns, leases.get(session), dry_run)
             done += await delete_session_objects(kube, ns, session, dry_run, if_dead=True)
+            if done or session not in leases:  # its Lease gone: so is manual mode's Service
+                done += await delete_shadow_service(kube, ns, session, dry_run)
             report.actions += [f"{prefix} {what}" for what in done]
         live = sorted(n for n in listed if not lease_dead(leases.get(n)))
         if live:

@@ -152,6 +152,19 @@ async def delete_applied_rules(
     return done
 
 
+async def delete_shadow_service(
+    kube: KubeObjects, namespace: str, name: str, dry_run: bool = False
+) -> list[str]:
+    """A session's shadow Service (named as the session), when localmesh made it."""
+    obj = await kube.get("Service", namespace, name)
+    labels = (obj or {}).get("metadata", {}).get("labels") or {}
+    if obj is None or labels.get(m.SESSION_LABEL) != name:
+        return []
+    if dry_run or await kube.delete("Service", namespace, name):
+        return [f"Service {namespace}/{name}"]
+    return []
+
+
 class ManualSession(MeshSession):
     """One developer's manual-mode session: Lease, Secret, shadow pod (and shadow Service);
     never the Service itself."""
@@ -368,4 +381,6 @@ class ManualSession(MeshSession):
         recorded = {"metadata": {"annotations": {APPLIED_ANNOTATION: json.dumps(self.applied)}}}
         deleted = await delete_applied_rules(self.kube, o.namespace, recorded)
         deleted += await delete_session_objects(self.kube, o.namespace, self.spec.name)
+        if self.with_shadow_service:
+            deleted += await delete_shadow_service(self.kube, o.namespace, self.spec.name)
         return LeaveResult(False, deleted)

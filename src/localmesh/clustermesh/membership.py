@@ -273,7 +273,7 @@ async def delete_session_objects(
     `if_dead` (someone else's session), only while its Lease stays dead: one renewed since
     it was judged dead keeps everything."""
     done: list[str] = []
-    for kind in ("Lease", "Pod", "Secret", "Service"):  # Service: manual mode's shadow
+    for kind in ("Lease", "Pod", "Secret"):
         obj = await kube.get(kind, namespace, name)
         if obj is None or not _is_ours(obj):
             continue
