@@ -111,6 +111,7 @@ class RouterAgent:
         self._objects: dict[str, dict[str, JSON]] = {k: {} for k in KINDS}
         self._synced: set[str] = set()
         self._changed = asyncio.Event()
+        self._all_synced = asyncio.Event()
         self._cache = SnapshotCache()
         self._reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -130,6 +131,8 @@ class RouterAgent:
                 for obj in payload:
                     store[obj["metadata"]["name"]] = obj
                 self._synced.add(kind)
+                if len(self._synced) == len(KINDS):
+                    self._all_synced.set()
             elif event in ("ADDED", "MODIFIED"):
                 store[payload["metadata"]["name"]] = payload
             elif event == "DELETED":
@@ -220,6 +223,10 @@ class RouterAgent:
     async def _become_ready(self) -> None:
         assert self._envoy is not None
         try:
+            # Ready only with the origin pods known: the Service's selector moves to this
+            # pod once it is Ready, and unmarked requests must not fail then.
+            await self._all_synced.wait()
+            self._publish(datetime.now(UTC))
             await self._cache.wait_for_ack()
             for port in self.ports:
                 await self._envoy.wait_listening(port, within=60.0)
