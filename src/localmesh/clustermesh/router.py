@@ -323,6 +323,7 @@ class RouterAgent:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                self._changed.clear()  # before planning: an event during it is not lost
                 now = datetime.now(UTC)
                 router = self._publish(now)
                 if router.sessions or len(self._synced) < len(KINDS):
@@ -335,7 +336,6 @@ class RouterAgent:
                     self._last_live = time.monotonic()
                 expiry = rp.next_expiry(self._objects["Lease"].values(), now)
                 tick = MAX_TICK if expiry is None else min(MAX_TICK, max(expiry, 0.0) + 0.01)
-                self._changed.clear()
                 changed = asyncio.create_task(self._changed.wait())
                 await asyncio.wait(
                     {changed, stopping}, timeout=tick, return_when=asyncio.FIRST_COMPLETED
