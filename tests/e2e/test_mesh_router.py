@@ -138,16 +138,57 @@ async def body_of(url: str, headers: dict[str, str] | None = None) -> str | None
     return reply.body if reply.status == 200 else None
 
 
+class UnmarkedLoad:
+    """Unmarked requests, each on a new connection, one after another until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ok = 0
+        self.failures: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def answered(self, count: int = 5) -> bool:
+        return self.ok >= count
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=10)
+        while True:
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                try:
+                    async with session.get(self.url) as resp:
+                        body = await resp.text()
+                        if resp.status == 200 and body.startswith("{"):
+                            self.ok += 1
+                        else:
+                            self.failures.append(f"{resp.status} {body[:80]}")
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self.failures.append(repr(exc))
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 async def test_marked_http_and_websocket_reach_this_machine_the_rest_the_pods(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     before = comparable(await service_json(sandbox))
+    ip = await cluster_ip(sandbox, "billing", "billing-api")
+    url = f"http://{ip}:8080/orders"
+    # Steady unmarked load across the join and the leave: not one request may fail.
+    load = UnmarkedLoad(url)
+    load.start()
+    await eventually(load.answered, seconds=30, what="unmarked load before the mesh")
     async with contextlib.AsyncExitStack() as app_stack:
         port = await app_stack.enter_async_context(local_app("ana"))
         proc = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{port}:8080", "dev")
         try:
-            ip = await cluster_ip(sandbox, "billing", "billing-api")
-            url = f"http://{ip}:8080/orders"
 
             async def marked() -> str | None:
                 body = await body_of(url, {"version": "dev"})
@@ -182,6 +223,10 @@ async def test_marked_http_and_websocket_reach_this_machine_the_rest_the_pods(
             await stop_mesh(proc)
     assert proc.returncode == 0
     assert comparable(await service_json(sandbox)) == before
+    seen = load.ok
+    await eventually(lambda: load.answered(seen + 5), seconds=30, what="load after the leave")
+    await load.stop()
+    assert load.failures == [], load.failures[:5]
     await wait_managed_gone(sandbox)
 
 

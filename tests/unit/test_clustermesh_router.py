@@ -70,6 +70,10 @@ def test_no_in_cluster_credentials_is_a_clear_error(
     access = load_incluster_access()
     assert access.server == "https://127.0.0.1:6443"
     assert access.headers_now()["Authorization"].lower() == "bearer t0k3n"
+    # A rotated token is used from the next request on.
+    (tmp_path / "token.new").write_text("r0t4t3d-and-longer\n")
+    (tmp_path / "token.new").replace(tmp_path / "token")
+    assert access.headers_now()["Authorization"] == "Bearer r0t4t3d-and-longer"
 
 
 def test_router_ports_are_the_deployments_ports_without_the_health_port() -> None:

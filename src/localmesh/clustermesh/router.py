@@ -111,6 +111,7 @@ class RouterAgent:
         self._objects: dict[str, dict[str, JSON]] = {k: {} for k in KINDS}
         self._synced: set[str] = set()
         self._changed = asyncio.Event()
+        self._all_synced = asyncio.Event()
         self._cache = SnapshotCache()
         self._reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -130,6 +131,8 @@ class RouterAgent:
                 for obj in payload:
                     store[obj["metadata"]["name"]] = obj
                 self._synced.add(kind)
+                if len(self._synced) == len(KINDS):
+                    self._all_synced.set()
             elif event in ("ADDED", "MODIFIED"):
                 store[payload["metadata"]["name"]] = payload
             elif event == "DELETED":
@@ -220,6 +223,10 @@ class RouterAgent:
     async def _become_ready(self) -> None:
         assert self._envoy is not None
         try:
+            # Ready only with the origin pods known: the Service's selector moves to this
+            # pod once it is Ready, and unmarked requests must not fail then.
+            await self._all_synced.wait()
+            self._publish(datetime.now(UTC))
             await self._cache.wait_for_ack()
             for port in self.ports:
                 await self._envoy.wait_listening(port, within=60.0)
@@ -316,6 +323,7 @@ class RouterAgent:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                self._changed.clear()  # before planning: an event during it is not lost
                 now = datetime.now(UTC)
                 router = self._publish(now)
                 if router.sessions or len(self._synced) < len(KINDS):
@@ -328,7 +336,6 @@ class RouterAgent:
                     self._last_live = time.monotonic()
                 expiry = rp.next_expiry(self._objects["Lease"].values(), now)
                 tick = MAX_TICK if expiry is None else min(MAX_TICK, max(expiry, 0.0) + 0.01)
-                self._changed.clear()
                 changed = asyncio.create_task(self._changed.wait())
                 await asyncio.wait(
                     {changed, stopping}, timeout=tick, return_when=asyncio.FIRST_COMPLETED

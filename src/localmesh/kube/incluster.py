@@ -3,7 +3,7 @@
 The API server is $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; the token and CA are
 in /var/run/secrets/kubernetes.io/serviceaccount, or in $LOCALMESH_SERVICEACCOUNT_DIR when
 set (a stand-in cluster that runs pods as plain processes puts them there). The official
-client's in-cluster loader re-reads the token file (projected tokens rotate).
+token file is read again whenever it changes (projected tokens rotate).
 
     access = load_incluster_access()
     kube = KubeObjects(access)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,13 @@ def load_incluster_access() -> ClusterAccess:
     loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
         token_filename=str(folder / "token"),
         cert_filename=str(folder / "ca.crt"),
-        try_refresh_token=True,
+        try_refresh_token=False,
     )
     try:
         loader.load_and_set(cfg)  # type: ignore[no-untyped-call]
     except ConfigException as exc:
         raise KubeError(f"no in-cluster credentials: {exc}") from None
+    cfg.refresh_api_key_hook = _token_reader(folder / "token")  # type: ignore[assignment]
     cfg.retries = False
     server = str(cfg.host).rstrip("/")
     try:
@@ -57,6 +59,27 @@ def load_incluster_access() -> ClusterAccess:
         server_hostname=None,
         configuration=cfg,
     )
+
+
+def _token_reader(path: Path) -> Callable[[Any], None]:
+    """A refresh hook the client runs before each request: the token file is read again
+    whenever it changed (projected tokens are rotated by the kubelet), not on a timer."""
+    seen: list[tuple[int, int]] = []
+
+    def refresh(cfg: Any) -> None:
+        try:
+            info = path.stat()
+        except OSError:
+            return  # keep the last token; the server says if it is no longer good
+        stamp = (info.st_mtime_ns, info.st_size)
+        if seen and seen[0] == stamp:
+            return
+        token = path.read_text().strip()
+        if token:
+            cfg.api_key["BearerToken"] = f"Bearer {token}"
+            seen[:] = [stamp]
+
+    return refresh
 
 
 def api_client(access: ClusterAccess) -> Any:
