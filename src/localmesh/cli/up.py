@@ -32,6 +32,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_hosts_file_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--hosts-file",
+        type=Path,
+        default=Path("/etc/hosts"),
+        metavar="PATH",
+        help=f"{help} (default: /etc/hosts)",
+    )
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", type=Path, help="services.yaml (or use -f)")
     parser.add_argument("-f", "--file", type=Path, dest="file", help="services.yaml")
@@ -88,13 +98,7 @@ def register(subparsers: Any) -> None:
         action="store_false",
         help="leave /etc/hosts alone (clients then send the Host header themselves)",
     )
-    parser.add_argument(
-        "--hosts-file",
-        type=Path,
-        default=Path("/etc/hosts"),
-        metavar="PATH",
-        help="hosts file to manage (default: /etc/hosts)",
-    )
+    add_hosts_file_argument(parser, "hosts file to manage")
     parser.add_argument(
         "--envoy-path", metavar="PATH", help="Envoy binary (default: the one localmesh ships)"
     )
@@ -114,13 +118,21 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from localmesh import eventloop
     from localmesh.cli.exposure import exposure_warning
     from localmesh.cli.preflight import preflight
 
-    preflight(config_path(args), args.name)  # before the heavy imports below: fast errors
+    # Before the event loop: asyncio's Ctrl-C handler only cancels the main task, which
+    # cannot interrupt a blocking read (services.yaml on a FIFO or a stalled mount); here
+    # Ctrl-C raises at once. And before the heavy imports below: fast errors.
+    preflight(config_path(args), args.name)
     if warning := exposure_warning(args.bind, config_path(args)):
         structlog.get_logger(__name__).warning(warning)
+    return eventloop.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
     from localmesh.bootstrap import AdsMode
     from localmesh.instance import MeshInstance, UpOptions
 

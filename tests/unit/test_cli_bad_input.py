@@ -1,12 +1,16 @@
-"""Bad hosts-file input on the command line: one-line errors naming the file, no tracebacks,
-and the block a crashed run left behind named by `status` and `down`."""
+"""Bad input and interruptions on the command line: one-line errors naming the file, no
+tracebacks, bounded waits, a clean Ctrl-C, and the hosts block a crashed run left behind."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from localmesh.hosts import HostsFile
 from tests.unit.cli_helpers import BIN, Result, cli_env
@@ -82,3 +86,76 @@ def test_status_and_down_name_the_block_a_crash_left_behind(tmp_path: Path) -> N
     result = _run(tmp_path, "status", "--name", "other", "--hosts-file", hosts)
     assert len(result.stderr.splitlines()) == 1, result
     assert os.path.exists(hosts)
+
+
+def test_down_timeout_bounds_the_wait_on_a_frozen_instance(tmp_path: Path) -> None:
+    # A frozen instance: its control socket is bound and listening (the kernel completes
+    # connections) but the process is stopped and never answers.
+    socket_path = tmp_path / "localmesh" / "frozen" / "control.sock"
+    socket_path.parent.mkdir(parents=True, mode=0o700)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "s.bind(sys.argv[1]); s.listen(16)\n"
+            "os.kill(os.getpid(), signal.SIGSTOP)\n",
+            str(socket_path),
+        ]
+    )
+    try:
+        _wait_stopped(server.pid)
+        result = _run(tmp_path, "down", "--name", "frozen", "--timeout", "1")
+    finally:
+        server.kill()
+        server.wait()
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        "localmesh: error: localmesh instance 'frozen' did not stop within 1s (--timeout); "
+        "it may be frozen or still draining\n"
+    )
+    bad = _run(tmp_path, "down", "--timeout", "0")
+    assert bad.returncode == 2
+    assert "expected a number of seconds above 0" in bad.stderr
+
+
+def _wait_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the fake instance never stopped itself"
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+@pytest.mark.parametrize("command", ["up", "dump-envoy-config"])
+def test_ctrl_c_while_reading_services_yaml_exits_130(tmp_path: Path, command: str) -> None:
+    # services.yaml is a FIFO nobody writes: the read blocks until Ctrl-C. `up` used to read
+    # it inside the event loop, whose Ctrl-C handler only cancels a task: it hung.
+    fifo = tmp_path / "services.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [str(BIN / "localmesh"), command, "-f", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(cli_env(), XDG_RUNTIME_DIR=str(tmp_path)),
+    )
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None:
+            try:  # succeeds only once the CLI has the FIFO open for reading
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the CLI never opened services.yaml"
+                time.sleep(0.01)  # polling a condition with a deadline
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (130, "", "")
