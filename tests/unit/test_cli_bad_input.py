@@ -159,3 +159,28 @@ def test_ctrl_c_while_reading_services_yaml_exits_130(tmp_path: Path, command: s
             proc.kill()
             proc.wait()
     assert (proc.returncode, out, err) == (130, "", "")
+
+
+def test_up_without_a_path_uses_services_yaml_here_and_says_so(tmp_path: Path) -> None:
+    def up_here() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "localmesh"), "up", "--name", "here"],
+            capture_output=True,
+            text=True,
+            env=dict(cli_env(), XDG_RUNTIME_DIR=str(tmp_path)),
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    missing = up_here()
+    assert missing.returncode == 2
+    assert "no ./services.yaml to use by default" in missing.stderr
+    (tmp_path / "services.yaml").write_text("services: 3\n")  # invalid: stops before starting
+    found = up_here()
+    assert found.returncode == 2
+    assert found.stderr.splitlines() == [
+        "using ./services.yaml (no -f given)",
+        "localmesh: error: services.yaml:1:11: services: expected a list, got an integer (3)",
+    ]

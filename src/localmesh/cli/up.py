@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,21 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--file", type=Path, dest="file", help="services.yaml")
 
 
+DEFAULT_CONFIG = Path("services.yaml")  # in the current directory, when no path is given
+
+
 def config_path(args: argparse.Namespace) -> Path:
     """Exactly one of the positional path and -f."""
     if args.config is not None and args.file is not None:
         raise ConfigError("give services.yaml once: either -f FILE or a positional path")
     path: Path | None = args.file or args.config
     if path is None:
-        raise ConfigError("which services.yaml? use -f services.yaml (or a positional path)")
+        if DEFAULT_CONFIG.is_file():
+            return DEFAULT_CONFIG
+        raise ConfigError(
+            f"which services.yaml? use -f services.yaml (or a positional path); there is no "
+            f"./{DEFAULT_CONFIG} to use by default"
+        )
     return path
 
 
@@ -126,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     # Before the event loop: asyncio's Ctrl-C handler only cancels the main task, which
     # cannot interrupt a blocking read (services.yaml on a FIFO or a stalled mount); here
     # Ctrl-C raises at once. And before the heavy imports below: fast errors.
+    if args.file is None and args.config is None and config_path(args) == DEFAULT_CONFIG:
+        print(f"using ./{DEFAULT_CONFIG} (no -f given)", file=sys.stderr)
     preflight(config_path(args), args.name)
     if warning := exposure_warning(args.bind, config_path(args)):
         structlog.get_logger(__name__).warning(warning)
