@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from localmesh.desired import HeaderMatch, MatchKind, Protocol
@@ -268,7 +268,11 @@ class ConfigValidationError(ConfigError):
             issues, key=lambda i: (i.location.file, i.location.line, i.location.column)
         )
         self.issues: tuple[ConfigIssue, ...] = tuple(ordered)
-        super().__init__("\n".join(str(i) for i in self.issues))
+        lines = [str(i) for i in self.issues[:MAX_ISSUES_SHOWN]]
+        if len(self.issues) > MAX_ISSUES_SHOWN:
+            rest = len(self.issues) - MAX_ISSUES_SHOWN
+            lines.append(f"{self.issues[0].location.file}: and {rest} more issues")
+        super().__init__("\n".join(lines))
 
 
 # --------------------------------------------------------------------------- public API
@@ -794,17 +798,73 @@ _TAG_NAMES = {
 }
 
 
+# libyaml's parser when PyYAML was built with it: ~8x faster on a 1,000-entry file (which
+# `up --watch` re-reads on every save), with the same nodes and marks.
+_BASE_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
+MAX_FILE_BYTES = 8 * 1024 * 1024  # services.yaml of 10,000 entries is ~1.5 MiB
+MAX_FILE_SIZE_TEXT = "8 MiB"
+MAX_ISSUES_SHOWN = 50  # a broken generator can make a million; the first ones say enough
+
+
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_FILE_SIZE_TEXT}, the limit for services.yaml and mocks.yaml"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}:{column}: not UTF-8 text ({exc.reason})") from None
+
+
+# Characters YAML does not allow in a stream (a NUL byte, most C0 controls, lone
+# surrogates...): found before parsing, so that the message points at them.
+_NOT_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+class _CoreSchemaLoader(_BASE_LOADER):  # type: ignore[misc,valid-type]
+    """YAML 1.2's core schema for plain scalars, not 1.1's: `yes`, `on`, `5:0:1`,
+    `1_000` and `017` mean what they say (text, text, text, text, the number 17)."""
+
+    yaml_implicit_resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
+
+
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+):
+    _CoreSchemaLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+def _core_int(text: str) -> int:
+    """The value of a core-schema integer (SafeConstructor's is 1.1's: `017` is octal)."""
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)
 
 
 def _describe(node: Node) -> str:
@@ -814,11 +874,6 @@ def _describe(node: Node) -> str:
     return name
 
 
-# libyaml's parser when PyYAML was built with it: ~8x faster on a 1,000-entry file (which
-# `up --watch` re-reads on every save), with the same nodes and marks.
-_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
-    yaml, "CSafeLoader", yaml.SafeLoader
-)
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
@@ -855,8 +910,19 @@ class _Checker:
         return root
 
     def _compose(self, text: str) -> Node | None:
+        if bad := _NOT_PRINTABLE.search(text):
+            line = text.count("\n", 0, bad.start()) + 1
+            column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+            self.issues.append(
+                ConfigIssue(
+                    Location(self.filename, line, column),
+                    "",
+                    f"character U+{ord(bad.group()):04X} is not allowed in YAML",
+                )
+            )
+            return None
         try:
-            root = yaml.compose(text, Loader=_LOADER)
+            root = yaml.compose(text, Loader=_CoreSchemaLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -953,8 +1019,8 @@ class _Checker:
             self.add(node, path, f"expected a port number (1..65535), got {_describe(node)}")
             return default
         try:
-            value = self._constructor.construct_yaml_int(node)
-        except (ConstructorError, ValueError):
+            value = _core_int(node.value)
+        except ValueError:
             self.add(node, path, f"expected a port number (1..65535), got {node.value!r}")
             return default
         if not 1 <= value <= 65535:

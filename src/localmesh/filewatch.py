@@ -10,6 +10,10 @@ Two backends behind that one interface, picked by platform:
   macOS, kqueue on the BSDs) in a helper thread, which checks for news every STEP_MS.
   It runs on Linux too (over inotify), which is how CI tests it.
 `SaveWatch(path, backend=...)` or LOCALMESH_WATCH_BACKEND picks one by name instead.
+
+A services.yaml that is a symlink (or lies under a symlinked directory, as ConfigMap
+mounts do) is followed across swaps (`ln -sfn v2.yaml services.yaml`): every link on the
+way to the file is watched, and the chain is walked again after each save.
 """
 
 from __future__ import annotations
@@ -35,6 +39,32 @@ MAX_DELAY = 0.1  # however busy the file, a save is reported after at most this 
 # The watchfiles backend's thread sleeps this long between looks (and then holds the GIL
 # for a moment): its latency floor and its idle cost, 40 short wake-ups a second.
 STEP_MS = 25
+
+
+MAX_LINKS = 40  # as the kernel's own limit on symlinks in one lookup
+
+WatchPoint = tuple[Path, str]  # (directory, name in it) whose changes are saves
+
+
+def watch_points(path: Path) -> frozenset[WatchPoint]:
+    """The (directory, name) pairs whose change changes what `path` reads: the path's own
+    entry, each symlink it goes through (the file itself or a directory on the way), and
+    the entry each link leads to, up to the real file."""
+    points: set[WatchPoint] = set()
+    current = Path(os.path.abspath(path))
+    for _ in range(MAX_LINKS):
+        parent = current.parent
+        for ancestor in (parent, *parent.parents):
+            if ancestor.is_symlink():
+                points.add((ancestor.parent.resolve(), ancestor.name))
+        points.add((parent.resolve(), current.name))
+        if not current.is_symlink():
+            break
+        try:
+            current = parent.resolve() / os.readlink(current)
+        except OSError:  # swapped away while we looked: the next save walks it again
+            break
+    return frozenset(points)
 
 
 def default_backend(platform: str | None = None) -> str:
@@ -65,8 +95,17 @@ class SaveWatch:
         return super().__new__(BACKENDS[chosen])
 
     def __init__(self, path: Path, *, backend: str | None = None) -> None:
-        self.path = path.resolve()
+        self.path = Path(os.path.abspath(path))  # not resolved: links are followed anew
+        self.points = watch_points(self.path)
         self._closed = False
+
+    @property
+    def directories(self) -> frozenset[Path]:
+        return frozenset(directory for directory, _ in self.points)
+
+    def _rewalk(self) -> None:
+        """After a save: the links may lead elsewhere now."""
+        self.points = watch_points(self.path)
 
     def close(self) -> None:
         self._closed = True
@@ -104,13 +143,27 @@ class InotifySaveWatch(SaveWatch):
             | Mask.DELETE
             | Mask.ATTRIB
         )
+        self._events = events
+        self._watches: dict[Path, Any] = {}
         try:
-            # The directory, not the file: editors save by writing a new file and renaming
+            # Directories, not the file: editors save by writing a new file and renaming
             # it over, and the file may go away and come back.
-            self._inotify.add_watch(self.path.parent, events)
+            self._watch_directories()
         except BaseException:
             self._inotify.close()
             raise
+
+    def _watch_directories(self) -> None:
+        wanted = self.directories
+        for directory in wanted - self._watches.keys():
+            try:
+                self._watches[directory] = self._inotify.add_watch(directory, self._events)
+            except FileNotFoundError:
+                if directory == self.path.parent.resolve():
+                    raise
+        for directory in self._watches.keys() - wanted:
+            with contextlib.suppress(OSError):
+                self._inotify.rm_watch(self._watches.pop(directory))
 
     def close(self) -> None:
         if not self._closed:
@@ -128,11 +181,15 @@ class InotifySaveWatch(SaveWatch):
                             while not await self._ours():
                                 pass
                     except TimeoutError:
-                        return
+                        break
+        self._rewalk()
+        self._watch_directories()
 
     async def _ours(self) -> bool:
         event = await self._inotify.get()
-        return event.path is not None and event.path.name == self.path.name
+        if event.watch is None or event.name is None:
+            return False
+        return (event.watch.path, str(event.name)) in self.points
 
 
 class WatchfilesSaveWatch(SaveWatch):
@@ -144,8 +201,10 @@ class WatchfilesSaveWatch(SaveWatch):
 
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"no such directory: {self.path.parent}")
-        # The directory, not the file (see InotifySaveWatch); it starts watching here.
-        self._notify = RustNotify([str(self.path.parent)], False, False, 300, False, False)
+        self._rust_notify = RustNotify
+        # Directories, not the file (see InotifySaveWatch); it starts watching here.
+        self._watched = self._existing_directories()
+        self._notify = self._new_notify()
         self._stop = threading.Event()
         # One watch() runs at a time, in a thread; a cancelled next() leaves it running
         # and the following next() picks its answer up.
@@ -175,9 +234,22 @@ class WatchfilesSaveWatch(SaveWatch):
             changes = await asyncio.shield(self._pending)
             self._pending = None
             if isinstance(changes, set) and any(
-                Path(changed).name == self.path.name for _, changed in changes
+                (Path(changed).parent, Path(changed).name) in self.points for _, changed in changes
             ):
+                self._rewalk()
+                if self._existing_directories() != self._watched:
+                    # No watch() runs now: the links lead elsewhere, watch there instead.
+                    self._notify.close()
+                    self._watched = self._existing_directories()
+                    self._notify = self._new_notify()
                 return
+
+    def _existing_directories(self) -> frozenset[Path]:
+        return frozenset(d for d in self.directories if d.is_dir())
+
+    def _new_notify(self) -> Any:
+        paths = sorted(str(d) for d in self._watched)
+        return self._rust_notify(paths, False, False, 300, False, False)
 
 
 BACKENDS: dict[str, type[SaveWatch]] = {

@@ -539,3 +539,20 @@ def _entry_address(address: str) -> str:
     if parsed.is_unspecified:
         return "127.0.0.1" if parsed.version == 4 else "::1"
     return str(parsed)
+
+
+def crash_hint(hosts_file: Path, name: str) -> str | None:
+    """What to say when mesh `name` is not running but its hosts block is still there (the
+    run crashed): where the block is and the command that removes it."""
+    try:
+        hosts = HostsFile(hosts_file, name)
+        block = hosts.left_by_crash()
+    except HostsFileError:
+        return None
+    if block is None:
+        return None
+    return (
+        f"{hosts_file} still has the hosts block of {name!r} left by a run that ended "
+        f"without clean-up (pid {block.owner_pid}); the next `localmesh up --name {name}` "
+        f"removes it, or now:\n  {hosts.remove_command()}"
+    )

@@ -325,7 +325,10 @@ class MeshInstance:
             config = await asyncio.to_thread(load_without_gc, self.options.config_path)
         except ConfigError as exc:
             self._config_problem = f"services.yaml is invalid, serving the previous version: {exc}"
-            log.error("invalid services.yaml; keeping the previous config", error=str(exc))
+            issues = str(exc).splitlines()
+            log.error("invalid services.yaml; keeping the previous config", issues=len(issues))
+            for issue in issues:  # one line each, `file:line:column: ...`, as `up` prints them
+                log.error(issue)
             return False
         except OSError as exc:
             self._config_problem = f"cannot read services.yaml: {exc}"

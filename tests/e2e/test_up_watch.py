@@ -3,6 +3,7 @@ and an invalid edit keeps the previous config serving until the file is fixed.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -231,6 +232,9 @@ async def test_invalid_edit_keeps_serving_and_a_fix_applies(
             what=f"an error log naming {where}",
         )
         assert "bogus_key" in str(_error_logs(up.logs(), where)[0])
+        # Each issue is its own readable line, not one escaped string inside another record.
+        issues = [e["event"] for e in up.logs() if str(e.get("event", "")).startswith(where)]
+        assert len(issues) == 1 and "bogus_key" in issues[0], up.describe()
 
         for host, ns in (("billing-api.localhost", "billing"), ("admin.localhost", "admin")):
             assert await routed_to(port, host, ns), f"{host} stopped serving after a bad edit"
@@ -314,3 +318,36 @@ async def test_watch_survives_the_file_going_away_and_coming_back(
         )
         code, _ = await status_json(up_runtime_dir)
         assert code == 0
+
+
+async def test_watch_follows_a_symlink_swapped_with_ln_sfn(
+    up_sandbox: Sandbox, up_runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
+    v1.write_text(services_yaml(port, [BILLING, ADMIN]))
+    v2.write_text(services_yaml(port, [BILLING]))
+    services = tmp_path / "services.yaml"
+    services.symlink_to(v1.name)
+    up = await start_up(
+        up_runtime_dir, services, up_sandbox.kubeconfig_path, "--watch", "--no-edit-hosts"
+    )
+    try:
+        assert await routed_to(port, "admin.localhost", "admin")
+        proc = await asyncio.create_subprocess_exec("ln", "-sfn", v2.name, str(services))
+        assert await proc.wait() == 0
+        await eventually(
+            lambda: status_is(port, "admin.localhost", 404),
+            seconds=APPLY_WITHIN,
+            what="the swapped-in file to be applied",
+        )
+        # Edits of the new target are followed too.
+        write_atomically(v2, services_yaml(port, [BILLING, ADMIN]))
+        await eventually(
+            lambda: routed_to(port, "admin.localhost", "admin"),
+            seconds=APPLY_WITHIN,
+            what="an edit of the new target to be applied",
+        )
+        assert await routed_to(port, "billing-api.localhost", "billing")
+    finally:
+        assert await up.stop() == 0, up.describe()

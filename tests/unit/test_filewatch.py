@@ -132,3 +132,42 @@ async def test_a_cancelled_wait_loses_no_save(tmp_path: Path, backend: str) -> N
         save_by_rename(path, "b")
         async with asyncio.timeout(WITHIN):
             await saves.next()
+
+
+async def ln_sfn(target: str, link: Path) -> None:
+    """`ln -sfn`, as users swap a link (unlink, then symlink: not atomic)."""
+    proc = await asyncio.create_subprocess_exec("ln", "-sfn", target, str(link))
+    assert await proc.wait() == 0
+
+
+async def test_symlink_swaps_are_followed(tmp_path: Path, backend: str) -> None:
+    # services.yaml -> v1/services.yaml; `ln -sfn` to v2, then edits of v2 and a swap of a
+    # symlinked directory on the way (how ConfigMap mounts update).
+    for version in ("v1", "v2", "v3", "v4"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "services.yaml").write_text(version)
+    link = tmp_path / "services.yaml"
+    link.symlink_to("v1/services.yaml")
+    with SaveWatch(link, backend=backend) as saves:
+        await ln_sfn("v2/services.yaml", link)
+        async with asyncio.timeout(WITHIN):
+            await saves.next()
+        (tmp_path / "v1" / "services.yaml").write_text("old target: not ours any more")
+        assert await no_save_within(saves, 3 * MAX_DELAY)
+        (tmp_path / "v2" / "services.yaml").write_text("edited in place")
+        async with asyncio.timeout(WITHIN):
+            await saves.next()
+        # Now through a symlinked directory: services.yaml -> data/services.yaml, data -> v3.
+        (tmp_path / "data").symlink_to("v3")
+        await ln_sfn("data/services.yaml", link)
+        async with asyncio.timeout(WITHIN):
+            await saves.next()
+        swap = tmp_path / "data.new"
+        swap.symlink_to("v4")
+        os.replace(swap, tmp_path / "data")
+        async with asyncio.timeout(WITHIN):
+            await saves.next()
+        (tmp_path / "v4" / "services.yaml").write_text("v4 edited")
+        async with asyncio.timeout(WITHIN):
+            await saves.next()
+    assert link.read_text() == "v4 edited"

@@ -7,10 +7,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from localmesh.cli.up import add_instance_arguments
+from localmesh.cli.up import add_hosts_file_argument, add_instance_arguments
 
 
 def register(subparsers: Any) -> None:
@@ -33,36 +32,6 @@ def register(subparsers: Any) -> None:
         add_hosts_file_argument(action, "hosts file to edit")
     add.set_defaults(run=run_add)
     remove.set_defaults(run=run_remove)
-
-
-def add_hosts_file_argument(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument(
-        "--hosts-file",
-        type=Path,
-        default=Path("/etc/hosts"),
-        metavar="PATH",
-        help=f"{help} (default: /etc/hosts)",
-    )
-
-
-def crash_hint(hosts_file: Path, name: str) -> str | None:
-    """What to say when mesh `name` is not running but its hosts block is still there (the
-    run crashed): where the block is and the command that removes it."""
-    from localmesh.errors import HostsFileError
-    from localmesh.hosts import HostsFile
-
-    try:
-        hosts = HostsFile(hosts_file, name)
-        block = hosts.left_by_crash()
-    except HostsFileError:
-        return None
-    if block is None:
-        return None
-    return (
-        f"{hosts_file} still has the hosts block of {name!r} left by a run that ended "
-        f"without clean-up (pid {block.owner_pid}); the next `localmesh up --name {name}` "
-        f"removes it, or now:\n  {hosts.remove_command()}"
-    )
 
 
 def run_add(args: argparse.Namespace) -> int:

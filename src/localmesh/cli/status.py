@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from localmesh.cli.hosts import add_hosts_file_argument, crash_hint
-from localmesh.cli.up import add_instance_arguments
+from localmesh.cli.up import add_hosts_file_argument, add_instance_arguments
 
 
 def register(subparsers: Any) -> None:
@@ -59,6 +58,7 @@ async def run(args: argparse.Namespace) -> int:
         status_exit_code,
     )
     from localmesh.errors import ControlError
+    from localmesh.hosts import crash_hint
 
     if args.watch:
         from localmesh.errors import UsageError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_hosts_file_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--hosts-file",
+        type=Path,
+        default=Path("/etc/hosts"),
+        metavar="PATH",
+        help=f"{help} (default: /etc/hosts)",
+    )
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", type=Path, help="services.yaml (or use -f)")
     parser.add_argument("-f", "--file", type=Path, dest="file", help="services.yaml")
+
+
+DEFAULT_CONFIG = Path("services.yaml")  # in the current directory, when no path is given
 
 
 def config_path(args: argparse.Namespace) -> Path:
@@ -43,7 +57,12 @@ def config_path(args: argparse.Namespace) -> Path:
         raise ConfigError("give services.yaml once: either -f FILE or a positional path")
     path: Path | None = args.file or args.config
     if path is None:
-        raise ConfigError("which services.yaml? use -f services.yaml (or a positional path)")
+        if DEFAULT_CONFIG.is_file():
+            return DEFAULT_CONFIG
+        raise ConfigError(
+            f"which services.yaml? use -f services.yaml (or a positional path); there is no "
+            f"./{DEFAULT_CONFIG} to use by default"
+        )
     return path
 
 
@@ -88,13 +107,7 @@ def register(subparsers: Any) -> None:
         action="store_false",
         help="leave /etc/hosts alone (clients then send the Host header themselves)",
     )
-    parser.add_argument(
-        "--hosts-file",
-        type=Path,
-        default=Path("/etc/hosts"),
-        metavar="PATH",
-        help="hosts file to manage (default: /etc/hosts)",
-    )
+    add_hosts_file_argument(parser, "hosts file to manage")
     parser.add_argument(
         "--envoy-path", metavar="PATH", help="Envoy binary (default: the one localmesh ships)"
     )
@@ -114,13 +127,23 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from localmesh import eventloop
     from localmesh.cli.exposure import exposure_warning
     from localmesh.cli.preflight import preflight
 
-    preflight(config_path(args), args.name)  # before the heavy imports below: fast errors
+    # Before the event loop: asyncio's Ctrl-C handler only cancels the main task, which
+    # cannot interrupt a blocking read (services.yaml on a FIFO or a stalled mount); here
+    # Ctrl-C raises at once. And before the heavy imports below: fast errors.
+    if args.file is None and args.config is None and config_path(args) == DEFAULT_CONFIG:
+        print(f"using ./{DEFAULT_CONFIG} (no -f given)", file=sys.stderr)
+    preflight(config_path(args), args.name)
     if warning := exposure_warning(args.bind, config_path(args)):
         structlog.get_logger(__name__).warning(warning)
+    return eventloop.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
     from localmesh.bootstrap import AdsMode
     from localmesh.instance import MeshInstance, UpOptions
 
