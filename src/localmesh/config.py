@@ -15,7 +15,8 @@ services.yaml (the seed's format, plus routes and local processes):
         service: users-api          # DNS-1035 label (what Kubernetes requires of a Service)
         port_name: grpc             # the Service port's name ...
         port: 50051                 # ... or its number: exactly one of the two
-        type: grpc                  # http (HTTP/1.1 upstream, the default) or grpc (h2c)
+        type: grpc                  # http (HTTP/1.1 upstream) or grpc (h2c); without it
+                                    # the Service port decides (localmesh.protocol_choice)
         routes:                     # optional, tried in order; the entry's own target
           - headers: {x-dev: alice} #   is the final catch-all
             local: 9090             # a process on this machine: port, host:port, /socket
@@ -123,6 +124,7 @@ class RouteEntry:
     path_prefix: str = "/"
     headers: tuple[HeaderMatch, ...] = ()
     location: Location | None = field(default=None, compare=False)
+    inferred: bool = False  # no `type` here or on the entry: the Service port decides
 
     def describe_match(self) -> str:
         return self._match_text
@@ -150,6 +152,9 @@ class ServiceEntry:
     location: Location | None = field(default=None, compare=False)
     local: LocalAddress | None = None
     routes: tuple[RouteEntry, ...] = ()
+    # No `type`: a Service port's protocol is chosen from the port (localmesh.protocol_choice);
+    # `protocol` (http) then applies only to a local process.
+    inferred: bool = False
 
     def __hash__(self) -> int:
         return self._hash
@@ -159,7 +164,7 @@ class ServiceEntry:
         # Computed once: entries key the forwarders, the resolved ports and the planner's
         # memo, each looked up for all 1,000 entries per edit.
         fields = (self.host, self.namespace, self.service, self.protocol, self.port_name)
-        return hash((*fields, self.port, self.local, self.routes))
+        return hash((*fields, self.port, self.local, self.routes, self.inferred))
 
     @property
     def port_ref(self) -> str | int:
@@ -215,6 +220,7 @@ def route_backend(entry: ServiceEntry, route: RouteEntry) -> ServiceEntry:
         port_name=ref.port_name,
         port=ref.port,
         location=route.location,
+        inferred=route.inferred,
     )
 
 
@@ -426,7 +432,8 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
     if host is not None:
         checker.hosts.append((host.lower(), f"{path}.host", checker.location(fields["host"])))
     protocol: Protocol | None = DEFAULT_PROTOCOL
-    if "type" in fields:
+    inferred = "type" not in fields
+    if not inferred:
         protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
     target = _target(checker, node, fields, path, what="entry")
     routes: list[RouteEntry] = []
@@ -436,7 +443,9 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
         catch_all: tuple[str, Location] | None = None
         for index, item in enumerate(items):
             route_path = f"{path}.routes[{index}]"
-            route = _route_entry(checker, item, route_path, protocol or DEFAULT_PROTOCOL)
+            route = _route_entry(
+                checker, item, route_path, protocol or DEFAULT_PROTOCOL, inferred=inferred
+            )
             if catch_all is not None:
                 checker.add(
                     item,
@@ -468,6 +477,7 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
             location=checker.location(node),
             local=target,
             routes=tuple(routes),
+            inferred=inferred,
         )
     return ServiceEntry(
         host=host.lower(),
@@ -478,6 +488,7 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
         port=target.port,
         location=checker.location(node),
         routes=tuple(routes),
+        inferred=inferred,
     )
 
 
@@ -576,12 +587,15 @@ def _local_address(checker: _Checker, node: Node, path: str) -> LocalAddress | N
     return LocalAddress(address, int(port_text))
 
 
-def _route_entry(checker: _Checker, node: Node, path: str, default: Protocol) -> RouteEntry | None:
+def _route_entry(
+    checker: _Checker, node: Node, path: str, default: Protocol, *, inferred: bool
+) -> RouteEntry | None:
     fields = checker.mapping(node, path, _ROUTE_KEYS)
     if not isinstance(node, MappingNode):
         return None
     protocol: Protocol | None = default
     if "type" in fields:
+        inferred = False
         protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
     headers = _headers(checker, fields["headers"], f"{path}.headers") if "headers" in fields else ()
     prefix: str | None = "/"
@@ -590,7 +604,7 @@ def _route_entry(checker: _Checker, node: Node, path: str, default: Protocol) ->
     target = _target(checker, node, fields, path, what="route")
     if target is None or headers is None or prefix is None or protocol is None:
         return None
-    return RouteEntry(target, protocol, prefix, headers, checker.location(node))
+    return RouteEntry(target, protocol, prefix, headers, checker.location(node), inferred)
 
 
 def _matches_everything(node: Node) -> bool:

@@ -33,6 +33,7 @@ class ServicePort:
     port: int
     target_port: int | str  # a number, or a container port name resolved per pod
     protocol: str = "TCP"
+    app_protocol: str | None = None  # `appProtocol`: picks Envoy's protocol without `type`
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def service_port(service: JSON, wanted: str | int) -> ServicePort:
                 port=number,
                 target_port=target,
                 protocol=str(spec.get("protocol") or "TCP"),
+                app_protocol=spec.get("appProtocol") or None,
             )
     if not ports and isinstance(wanted, int) and is_headless(service):
         return ServicePort(name="", port=wanted, target_port=wanted)
