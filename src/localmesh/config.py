@@ -106,13 +106,14 @@ class ServiceRef:
 
     @property
     def port_ref(self) -> str | int:
+        """The port's name, else its number, else "" (the Service's only port)."""
         if self.port_name is not None:
             return self.port_name
-        assert self.port is not None
-        return self.port
+        return "" if self.port is None else self.port
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.service}:{self.port_ref}"
+        port = f":{self.port_ref}" if self.port_ref != "" else ""
+        return f"{self.namespace}/{self.service}{port}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ class ServiceEntry:
         """`host -> namespace/service:port` (or `host -> local ADDRESS`) for messages."""
         if self.local is not None:
             return f"{self.host} -> local {self.local}"
-        return f"{self.host} -> {self.namespace}/{self.service}:{self.port_ref}"
+        port = f":{self.port_ref}" if self.port_ref != "" else ""
+        return f"{self.host} -> {self.namespace}/{self.service}{port}"
 
     def backends(self) -> tuple[ServiceEntry, ...]:
         """Every Service port this entry forwards: its own and its routes' targets, each as
@@ -539,13 +541,7 @@ def _service_ref(
     elif "port" in fields:
         port = checker.port(fields["port"], f"{path}.port", None)
         ok = ok and port is not None
-    else:
-        checker.add(
-            node,
-            path,
-            "missing `port_name` or `port`: name the Service port by name or by number",
-        )
-        ok = False
+    # Neither: the Service's only port (one with several ports is reported with them).
     if not ok or namespace is None or service is None:
         return None
     return ServiceRef(namespace, service, port_name, port)

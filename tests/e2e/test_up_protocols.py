@@ -46,6 +46,8 @@ ENTRIES = [
      "port_name": "api"},
     {"host": "billing-api.localhost", "namespace": "billing", "service": "billing-api",
      "port_name": "http"},
+    # A single-port Service needs no port_name or port.
+    {"host": "admin.localhost", "namespace": "admin", "service": "admin-web"},
 ]  # fmt: skip
 
 
@@ -102,4 +104,13 @@ async def test_status_says_what_was_chosen_and_why(mesh: tuple[UpProcess, int, P
         "users-rpc.localhost": "grpc (appProtocol kubernetes.io/h2c)",
         "billing-api.localhost": "downstream (no type, appProtocol or gRPC port name: "
         "the client's protocol)",
+        "admin.localhost": "downstream (no type, appProtocol or gRPC port name: "
+        "the client's protocol)",
     }
+
+
+async def test_a_single_port_service_needs_no_port(mesh: tuple[UpProcess, int, Path]) -> None:
+    _, port, _ = mesh
+    reply = await http_get(port, "admin.localhost", "/")
+    assert reply.status == 200, reply
+    assert reply.json()["namespace"] == "admin"
