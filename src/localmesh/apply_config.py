@@ -24,6 +24,7 @@ from localmesh.config import Config, ServiceEntry
 from localmesh.errors import TargetError
 from localmesh.forward import ForwarderEvent, ForwardManager
 from localmesh.kube import ServiceKey
+from localmesh.protocol_choice import ProtocolChoice, choose_protocol
 from localmesh.reconciler import Reconciler
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,7 @@ class BackendState:
 
     entry: ServiceEntry
     key: ServiceKey | None = None  # resolved; None while it cannot be
+    choice: ProtocolChoice | None = None  # no `type`: chosen from the Service port
     error: str = ""
     last_reconnect: datetime | None = None
     last_reconnect_reason: str = ""
@@ -57,6 +59,9 @@ class Backends:
     def resolved(self) -> dict[ServiceEntry, int]:
         return {e: s.key.port for e, s in self._states.items() if s.key is not None}
 
+    def choices(self) -> dict[ServiceEntry, ProtocolChoice]:
+        return {e: s.choice for e, s in self._states.items() if s.choice is not None}
+
     async def apply(self, config: Config) -> None:
         """Make forwarders and routes follow `config` (only the difference is touched)."""
         wanted = config.backends()
@@ -73,7 +78,7 @@ class Backends:
             else:
                 known.entry = backend  # keep the newest source location
         self.config = config
-        self._reconciler.set_config(config, self.resolved())
+        self._reconciler.set_config(config, self.resolved(), self.choices())
 
     async def _add(self, state: BackendState) -> None:
         try:
@@ -85,13 +90,17 @@ class Backends:
             report("cannot forward", host=state.entry.host, error=state.error)
             return
         state.key, state.error = service.key, ""
+        info = service.watch.info
+        if state.entry.inferred and info is not None:
+            state.choice = choose_protocol(info.port.name, info.port.app_protocol)
+            log.info("protocol chosen", host=state.entry.host, protocol=state.choice.describe())
 
     async def retry_unresolved(self) -> None:
         pending = [s for s in self._states.values() if s.key is None]
         for state in pending:
             await self._add(state)
         if any(s.key is not None for s in pending):
-            self._reconciler.set_config(self.config, self.resolved())
+            self._reconciler.set_config(self.config, self.resolved(), self.choices())
 
     def on_forwarder(self, event: ForwarderEvent) -> None:
         if event.up:

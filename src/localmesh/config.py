@@ -15,7 +15,8 @@ services.yaml (the seed's format, plus routes and local processes):
         service: users-api          # DNS-1035 label (what Kubernetes requires of a Service)
         port_name: grpc             # the Service port's name ...
         port: 50051                 # ... or its number: exactly one of the two
-        type: grpc                  # http (HTTP/1.1 upstream, the default) or grpc (h2c)
+        type: grpc                  # http (HTTP/1.1 upstream) or grpc (h2c); without it
+                                    # the Service port decides (localmesh.protocol_choice)
         routes:                     # optional, tried in order; the entry's own target
           - headers: {x-dev: alice} #   is the final catch-all
             local: 9090             # a process on this machine: port, host:port, /socket
@@ -105,13 +106,14 @@ class ServiceRef:
 
     @property
     def port_ref(self) -> str | int:
+        """The port's name, else its number, else "" (the Service's only port)."""
         if self.port_name is not None:
             return self.port_name
-        assert self.port is not None
-        return self.port
+        return "" if self.port is None else self.port
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.service}:{self.port_ref}"
+        port = f":{self.port_ref}" if self.port_ref != "" else ""
+        return f"{self.namespace}/{self.service}{port}"
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class RouteEntry:
     path_prefix: str = "/"
     headers: tuple[HeaderMatch, ...] = ()
     location: Location | None = field(default=None, compare=False)
+    inferred: bool = False  # no `type` here or on the entry: the Service port decides
 
     def describe_match(self) -> str:
         return self._match_text
@@ -150,6 +153,9 @@ class ServiceEntry:
     location: Location | None = field(default=None, compare=False)
     local: LocalAddress | None = None
     routes: tuple[RouteEntry, ...] = ()
+    # No `type`: a Service port's protocol is chosen from the port (localmesh.protocol_choice);
+    # `protocol` (http) then applies only to a local process.
+    inferred: bool = False
 
     def __hash__(self) -> int:
         return self._hash
@@ -159,7 +165,7 @@ class ServiceEntry:
         # Computed once: entries key the forwarders, the resolved ports and the planner's
         # memo, each looked up for all 1,000 entries per edit.
         fields = (self.host, self.namespace, self.service, self.protocol, self.port_name)
-        return hash((*fields, self.port, self.local, self.routes))
+        return hash((*fields, self.port, self.local, self.routes, self.inferred))
 
     @property
     def port_ref(self) -> str | int:
@@ -179,7 +185,8 @@ class ServiceEntry:
         """`host -> namespace/service:port` (or `host -> local ADDRESS`) for messages."""
         if self.local is not None:
             return f"{self.host} -> local {self.local}"
-        return f"{self.host} -> {self.namespace}/{self.service}:{self.port_ref}"
+        port = f":{self.port_ref}" if self.port_ref != "" else ""
+        return f"{self.host} -> {self.namespace}/{self.service}{port}"
 
     def backends(self) -> tuple[ServiceEntry, ...]:
         """Every Service port this entry forwards: its own and its routes' targets, each as
@@ -215,6 +222,7 @@ def route_backend(entry: ServiceEntry, route: RouteEntry) -> ServiceEntry:
         port_name=ref.port_name,
         port=ref.port,
         location=route.location,
+        inferred=route.inferred,
     )
 
 
@@ -430,7 +438,8 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
     if host is not None:
         checker.hosts.append((host.lower(), f"{path}.host", checker.location(fields["host"])))
     protocol: Protocol | None = DEFAULT_PROTOCOL
-    if "type" in fields:
+    inferred = "type" not in fields
+    if not inferred:
         protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
     target = _target(checker, node, fields, path, what="entry")
     routes: list[RouteEntry] = []
@@ -440,7 +449,9 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
         catch_all: tuple[str, Location] | None = None
         for index, item in enumerate(items):
             route_path = f"{path}.routes[{index}]"
-            route = _route_entry(checker, item, route_path, protocol or DEFAULT_PROTOCOL)
+            route = _route_entry(
+                checker, item, route_path, protocol or DEFAULT_PROTOCOL, inferred=inferred
+            )
             if catch_all is not None:
                 checker.add(
                     item,
@@ -472,6 +483,7 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
             location=checker.location(node),
             local=target,
             routes=tuple(routes),
+            inferred=inferred,
         )
     return ServiceEntry(
         host=host.lower(),
@@ -482,6 +494,7 @@ def _service_entry(checker: _Checker, node: Node, path: str) -> ServiceEntry | N
         port=target.port,
         location=checker.location(node),
         routes=tuple(routes),
+        inferred=inferred,
     )
 
 
@@ -532,13 +545,7 @@ def _service_ref(
     elif "port" in fields:
         port = checker.port(fields["port"], f"{path}.port", None)
         ok = ok and port is not None
-    else:
-        checker.add(
-            node,
-            path,
-            "missing `port_name` or `port`: name the Service port by name or by number",
-        )
-        ok = False
+    # Neither: the Service's only port (one with several ports is reported with them).
     if not ok or namespace is None or service is None:
         return None
     return ServiceRef(namespace, service, port_name, port)
@@ -580,12 +587,15 @@ def _local_address(checker: _Checker, node: Node, path: str) -> LocalAddress | N
     return LocalAddress(address, int(port_text))
 
 
-def _route_entry(checker: _Checker, node: Node, path: str, default: Protocol) -> RouteEntry | None:
+def _route_entry(
+    checker: _Checker, node: Node, path: str, default: Protocol, *, inferred: bool
+) -> RouteEntry | None:
     fields = checker.mapping(node, path, _ROUTE_KEYS)
     if not isinstance(node, MappingNode):
         return None
     protocol: Protocol | None = default
     if "type" in fields:
+        inferred = False
         protocol = checker.choice(fields["type"], f"{path}.type", _PROTOCOLS, Protocol)
     headers = _headers(checker, fields["headers"], f"{path}.headers") if "headers" in fields else ()
     prefix: str | None = "/"
@@ -594,7 +604,7 @@ def _route_entry(checker: _Checker, node: Node, path: str, default: Protocol) ->
     target = _target(checker, node, fields, path, what="route")
     if target is None or headers is None or prefix is None or protocol is None:
         return None
-    return RouteEntry(target, protocol, prefix, headers, checker.location(node))
+    return RouteEntry(target, protocol, prefix, headers, checker.location(node), inferred)
 
 
 def _matches_everything(node: Node) -> bool:

@@ -60,6 +60,7 @@ class ClusterSpec:
     protocol: Protocol
     endpoints: tuple[Endpoint, ...] = ()
     kind: ClusterKind = ClusterKind.FORWARDED
+    why: str = ""  # how `protocol` was chosen, when services.yaml gave no `type`
 
 
 class MatchKind(enum.Enum):

@@ -40,6 +40,7 @@ from localmesh.desired import (
     cluster_name,
     local_cluster_name,
 )
+from localmesh.protocol_choice import ProtocolChoice, choose_offline, explicit
 
 
 def backend_key(entry: ServiceEntry, port: int) -> str:
@@ -47,9 +48,25 @@ def backend_key(entry: ServiceEntry, port: int) -> str:
     return f"{entry.namespace}/{entry.service}:{port}"
 
 
-def entry_cluster_name(entry: ServiceEntry, resolved_port: int) -> str:
+Choices = Mapping[ServiceEntry, ProtocolChoice]
+
+
+def backend_protocol(backend: ServiceEntry, choices: Choices | None = None) -> ProtocolChoice:
+    """The protocol Envoy speaks to a forwarded backend: its `type`, else what was chosen
+    from its Service port (`choices`, filled by whoever resolved it), else what its port
+    name alone says."""
+    if not backend.inferred:
+        return explicit(backend.protocol)
+    found = choices.get(backend) if choices else None
+    return found if found is not None else choose_offline(backend.port_name)
+
+
+def entry_cluster_name(
+    entry: ServiceEntry, resolved_port: int, choices: Choices | None = None
+) -> str:
     """The Envoy cluster of a forwarded entry: one per Service port and protocol."""
-    return cluster_name(entry.namespace, entry.service, resolved_port, entry.protocol)
+    protocol = backend_protocol(entry, choices).protocol
+    return cluster_name(entry.namespace, entry.service, resolved_port, protocol)
 
 
 def unreachable_text(address: LocalAddress, host: str, match: str = "") -> str:
@@ -67,19 +84,27 @@ class _ClusterNeed:
     kind: ClusterKind
     backend: str = ""  # forwarded: the key of its endpoints
     local: Endpoint | None = None  # local: its one address
+    why: str = ""  # forwarded without `type`: how the protocol was chosen
 
 
 class _Clusters:
     """The clusters one plan's routes use, each named once however many routes use it."""
 
-    def __init__(self) -> None:
+    def __init__(self, choices: Choices | None = None) -> None:
         self.needs: dict[str, _ClusterNeed] = {}
+        self.choices = choices
+
+    def protocol(self, backend: ServiceEntry) -> Protocol:
+        return backend_protocol(backend, self.choices).protocol
 
     def forwarded(self, backend: ServiceEntry, port: int) -> str:
-        name = entry_cluster_name(backend, port)
+        choice = backend_protocol(backend, self.choices)
+        name = cluster_name(backend.namespace, backend.service, port, choice.protocol)
         if name not in self.needs:
             key = backend_key(backend, port)
-            self.needs[name] = _ClusterNeed(name, backend.protocol, ClusterKind.FORWARDED, key)
+            why = choice.reason if backend.inferred else ""
+            need = _ClusterNeed(name, choice.protocol, ClusterKind.FORWARDED, key, why=why)
+            self.needs[name] = need
         return name
 
     def local(self, address: LocalAddress, protocol: Protocol) -> str:
@@ -90,7 +115,8 @@ class _Clusters:
         return name
 
 
-_Host = tuple[tuple[int | None, ...], VirtualHostSpec | None, tuple[_ClusterNeed, ...]]
+_Ports = tuple[tuple[int | None, ProtocolChoice | None], ...]
+_Host = tuple[_Ports, VirtualHostSpec | None, tuple[_ClusterNeed, ...]]
 
 
 class PlanMemo:
@@ -104,6 +130,7 @@ class PlanMemo:
     def __init__(self) -> None:
         self.config: Config | None = None
         self.resolved: Mapping[ServiceEntry, int] | None = None
+        self.choices: Choices | None = None
         self.listener: ListenerSpec | None = None
         self.vhosts: tuple[VirtualHostSpec, ...] = ()
         self.needs: tuple[_ClusterNeed, ...] = ()  # sorted by name
@@ -123,18 +150,20 @@ def plan_host(
         if isinstance(route.target, LocalAddress):
             cluster = clusters.local(route.target, route.protocol)
             text = unreachable_text(route.target, entry.host, match)
+            streams = route.protocol is Protocol.GRPC
         else:
             backend = route_backend(entry, route)
             port = resolved.get(backend)
             if port is None:
                 continue  # not resolved (yet): its requests fall through to the next route
             cluster, text = clusters.forwarded(backend, port), ""
+            streams = clusters.protocol(backend) is Protocol.GRPC
         routes.append(
             RouteSpec(
                 cluster=cluster,
                 path_prefix=route.path_prefix,
                 headers=route.headers,
-                streams=route.protocol is Protocol.GRPC,
+                streams=streams,
                 name=f"{entry.host}: {match}",
                 unreachable=text,
             )
@@ -148,6 +177,7 @@ def plan_host(
         own = entry.backends()[0]
         port = resolved.get(own)
         if port is not None:
+            streams = clusters.protocol(own) is Protocol.GRPC
             routes.append(RouteSpec(cluster=clusters.forwarded(own, port), streams=streams))
     if not routes:
         return None
@@ -163,20 +193,32 @@ def plan(
     listener_name: str = DEFAULT_LISTENER_NAME,
     route_config_name: str = DEFAULT_ROUTE_CONFIG_NAME,
     memo: PlanMemo | None = None,
+    choices: Choices | None = None,
 ) -> DesiredState:
     """The desired state for `config` (see the module docstring); `memo` makes repeated
-    plans of one caller cheap (see PlanMemo) and is updated."""
+    plans of one caller cheap (see PlanMemo) and is updated. `choices`: the protocol
+    chosen from the Service port of each backend without `type` (see protocol_choice)."""
     last = memo or PlanMemo()
     hosts = last.hosts
-    if memo is not None and memo.config is config and memo.resolved is resolved:
+    if (
+        memo is not None
+        and memo.config is config
+        and memo.resolved is resolved
+        and memo.choices is choices
+    ):
         vhosts, needs = memo.vhosts, memo.needs  # only endpoints can have changed
     else:
-        vhosts, needs, hosts = _plan_hosts(config, resolved, last)
+        vhosts, needs, hosts = _plan_hosts(config, resolved, last, choices)
     specs: dict[str, tuple[object, ClusterSpec]] = {}
     for need in needs:
         source: object = endpoints.get(need.backend, ()) if need.kind.eds else need.local
         cached = last.specs.get(need.name)
-        if cached is not None and cached[0] is source and cached[1].protocol is need.protocol:
+        if (
+            cached is not None
+            and cached[0] is source
+            and cached[1].protocol is need.protocol
+            and cached[1].why == need.why
+        ):
             specs[need.name] = cached
             continue
         if need.kind.eds:
@@ -184,7 +226,7 @@ def plan(
         else:
             assert need.local is not None
             found = (need.local,)
-        spec = ClusterSpec(need.name, need.protocol, found, need.kind)
+        spec = ClusterSpec(need.name, need.protocol, found, need.kind, need.why)
         if cached is not None and cached[1] == spec:
             spec = cached[1]
         specs[need.name] = (source, spec)
@@ -195,13 +237,14 @@ def plan(
         listener = last.listener
     if memo is not None:
         memo.config, memo.resolved, memo.listener = config, resolved, listener
+        memo.choices = choices
         memo.vhosts, memo.needs, memo.specs, memo.hosts = vhosts, needs, specs, hosts
     clusters = tuple(spec for _, spec in specs.values())
     return DesiredState(listener=listener, clusters=clusters, virtual_hosts=vhosts)
 
 
 def _plan_hosts(
-    config: Config, resolved: Mapping[ServiceEntry, int], last: PlanMemo
+    config: Config, resolved: Mapping[ServiceEntry, int], last: PlanMemo, choices: Choices | None
 ) -> tuple[tuple[VirtualHostSpec, ...], tuple[_ClusterNeed, ...], dict[ServiceEntry, _Host]]:
     """Every host's virtual host and the clusters they use: an entry equal to one of the
     last plan, with the same ports, keeps its virtual host (the same object)."""
@@ -210,12 +253,15 @@ def _plan_hosts(
     needs: dict[str, _ClusterNeed] = {}
     vhosts = []
     for entry in config.services:
-        ports = tuple(resolved.get(b) for b in entry.backends())
+        ports = tuple(
+            (resolved.get(b), backend_protocol(b, choices) if b.inferred else None)
+            for b in entry.backends()
+        )
         known = last.hosts.get(entry)
         if known is not None and known[0] == ports:
             host = known
         else:
-            clusters = _Clusters()
+            clusters = _Clusters(choices)
             vhost = plan_host(entry, resolved, clusters)
             if vhost is not None:
                 old = old_hosts.get(vhost.host)
@@ -230,4 +276,13 @@ def _plan_hosts(
     return tuple(vhosts), ordered, hosts
 
 
-__all__ = ["PlanMemo", "backend_key", "entry_cluster_name", "plan", "plan_host", "unreachable_text"]
+__all__ = [
+    "Choices",
+    "PlanMemo",
+    "backend_key",
+    "backend_protocol",
+    "entry_cluster_name",
+    "plan",
+    "plan_host",
+    "unreachable_text",
+]

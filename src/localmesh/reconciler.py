@@ -17,7 +17,8 @@ import structlog
 
 from localmesh.config import Config, ServiceEntry
 from localmesh.desired import DesiredState, Endpoint
-from localmesh.plan import PlanMemo, plan
+from localmesh.plan import Choices, PlanMemo, plan
+from localmesh.protocol_choice import ProtocolChoice
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,7 @@ class Reconciler:
         self._listener_address = listener_address
         self._config = Config()
         self._resolved: dict[ServiceEntry, int] = {}
+        self._choices: dict[ServiceEntry, ProtocolChoice] = {}
         self._endpoints: dict[str, set[Endpoint]] = {}
         self._sorted: dict[str, tuple[Endpoint, ...]] = {}  # backend -> sorted endpoints
         # The same tuple object until that backend's endpoints change: the planner's memo
@@ -43,10 +45,17 @@ class Reconciler:
         self._published_event = asyncio.Event()
 
     # -- inputs ---------------------------------------------------------------------------
-    def set_config(self, config: Config, resolved: Mapping[ServiceEntry, int]) -> None:
-        """The config and the port of every resolved backend (`Config.backends()`)."""
+    def set_config(
+        self,
+        config: Config,
+        resolved: Mapping[ServiceEntry, int],
+        choices: Choices | None = None,
+    ) -> None:
+        """The config and the port of every resolved backend (`Config.backends()`), and
+        the protocol chosen for those without `type`."""
         self._config = config
         self._resolved = dict(resolved)
+        self._choices = dict(choices or {})
         self._dirty.set()
 
     def endpoint_up(self, backend: str, endpoint: Endpoint) -> None:
@@ -74,7 +83,12 @@ class Reconciler:
     def desired(self) -> DesiredState:
         """The DesiredState the recorded facts call for; a pure function of them."""
         return plan(
-            self._config, self._resolved, self._view, self._listener_address, memo=self._memo
+            self._config,
+            self._resolved,
+            self._view,
+            self._listener_address,
+            memo=self._memo,
+            choices=self._choices,
         )
 
     @property

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from localmesh.config import Config, MockConfig, MockEntry, ServiceEntry
 from localmesh.errors import TargetError
+from localmesh.protocol_choice import ProtocolChoice, choose_offline
 
 
 class PortResolver(Protocol):
@@ -30,6 +31,8 @@ class MockResolver:
     def __init__(self, mocks: MockConfig) -> None:
         self._mocks = mocks
         self._by_key: dict[tuple[str, str, str], MockEntry] = {}
+        # mocks.yaml knows no appProtocol: entries without `type` go by their port name.
+        self.choices: dict[ServiceEntry, ProtocolChoice] = {}
         for mock in mocks.mocks:
             self._by_key.setdefault((mock.namespace, mock.service, mock.port_name), mock)
 
@@ -38,6 +41,8 @@ class MockResolver:
         mock = self._by_key.get(key)
         if mock is None:
             raise TargetError(self._missing(entry))
+        if entry.inferred:
+            self.choices[entry] = choose_offline(entry.port_name)
         return mock.resolved_port
 
     def _missing(self, entry: ServiceEntry) -> str:

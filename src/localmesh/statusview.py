@@ -24,7 +24,7 @@ from localmesh.control import (
 from localmesh.desired import local_cluster_name
 from localmesh.envoy import ClusterTraffic
 from localmesh.forward import ForwardManager
-from localmesh.plan import entry_cluster_name
+from localmesh.plan import backend_protocol, entry_cluster_name
 from localmesh.recent import Recent
 from localmesh.xds.cache import SnapshotCache
 
@@ -135,7 +135,7 @@ def _route_status(sources: HostSources, entry: ServiceEntry) -> tuple[RouteStatu
             RouteStatus(
                 match=match,
                 target=str(route.target),
-                cluster=entry_cluster_name(route_backend(entry, route), key.port) if key else "",
+                cluster=_cluster(sources, route_backend(entry, route), key.port) if key else "",
                 error=state.error if state is not None else "",
             )
         )
@@ -147,6 +147,10 @@ def _with_recent(sources: HostSources, host: HostStatus) -> HostStatus:
     if recent is None:
         return host
     return replace(host, recent_requests=recent.requests, recent_failures=recent.failures)
+
+
+def _cluster(sources: HostSources, backend: ServiceEntry, port: int) -> str:
+    return entry_cluster_name(backend, port, sources.backends.choices())
 
 
 def host_status(sources: HostSources, entry: ServiceEntry) -> HostStatus:
@@ -174,7 +178,7 @@ def _host_status(sources: HostSources, entry: ServiceEntry) -> HostStatus:
     backend = entry.backends()[0]
     state = sources.backends.state(backend)
     key = state.key if state is not None else None
-    cluster = entry_cluster_name(backend, key.port) if key is not None else ""
+    cluster = _cluster(sources, backend, key.port) if key is not None else ""
     pods, target_port = _pods(sources, backend)
     counts = sources.traffic.get(cluster)
     return HostStatus(
@@ -182,7 +186,9 @@ def _host_status(sources: HostSources, entry: ServiceEntry) -> HostStatus:
         namespace=entry.namespace,
         service=entry.service,
         port=entry.port_ref,
-        type=entry.protocol.value,
+        type=backend_protocol(backend, sources.backends.choices()).describe()
+        if backend.inferred
+        else entry.protocol.value,
         cluster=cluster,
         target_port=target_port,
         pods=pods,

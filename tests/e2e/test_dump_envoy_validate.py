@@ -186,14 +186,25 @@ def test_routes_xds_dump_lists_local_and_forwarded_clusters() -> None:
     }
     assert clusters["http.local.127.0.0.1.9090"] == "STATIC"
     assert clusters["grpc.local.127.0.0.1.50051"] == "STATIC"
-    assert clusters["http.billing.billing-api-v2.8080"] == "EDS"
+    # No `type` and mocks.yaml knows no appProtocol: the port name `http` says nothing,
+    # so Envoy keeps the client's protocol, and the dump says what it assumed.
+    assert clusters["downstream.billing.billing-api-v2.8080"] == "EDS"
+    why = {
+        r["name"]: r["resource"].get("metadata", {}).get("filter_metadata", {})
+        for r in view["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["resources"]
+    }
+    assert why["downstream.billing.billing-api.8080"]["localmesh"]["protocol"] == (
+        "no type, appProtocol or gRPC port name: the client's protocol; "
+        "assumed offline: no appProtocol"
+    )
+    assert why["grpc.users.users-api.50051"] == {}  # `type: grpc` needs no reason
     (routes,) = view["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]["resources"]
     billing = next(v for v in routes["resource"]["virtual_hosts"] if v["name"].startswith("bill"))
     assert [r["route"]["cluster"] for r in billing["routes"]] == [
         "http.local.127.0.0.1.9090",
         "http.local.127.0.0.1.9090",
-        "http.billing.billing-api-v2.8080",
-        "http.billing.billing-api.8080",
+        "downstream.billing.billing-api-v2.8080",
+        "downstream.billing.billing-api.8080",
     ]
 
 

@@ -335,7 +335,7 @@ async def test_half_close_still_gets_the_answer_when_multiplexed(
 async def test_wrong_token_and_bad_entries_fail_alone(
     sandbox: Sandbox, manager: ForwardManager, events: Events, tmp_path: Path
 ) -> None:
-    with pytest.raises(TargetError, match="available ports: tcp:9000->9000"):
+    with pytest.raises(TargetError, match="it has: tcp:9000"):
         await manager.add(entry("echo", "nope"))
     with pytest.raises(TargetError, match="service 'ghost' not found"):
         await manager.add(entry("ghost"))

@@ -121,7 +121,7 @@ async def test_unknown_port_lists_the_available_ports(cluster: Cluster) -> None:
         await asyncio.to_thread(cluster.resolve, entry(port_name="metrics"))
     message = str(caught.value)
     assert "web.localhost -> shop/web:metrics" in message
-    assert "available ports: http:80->http, admin:81->8080" in message
+    assert "it has: http:80, admin:81" in message
 
 
 async def test_missing_namespace_and_service_name_the_entry(cluster: Cluster) -> None:

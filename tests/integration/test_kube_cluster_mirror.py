@@ -97,7 +97,7 @@ async def test_what_the_mirror_lacks_is_asked_of_the_api(
     await mirror_has(cluster, "b", 81)
     counter = CountingResolver(cluster)
     # A port the mirrored service does not have: the API's answer decides.
-    with pytest.raises(TargetError, match="has no port 'grpc'; available ports: http"):
+    with pytest.raises(TargetError, match="has no port 'grpc'; it has: http"):
         await cluster.watch(entry("b", "grpc"))
     # A service just created (the mirror may not have it yet): the same answer either way.
     sandbox.apply([service("c", {"http": 82, "grpc": 9090})])

@@ -111,8 +111,6 @@ def test_user_error_exit_code_and_message_in_process(
     assert main(["dump-envoy-config", str(bad), "--log-format", "json"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"localmesh: error: {bad}:2:5: services[0]: missing `port_name` or `port`: "
-        "name the Service port by name or by number",
         f"localmesh: error: {bad}:2:26: services[0].namespace: 'A' is not a valid Kubernetes "
         "namespace name: use lowercase letters, digits and '-', starting and ending with a "
         "letter or digit",

@@ -249,10 +249,11 @@ def test_missing_required_entry_field(key: str) -> None:
     assert issue.message == f"missing required key `{key}`"
 
 
-def test_neither_port_name_nor_port() -> None:
-    issue = one_issue("services:\n  - {host: a.localhost, namespace: a, service: a}\n")
-    assert where(issue) == (2, 5, "services[0]")
-    assert "missing `port_name` or `port`" in issue.message
+def test_neither_port_name_nor_port_means_the_only_port() -> None:
+    config = parse_config("services:\n  - {host: a.localhost, namespace: a, service: a}\n")
+    (entry,) = config.services
+    assert (entry.port_name, entry.port, entry.port_ref) == (None, None, "")
+    assert entry.describe() == "a.localhost -> a/a"
 
 
 def test_both_port_name_and_port() -> None:
@@ -465,22 +466,20 @@ def test_every_issue_is_reported_at_once_in_file_order() -> None:
         ("services.yaml:13:11", "services[1].port"),
         ("services.yaml:14:11", "services[1].type"),
         ("services.yaml:15:5", "services[2]"),
-        ("services.yaml:15:5", "services[2]"),
         ("services.yaml:15:11", "services[2].host"),
         ("services.yaml:17:5", "services[2].prot"),
         ("services.yaml:18:5", "services[3]"),
     ]
     messages = [i.message for i in info.value.issues]
     assert messages[7] == "missing required key `namespace`"
-    assert "missing `port_name` or `port`" in messages[8]
-    assert "did you mean `port`?" in messages[10]
+    assert "did you mean `port`?" in messages[9]
 
 
 def test_str_is_one_line_per_issue() -> None:
     with pytest.raises(ConfigValidationError) as info:
         parse_config(BROKEN, "services.yaml")
     lines = str(info.value).splitlines()
-    assert len(lines) == len(info.value.issues) == 12
+    assert len(lines) == len(info.value.issues) == 11
     assert lines[0] == "services.yaml:1:16: listener_port: 0 is out of range (1..65535)"
     assert lines[1].startswith("services.yaml:2:1: servics: unknown key `servics`")
     assert all(line.startswith("services.yaml:") for line in lines)

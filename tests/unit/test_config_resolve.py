@@ -12,9 +12,10 @@ CONFIG = parse_config(
 listener_port: 8080
 services:
   - {host: users-api.localhost, namespace: users, service: users-api, port_name: grpc, type: grpc}
-  - {host: billing-api.localhost, namespace: billing, service: billing-api, port_name: http}
-  - {host: billing.localhost, namespace: billing, service: billing-api, port_name: http}
-  - {host: admin.localhost, namespace: admin, service: admin-web, port: 8080}
+  - {host: billing-api.localhost, namespace: billing, service: billing-api, port_name: http,
+     type: http}
+  - {host: billing.localhost, namespace: billing, service: billing-api, port_name: http, type: http}
+  - {host: admin.localhost, namespace: admin, service: admin-web, port: 8080, type: http}
 """
 )
 USERS, BILLING, BILLING2, ADMIN = CONFIG.services

@@ -53,7 +53,6 @@ GOOD_ENTRY = {"host": "a.localhost", "namespace": "a", "service": "a", "port": 8
         {"services": [], "listener_port": 65536},
         {"services": [{**GOOD_ENTRY, "prot": 80}]},
         {"services": [{**GOOD_ENTRY, "port_name": "http"}]},
-        {"services": [{k: v for k, v in GOOD_ENTRY.items() if k != "port"}]},
         {"services": [{**GOOD_ENTRY, "port": "80"}]},
         {"services": [{**GOOD_ENTRY, "port": 70000}]},
         {"services": [{**GOOD_ENTRY, "type": "tcp"}]},
@@ -162,3 +161,10 @@ def test_mocks_schema_and_loader_both_reject(document: dict[str, Any]) -> None:
     assert list(validator(MOCKS_SCHEMA).iter_errors(document)) != []
     with pytest.raises(ConfigError):
         parse_mocks(yaml.safe_dump(document))
+
+
+def test_an_entry_without_port_name_or_port_is_valid_for_both() -> None:
+    """The Service's only port: services.yaml may leave the port out."""
+    document = {"services": [{k: v for k, v in GOOD_ENTRY.items() if k != "port"}]}
+    assert list(validator(SERVICES_SCHEMA).iter_errors(document)) == []
+    parse_config(yaml.safe_dump(document))

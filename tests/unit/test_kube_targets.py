@@ -129,3 +129,24 @@ def test_selectorless_endpoints_found_by_pod_ip() -> None:
     result = targets_from_endpoints(info, endpoints, {}, {"127.1.0.9": "pod-9"})
     assert result.targets == {Target("pod-9", "127.1.0.9", 8080)}
     assert result.uses_pods
+
+
+def test_no_port_named_means_the_only_one() -> None:
+    only = _service([{"name": "http", "port": 8080, "targetPort": "http"}])
+    assert service_port(only, "").port == 8080
+
+
+def test_no_port_named_with_several_lists_them() -> None:
+    with pytest.raises(PortNotFound) as caught:
+        service_port(SERVICE, "")
+    assert caught.value.explain("billing/web") == (
+        "service billing/web has several ports, name one with port_name; it has: http:80, grpc:9090"
+    )
+
+
+def test_an_unknown_port_is_explained_as_users_name_ports() -> None:
+    with pytest.raises(PortNotFound) as caught:
+        service_port(SERVICE, "web")
+    assert caught.value.explain("billing/web") == (
+        "service billing/web has no port 'web'; it has: http:80, grpc:9090"
+    )

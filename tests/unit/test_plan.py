@@ -13,6 +13,7 @@ services:
     namespace: billing
     service: billing-api
     port_name: http
+    type: http
     routes:
       - headers: {x-dev: alice}
         local: 9090
@@ -29,7 +30,7 @@ services:
 CONFIG = parse_config(TEXT)
 BILLING, WEB = CONFIG.services
 OWN, V2 = BILLING.backends()
-EDITED = TEXT + "  - {host: new.localhost, namespace: n, service: s, port: 80}\n"
+EDITED = TEXT + "  - {host: new.localhost, namespace: n, service: s, port: 80, type: http}\n"
 
 
 def test_routes_in_order_then_the_entry_as_catch_all() -> None:

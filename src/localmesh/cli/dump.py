@@ -32,6 +32,7 @@ import yaml
 from localmesh import eventloop
 from localmesh.config import Config, ServiceEntry, load_config, load_mocks
 from localmesh.errors import UsageError
+from localmesh.protocol_choice import ProtocolChoice, choose_protocol
 from localmesh.resolve import MockResolver, resolve_all
 from localmesh.runtime import DEFAULT_NAME
 
@@ -138,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_config(config_path(args))
         if args.mock_config:
-            ports = resolve_all(config, MockResolver(load_mocks(args.mock_config)))
+            mocks = MockResolver(load_mocks(args.mock_config))
+            ports = resolve_all(config, mocks)
+            choices: dict[ServiceEntry, ProtocolChoice] = mocks.choices
         else:
-            ports = eventloop.run(cluster_ports(config, args.kubeconfig, args.context))
-        document = build_document(config, ports, args.format, args.bind, args.name)
+            ports, choices = eventloop.run(cluster_ports(config, args.kubeconfig, args.context))
+        document = build_document(config, ports, args.format, args.bind, args.name, choices=choices)
     sys.stdout.write(render(document, args.output))
     sys.stdout.flush()
     return 0
@@ -159,13 +162,23 @@ def config_path(args: argparse.Namespace) -> Path:
 
 async def cluster_ports(
     config: Config, kubeconfig: str | None, context: str | None
-) -> dict[ServiceEntry, int]:
-    """Every entry's service port, read from the cluster (one GET per entry, no watches)."""
+) -> tuple[dict[ServiceEntry, int], dict[ServiceEntry, ProtocolChoice]]:
+    """Every entry's service port, read from the cluster (one GET per entry, no watches),
+    and the protocol its Service port picks for entries without `type`."""
     from localmesh.kube import Cluster
 
     cluster = await asyncio.to_thread(Cluster.connect, kubeconfig, context)
+    choices: dict[ServiceEntry, ProtocolChoice] = {}
+
+    class _Choosing:
+        def resolve(self, entry: ServiceEntry) -> int:
+            port = cluster.service_info(entry).port
+            if entry.inferred:
+                choices[entry] = choose_protocol(port.name, port.app_protocol)
+            return port.port
+
     try:
-        return await asyncio.to_thread(resolve_all, config, cluster)
+        return await asyncio.to_thread(resolve_all, config, _Choosing()), choices
     finally:
         await cluster.close()
 
@@ -176,6 +189,8 @@ def build_document(
     fmt: str,
     bind: str,
     name: str = DEFAULT_NAME,
+    *,
+    choices: Mapping[ServiceEntry, ProtocolChoice] | None = None,
 ) -> dict[str, Any]:
     """The JSON-able document `dump-envoy-config` prints. No forwarders: no endpoints
     (local processes have theirs: their address is in the config)."""
@@ -187,7 +202,7 @@ def build_document(
     from localmesh.xds.snapshot import build_snapshot, render_xds_view
     from localmesh.xds.static import render_static_config
 
-    state = plan(config, ports, {}, bind)
+    state = plan(config, ports, {}, bind, choices=choices)
     bootstrap = build_bootstrap(
         BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
     )

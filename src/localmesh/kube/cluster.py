@@ -296,10 +296,8 @@ class Cluster:
         try:
             return service_info(service, entry.port_ref)
         except PortNotFound as exc:
-            raise TargetError(
-                f"{label}: service {entry.namespace}/{entry.service} has no port "
-                f"{exc.wanted!r}; available ports: {', '.join(exc.available) or 'none'}"
-            ) from None
+            where = f"{entry.namespace}/{entry.service}"
+            raise TargetError(f"{label}: {exc.explain(where)}") from None
 
     def _missing(self, entry: ServiceEntry) -> str:
         label = entry_label(entry)
@@ -521,7 +519,7 @@ class Cluster:
             try:
                 info = service_info(service, watch.port_ref)
             except PortNotFound as exc:
-                watch._set(frozenset(), None, f"service {key.namespace}/{key.service}: {exc}")
+                watch._set(frozenset(), None, exc.explain(f"{key.namespace}/{key.service}"))
                 return
         endpoints_kind = "endpointslices" if namespace.use_slices else "endpoints"
         if info is None or endpoints_kind not in namespace.synced:

@@ -18,11 +18,19 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 class PortNotFound(Exception):
     """The service has no port by that name or number; carries the ones it has."""
 
-    def __init__(self, wanted: str | int, available: list[str]) -> None:
-        self.wanted = wanted
+    def __init__(self, wanted: str | int, available: list[str], has: Iterable[str] = ()) -> None:
+        self.wanted = wanted  # "": no port named, and the service has more than one
         self.available = available
+        self.has = list(has)  # `name:port` of each, as users write them in services.yaml
         listed = ", ".join(available) if available else "none"
         super().__init__(f"service has no port {wanted!r}; available ports: {listed}")
+
+    def explain(self, service: str) -> str:
+        """`service billing/web has no port 'x'; it has: http:8080` for messages."""
+        has = ", ".join(self.has) or "no ports"
+        if self.wanted == "":
+            return f"service {service} has several ports, name one with port_name; it has: {has}"
+        return f"service {service} has no port {self.wanted!r}; it has: {has}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class ServicePort:
     port: int
     target_port: int | str  # a number, or a container port name resolved per pod
     protocol: str = "TCP"
+    app_protocol: str | None = None  # `appProtocol`: picks Envoy's protocol without `type`
 
 
 @dataclass(frozen=True)
@@ -63,16 +72,24 @@ def describe_port(spec: Mapping[str, Any]) -> str:
     return f"{label}->{target}"
 
 
+def port_label(spec: Mapping[str, Any]) -> str:
+    """`name:port` (or the number of an unnamed port), as services.yaml names it."""
+    name = spec.get("name") or ""
+    return f"{name}:{spec.get('port')}" if name else str(spec.get("port"))
+
+
 def service_port(service: JSON, wanted: str | int) -> ServicePort:
-    """The port of `service` named (str) or numbered (int) `wanted`.
+    """The port of `service` named (str) or numbered (int) `wanted`; "" means its only port.
 
     A headless service may declare no ports at all; a numbered entry then forwards straight
     to that container port.
     """
     ports: list[JSON] = list(service.get("spec", {}).get("ports") or [])
     for spec in ports:
-        if (isinstance(wanted, str) and spec.get("name") == wanted) or (
-            isinstance(wanted, int) and spec.get("port") == wanted
+        if (
+            (wanted == "" and len(ports) == 1)
+            or (isinstance(wanted, str) and spec.get("name") == wanted)
+            or (isinstance(wanted, int) and spec.get("port") == wanted)
         ):
             number = int(spec["port"])
             target = spec.get("targetPort", number)
@@ -83,10 +100,11 @@ def service_port(service: JSON, wanted: str | int) -> ServicePort:
                 port=number,
                 target_port=target,
                 protocol=str(spec.get("protocol") or "TCP"),
+                app_protocol=spec.get("appProtocol") or None,
             )
     if not ports and isinstance(wanted, int) and is_headless(service):
         return ServicePort(name="", port=wanted, target_port=wanted)
-    raise PortNotFound(wanted, [describe_port(p) for p in ports])
+    raise PortNotFound(wanted, [describe_port(p) for p in ports], [port_label(p) for p in ports])
 
 
 def is_headless(service: JSON) -> bool:

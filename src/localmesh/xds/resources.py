@@ -113,6 +113,7 @@ STAT_PREFIX = "localmesh"
 # Route metadata the local reply mapper reads: the 503 body for a refused connection.
 METADATA_NAMESPACE = "localmesh"
 UNREACHABLE_KEY = "unreachable"
+PROTOCOL_KEY = "protocol"  # cluster metadata: how its upstream protocol was chosen
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -281,6 +282,10 @@ def build_cluster(spec: ClusterSpec) -> Cluster:
             "type": ClusterDiscoveryType.STATIC,
             "load_assignment": build_load_assignment(spec),
         }
+    if spec.why:
+        # Shown in the dump and Envoy's config_dump: why this upstream protocol.
+        why = Struct(fields={PROTOCOL_KEY: Value(string_value=spec.why)})
+        discovery["metadata"] = Metadata(filter_metadata={METADATA_NAMESPACE: why})
     return Cluster(
         name=spec.name,
         connect_timeout=CONNECT_TIMEOUT,

@@ -213,8 +213,8 @@ def _route_configuration(name: str, vhost_fields: Iterable[bytes]) -> bytes:
 def _cluster_key(spec: ClusterSpec) -> _ClusterKey:
     # An EDS cluster's own message does not depend on its endpoints; a static one does.
     if spec.kind.eds:
-        return (spec.protocol, spec.kind)
-    return (spec.protocol, spec.kind, spec.endpoints)
+        return (spec.protocol, spec.kind, spec.why)
+    return (spec.protocol, spec.kind, spec.why, spec.endpoints)
 
 
 def build_snapshot(state: DesiredState, previous: Snapshot | None = None) -> Snapshot:

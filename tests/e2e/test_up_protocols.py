@@ -1,0 +1,116 @@
+"""`localmesh up` on a services.yaml without `type`: the Service port picks the protocol.
+
+The seed calls `type` informational. Without it, gRPC must still work (the port is named
+`grpc`, or its `appProtocol` says h2c), and plain HTTP/1.1 must still reach an HTTP
+service (no telling name: Envoy speaks the client's protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
+from tests.e2e.conftest import UP_LOOP
+from tests.e2e.up_helpers import (
+    UpProcess,
+    free_port,
+    grpc_greet,
+    http_get,
+    private_runtime_dir,
+    services_yaml,
+    start_up,
+    status_json,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, UP_LOOP]
+
+# A second Service for the gRPC pods whose port name says nothing; appProtocol does.
+RPC_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: users-rpc, namespace: users}
+spec:
+  selector: {app: users-api}
+  ports: [{name: api, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}]
+"""
+
+ENTRIES = [
+    {"host": "users-api.localhost", "namespace": "users", "service": "users-api",
+     "port_name": "grpc"},
+    {"host": "users-rpc.localhost", "namespace": "users", "service": "users-rpc",
+     "port_name": "api"},
+    {"host": "billing-api.localhost", "namespace": "billing", "service": "billing-api",
+     "port_name": "http"},
+    # A single-port Service needs no port_name or port.
+    {"host": "admin.localhost", "namespace": "admin", "service": "admin-web"},
+]  # fmt: skip
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(
+    up_sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[UpProcess, int, Path]]:
+    created = await sandbox_fixtures.kubectl(up_sandbox, "apply", "-f", "-", input=RPC_SERVICE)
+    created.check()
+    tmp = tmp_path_factory.mktemp("up-protocols")
+    port = free_port()
+    services = tmp / "services.yaml"
+    services.write_text(services_yaml(port, ENTRIES))
+    hosts = tmp / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    runtime_dir = private_runtime_dir(tmp)
+    up = await start_up(runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts)
+    try:
+        yield up, port, runtime_dir
+    finally:
+        code = await up.stop()
+        assert code == 0, up.describe()
+
+
+async def test_grpc_without_type_by_port_name(mesh: tuple[UpProcess, int, Path]) -> None:
+    up, port, _ = mesh
+    reply = await grpc_greet(port, "users-api.localhost")
+    assert reply.namespace == "users", up.describe()
+    assert "grpc.reflection.v1alpha.ServerReflection" in reply.services
+
+
+async def test_grpc_without_type_by_app_protocol(mesh: tuple[UpProcess, int, Path]) -> None:
+    up, port, _ = mesh
+    reply = await grpc_greet(port, "users-rpc.localhost")
+    assert reply.namespace == "users", up.describe()
+
+
+async def test_http1_without_type_keeps_the_clients_protocol(
+    mesh: tuple[UpProcess, int, Path],
+) -> None:
+    _, port, _ = mesh
+    reply = await http_get(port, "billing-api.localhost", "/hello")
+    assert reply.status == 200, reply
+    assert reply.json()["namespace"] == "billing"
+
+
+async def test_status_says_what_was_chosen_and_why(mesh: tuple[UpProcess, int, Path]) -> None:
+    _, _, runtime_dir = mesh
+    code, status = await status_json(runtime_dir)
+    assert code == 0, status
+    types = {h["host"]: h["type"] for h in status["hosts"]}
+    assert types == {
+        "users-api.localhost": "grpc (port name grpc)",
+        "users-rpc.localhost": "grpc (appProtocol kubernetes.io/h2c)",
+        "billing-api.localhost": "downstream (no type, appProtocol or gRPC port name: "
+        "the client's protocol)",
+        "admin.localhost": "downstream (no type, appProtocol or gRPC port name: "
+        "the client's protocol)",
+    }
+
+
+async def test_a_single_port_service_needs_no_port(mesh: tuple[UpProcess, int, Path]) -> None:
+    _, port, _ = mesh
+    reply = await http_get(port, "admin.localhost", "/")
+    assert reply.status == 200, reply
+    assert reply.json()["namespace"] == "admin"
