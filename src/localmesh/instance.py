@@ -170,7 +170,10 @@ class MeshInstance:
         # The control server goes (nearly) last: a `localmesh down` waiting for its reply
         # gets it before the socket goes.
         await self._start_server(owner_uid)
-        # Credentials before the hosts file: a cluster that refuses them changes nothing.
+        if opts.edit_hosts:  # a wrong --hosts-file is reported before the cluster is asked
+            HostsFile(opts.hosts_file, opts.name).blocks()
+        # Credentials before the hosts file is edited: a cluster that refuses them changes
+        # nothing.
         cluster = await asyncio.to_thread(Cluster.connect, _kubeconfig(opts), opts.context)
         stack.push_async_callback(_quietly, "close cluster watches", cluster.close)
         self._cluster = cluster
