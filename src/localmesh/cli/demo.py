@@ -49,7 +49,9 @@ def register(subparsers: Any) -> None:
         help="run the built-in sandbox cluster with a mesh in front of it",
         description="Start the sandbox (a stand-in Kubernetes cluster in this process, with "
         "users-api (gRPC), billing-api and admin-web (HTTP)), then `localmesh up --watch` "
-        "for it on an unprivileged port, and print commands to try. Runs until Ctrl-C.",
+        "for it on an unprivileged port, and `localmesh mesh` of billing-api with the mark "
+        "`version: demo` to a small HTTP process on this machine; print commands to try. "
+        "Runs until Ctrl-C, which also puts billing-api back as it was.",
     )
     parser.add_argument(
         "--port",
@@ -131,8 +133,15 @@ async def run(args: argparse.Namespace) -> int:
                 ready.cancel()
                 return await task  # start-up failed: its error propagates
             _print_try(port, services, sandbox.kubeconfig_path)
+            meshing = asyncio.create_task(
+                _mesh_part(sandbox.kubeconfig_path), name="demo mesh of billing-api"
+            )
             stopped = asyncio.create_task(stop.wait(), name="wait for Ctrl-C")
             await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            # The Service is put back while the sandbox still runs, then `up` stops.
+            meshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await meshing
             mesh.request_stop()
             stopped.cancel()
             return await task
@@ -141,6 +150,40 @@ async def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+MESH_TRY = (
+    'On the sandbox, cluster IPs answer on this machine, which plays "inside the cluster". Try:'
+)
+MESH_END = "Ctrl-C also puts billing/billing-api back as it was."
+
+
+async def _mesh_part(kubeconfig: Path) -> None:
+    """`localmesh mesh` in the demo; when it fails, the rest of the demo keeps serving."""
+    import structlog
+
+    from localmesh.cli.demo_mesh import MARK, NAMESPACE, SERVICE, DemoMesh
+
+    def ready(commands: str) -> None:
+        print(
+            f"mesh: requests to {NAMESPACE}/{SERVICE} marked `version: {MARK}` now go to a "
+            f"process on this machine.\n{MESH_TRY}\n\n{textwrap.indent(commands, '  ')}\n\n"
+            f"{MESH_END}\n",
+            flush=True,
+        )
+
+    def said(line: str) -> None:
+        print(line, flush=True)
+
+    print(f"mesh: meshing {NAMESPACE}/{SERVICE} with a process on this machine ...", flush=True)
+    try:
+        await DemoMesh(kubeconfig, _localmesh(), ready, said).run()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the mesh is an extra: whatever broke it, `up` keeps serving
+        structlog.get_logger(__name__).debug("demo mesh failed", exc_info=True)
+        reason = str(exc) or type(exc).__name__
+        print(f"mesh: not available ({reason}); the rest of the demo keeps working", flush=True)
 
 
 def _localmesh() -> str:
