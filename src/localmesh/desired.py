@@ -97,7 +97,9 @@ class RouteSpec:
 
     `streams` (gRPC, websockets) switches off the route and idle timeouts; `unreachable`
     is the 503 body a client gets when the cluster's address refuses the connection
-    (local processes that are not running), "" for Envoy's default.
+    (local processes that are not running), "" for Envoy's default. A route with neither
+    cluster nor weights answers 503 itself with `failed` as the body (a host whose Service
+    could not be resolved says why).
     """
 
     cluster: str = ""
@@ -107,6 +109,7 @@ class RouteSpec:
     streams: bool = False
     name: str = ""
     unreachable: str = ""
+    failed: str = ""
 
     @property
     def clusters(self) -> tuple[str, ...]:

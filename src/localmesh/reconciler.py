@@ -34,6 +34,7 @@ class Reconciler:
         self._config = Config()
         self._resolved: dict[ServiceEntry, int] = {}
         self._choices: dict[ServiceEntry, ProtocolChoice] = {}
+        self._failures: dict[ServiceEntry, str] = {}
         self._endpoints: dict[str, set[Endpoint]] = {}
         self._sorted: dict[str, tuple[Endpoint, ...]] = {}  # backend -> sorted endpoints
         # The same tuple object until that backend's endpoints change: the planner's memo
@@ -50,12 +51,14 @@ class Reconciler:
         config: Config,
         resolved: Mapping[ServiceEntry, int],
         choices: Choices | None = None,
+        failures: Mapping[ServiceEntry, str] | None = None,
     ) -> None:
         """The config and the port of every resolved backend (`Config.backends()`), and
         the protocol chosen for those without `type`."""
         self._config = config
         self._resolved = dict(resolved)
         self._choices = dict(choices or {})
+        self._failures = dict(failures or {})  # unresolved backends: why (503 bodies)
         self._dirty.set()
 
     def endpoint_up(self, backend: str, endpoint: Endpoint) -> None:
@@ -89,6 +92,7 @@ class Reconciler:
             self._listener_address,
             memo=self._memo,
             choices=self._choices,
+            failures=self._failures,
         )
 
     @property

@@ -62,6 +62,7 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
     HeaderMatcher,
     RetryPolicy,
     RetryPolicyRetryHostPredicate,
@@ -321,6 +322,11 @@ def _header_matcher(match: HeaderMatch) -> HeaderMatcher:
 
 
 def build_route(spec: RouteSpec) -> Route:
+    match = RouteMatch(prefix=spec.path_prefix, headers=[_header_matcher(h) for h in spec.headers])
+    if not spec.clusters:
+        body = DataSource(inline_string=spec.failed)
+        failed = DirectResponseAction(status=503, body=body)
+        return Route(name=spec.name, match=match, direct_response=failed)
     action: dict[str, Any] = {"retry_policy": _retry_policy()}
     if spec.cluster:
         action["cluster"] = spec.cluster
@@ -342,9 +348,7 @@ def build_route(spec: RouteSpec) -> Route:
         )
     return Route(
         name=spec.name,
-        match=RouteMatch(
-            prefix=spec.path_prefix, headers=[_header_matcher(h) for h in spec.headers]
-        ),
+        match=match,
         route=RouteAction(**action),
         **extra,
     )
