@@ -151,6 +151,7 @@ class ListenerSpec:
     name: str = DEFAULT_LISTENER_NAME
     route_config_name: str = DEFAULT_ROUTE_CONFIG_NAME
     websockets: bool = False  # allow `Upgrade: websocket` (the in-cluster router)
+    access_log: str = ""  # a file Envoy appends one JSON line per request to (`--access-log`)
 
 
 @dataclass(frozen=True)

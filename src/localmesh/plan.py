@@ -207,6 +207,7 @@ def plan(
     memo: PlanMemo | None = None,
     choices: Choices | None = None,
     failures: Mapping[ServiceEntry, str] | None = None,
+    access_log: str = "",
 ) -> DesiredState:
     """The desired state for `config` (see the module docstring); `memo` makes repeated
     plans of one caller cheap (see PlanMemo) and is updated. `choices`: the protocol
@@ -245,7 +246,11 @@ def plan(
             spec = cached[1]
         specs[need.name] = (source, spec)
     listener = ListenerSpec(
-        listener_address, config.listener_port, listener_name, route_config_name
+        listener_address,
+        config.listener_port,
+        listener_name,
+        route_config_name,
+        access_log=access_log,
     )
     if last.listener is not None and last.listener == listener:
         listener = last.listener

@@ -28,9 +28,10 @@ Publish = Callable[[DesiredState], Awaitable[None]]
 class Reconciler:
     """Records facts synchronously (same event loop, no locks); `run()` publishes."""
 
-    def __init__(self, publish: Publish, *, listener_address: str) -> None:
+    def __init__(self, publish: Publish, *, listener_address: str, access_log: str = "") -> None:
         self._publish = publish
         self._listener_address = listener_address
+        self._access_log = access_log
         self._config = Config()
         self._resolved: dict[ServiceEntry, int] = {}
         self._choices: dict[ServiceEntry, ProtocolChoice] = {}
@@ -93,7 +94,18 @@ class Reconciler:
             memo=self._memo,
             choices=self._choices,
             failures=self._failures,
+            access_log=self._access_log,
         )
+
+    def pod_of(self, address: str) -> str:
+        """The pod behind an endpoint `host:port` of the published state (`local` for a
+        process on this machine, "" when unknown)."""
+        state = self._published
+        for cluster in state.clusters if state is not None else ():
+            for endpoint in cluster.endpoints:
+                if f"{endpoint.address}:{endpoint.port}" == address:
+                    return endpoint.pod or ("local" if not cluster.kind.eds else "")
+        return ""
 
     @property
     def published(self) -> DesiredState | None:

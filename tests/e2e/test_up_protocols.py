@@ -76,7 +76,9 @@ async def mesh(
     hosts = tmp / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     runtime_dir = private_runtime_dir(tmp)
-    up = await start_up(runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts)
+    up = await start_up(
+        runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts, "--access-log"
+    )
     try:
         yield up, port, runtime_dir
     finally:
@@ -148,3 +150,23 @@ async def test_an_unresolved_host_answers_503_saying_why(
     await http_get(port, "broken.localhost", "/")
     errors = [r for r in up.logs() if r.get("event") == "cannot forward"]
     assert [r["host"] for r in errors].count("broken.localhost") == 1, errors
+
+
+async def test_access_log_prints_one_line_per_request(mesh: tuple[UpProcess, int, Path]) -> None:
+    up, port, _ = mesh
+    reply = await http_get(port, "billing-api.localhost", "/access-log-probe?x=1")
+    assert reply.status == 200, reply
+    pod = reply.json()["pod"]
+
+    def logged() -> list[dict[str, object]]:
+        return [
+            r
+            for r in up.logs()
+            if r.get("event") == "request" and r.get("path") == "/access-log-probe?x=1"
+        ]
+
+    await up.wait_for(lambda: bool(logged()), seconds=15, what="the request's log line")
+    (line,) = logged()
+    assert line["host"] == "billing-api.localhost"
+    assert (line["method"], line["status"], line["pod"]) == ("GET", 200, pod)
+    assert isinstance(line["duration_ms"], int)

@@ -71,6 +71,11 @@ def register(subparsers: Any) -> None:
     )
     add_config_argument(parser)
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request: host, method, path, status, duration, pod",
+    )
+    parser.add_argument(
         "--watch", action="store_true", help="apply edits of services.yaml live (no restart)"
     )
     parser.add_argument(
@@ -136,6 +141,7 @@ async def run(args: argparse.Namespace) -> int:
         edit_hosts=args.edit_hosts,
         hosts_file=args.hosts_file,
         watch=args.watch,
+        access_log=args.access_log,
         log_level=args.log_level,
         envoy_path=args.envoy_path,
         envoy_workers=args.envoy_workers,
