@@ -38,8 +38,17 @@ class BackendState:
     key: ServiceKey | None = None  # resolved; None while it cannot be
     choice: ProtocolChoice | None = None  # no `type`: chosen from the Service port
     error: str = ""
+    reason: str = ""  # `error` without the entry's own label: the 503 body says it
     last_reconnect: datetime | None = None
     last_reconnect_reason: str = ""
+
+
+def _reason(entry: ServiceEntry, error: str) -> str:
+    """The error without its `file:line:col: host -> target: ` prefix (the body names the
+    host itself)."""
+    label = entry.describe() + ": "
+    _, found, rest = error.partition(label)
+    return rest if found else error
 
 
 class Backends:
@@ -58,6 +67,13 @@ class Backends:
 
     def resolved(self) -> dict[ServiceEntry, int]:
         return {e: s.key.port for e, s in self._states.items() if s.key is not None}
+
+    def failures(self) -> dict[ServiceEntry, str]:
+        """Why each unresolved backend is: its host answers 503 with it."""
+        return {e: s.reason for e, s in self._states.items() if s.key is None and s.reason}
+
+    def _publish(self) -> None:
+        self._reconciler.set_config(self.config, self.resolved(), self.choices(), self.failures())
 
     def choices(self) -> dict[ServiceEntry, ProtocolChoice]:
         return {e: s.choice for e, s in self._states.items() if s.choice is not None}
@@ -78,7 +94,7 @@ class Backends:
             else:
                 known.entry = backend  # keep the newest source location
         self.config = config
-        self._reconciler.set_config(config, self.resolved(), self.choices())
+        self._publish()
 
     async def _add(self, state: BackendState) -> None:
         try:
@@ -87,20 +103,21 @@ class Backends:
             # Retried every few seconds: say it loudly once, then only when the reason changes.
             report = log.error if str(exc) != state.error else log.debug
             state.error = str(exc)
+            state.reason = _reason(state.entry, state.error)
             report("cannot forward", host=state.entry.host, error=state.error)
             return
-        state.key, state.error = service.key, ""
+        state.key, state.error, state.reason = service.key, "", ""
         info = service.watch.info
         if state.entry.inferred and info is not None:
             state.choice = choose_protocol(info.port.name, info.port.app_protocol)
             log.info("protocol chosen", host=state.entry.host, protocol=state.choice.describe())
 
     async def retry_unresolved(self) -> None:
-        pending = [s for s in self._states.values() if s.key is None]
-        for state in pending:
+        pending = [(s, s.reason) for s in self._states.values() if s.key is None]
+        for state, _ in pending:
             await self._add(state)
-        if any(s.key is not None for s in pending):
-            self._reconciler.set_config(self.config, self.resolved(), self.choices())
+        if any(s.key is not None or s.reason != reason for s, reason in pending):
+            self._publish()
 
     def on_forwarder(self, event: ForwarderEvent) -> None:
         if event.up:

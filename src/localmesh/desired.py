@@ -97,7 +97,9 @@ class RouteSpec:
 
     `streams` (gRPC, websockets) switches off the route and idle timeouts; `unreachable`
     is the 503 body a client gets when the cluster's address refuses the connection
-    (local processes that are not running), "" for Envoy's default.
+    (local processes that are not running), "" for Envoy's default. A route with neither
+    cluster nor weights answers 503 itself with `failed` as the body (a host whose Service
+    could not be resolved says why).
     """
 
     cluster: str = ""
@@ -107,6 +109,7 @@ class RouteSpec:
     streams: bool = False
     name: str = ""
     unreachable: str = ""
+    failed: str = ""
 
     @property
     def clusters(self) -> tuple[str, ...]:
@@ -148,6 +151,7 @@ class ListenerSpec:
     name: str = DEFAULT_LISTENER_NAME
     route_config_name: str = DEFAULT_ROUTE_CONFIG_NAME
     websockets: bool = False  # allow `Upgrade: websocket` (the in-cluster router)
+    access_log: str = ""  # a file Envoy appends one JSON line per request to (`--access-log`)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import TextIO
 import grpc
 import structlog
 
+from localmesh import access_log
 from localmesh.apply_config import Backends
 from localmesh.bootstrap import AdsMode, BootstrapOptions, build_bootstrap
 from localmesh.config import Config, ServiceEntry, load_config
@@ -99,6 +100,7 @@ class UpOptions:
     ads_mode: AdsMode = AdsMode.DELTA  # changes cost only what changed (bench/xds_push)
     runtime_base: Path | None = None  # tests: a private directory instead of XDG_RUNTIME_DIR
     handle_signals: bool = True
+    access_log: bool = False  # one `request` line per request (Envoy's access log)
 
 
 class MeshInstance:
@@ -114,7 +116,12 @@ class MeshInstance:
         self.paths: RuntimePaths = runtime_paths(options.name, base=options.runtime_base)
         self.config: Config | None = None
         self.cache = SnapshotCache()
-        self.reconciler = Reconciler(self._publish, listener_address=options.bind)
+        self._access_log = self.paths.root / "access.log" if options.access_log else None
+        self.reconciler = Reconciler(
+            self._publish,
+            listener_address=options.bind,
+            access_log=str(self._access_log or ""),
+        )
         self._stack = contextlib.AsyncExitStack()
         self._manager: ForwardManager | None = None
         self._cluster: Cluster | None = None
@@ -188,6 +195,10 @@ class MeshInstance:
                 log.info("removed hosts entries left by a crashed run", mesh=name)
 
         self._spawn("reconciler", self.reconciler.run)
+        if self._access_log is not None:
+            access_log.prepare(self._access_log)
+            tail = access_log.AccessLogTail(self._access_log, self.reconciler.pod_of)
+            self._spawn("access log", tail.run)
         manager = ForwardManager(cluster, self._on_forwarder, ForwardOptions(bind="127.0.0.1"))
         await manager.start()
         stack.callback(self._note_forwarders_closed)

@@ -115,7 +115,7 @@ class _Clusters:
         return name
 
 
-_Ports = tuple[tuple[int | None, ProtocolChoice | None], ...]
+_Ports = tuple[tuple[int | None, ProtocolChoice | None, str | None], ...]
 _Host = tuple[_Ports, VirtualHostSpec | None, tuple[_ClusterNeed, ...]]
 
 
@@ -131,6 +131,7 @@ class PlanMemo:
         self.config: Config | None = None
         self.resolved: Mapping[ServiceEntry, int] | None = None
         self.choices: Choices | None = None
+        self.failures: Mapping[ServiceEntry, str] | None = None
         self.listener: ListenerSpec | None = None
         self.vhosts: tuple[VirtualHostSpec, ...] = ()
         self.needs: tuple[_ClusterNeed, ...] = ()  # sorted by name
@@ -140,10 +141,19 @@ class PlanMemo:
         self.specs: dict[str, tuple[object, ClusterSpec]] = {}
 
 
+def failed_text(host: str, reason: str) -> str:
+    """The 503 body of a host whose Service could not be resolved."""
+    return f"localmesh: {host}: {reason}\n"
+
+
 def plan_host(
-    entry: ServiceEntry, resolved: Mapping[ServiceEntry, int], clusters: _Clusters
+    entry: ServiceEntry,
+    resolved: Mapping[ServiceEntry, int],
+    clusters: _Clusters,
+    failures: Mapping[ServiceEntry, str] | None = None,
 ) -> VirtualHostSpec | None:
-    """One host's virtual host, or None when none of its targets is resolved yet."""
+    """One host's virtual host, or None when none of its targets is resolved yet and no
+    reason is known (with one, the host answers 503 with it)."""
     routes: list[RouteSpec] = []
     for route in entry.routes:
         match = route.describe_match()
@@ -179,6 +189,8 @@ def plan_host(
         if port is not None:
             streams = clusters.protocol(own) is Protocol.GRPC
             routes.append(RouteSpec(cluster=clusters.forwarded(own, port), streams=streams))
+        elif failures and own in failures:
+            routes.append(RouteSpec(failed=failed_text(entry.host, failures[own])))
     if not routes:
         return None
     return VirtualHostSpec(entry.host, tuple(routes))
@@ -194,6 +206,8 @@ def plan(
     route_config_name: str = DEFAULT_ROUTE_CONFIG_NAME,
     memo: PlanMemo | None = None,
     choices: Choices | None = None,
+    failures: Mapping[ServiceEntry, str] | None = None,
+    access_log: str = "",
 ) -> DesiredState:
     """The desired state for `config` (see the module docstring); `memo` makes repeated
     plans of one caller cheap (see PlanMemo) and is updated. `choices`: the protocol
@@ -205,10 +219,11 @@ def plan(
         and memo.config is config
         and memo.resolved is resolved
         and memo.choices is choices
+        and memo.failures is failures
     ):
         vhosts, needs = memo.vhosts, memo.needs  # only endpoints can have changed
     else:
-        vhosts, needs, hosts = _plan_hosts(config, resolved, last, choices)
+        vhosts, needs, hosts = _plan_hosts(config, resolved, last, choices, failures)
     specs: dict[str, tuple[object, ClusterSpec]] = {}
     for need in needs:
         source: object = endpoints.get(need.backend, ()) if need.kind.eds else need.local
@@ -231,20 +246,28 @@ def plan(
             spec = cached[1]
         specs[need.name] = (source, spec)
     listener = ListenerSpec(
-        listener_address, config.listener_port, listener_name, route_config_name
+        listener_address,
+        config.listener_port,
+        listener_name,
+        route_config_name,
+        access_log=access_log,
     )
     if last.listener is not None and last.listener == listener:
         listener = last.listener
     if memo is not None:
         memo.config, memo.resolved, memo.listener = config, resolved, listener
-        memo.choices = choices
+        memo.choices, memo.failures = choices, failures
         memo.vhosts, memo.needs, memo.specs, memo.hosts = vhosts, needs, specs, hosts
     clusters = tuple(spec for _, spec in specs.values())
     return DesiredState(listener=listener, clusters=clusters, virtual_hosts=vhosts)
 
 
 def _plan_hosts(
-    config: Config, resolved: Mapping[ServiceEntry, int], last: PlanMemo, choices: Choices | None
+    config: Config,
+    resolved: Mapping[ServiceEntry, int],
+    last: PlanMemo,
+    choices: Choices | None,
+    failures: Mapping[ServiceEntry, str] | None,
 ) -> tuple[tuple[VirtualHostSpec, ...], tuple[_ClusterNeed, ...], dict[ServiceEntry, _Host]]:
     """Every host's virtual host and the clusters they use: an entry equal to one of the
     last plan, with the same ports, keeps its virtual host (the same object)."""
@@ -254,7 +277,11 @@ def _plan_hosts(
     vhosts = []
     for entry in config.services:
         ports = tuple(
-            (resolved.get(b), backend_protocol(b, choices) if b.inferred else None)
+            (
+                resolved.get(b),
+                backend_protocol(b, choices) if b.inferred else None,
+                failures.get(b) if failures else None,
+            )
             for b in entry.backends()
         )
         known = last.hosts.get(entry)
@@ -262,7 +289,7 @@ def _plan_hosts(
             host = known
         else:
             clusters = _Clusters(choices)
-            vhost = plan_host(entry, resolved, clusters)
+            vhost = plan_host(entry, resolved, clusters, failures)
             if vhost is not None:
                 old = old_hosts.get(vhost.host)
                 vhost = old if old == vhost else vhost
@@ -282,6 +309,7 @@ __all__ = [
     "backend_key",
     "backend_protocol",
     "entry_cluster_name",
+    "failed_text",
     "plan",
     "plan_host",
     "unreachable_text",

@@ -28,12 +28,14 @@ Publish = Callable[[DesiredState], Awaitable[None]]
 class Reconciler:
     """Records facts synchronously (same event loop, no locks); `run()` publishes."""
 
-    def __init__(self, publish: Publish, *, listener_address: str) -> None:
+    def __init__(self, publish: Publish, *, listener_address: str, access_log: str = "") -> None:
         self._publish = publish
         self._listener_address = listener_address
+        self._access_log = access_log
         self._config = Config()
         self._resolved: dict[ServiceEntry, int] = {}
         self._choices: dict[ServiceEntry, ProtocolChoice] = {}
+        self._failures: dict[ServiceEntry, str] = {}
         self._endpoints: dict[str, set[Endpoint]] = {}
         self._sorted: dict[str, tuple[Endpoint, ...]] = {}  # backend -> sorted endpoints
         # The same tuple object until that backend's endpoints change: the planner's memo
@@ -50,12 +52,14 @@ class Reconciler:
         config: Config,
         resolved: Mapping[ServiceEntry, int],
         choices: Choices | None = None,
+        failures: Mapping[ServiceEntry, str] | None = None,
     ) -> None:
         """The config and the port of every resolved backend (`Config.backends()`), and
         the protocol chosen for those without `type`."""
         self._config = config
         self._resolved = dict(resolved)
         self._choices = dict(choices or {})
+        self._failures = dict(failures or {})  # unresolved backends: why (503 bodies)
         self._dirty.set()
 
     def endpoint_up(self, backend: str, endpoint: Endpoint) -> None:
@@ -89,7 +93,19 @@ class Reconciler:
             self._listener_address,
             memo=self._memo,
             choices=self._choices,
+            failures=self._failures,
+            access_log=self._access_log,
         )
+
+    def pod_of(self, address: str) -> str:
+        """The pod behind an endpoint `host:port` of the published state (`local` for a
+        process on this machine, "" when unknown)."""
+        state = self._published
+        for cluster in state.clusters if state is not None else ():
+            for endpoint in cluster.endpoints:
+                if f"{endpoint.address}:{endpoint.port}" == address:
+                    return endpoint.pod or ("local" if not cluster.kind.eds else "")
+        return ""
 
     @property
     def published(self) -> DesiredState | None:

@@ -48,7 +48,19 @@ ENTRIES = [
      "port_name": "http"},
     # A single-port Service needs no port_name or port.
     {"host": "admin.localhost", "namespace": "admin", "service": "admin-web"},
+    # Entries that cannot resolve: their hosts answer 503 saying why.
+    {"host": "broken.localhost", "namespace": "billing", "service": "billing-api",
+     "port_name": "web"},
+    {"host": "lost.localhost", "namespace": "billng", "service": "billing-api"},
 ]  # fmt: skip
+
+
+RESOLVED = {
+    "users-api.localhost",
+    "users-rpc.localhost",
+    "billing-api.localhost",
+    "admin.localhost",
+}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -64,7 +76,9 @@ async def mesh(
     hosts = tmp / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     runtime_dir = private_runtime_dir(tmp)
-    up = await start_up(runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts)
+    up = await start_up(
+        runtime_dir, services, up_sandbox.kubeconfig_path, "--hosts-file", hosts, "--access-log"
+    )
     try:
         yield up, port, runtime_dir
     finally:
@@ -97,8 +111,8 @@ async def test_http1_without_type_keeps_the_clients_protocol(
 async def test_status_says_what_was_chosen_and_why(mesh: tuple[UpProcess, int, Path]) -> None:
     _, _, runtime_dir = mesh
     code, status = await status_json(runtime_dir)
-    assert code == 0, status
-    types = {h["host"]: h["type"] for h in status["hosts"]}
+    assert code == 1, status  # the hosts that cannot resolve are errors
+    types = {h["host"]: h["type"] for h in status["hosts"] if h["host"] in RESOLVED}
     assert types == {
         "users-api.localhost": "grpc (port name grpc)",
         "users-rpc.localhost": "grpc (appProtocol kubernetes.io/h2c)",
@@ -114,3 +128,45 @@ async def test_a_single_port_service_needs_no_port(mesh: tuple[UpProcess, int, P
     reply = await http_get(port, "admin.localhost", "/")
     assert reply.status == 200, reply
     assert reply.json()["namespace"] == "admin"
+
+
+async def test_an_unresolved_host_answers_503_saying_why(
+    mesh: tuple[UpProcess, int, Path],
+) -> None:
+    up, port, _ = mesh
+    reply = await http_get(port, "broken.localhost", "/")
+    assert (reply.status, reply.body.rstrip("\n")) == (
+        503,
+        "localmesh: broken.localhost: service billing/billing-api has no port 'web'; "
+        "it has: http:8080",
+    ), up.describe()
+    lost = await http_get(port, "lost.localhost", "/")
+    assert lost.status == 503
+    assert lost.body.rstrip("\n") == (
+        "localmesh: lost.localhost: namespace 'billng' does not exist; "
+        "a service 'billing-api' exists in namespace 'billing'"
+    )
+    # Logged once, however many requests come.
+    await http_get(port, "broken.localhost", "/")
+    errors = [r for r in up.logs() if r.get("event") == "cannot forward"]
+    assert [r["host"] for r in errors].count("broken.localhost") == 1, errors
+
+
+async def test_access_log_prints_one_line_per_request(mesh: tuple[UpProcess, int, Path]) -> None:
+    up, port, _ = mesh
+    reply = await http_get(port, "billing-api.localhost", "/access-log-probe?x=1")
+    assert reply.status == 200, reply
+    pod = reply.json()["pod"]
+
+    def logged() -> list[dict[str, object]]:
+        return [
+            r
+            for r in up.logs()
+            if r.get("event") == "request" and r.get("path") == "/access-log-probe?x=1"
+        ]
+
+    await up.wait_for(lambda: bool(logged()), seconds=15, what="the request's log line")
+    (line,) = logged()
+    assert line["host"] == "billing-api.localhost"
+    assert (line["method"], line["status"], line["pod"]) == ("GET", 200, pod)
+    assert isinstance(line["duration_ms"], int)

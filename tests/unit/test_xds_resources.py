@@ -177,3 +177,14 @@ def test_weighted_routes_and_pod_ip_clusters_for_a_router() -> None:
 @pytest.mark.integration
 def test_routes_static_config_passes_envoy_validate(tmp_path: Path) -> None:
     envoy_validate(static_config_of(routes_state()), tmp_path)
+
+
+def test_a_failed_route_answers_503_with_its_body() -> None:
+    from localmesh.desired import RouteSpec
+
+    route = resources.to_json(resources.build_route(RouteSpec(failed="localmesh: why\n")))
+    assert route["direct_response"] == {
+        "status": 503,
+        "body": {"inline_string": "localmesh: why\n"},
+    }
+    assert "route" not in route

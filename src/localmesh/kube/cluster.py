@@ -261,8 +261,8 @@ class Cluster:
             f"{entry_label(entry)}: {describe(exc, self.access.server, self.access.context)}"
         )
 
-    def _read(self, call: Callable[..., Any], *args: Any) -> JSON:
-        response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+    def _read(self, call: Callable[..., Any], *args: Any, **params: Any) -> JSON:
+        response = call(*args, **params, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         try:
             body: JSON = json.loads(response.data)
         finally:
@@ -305,10 +305,31 @@ class Cluster:
             self._read(self._core.read_namespace, entry.namespace)
         except ApiException as exc:
             if exc.status == 404:
-                return f"{label}: namespace {entry.namespace!r} not found"
+                return (
+                    f"{label}: namespace {entry.namespace!r} does not exist{self._elsewhere(entry)}"
+                )
         except Exception:
             pass
         return f"{label}: service {entry.service!r} not found in namespace {entry.namespace!r}"
+
+    def _elsewhere(self, entry: ServiceEntry) -> str:
+        """`; a service 'x' exists in namespace 'y'` when one does (a likely typo), else ""."""
+        try:
+            found = self._read(
+                self._core.list_service_for_all_namespaces,
+                field_selector=f"metadata.name={entry.service}",
+            )
+        except Exception:
+            return ""  # listing across namespaces may be forbidden: the plain message stands
+        spaces = sorted(
+            str(item.get("metadata", {}).get("namespace", ""))
+            for item in found.get("items") or []
+            if item.get("metadata", {}).get("name") == entry.service
+        )
+        if not spaces:
+            return ""
+        where = ", ".join(repr(n) for n in spaces)
+        return f"; a service {entry.service!r} exists in namespace {where}"
 
     def resolve(self, entry: ServiceEntry) -> int:
         """The service port number the entry names (raises TargetError)."""

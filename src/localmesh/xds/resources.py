@@ -32,6 +32,7 @@ from typing import Any
 
 import betterproto2
 from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLog,
     AccessLogFilter,
     AndFilter,
     ExtensionFilter,
@@ -64,6 +65,7 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
     HeaderMatcher,
     RetryPolicy,
     RetryPolicyRetryHostPredicate,
@@ -75,6 +77,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     WeightedCluster,
     WeightedClusterClusterWeight,
 )
+from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -198,8 +201,20 @@ def _local_reply_config() -> LocalReplyConfig:
     )
 
 
+def _access_logs(path: str) -> list[AccessLog]:
+    if not path:
+        return []
+    from localmesh.access_log import FORMAT
+
+    fields = {k: Value(string_value=v) for k, v in FORMAT.items()}
+    file_log = FileAccessLog(
+        path=path, log_format=SubstitutionFormatString(json_format=Struct(fields=fields))
+    )
+    return [AccessLog(name="envoy.access_loggers.file", typed_config=pack(file_log))]
+
+
 def _http_connection_manager(
-    route: Rds | RouteConfiguration, *, websockets: bool
+    route: Rds | RouteConfiguration, *, websockets: bool, access_log: str = ""
 ) -> HttpConnectionManager:
     routing: dict[str, Any] = {"rds": route} if isinstance(route, Rds) else {"route_config": route}
     upgrades = [HttpConnectionManagerUpgradeConfig(upgrade_type="websocket")] if websockets else []
@@ -211,6 +226,7 @@ def _http_connection_manager(
         http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=pack(Router()))],
         local_reply_config=_local_reply_config(),
         upgrade_configs=upgrades,
+        access_log=_access_logs(access_log),
         **routing,
     )
 
@@ -219,7 +235,7 @@ def _http_connection_manager(
 def build_listener(spec: ListenerSpec) -> Listener:
     """The one HTTP listener; its routes come over ADS by RDS (`spec.route_config_name`)."""
     rds = Rds(config_source=ads_config_source(), route_config_name=spec.route_config_name)
-    hcm = _http_connection_manager(rds, websockets=spec.websockets)
+    hcm = _http_connection_manager(rds, websockets=spec.websockets, access_log=spec.access_log)
     return Listener(
         name=spec.name,
         address=_socket_address(spec.address, spec.port),
@@ -332,6 +348,11 @@ def _header_matcher(match: HeaderMatch) -> HeaderMatcher:
 
 
 def build_route(spec: RouteSpec) -> Route:
+    match = RouteMatch(prefix=spec.path_prefix, headers=[_header_matcher(h) for h in spec.headers])
+    if not spec.clusters:
+        body = DataSource(inline_string=spec.failed)
+        failed = DirectResponseAction(status=503, body=body)
+        return Route(name=spec.name, match=match, direct_response=failed)
     action: dict[str, Any] = {"retry_policy": _retry_policy()}
     if spec.cluster:
         action["cluster"] = spec.cluster
@@ -353,9 +374,7 @@ def build_route(spec: RouteSpec) -> Route:
         )
     return Route(
         name=spec.name,
-        match=RouteMatch(
-            prefix=spec.path_prefix, headers=[_header_matcher(h) for h in spec.headers]
-        ),
+        match=match,
         route=RouteAction(**action),
         **extra,
     )
