@@ -97,6 +97,8 @@ async def clean(
         for kind in ("Pod", "Secret", "Service"):
             selector = f"{m.managed_selector(name)},{m.COMPONENT_LABEL}=shadow"
             for obj in await kube.list(kind, ns, selector):
+                if obj["metadata"].get("deletionTimestamp"):
+                    continue  # already on its way out (a pod in its grace period)
                 orphans[obj["metadata"]["name"]].append(kind)
         for lease_name in leases:
             orphans.setdefault(lease_name, [])
