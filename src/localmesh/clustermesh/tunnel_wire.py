@@ -155,7 +155,8 @@ def reset(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP RST (SO_LINGER 0): the peer sees a reset, not an orderly end."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: uvloop's socket of a transport that closed meanwhile has no fd left.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
