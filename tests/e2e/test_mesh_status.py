@@ -40,7 +40,7 @@ async def test_status_shows_the_mesh_session_until_ctrl_c(
         # No `up` runs here: status says so (exit code as without sessions) and still
         # lists the session.
         shown = await run_cli(tmp_path, "status")
-        assert shown.returncode == 1
+        assert shown.returncode == 1, shown.stdout + shown.stderr
         assert "localmesh: error:" in shown.stderr
         row = session_row(shown.stdout)
         assert row[:5] == [

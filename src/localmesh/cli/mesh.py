@@ -299,6 +299,7 @@ async def run_mesh(
                             + (f": {dialer.last_error}" if dialer.last_error else "")
                         )
                     else:
+                        published.publish()  # connected: on disk before we say so
                         if manual is None:
                             print(joined_text(options, joined), flush=True)
                         else:
