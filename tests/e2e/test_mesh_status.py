@@ -16,7 +16,7 @@ import pytest
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.test_mesh_cli import local_app, shadow_ip, start_mesh
-from tests.e2e.up_helpers import curl, eventually, run_cli
+from tests.e2e.up_helpers import CliResult, curl, eventually, run_cli
 from tests.integration.mesh_helpers import wait_managed_gone
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,9 @@ __all__ = ["local_app"]
 
 def session_row(stdout: str) -> list[str]:
     lines = stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("MESH SESSION"))
+    starts = [i for i, line in enumerate(lines) if line.startswith("MESH SESSION")]
+    assert starts, stdout
+    at = starts[0]
     (row,) = lines[at + 1 :]
     return row.split()
 
@@ -39,10 +41,15 @@ async def test_status_shows_the_mesh_session_until_ctrl_c(
     try:
         # No `up` runs here: status says so (exit code as without sessions) and still
         # lists the session.
-        shown = await run_cli(tmp_path, "status")
+        async def listed() -> tuple[CliResult, list[str]] | None:
+            shown = await run_cli(tmp_path, "status")
+            row = session_row(shown.stdout)
+            return (shown, row) if "connected" in row else None
+
+        # The tunnel may cycle a connection under load: wait for it to be up, with a bound.
+        shown, row = await eventually(listed, seconds=30, what="a connected session")
         assert shown.returncode == 1, shown.stdout + shown.stderr
         assert "localmesh: error:" in shown.stderr
-        row = session_row(shown.stdout)
         assert row[:5] == [
             "billing/billing-api",
             "version:",
