@@ -248,6 +248,7 @@ async def run_mesh(
 ) -> int:
     import aiohttp
 
+    from localmesh.clustermesh.localstate import StatePublisher, snapshot_of
     from localmesh.clustermesh.membership import MeshError
     from localmesh.clustermesh.session import MeshSession
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
@@ -273,6 +274,16 @@ async def run_mesh(
                 dialer, joined.secret, {p.target: p.local for p in joined.spec.ports}
             )
             tunnel.start()
+            published = StatePublisher(
+                snapshot_of(
+                    namespace,
+                    service,
+                    options.mark.header,
+                    [str(p) for p in options.exposed],
+                    tunnel,
+                )
+            )
+            published.start()  # for `localmesh status`; removed on the way out
             failure: str | None = None
             try:
                 connecting = asyncio.create_task(
@@ -288,6 +299,7 @@ async def run_mesh(
                             + (f": {dialer.last_error}" if dialer.last_error else "")
                         )
                     else:
+                        published.publish()  # connected: on disk before we say so
                         if manual is None:
                             print(joined_text(options, joined), flush=True)
                         else:
@@ -299,6 +311,7 @@ async def run_mesh(
                 else:
                     connecting.cancel()
             finally:
+                await published.stop()
                 await tunnel.stop(grace=2.0)
                 await dialer.close()
                 try:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from localmesh.cli.up import add_hosts_file_argument, add_instance_arguments
+
+if TYPE_CHECKING:
+    from localmesh.clustermesh.localstate import SessionView
 
 
 def register(subparsers: Any) -> None:
@@ -17,7 +21,12 @@ def register(subparsers: Any) -> None:
         "checked: does it accept connections now?), request and error counts, and whether "
         "Envoy accepted the latest config. Exits 1 when something is unhealthy (a host "
         "without live pods, a local-only host with nothing listening, a route whose Service "
-        "cannot be resolved, a rejected config, Envoy down), so scripts can wait on it. A "
+        "cannot be resolved, a rejected config, Envoy down), so scripts can wait on it. "
+        "Then the `localmesh mesh` sessions of this machine (mark, ports, tunnel state, "
+        "connections served locally); a session whose tunnel is not connected, or whose "
+        "process is gone (`stale (process gone)`), also makes the exit code 1. With no `up` "
+        "running, the mesh sessions are still shown and the exit code stays that of no "
+        "`up` running. A "
         "stopped local process behind a route is shown, not unhealthy: its requests get a "
         "503 that says so, and nothing else is affected.",
     )
@@ -51,6 +60,8 @@ def _interval(text: str) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from localmesh.cli.main import print_error
+    from localmesh.clustermesh.localstate import read_sessions, render_sessions
     from localmesh.control import (
         ControlClient,
         render_status_json,
@@ -68,12 +79,33 @@ async def run(args: argparse.Namespace) -> int:
             raise UsageError("--watch shows a table: use --json without --watch")
 
         return await watch_status(args.name, args.interval)
+    sessions = read_sessions()
     try:
         async with ControlClient.for_name(args.name) as client:
             status = await client.status()
     except ControlError as exc:
         if hint := crash_hint(args.hosts_file, args.name):
-            raise ControlError(f"{exc}\n{hint}") from None
-        raise
-    print(render_status_json(status) if args.json else render_status_text(status))
-    return status_exit_code(status)
+            exc = ControlError(f"{exc}\n{hint}")
+        if not sessions:
+            raise exc from None
+        # No `up`, but mesh sessions: say both; the exit code is that of no `up` running.
+        print_error(exc)
+        print(_sessions_json(sessions) if args.json else render_sessions(sessions))
+        return exc.exit_code
+    if args.json:
+        print(_with_sessions(render_status_json(status), sessions))
+    else:
+        text = render_status_text(status)
+        print(f"{text}\n\n{render_sessions(sessions)}" if sessions else text)
+    code = status_exit_code(status)
+    return code or int(not all(s.healthy for s in sessions))
+
+
+def _with_sessions(rendered: str, sessions: list[SessionView]) -> str:
+    data = json.loads(rendered)
+    data["mesh_sessions"] = [s.as_json() for s in sessions]
+    return json.dumps(data, indent=2)
+
+
+def _sessions_json(sessions: list[SessionView]) -> str:
+    return json.dumps({"mesh_sessions": [s.as_json() for s in sessions]}, indent=2)

@@ -1,0 +1,103 @@
+"""`localmesh status` shows the `localmesh mesh` sessions of this machine: the real mesh
+CLI against the sandbox, real curl through the shadow's tunnel, then the real status CLI.
+
+The router agent is not on main yet (see test_mesh_cli): the request goes to the shadow
+pod directly, as the router will send a marked one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
+from tests.e2e.test_mesh_cli import local_app, shadow_ip, start_mesh
+from tests.e2e.up_helpers import CliResult, curl, eventually, run_cli
+from tests.integration.mesh_helpers import wait_managed_gone
+
+pytestmark = pytest.mark.e2e
+sandbox = sandbox_fixtures.sandbox
+sandbox_factory = sandbox_fixtures.sandbox_factory
+__all__ = ["local_app"]
+
+
+def session_row(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("MESH SESSION")]
+    assert starts, stdout
+    at = starts[0]
+    (row,) = lines[at + 1 :]
+    return row.split()
+
+
+async def test_status_shows_the_mesh_session_until_ctrl_c(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    proc, _ = await start_mesh(sandbox, local_app, tmp_path)
+    try:
+        # No `up` runs here: status says so (exit code as without sessions) and still
+        # lists the session.
+        async def listed() -> tuple[CliResult, list[str]] | None:
+            shown = await run_cli(tmp_path, "status")
+            row = session_row(shown.stdout)
+            return (shown, row) if "connected" in row else None
+
+        # The tunnel may cycle a connection under load: wait for it to be up, with a bound.
+        shown, row = await eventually(listed, seconds=30, what="a connected session")
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        assert "localmesh: error:" in shown.stderr
+        assert row[:5] == [
+            "billing/billing-api",
+            "version:",
+            "dev",
+            f"{local_app}:8080",
+            "connected",
+        ]
+        assert row[-1] == str(proc.pid)
+        before = int(row[5])
+
+        ip = await shadow_ip(sandbox)
+
+        async def marked() -> str | None:
+            reply = await curl(f"http://{ip}:8080/orders", extra=["-H", "version: dev"])
+            return reply.body if reply.status == 200 else None
+
+        body = await eventually(marked, seconds=30, what="a marked request through the tunnel")
+        assert body == "served locally /orders"
+
+        async def served_more() -> dict[str, object] | None:
+            out = await run_cli(tmp_path, "status", "--json")
+            (session,) = json.loads(out.stdout)["mesh_sessions"]
+            return session if int(session["served"]) > before else None
+
+        session = await eventually(served_more, seconds=15, what="the served count to rise")
+        assert session["tunnel"] == "connected" and session["stale"] is False
+        assert session["mark"] == "version: dev"
+        assert session["namespace"] == "billing" and session["service"] == "billing-api"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    gone = await run_cli(tmp_path, "status")
+    assert "MESH SESSION" not in gone.stdout and "billing-api" not in gone.stdout
+    assert gone.returncode == 1  # only the missing `up` instance now
+    await wait_managed_gone(sandbox)
+
+
+async def test_killed_mesh_session_is_shown_stale(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    proc, _ = await start_mesh(sandbox, local_app, tmp_path)
+    proc.kill()  # no chance to remove its state file
+    await proc.wait()
+    shown = await run_cli(tmp_path, "status", "--json")
+    assert shown.returncode != 0
+    (session,) = json.loads(shown.stdout)["mesh_sessions"]
+    assert session["stale"] is True and session["tunnel"] == "stale (process gone)"
+    text = await run_cli(tmp_path, "status")
+    assert "stale (process gone)" in text.stdout
