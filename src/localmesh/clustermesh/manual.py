@@ -32,6 +32,7 @@ from localmesh.clustermesh.session import (
     MeshOptions,
     MeshSession,
     Permission,
+    session_permissions,
     wait_pod_ready,
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
@@ -191,18 +192,7 @@ class ManualSession(MeshSession):
         o = self.options
         wanted = [
             Permission("get", "services", name=o.service),
-            Permission("list", "pods"),
-            Permission("get", "pods"),
-            Permission("create", "pods"),
-            Permission("delete", "pods"),
-            Permission("create", "pods/portforward"),
-            Permission("get", "secrets"),
-            Permission("create", "secrets"),
-            Permission("delete", "secrets"),
-        ]
-        wanted += [
-            Permission(verb, "leases", "coordination.k8s.io")
-            for verb in ("get", "list", "create", "update", "delete")
+            *session_permissions(),
         ]
         if self.with_shadow_service:
             wanted += [Permission(v, "services") for v in ("get", "create", "delete")]

@@ -91,6 +91,24 @@ class Permission:
         return f"kubectl auth can-i {self.verb} {what} -n {namespace}"
 
 
+def session_permissions() -> list[Permission]:
+    """One developer's own objects, in either mode: shadow pod, its tunnel, Secret, Lease."""
+    return [
+        Permission("list", "pods"),
+        Permission("get", "pods"),
+        Permission("create", "pods"),
+        Permission("delete", "pods"),
+        Permission("create", "pods/portforward"),
+        Permission("get", "secrets"),
+        Permission("create", "secrets"),
+        Permission("delete", "secrets"),
+        *(
+            Permission(verb, "leases", "coordination.k8s.io")
+            for verb in ("get", "list", "create", "update", "delete")
+        ),
+    ]
+
+
 def needed_permissions(namespace: str, service: str) -> list[Permission]:
     """What `mesh` does with the user's credentials, then every right of the router's Role
     (Kubernetes lets a user grant only rights the user holds)."""
@@ -103,18 +121,7 @@ def needed_permissions(namespace: str, service: str) -> list[Permission]:
         Permission("get", "services", name=origin),
         Permission("update", "services", name=origin),
         Permission("delete", "services", name=origin),
-        Permission("list", "pods"),
-        Permission("get", "pods"),
-        Permission("create", "pods"),
-        Permission("delete", "pods"),
-        Permission("create", "pods/portforward"),
-        Permission("get", "secrets"),
-        Permission("create", "secrets"),
-        Permission("delete", "secrets"),
-    ]
-    wanted += [
-        Permission(verb, "leases", "coordination.k8s.io")
-        for verb in ("get", "list", "create", "update", "delete")
+        *session_permissions(),
     ]
     for resource, group in (
         ("deployments", "apps"),
