@@ -53,6 +53,7 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
+    "Namespace": Kind("/api/v1", "namespaces", ""),  # cluster-scoped: namespace None
     "Service": Kind("/api/v1", "services", ""),
     "Pod": Kind("/api/v1", "pods", ""),
     "Secret": Kind("/api/v1", "secrets", ""),
@@ -159,7 +160,7 @@ class KubeObjects:
     ) -> JSON:
         return await asyncio.to_thread(self._request, method, path, query, body)
 
-    async def get(self, kind: str, namespace: str, name: str) -> JSON | None:
+    async def get(self, kind: str, namespace: str | None, name: str) -> JSON | None:
         try:
             return await self._call("GET", KINDS[kind].path(namespace, name))
         except _Status as exc:
