@@ -30,7 +30,7 @@ from typing import cast
 import structlog
 
 from localmesh.sandbox.controllers import SERVICE_NAME_LABEL
-from localmesh.sandbox.ips import NODE_IP, ServiceIPAllocator
+from localmesh.sandbox.ips import NO_PER_POD_ADDRESSES, NODE_IP, ServiceIPAllocator, dial
 from localmesh.sandbox.resources import ENDPOINTSLICES, SERVICES
 from localmesh.sandbox.store import Obj, Store, StoredEvent
 from localmesh.sandbox.tasks import TaskSet
@@ -168,7 +168,7 @@ class _Client(_Splice):
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     _, upstream = await loop.create_connection(
-                        lambda: _Splice(self.proxy), *address
+                        lambda: _Splice(self.proxy), *dial(*address)
                     )
             except (OSError, TimeoutError):
                 continue  # a pod deleted a moment ago: the next endpoint
@@ -227,6 +227,7 @@ class ServiceProxy:
         self._warn = warn  # records a Warning event on a Service
         # (namespace, service) -> routes by service port name
         self._routes: dict[tuple[str, str], dict[str, ServicePortRoute]] = {}
+        self._unserved: set[tuple[str, str]] = set()  # Services told their cluster IP is not served
         self._listeners: dict[Address, _Listener] = {}
         self._by_service: dict[tuple[str, str], set[Address]] = {}
         self._connections: set[_Splice] = set()
@@ -285,8 +286,16 @@ class ServiceProxy:
             for p in spec.get("ports") or [] if served else []:
                 if p.get("protocol", "TCP") != "TCP":
                     continue  # UDP and SCTP are not proxied
-                if self._ips.contains(ip):
+                if self._ips.contains(ip) and self._ips.serve_cluster_ips:
                     wanted[(ip, int(p["port"]))] = p.get("name", "")
+                elif self._ips.contains(ip) and key not in self._unserved:
+                    self._unserved.add(key)  # said once per Service
+                    self._warn(
+                        svc,
+                        "ClusterIPNotServed",
+                        f"cluster IP {ip} is not served: {NO_PER_POD_ADDRESSES}; reach the "
+                        "Service by port-forward, `localmesh up` or a NodePort on 127.0.0.1",
+                    )
                 if p.get("nodePort"):
                     wanted[(NODE_IP, int(p["nodePort"]))] = p.get("name", "")
         old_routes = self._routes.get(key, {})
