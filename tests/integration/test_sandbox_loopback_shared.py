@@ -1,6 +1,7 @@
 """The sandbox as on macOS (only 127.0.0.1 binds), forced with `loopback="shared"`: pods keep
 distinct pod IPs but serve on ports of 127.0.0.1; real kubectl port-forward and node ports
-reach them; cluster IPs and process containers say why they are not available."""
+reach them, and so do the pods' own calls by service name; cluster IPs (to other clients)
+and process containers say why they are not available."""
 
 from __future__ import annotations
 
@@ -108,9 +109,24 @@ async def test_node_ports_serve_and_cluster_ips_say_why_they_do_not(shared: Sand
         "--field-selector", "involvedObject.name=billing-node,reason=ClusterIPNotServed",
         "-o", "jsonpath={.items[*].message}",
     )  # fmt: skip
-    assert f"cluster IP {cluster_ip} is not served: this machine binds no loopback" in (
-        events.check().stdout
-    )
+    assert (
+        f"cluster IP {cluster_ip} is not served on this machine, only to the sandbox's pods: "
+        "this machine binds no loopback address but 127.0.0.1"
+    ) in events.check().stdout
+
+
+async def test_pods_still_call_services_by_name(shared: Sandbox) -> None:
+    """The frontend calls http://billing-api.billing:8080: cluster DNS and the service
+    proxy carry it to a billing-api pod, as on a machine with an address per pod."""
+    (frontend,) = shared.service_pods("users", "frontend")
+    host, port = dial(frontend["status"]["podIP"], 8080)
+    rc, out, err = await run_curl("-H", "version: v2", f"http://{host}:{port}/chain")
+    assert rc == 0, err
+    answer = json.loads(out)
+    downstream = answer["downstream"]
+    assert downstream.get("status") == 200, answer
+    assert downstream["body"]["pod"].startswith("billing-api-")
+    assert downstream["body"]["headers"].get("version") == "v2"
 
 
 async def test_a_process_container_says_it_needs_its_own_pod_ip(shared: Sandbox) -> None:

@@ -6,10 +6,11 @@ lo0 alias`, which needs root). There the sandbox runs *shared*: each pod still g
 address in the API (pod IPs stay distinct, as clients and localmesh expect), but its
 servers listen on 127.0.0.1 at ports of their own, and whatever dials a pod (port-forward,
 probes, the service proxy) goes through `dial`, which maps pod IP and port to them.
-What truly needs an address per pod says so instead: cluster IPs are not served (node
-ports on 127.0.0.1 are), and containers that run as processes, which bind their pod IP,
-do not start. LOCALMESH_SANDBOX_LOOPBACK=shared (or `Sandbox(loopback="shared")`) makes
-a Linux machine act as macOS; `per-pod` insists on addresses; `auto` (default) probes.
+What truly needs an address per pod says so instead: cluster IPs answer only the
+sandbox's own pods (through its DNS and `dial`), not other clients (node ports on 127.0.0.1
+do), and containers that run as processes, which bind their pod IP, do not start.
+LOCALMESH_SANDBOX_LOOPBACK=shared (or `Sandbox(loopback="shared")`) makes a Linux machine
+act as macOS; `per-pod` insists on addresses; `auto` (default) probes.
 """
 
 from __future__ import annotations

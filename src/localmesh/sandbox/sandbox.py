@@ -139,7 +139,7 @@ class Sandbox:
         _raise_fd_limit(4 * len(self.scenario.deployments) + 4096)
         if self.loopback == SHARED:
             log.warning(
-                "cluster IPs and process containers are not available",
+                "cluster IPs answer only the sandbox's pods; process containers cannot start",
                 reason=NO_PER_POD_ADDRESSES,
             )
         self._workdir = Path(tempfile.mkdtemp(prefix="localmesh-sandbox-"))
