@@ -62,7 +62,7 @@ def skip_reason(service: JSON) -> str | None:
         target = spec.get("externalName") or "?"
         return f"ExternalName ({target}): outside the cluster, nothing to port-forward"
     if is_headless(service):
-        return "headless (clusterIP: None): no Service port; name a pod's port by hand"
+        return "headless (clusterIP: None): its pods are reached one by one; add it by hand"
     if not spec.get("selector"):
         return "no selector: its endpoints are managed by hand and may not be pods"
     if not [p for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]:
