@@ -24,9 +24,11 @@ process a path runs through (the client excluded), and CPU per MB for a large up
 For each concurrency level: keep-alive req/s (N connections, one request at a time each)
 and new-connection req/s (N workers: connect, one request with Connection: close, close);
 then `--megabytes` uploaded as 1 MiB POST bodies on one keep-alive connection (MB/s and
-CPU per MB). Within a round the paths run back to back for each metric (so load from
-elsewhere hits them alike), localmesh and seed adjacent, their order swapped every round;
-the best round counts, and the per-round ratios are printed too. Every measurement is
+CPU per MB). Within a round, each metric's measurement is cut into `--slices` short
+turns the paths take one after the other, the order reversed every turn, so that load from
+elsewhere (it drifts over seconds) hits all paths alike; localmesh and seed are adjacent,
+their order swapped every round. The best round counts, and the per-round ratios are
+printed too. Every measurement is
 bounded by `--seconds` and `--max-requests`. Targets: localmesh >= 1.0x the seed design on
 every req/s column in every round; localmesh's CPU (the `up` process, its forwarder) per
 request and per MB below the seed's kubectl's.
@@ -155,6 +157,15 @@ def per_unit(used: dict[str, float], units: float, scale: float, prefix: str) ->
     return {f"{prefix}{k}": round(v * per, 1) for k, v in used.items()}
 
 
+def merged(a: Rate, b: Rate) -> Rate:
+    return Rate(
+        a.requests + b.requests,
+        a.errors + b.errors,
+        a.seconds + b.seconds,
+        a.latencies + b.latencies,
+    )
+
+
 def figures(rate: Rate) -> dict[str, float]:
     return {
         "rps": round(rate.rps, 1),
@@ -281,18 +292,27 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     metric = f"{kind}_c{n}"
                     line = f"round {round_ + 1} {metric:>13}:"
                     this_round: dict[str, float] = {}
+                    rates = {name: Rate() for name in order}
+                    spent: dict[str, dict[str, float]] = {name: {} for name in order}
+                    # Short slices, the paths taking turns (order reversed every slice):
+                    # load from elsewhere drifts over seconds and hits them alike.
+                    for slice_ in range(args.slices):
+                        for name in order if slice_ % 2 == 0 else order[::-1]:
+                            address, path_port = paths[name]
+                            cpu = Cpu({**cpu_of[name], "sandbox": sandbox.pid})
+                            part = await run(
+                                address,
+                                path_port,
+                                HOST,
+                                seconds=args.seconds / args.slices,
+                                concurrency=n,
+                                max_requests=args.max_requests,
+                            )
+                            for k, v in cpu.lap().items():
+                                spent[name][k] = spent[name].get(k, 0.0) + v
+                            rates[name] = merged(rates[name], part)
                     for name in order:
-                        address, path_port = paths[name]
-                        cpu = Cpu({**cpu_of[name], "sandbox": sandbox.pid})
-                        rate = await run(
-                            address,
-                            path_port,
-                            HOST,
-                            seconds=args.seconds,
-                            concurrency=n,
-                            max_requests=args.max_requests,
-                        )
-                        used = cpu.lap()
+                        rate, used = rates[name], spent[name]
                         add(name, metric, rate.requests, used)
                         this_round[name] = rate.rps
                         if rate.rps >= best[name].get(metric, {}).get("rps", -1.0):
@@ -343,6 +363,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "bounds": {
                 "seconds": args.seconds,
                 "rounds": args.rounds,
+                "slices": args.slices,
                 "max_requests": args.max_requests,
                 "concurrency": args.concurrency,
                 "megabytes": args.megabytes,
@@ -367,6 +388,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s per measurement")
     parser.add_argument("--seconds", type=float, default=1.5, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--slices", type=int, default=5, help="turns the paths take within one measurement"
+    )
     parser.add_argument("--max-requests", type=int, default=100_000, help="per measurement")
     parser.add_argument(
         "--megabytes", type=int, default=128, help="uploaded per path and round (0: none)"
