@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ from common import (
     Rate,
     SandboxProcess,
     cpu_seconds,
+    descendants,
     free_port,
     json_line,
     keepalive_rate,
@@ -99,6 +101,30 @@ def envoy_direct_config(port: int, pod_ip: str) -> dict[str, Any]:
     return static_config_of(DesiredState.serving("127.0.0.1", port, (cluster,), (vhost,)))
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Time the threads of a process (and its children) spent runnable, waiting for a CPU
+    (/proc/<tid>/schedstat, second field, ns): what a busy machine costs a forwarder."""
+    total = 0
+    for each in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{each}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def start_hogs(count: int) -> list[subprocess.Popen[bytes]]:
+    """A loaded machine, on purpose: `count` busy loops beside the paths."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
 def live_static_config(mesh: MeshProcess) -> dict[str, Any]:
     """The running `up`'s own Envoy config as one static config (`dump-envoy-config --live`)."""
     out = subprocess.run(
@@ -139,10 +165,14 @@ class Cpu:
 
     def _now(self) -> dict[str, float]:
         # kubectl is a dispatcher that may start the real kubectl: count its whole tree.
-        return {
+        used = {
             label: tree_cpu_seconds(pid) if label == "kubectl" else cpu_seconds(pid)
             for label, pid in self.pids.items()
         }
+        for label in ("localmesh_up", "kubectl"):  # the forwarders: why one falls behind
+            if label in self.pids:
+                used[f"runq_{label}"] = run_queue_seconds(self.pids[label])
+        return used
 
     def lap(self) -> dict[str, float]:
         now = self._now()
@@ -263,6 +293,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "lm-forwarder": {"localmesh_up": mesh.pid},
             "envoy-direct": {"envoy": envoy_direct.pid},
         }
+        # Threads each forwarding process can run on: the kernel shares a busy CPU per thread.
+        threads = {
+            "localmesh_up": thread_count(mesh.pid),
+            "seed_kubectl": max(
+                (thread_count(p) for p in (seed_kubectl.pid, *descendants(seed_kubectl.pid))),
+                default=0,
+            ),
+            "envoy": thread_count(envoy_pid),
+        }
+        procs += start_hogs(args.hog)
         for address, path_port in paths.values():
             conn = Connection(path_port, address)
             await wait_status(conn, HOST, 200, within=10)
@@ -360,6 +400,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         }
         return {
             "machine": info,
+            "threads": threads,
             "bounds": {
                 "seconds": args.seconds,
                 "rounds": args.rounds,
@@ -367,6 +408,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "max_requests": args.max_requests,
                 "concurrency": args.concurrency,
                 "megabytes": args.megabytes,
+                "hog": args.hog,
             },
             "results": best,
             "cpu_all_rounds": cpu_totals,
@@ -402,6 +444,9 @@ def main() -> None:
         help="comma-separated connection counts",
     )
     parser.add_argument(
+        "--hog", type=int, default=0, help="busy-loop processes to run beside (a loaded machine)"
+    )
+    parser.add_argument(
         "--paths",
         type=lambda text: ["localmesh", "seed", *(p for p in text.split(",") if p)],
         default=["localmesh", "seed", "kubectl", "direct", "lm-forwarder", "envoy-direct"],
@@ -424,7 +469,10 @@ def main() -> None:
         if args.megabytes:
             line += f" {by_metric['upload']['mb_s']:>12.0f}"
         print(line)
-    print("CPU per 1,000 requests (ms) and per MB uploaded (us), by process, all rounds:")
+    print(
+        "CPU per 1,000 requests (ms) and per MB uploaded (us), by process, all rounds "
+        "(runq_*: time the forwarder was runnable but waited for a CPU):"
+    )
     for name, by_metric in cpu_totals.items():
         for m, used in by_metric.items():
             text = ", ".join(f"{k[14:]} {v:.0f}" for k, v in used.items())
