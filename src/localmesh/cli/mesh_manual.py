@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--apply",
         action="store_true",
-        help="also apply the Istio rules (recorded on the session's Lease first; removed "
-        "on exit and by `mesh clean`)",
+        help="also apply the Istio rules, or with --shadow-service where Istio's CRDs are "
+        "not installed the HTTPRoute (recorded on the session's Lease first; removed on exit "
+        "and by `mesh clean`)",
     )
     group.add_argument(
         "--istio-output",

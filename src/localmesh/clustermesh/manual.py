@@ -37,10 +37,11 @@ from localmesh.clustermesh.session import (
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
 from localmesh.errors import KubeError
-from localmesh.kube.objects import Conflict, KubeObjects, NotFound
+from localmesh.kube.objects import KINDS, Conflict, KubeObjects, NotFound
 from localmesh.kube.targets import JSON
 
 MODE = "manual"
+ISTIO_KINDS = ("DestinationRule", "VirtualService")
 # On a manual session's Lease, before they are created: the rules `--apply` applies, as
 # JSON [[kind, name], ...], so Ctrl-C and `mesh clean` remove them.
 APPLIED_ANNOTATION = "localmesh.dev/applied-rules"
@@ -166,6 +167,19 @@ async def delete_shadow_service(
     return []
 
 
+def _not_served(with_shadow_service: bool) -> str:
+    also = (
+        ", nor Gateway API's HTTPRoute (gateway.networking.k8s.io/v1)"
+        if with_shadow_service
+        else ""
+    )
+    return (
+        "the cluster does not serve networking.istio.io/v1 DestinationRule and "
+        f"VirtualService: Istio's CRDs are not installed{also}; nothing was changed: drop "
+        "--apply to print the rules only"
+    )
+
+
 class ManualSession(MeshSession):
     """One developer's manual-mode session: Lease, Secret, shadow pod (and shadow Service);
     never the Service itself."""
@@ -187,6 +201,8 @@ class ManualSession(MeshSession):
         # reach it only through a Service of its own.
         self.with_shadow_service = with_shadow_service or not selector_labels
         self.manual: ManualJoined | None = None  # set by join()
+        # The kinds `--apply` creates, chosen by what the cluster serves (rule_kinds()).
+        self.apply_kinds: tuple[str, ...] | None = None
 
     def permissions(self) -> list[Permission]:
         o = self.options
@@ -198,14 +214,38 @@ class ManualSession(MeshSession):
             wanted += [Permission(v, "services") for v in ("get", "create", "delete")]
         if self.apply:
             wanted += [
-                Permission(verb, resource, "networking.istio.io")
-                for resource in ("destinationrules", "virtualservices")
+                Permission(verb, KINDS[kind].plural, KINDS[kind].group)
+                for kind in self.apply_kinds or ISTIO_KINDS
                 for verb in ("get", "create", "delete")
             ]
         return wanted
 
+    async def rule_kinds(self) -> tuple[str, ...]:
+        """The kinds `--apply` creates: Istio's where its CRDs are installed, else (with a
+        shadow Service) Gateway API's HTTPRoute; a MeshError, before anything is changed,
+        when the cluster serves neither."""
+        if self.apply_kinds is None:
+            served = dict(
+                zip(
+                    (*ISTIO_KINDS, "HTTPRoute"),
+                    await asyncio.gather(
+                        *(self.kube.serves(k) for k in (*ISTIO_KINDS, "HTTPRoute"))
+                    ),
+                    strict=True,
+                )
+            )
+            if all(served[k] for k in ISTIO_KINDS):
+                self.apply_kinds = ISTIO_KINDS
+            elif self.with_shadow_service and served["HTTPRoute"]:
+                self.apply_kinds = ("HTTPRoute",)
+            else:
+                raise MeshError(_not_served(self.with_shadow_service))
+        return self.apply_kinds
+
     async def missing_permissions(self) -> list[str]:
         o = self.options
+        if self.apply:
+            await self.rule_kinds()
 
         async def allowed(p: Permission) -> bool:
             resource, _, sub = p.resource.partition("/")
@@ -302,15 +342,15 @@ class ManualSession(MeshSession):
                 running_is_enough=True,
             )
             istio = rules.istio_rules(rules_input)
+            http_routes = rules.http_routes(rules_input)
             if self.apply:
-                created += await self._apply(istio)
+                kinds = await self.rule_kinds()
+                created += await self._apply(istio if kinds == ISTIO_KINDS else http_routes)
         except BaseException:
             await asyncio.shield(self._rollback())
             raise
         joined = Joined(spec, secret, created, [], first=True)
-        return ManualJoined(
-            joined, labels, rules_input, istio, rules.http_routes(rules_input), notes
-        )
+        return ManualJoined(joined, labels, rules_input, istio, http_routes, notes)
 
     async def _record(self, applied: list[tuple[str, str]]) -> None:
         """Write `applied` on the Lease (racing only the renewer: retry on conflict)."""
@@ -344,11 +384,11 @@ class ManualSession(MeshSession):
                     f"{kind} {o.namespace}/{name} already exists (another session with the "
                     "same mark?); apply the printed rules by hand, or choose another mark"
                 ) from None
-            except NotFound:
+            except NotFound:  # the CRD went away since rule_kinds() saw it
                 self.applied.pop()
                 raise MeshError(
-                    f"the cluster does not serve {obj['apiVersion']} {kind} (is Istio "
-                    "installed?); nothing was applied: drop --apply to print the rules only"
+                    f"the cluster no longer serves {obj['apiVersion']} {kind}; nothing was "
+                    "applied: drop --apply to print the rules only"
                 ) from None
             done.append(f"{kind} {o.namespace}/{name} (applied)")
         return done
