@@ -224,7 +224,9 @@ async def test_manual_shadow_serves_locally_and_ctrl_c_leaves_nothing(
         assert auto.returncode != 0
         assert "is meshed in manual mode by" in auto.stderr
         listing = await run_cli(tmp_path, "mesh", "list", kubeconfig=sandbox.kubeconfig_path)
-        assert "billing-api" in listing.stdout and "dev" in listing.stdout
+        header, row = (line.split() for line in listing.stdout.splitlines())
+        assert header[:5] == ["NAMESPACE", "SERVICE", "MARK", "MODE", "DEVELOPER"]
+        assert row[:5] == ["billing", "billing-api", "version:", "dev", "manual"]
     finally:
         out = await stop(proc)
     assert "left billing/billing-api; removed the shadow" in out
