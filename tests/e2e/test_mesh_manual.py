@@ -160,15 +160,24 @@ async def test_manual_shadow_serves_locally_and_ctrl_c_leaves_nothing(
         sandbox, local_app, tmp_path, "--istio-output", str(rules_file)
     )
     try:
-        assert "meshed billing/billing-api (mode manual): the Service is unchanged" in output
+        assert (
+            "meshed billing/billing-api (mode manual): the Service's routing is unchanged" in output
+        )
         assert "the plain Service also sends it a share of ordinary requests" in output
         assert "--no-selector-labels gives a shadow that receives only what rules send it" in output
-        assert await service_json(sandbox) == service
 
         shadow = await ready_shadow(sandbox)
         labels = shadow["metadata"]["labels"]
         assert labels["app"] == "billing-api" and labels["version"] == "dev"
         assert labels[m.MANAGED_BY_LABEL] == m.MANAGER
+        # The Service routes as before; two annotations say who uses it, and how.
+        now = await service_json(sandbox)
+        assert now["spec"] == service["spec"]
+        notes = now["metadata"].pop("annotations")
+        assert notes.pop(m.MODE_ANNOTATION) == "manual"
+        assert notes.pop(m.SESSIONS_ANNOTATION) == shadow["metadata"]["name"]
+        assert notes == service["metadata"].pop("annotations", {})
+        assert now == service
 
         # The rules: printed and written alike, valid, built from the Service's ports and
         # the labels of its pods.
@@ -222,7 +231,7 @@ async def test_manual_shadow_serves_locally_and_ctrl_c_leaves_nothing(
             kubeconfig=sandbox.kubeconfig_path,
         )
         assert auto.returncode != 0
-        assert "is meshed in manual mode by" in auto.stderr
+        assert "is meshed in manual mode" in auto.stderr
         listing = await run_cli(tmp_path, "mesh", "list", kubeconfig=sandbox.kubeconfig_path)
         header, row = (line.split() for line in listing.stdout.splitlines())
         assert header[:5] == ["NAMESPACE", "SERVICE", "MARK", "MODE", "DEVELOPER"]

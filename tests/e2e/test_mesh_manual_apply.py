@@ -100,7 +100,7 @@ async def test_applied_rules_are_cleaned_after_sigkill(
         return done.stdout if "deleted Pod" in done.stdout else None
 
     report = await eventually(cleaned, seconds=60, what="clean to remove the session", every=1)
-    assert "deleted DestinationRule billing/" in report
+    assert "deleted DestinationRule billing/" in report, report
     assert "deleted VirtualService billing/" in report
     assert await rules_in_cluster(sandbox, ISTIO_RULES) == []
     await wait_managed_gone(sandbox)

@@ -111,7 +111,8 @@ def manual_text(options: MeshOptions, manual: ManualJoined, output: Path | None)
 
     joined, mark = manual.joined, options.mark
     lines = [
-        f"meshed {options.namespace}/{options.service} (mode manual): the Service is unchanged"
+        f"meshed {options.namespace}/{options.service} (mode manual): the Service's routing "
+        "is unchanged"
     ]
     lines += [f"  created {what}" for what in joined.created]
     labels = ", ".join(f"{k}={v}" for k, v in manual.labels.items())

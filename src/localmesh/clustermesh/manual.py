@@ -1,9 +1,12 @@
 """`localmesh mesh --mode manual`: a shadow of the Service for clusters that route with a
 service mesh of their own (Istio, or a Gateway API mesh).
 
-Manual mode changes no Service. A session is a Lease (annotated `mode: manual`, so auto
-mode refuses the Service while it lives and `mesh list` shows it), the tunnel Secret and a
-shadow pod tunnelled to this machine, as in auto mode, but the shadow carries the Service's
+Manual mode changes no Service's routing. A session is a Lease (annotated `mode: manual`,
+so `mesh list` shows it), its name on the Service's `sessions` and `mode: manual`
+annotations (the same compare-and-swap auto mode joins with: of a manual and an auto
+session starting at once, one wins, the other is refused; the selector is never touched
+nor recorded), the tunnel Secret and a shadow pod tunnelled to this machine, as in auto
+mode, but the shadow carries the Service's
 selector labels plus the mark's label (`version: dev`), so the mesh sees it as one more pod
 of the Service, told apart by that label. With `--no-selector-labels` it carries only the
 mark's label (and localmesh's own): no plain-Service traffic reaches it, and a shadow
@@ -16,6 +19,7 @@ printed): changing the cluster's routing stays the user's decision.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -25,7 +29,10 @@ from localmesh.clustermesh.marks import VersionMark
 from localmesh.clustermesh.membership import (
     LeaveResult,
     MeshError,
+    cas_service,
+    dead_sessions,
     delete_session_objects,
+    mesh_state,
 )
 from localmesh.clustermesh.session import (
     Joined,
@@ -167,6 +174,62 @@ async def delete_shadow_service(
     return []
 
 
+def with_manual_session(service: JSON, name: str, dead: set[str]) -> JSON:
+    """`service` listing manual session `name` (sessions in `dead` dropped); a MeshError
+    while auto mode meshes it. Only annotations change: the selector stays the user's."""
+    state = mesh_state(service)
+    where = f"{service['metadata'].get('namespace')}/{service['metadata']['name']}"
+    if (state.mode or MODE) != MODE or state.original_selector is not None:
+        raise MeshError(
+            f"service {where} is meshed in {state.mode or 'auto'} mode; manual mode cannot "
+            "join it (`localmesh mesh clean` removes sessions that are gone)"
+        )
+    names = [n for n in state.sessions if n not in dead and n != name]
+    changed = copy.deepcopy(service)
+    notes = changed["metadata"].setdefault("annotations", {})
+    notes[m.SESSIONS_ANNOTATION] = ",".join([*names, name])
+    notes[m.MODE_ANNOTATION] = MODE
+    return changed
+
+
+def without_manual_sessions(service: JSON, gone: set[str]) -> JSON | None:
+    """`service` without the manual sessions in `gone`; the annotations go with the last."""
+    state = mesh_state(service)
+    if state.mode != MODE or state.original_selector is not None:
+        return None  # not meshed in manual mode: nothing of ours
+    names = [n for n in state.sessions if n not in gone]
+    changed = copy.deepcopy(service)
+    notes = changed["metadata"]["annotations"]
+    if names:
+        notes[m.SESSIONS_ANNOTATION] = ",".join(names)
+    else:
+        notes.pop(m.SESSIONS_ANNOTATION, None)
+        notes.pop(m.MODE_ANNOTATION, None)
+        if not notes:
+            del changed["metadata"]["annotations"]
+    return changed
+
+
+async def release_manual_sessions(
+    kube: KubeObjects, namespace: str, service: str, gone: set[str], dry_run: bool = False
+) -> list[str]:
+    """CAS-remove `gone` and the dead manual sessions from `service`'s annotations."""
+    current = await kube.get("Service", namespace, service)
+    if current is None or mesh_state(current).mode != MODE:
+        return []
+    dead = await dead_sessions(kube, namespace, current)
+    drop = gone | dead
+    if dry_run:
+        wanted = without_manual_sessions(current, drop)
+        left = set(mesh_state(current).sessions) - set(mesh_state(wanted or current).sessions)
+        return [f"session {n} from Service {namespace}/{service}" for n in sorted(left)]
+    before, after = await cas_service(
+        kube, namespace, service, lambda svc: without_manual_sessions(svc, drop)
+    )
+    left = set(mesh_state(before).sessions) - set(mesh_state(after).sessions)
+    return [f"session {n} from Service {namespace}/{service}" for n in sorted(left)]
+
+
 def _not_served(with_shadow_service: bool) -> str:
     also = (
         ", nor Gateway API's HTTPRoute (gateway.networking.k8s.io/v1)"
@@ -201,6 +264,7 @@ class ManualSession(MeshSession):
         # reach it only through a Service of its own.
         self.with_shadow_service = with_shadow_service or not selector_labels
         self.manual: ManualJoined | None = None  # set by join()
+        self.claimed = False  # this session is listed on the Service
         # The kinds `--apply` creates, chosen by what the cluster serves (rule_kinds()).
         self.apply_kinds: tuple[str, ...] | None = None
 
@@ -323,6 +387,15 @@ class ManualSession(MeshSession):
             self._lease = await self.kube.create("Lease", o.namespace, lease)
             created.append(f"Lease {o.namespace}/{spec.name}")
             self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
+            # The claim: one compare-and-swap with auto mode's joins (see membership).
+            dead = await dead_sessions(self.kube, o.namespace, checked.service)
+            await cas_service(
+                self.kube,
+                o.namespace,
+                o.service,
+                lambda svc: with_manual_session(svc, spec.name, dead),
+            )
+            self.claimed = True
             await self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret))
             created.append(f"Secret {o.namespace}/{spec.name}")
             if shadow_svc is not None:
@@ -413,4 +486,7 @@ class ManualSession(MeshSession):
         deleted += await delete_session_objects(self.kube, o.namespace, self.spec.name)
         if self.with_shadow_service:
             deleted += await delete_shadow_service(self.kube, o.namespace, self.spec.name)
+        if self.claimed:  # last: the Service stays claimed until the shadow is gone
+            await release_manual_sessions(self.kube, o.namespace, o.service, {self.spec.name})
+            self.claimed = False
         return LeaveResult(False, deleted)
