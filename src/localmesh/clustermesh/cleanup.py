@@ -87,11 +87,15 @@ async def clean(
     for (ns, name), svc in sorted((await meshed_services(kube, namespace, service)).items()):
         original = m.original_selector(svc) if svc is not None else None
         prefix = "would delete" if dry_run else "deleted"
+        released: list[str] = []
         if svc is not None and mesh_state(svc).mode == MANUAL:
             # Only annotations to take off (the selector was never touched); the dead
             # sessions' objects, applied rules first, go below as unlisted sessions'.
             released = await release_manual_sessions(kube, ns, name, set(), dry_run)
-            report.actions += [f"{'would remove' if dry_run else 'removed'} {r}" for r in released]
+            report.actions += [
+                f"{'would remove' if dry_run else 'removed'} session {r} from Service {ns}/{name}"
+                for r in released
+            ]
         else:
             result = await remove_sessions(kube, ns, name, (), dry_run=dry_run)
             if result.restored:
@@ -104,6 +108,7 @@ async def clean(
         leases = await session_leases(kube, ns, name)
         current = await kube.get("Service", ns, name)
         listed = set(mesh_state(current).sessions) if current is not None else set()
+        listed -= set(released)  # (still listed after a dry run)
         orphans: dict[str, list[str]] = defaultdict(list)
         for kind in ("Pod", "Secret", "Service"):
             selector = f"{m.managed_selector(name)},{m.COMPONENT_LABEL}=shadow"

@@ -213,21 +213,19 @@ def without_manual_sessions(service: JSON, gone: set[str]) -> JSON | None:
 async def release_manual_sessions(
     kube: KubeObjects, namespace: str, service: str, gone: set[str], dry_run: bool = False
 ) -> list[str]:
-    """CAS-remove `gone` and the dead manual sessions from `service`'s annotations."""
+    """CAS-remove `gone` and the dead manual sessions from `service`'s annotations; the
+    names removed (or, with `dry_run`, that would be)."""
     current = await kube.get("Service", namespace, service)
     if current is None or mesh_state(current).mode != MODE:
         return []
-    dead = await dead_sessions(kube, namespace, current)
-    drop = gone | dead
+    drop = gone | await dead_sessions(kube, namespace, current)
     if dry_run:
-        wanted = without_manual_sessions(current, drop)
-        left = set(mesh_state(current).sessions) - set(mesh_state(wanted or current).sessions)
-        return [f"session {n} from Service {namespace}/{service}" for n in sorted(left)]
-    before, after = await cas_service(
-        kube, namespace, service, lambda svc: without_manual_sessions(svc, drop)
-    )
-    left = set(mesh_state(before).sessions) - set(mesh_state(after).sessions)
-    return [f"session {n} from Service {namespace}/{service}" for n in sorted(left)]
+        before, after = current, without_manual_sessions(current, drop) or current
+    else:
+        before, after = await cas_service(
+            kube, namespace, service, lambda svc: without_manual_sessions(svc, drop)
+        )
+    return sorted(set(mesh_state(before).sessions) - set(mesh_state(after).sessions))
 
 
 def _not_served(with_shadow_service: bool) -> str:
