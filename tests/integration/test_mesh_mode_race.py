@@ -1,6 +1,7 @@
 """An auto and a manual session starting on one Service at the same moment: both pass
 their checks before either writes, then the mode claim, one compare-and-swap on the
-Service's annotations, lets exactly one of them in; the other is refused and rolled back."""
+Service's annotations, lets exactly one of them in; the other is refused and rolled back.
+And the rights manual mode asks for, that claim included, are enough."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from localmesh.kube.objects import KubeObjects
 from localmesh.kube.targets import JSON
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
+from tests.crd_helpers import crd_yaml, istio_crds
 from tests.integration.mesh_helpers import (
+    as_rules,
+    kubeconfig_with,
     local_server,
     managed_objects,
     options,
     service_json,
     wait_managed_gone,
 )
+from tests.sandbox_fixtures import kubectl
 
 pytestmark = pytest.mark.integration
 sandbox = sandbox_fixtures.sandbox
@@ -83,3 +88,27 @@ async def test_auto_and_manual_starting_together_let_exactly_one_in(
             for kube in kubes:
                 await kube.close()
     assert await managed_objects(sandbox) == []
+
+
+async def test_manual_mode_with_apply_needs_only_the_permissions_it_names(
+    sandbox: Sandbox,
+) -> None:
+    """A developer holding exactly what ManualSession.permissions() names (the Service's
+    claim and the applied rules included) joins, applies and leaves."""
+    (await kubectl(sandbox, "apply", "-f", "-", input=crd_yaml(*istio_crds()))).check()
+    before = await service_json(sandbox)
+    admin = KubeObjects.connect(str(sandbox.kubeconfig_path))
+    async with local_server() as port:
+        opts = options(port, mode="manual")
+        rules = as_rules(ManualSession(admin, opts, apply=True).permissions())
+        dev = KubeObjects.connect(await kubeconfig_with(sandbox, admin, rules))
+        session = ManualSession(dev, opts, apply=True)
+        joined = await session.join()
+        assert sum("(applied)" in c for c in joined.created) == 2
+        assert mesh_state(await service_json(sandbox)).mode == "manual"
+        await session.leave()
+    assert await service_json(sandbox) == before
+    assert (await admin.list("DestinationRule", "billing")) == []
+    await wait_managed_gone(sandbox)
+    await dev.close()
+    await admin.close()

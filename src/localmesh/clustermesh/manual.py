@@ -270,6 +270,8 @@ class ManualSession(MeshSession):
         o = self.options
         wanted = [
             Permission("get", "services", name=o.service),
+            # the claim: the sessions and mode annotations
+            Permission("update", "services", name=o.service),
             *session_permissions(),
         ]
         if self.with_shadow_service:
