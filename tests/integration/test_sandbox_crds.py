@@ -307,3 +307,41 @@ subjects: [{kind: ServiceAccount, name: reader, namespace: billing}]
         ),
         what="the namespace's custom resources gone",
     )
+
+
+async def test_kubectl_get_watch_prints_custom_resource_rows(sandbox: Sandbox) -> None:
+    await install(sandbox, *istio_crds())
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl",
+        "get",
+        "destinationrules",
+        "-n",
+        "billing",
+        "-w",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=sandbox.env(),
+    )
+    stdout = proc.stdout
+    assert stdout is not None
+    try:
+        api = client.CustomObjectsApi(kube_client(sandbox))
+        args = (ISTIO, "v1beta1", "billing", "destinationrules")
+
+        async def next_row() -> list[str]:
+            line = await asyncio.wait_for(stdout.readline(), 20)
+            assert line, "kubectl get -w ended early"
+            return line.decode().split()
+
+        # An empty namespace prints nothing until the first object comes.
+        await call(api.create_namespaced_custom_object, *args, destination_rule("first"))
+        row = await next_row()
+        if row[0] == "NAME":
+            assert row == ["NAME", "HOST", "AGE"]
+            row = await next_row()
+        assert row[:2] == ["first", "billing-api.billing.svc.cluster.local"]
+        await call(api.delete_namespaced_custom_object, *args, "first")
+        assert (await next_row())[0] == "first"
+    finally:
+        proc.terminate()
+        await proc.wait()
