@@ -196,22 +196,23 @@ def build_document(
     (local processes have theirs: their address is in the config)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    from localmesh.bootstrap import BootstrapOptions, build_bootstrap
     from localmesh.plan import plan
-    from localmesh.runtime import runtime_paths
     from localmesh.xds.snapshot import build_snapshot, render_xds_view
     from localmesh.xds.static import render_static_config
 
     state = plan(config, ports, {}, bind, choices=choices)
+    snapshot = build_snapshot(state).check()
+    if fmt == "envoy":
+        # The static config's admin listens on loopback, port 0, whatever the bootstrap
+        # says: no bootstrap, and with it none of the typed Envoy bindings, is loaded.
+        return render_static_config(render_xds_view(snapshot, {}))
+    from localmesh.bootstrap import BootstrapOptions, build_bootstrap
+    from localmesh.runtime import runtime_paths
+
     bootstrap = build_bootstrap(
         BootstrapOptions(xds_socket_path=str(runtime_paths(name).xds_socket))
     )
-    view = render_xds_view(build_snapshot(state).check(), bootstrap)
-    if fmt == "envoy":
-        # The static config's admin listens on loopback, port 0, whatever the bootstrap says.
-        view["bootstrap"] = {}
-        return render_static_config(view)
-    return view
+    return render_xds_view(snapshot, bootstrap)
 
 
 # -- --live ---------------------------------------------------------------------------------
