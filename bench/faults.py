@@ -232,10 +232,12 @@ async def resources_after_burst(
         await burst(port, 1, 1)
         await burst(kubectl_port, 1, 1)
         figures: dict[str, Any] = {"before": sample(processes)}
-        mesh_ok, mesh_failed = await burst(port, connections, 20)
+        # kubectl's burst first, so that the idle times count from the end of up's.
         kubectl_ok, kubectl_failed = await burst(kubectl_port, connections, 20)
+        kubectl_after = sample({"kubectl": kubectl.pid})
+        mesh_ok, mesh_failed = await burst(port, connections, 20)
         closed_at = time.monotonic()
-        figures["right_after"] = sample(processes)
+        figures["right_after"] = {**sample({"up": mesh.pid, "envoy": envoy}), **kubectl_after}
         idle: dict[str, Any] = {}
         for at in samples_at:
             await asyncio.sleep(max(0.0, closed_at + at - time.monotonic()))
