@@ -100,3 +100,13 @@ def test_dump_envoy_config_never_loads_the_typed_bindings() -> None:
     assert outcome["code"] == 0, result.stderr
     assert outcome["size"] > 1000
     assert outcome["loaded"] == []
+
+
+def test_a_typed_message_inside_one_of_ours_encodes_the_same() -> None:
+    from envoy_data_plane.envoy.config.core.v3 import Http2ProtocolOptions as TypedH2
+
+    ours = rs.HttpProtocolOptionsExplicitHttpConfig(
+        http2_protocol_options=rs.Http2ProtocolOptions()
+    )
+    mixed = rs.HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=TypedH2())
+    assert proto.encode(mixed) == proto.encode(ours)

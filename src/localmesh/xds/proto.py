@@ -200,7 +200,12 @@ def _scalar(proto_type: str, ref: str | None, wrapped: bool, value: Any) -> tupl
     if proto_type == "message":
         if wrapped and ref is not None:
             value = _wrapped(ref, value)
-        body = encode(value)
+        if isinstance(value, Message):
+            body = encode(value)
+        else:  # a typed envoy-data-plane message set on one of ours: same bytes, slower
+            from localmesh.xds.codec import encode as encode_any
+
+            body = encode_any(value)
         return 2, varint(len(body)) + body
     if proto_type == "string":
         raw = value.encode("utf-8")
