@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -111,9 +110,11 @@ def json_line(bench: str, **figures: Any) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port for `up`'s listener: outside the ephemeral range, so no other
+    process's bind(0) or outgoing connection takes it before Envoy binds it."""
+    from localmesh import ports
+
+    return ports.free_port("127.0.0.1")
 
 
 # -- processes --------------------------------------------------------------------------------
