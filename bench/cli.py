@@ -6,6 +6,7 @@ deviation, min and max, against the targets of the commands a user runs most:
 
     --help, status, down                         <= 0.3 s
     dump-envoy-config --mock-config              <= 0.6 s
+    dump-envoy-config, 1,000 entries             <= 1 s
     up reporting an invalid services.yaml        <= 0.4 s
     up reporting that its --name is taken        <= 0.4 s
 
@@ -126,10 +127,36 @@ def time_case(case: Case, runs: int, env: dict[str, str]) -> Timing:
     return Timing(case, samples)
 
 
+def thousand_entries(work: Path, count: int = 1000) -> tuple[Path, Path]:
+    """services.yaml with `count` entries over 10 namespaces, and the mocks.yaml resolving
+    them: what `dump-envoy-config` renders offline at scale."""
+    services, mocks = ["listener_port: 18080", "services:"], ["mocks:"]
+    for i in range(count):
+        ns = f"team{i % 10}"
+        services += [
+            f"  - host: svc{i}.localhost",
+            f"    namespace: {ns}",
+            f"    service: svc{i}",
+            "    port_name: http",
+            "    type: http",
+        ]
+        mocks += [
+            f"  - namespace: {ns}",
+            f"    service: svc{i}",
+            "    port_name: http",
+            f"    resolved_port: {8000 + i % 100}",
+        ]
+    services_path, mocks_path = work / f"services-{count}.yaml", work / f"mocks-{count}.yaml"
+    services_path.write_text("\n".join(services) + "\n")
+    mocks_path.write_text("\n".join(mocks) + "\n")
+    return services_path, mocks_path
+
+
 def cases(work: Path, running: str | None) -> list[Case]:
     bad = work / "invalid.yaml"
     bad.write_text("listener_port: 8080\nservices:\n  - host: a.localhost\n    sevrice: web\n")
     seed = str(EXAMPLES / "services.yaml")
+    many, many_mocks = thousand_entries(work)
     found = [
         Case("python -c pass", [sys.executable, "-c", "pass"], 0, None),
         Case("kubectl version --client", ["kubectl", "version", "--client"], 0, None),
@@ -147,6 +174,12 @@ def cases(work: Path, running: str | None) -> list[Case]:
             [LOCALMESH, "dump-envoy-config", seed, "--mock-config", str(EXAMPLES / "mocks.yaml")],
             0,
             0.6,
+        ),
+        Case(
+            "dump-envoy-config, 1,000 entries",
+            [LOCALMESH, "dump-envoy-config", str(many), "--mock-config", str(many_mocks)],
+            0,
+            1.0,
         ),
         Case("up: invalid services.yaml", [LOCALMESH, "up", "-f", str(bad)], 2, 0.4),
         Case(

@@ -2,9 +2,10 @@
 
 - `machine()`: cores, CPU model, Python, Envoy and kubectl versions;
 - `SandboxProcess`: the sandbox cluster in its own process (its CPU and memory never count
-  as localmesh's), driven over stdin/stdout JSON lines: list pods, replace a pod and report
-  when the replacement turned Ready (timestamped inside the sandbox, CLOCK_MONOTONIC is
-  system-wide so the timestamps compare with this process's);
+  as localmesh's), driven over stdin/stdout JSON lines: list pods (with readiness), set
+  its termination/ready delays, replace a pod and report when the replacement turned
+  Ready (timestamped inside the sandbox, CLOCK_MONOTONIC is system-wide so the timestamps
+  compare with this process's);
 - `MeshProcess`: `localmesh up` as a subprocess with a private runtime directory;
 - kubectl port-forward, a small asyncio HTTP/1.1 client, percentiles, the JSON line.
 
@@ -21,7 +22,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -110,9 +110,11 @@ def json_line(bench: str, **figures: Any) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port for `up`'s listener: outside the ephemeral range, so no other
+    process's bind(0) or outgoing connection takes it before Envoy binds it."""
+    from localmesh import ports
+
+    return ports.free_port("127.0.0.1")
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -280,7 +282,11 @@ async def serve_sandbox(scenario_path: str, kubeconfig: str, ready_timeout: floa
 
     def pod_list(sb: Sandbox, ns: str, app: str) -> list[dict[str, Any]]:
         return [
-            {"name": p["metadata"]["name"], "ip": p["status"].get("podIP", "")}
+            {
+                "name": p["metadata"]["name"],
+                "ip": p["status"].get("podIP", ""),
+                "ready": is_ready(p),
+            }
             for p in sb.pods(ns, {"app": app})
             if not p["metadata"].get("deletionTimestamp")
         ]
@@ -301,6 +307,11 @@ async def serve_sandbox(scenario_path: str, kubeconfig: str, ready_timeout: floa
             try:
                 if cmd["op"] == "pods":
                     reply: dict[str, Any] = {"pods": pod_list(sb, cmd["ns"], cmd["app"])}
+                elif cmd["op"] == "faults":  # e.g. {"termination_delay": 4, "ready_delay": 0.5}
+                    for name in ("termination_delay", "ready_delay"):
+                        if name in cmd:
+                            setattr(sb.faults, name, float(cmd[name]))
+                    reply = {"ok": True}
                 elif cmd["op"] == "replace":
                     ns, old = cmd["ns"], cmd["pod"]
                     sb.faults.ready_delay = float(cmd.get("ready_delay", 0.0))

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import yaml
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
 from localmesh.sandbox.greet import list_services
+from tests.ports import free_port as free_port  # noqa: PLC0414 - re-exported for callers
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -36,12 +36,6 @@ PF_LINE = re.compile(
     r"^pf: (?P<host>\S+) -> (?P<ns>[^/\s]+)/(?P<svc>[^:\s]+):(?P<port>\d+) "
     r"via (?P<via>127\.0\.0\.1:\d+(?:, 127\.0\.0\.1:\d+)*)$"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def private_runtime_dir(base: Path) -> Path:

@@ -4,13 +4,12 @@ http_backends(name) -> HttpBackend       started; stopped after the test
 grpc_backends(name) -> GrpcBackend       started; stopped after the test
 envoy_supervisors(bootstrap, **kw) -> EnvoySupervisor
     not started; after the test each is stopped and its processes must be gone
-free_port() -> int                       a loopback port nobody listens on right now
+free_port() -> int                       a loopback port reserved for this process (tests/ports.py)
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,12 +32,7 @@ from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.server import XdsServer, start_server
 from localmesh.xds.snapshot import Snapshot, build_snapshot
 from tests.integration.backends import GrpcBackend, HttpBackend
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port as free_port  # noqa: PLC0414 - re-exported for callers
 
 
 def process_exists(pid: int) -> bool:

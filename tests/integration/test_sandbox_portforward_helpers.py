@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -23,17 +22,10 @@ from typing import Any
 from aiohttp import web
 
 from localmesh.sandbox.portforward import close_portforwards, handle_portforward
+from tests.ports import free_port as free_port  # noqa: PLC0414 - re-exported for callers
 
 POD_IP = "127.0.55.1"
 REFUSING_IP = "127.0.55.2"  # nothing ever listens here
-
-
-def free_port(host: str) -> int:
-    """A port nobody listens on at `host` (bound then released)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

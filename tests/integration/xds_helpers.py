@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import envoy
+
+from tests.ports import free_port as free_port  # noqa: PLC0414 - re-exported for callers
 
 
 async def wait_until(
@@ -141,14 +142,6 @@ async def run_envoy(tmp_path: Path, bootstrap: dict[str, Any]) -> AsyncIterator[
             except TimeoutError:
                 process.kill()
                 await process.wait()
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (for Envoy's listener in tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

@@ -205,3 +205,32 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     assert len(lines) == 3  # one per services.yaml entry
     assert all(line.startswith("localmesh: error: ") for line in lines)
     assert f"127.0.0.1:{port}" in lines[0]
+
+
+SHARED: dict[str, Any] = {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {
+            "plain": "text",
+            "looks_like": ["1", "true", "null", "0x10", "1e3", "~", "", " padded ", "a: b"],
+            "unicode": "b\u00e9ta \u2713",
+            "lines": "one\ntwo\n",
+            "numbers": [0, -1, 2**40],
+            "flags": [True, False, None],
+            "empty": {"map": {}, "list": []},
+            "nested": [{"x": [{"y": {"z": "deep"}}]}],
+        },
+        {"float": 1.5, "big": 1e17},  # PyYAML's own float rules
+        {"first": SHARED, "second": SHARED},  # a shared container: PyYAML writes an anchor
+    ],
+    ids=["plain", "floats", "shared"],
+)
+def test_yaml_output_is_what_pyyaml_writes(document: dict[str, Any]) -> None:
+    from localmesh.cli.dump import render
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    expected = yaml.dump(document, Dumper=dumper, sort_keys=False, default_flow_style=False)
+    assert render(document, "yaml") == expected

@@ -12,7 +12,8 @@ from localmesh.config import load_config, load_mocks
 from localmesh.plan import plan
 from localmesh.resolve import MockResolver, resolve_all
 from localmesh.xds.codec import encode
-from localmesh.xds.snapshot import MESSAGE_TYPES, build_snapshot
+from localmesh.xds.resources import TYPE_ORDER
+from localmesh.xds.snapshot import build_snapshot
 from localmesh.xds.wire_json import to_json
 from tests.unit.test_xds_codec import MESSAGES
 
@@ -34,7 +35,7 @@ def test_every_resource_of_the_examples(services: str, mocks: str, bind: str) ->
     ports = resolve_all(config, MockResolver(load_mocks(EXAMPLES / mocks)))
     snapshot = build_snapshot(plan(config, ports, {}, bind)).check()
     checked = 0
-    for type_url in MESSAGE_TYPES:
+    for type_url in TYPE_ORDER:
         for resource in snapshot.resources(type_url).values():
             expected = resource.message().to_dict(casing=betterproto2.Casing.SNAKE)
             assert resource.json() == expected, resource.name

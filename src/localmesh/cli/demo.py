@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import textwrap
@@ -69,14 +68,16 @@ def register(subparsers: Any) -> None:
 
 
 def _free_port(preferred: int = 8080) -> int:
-    for candidate in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise ConfigError("no free TCP port on 127.0.0.1")
+    # Envoy binds it later: a fallback outside the ephemeral range, where no other
+    # process's bind(0) or outgoing connection can take it in between.
+    from localmesh import ports
+
+    if ports.bindable("127.0.0.1", preferred):
+        return preferred
+    try:
+        return ports.free_port("127.0.0.1")
+    except OSError:
+        raise ConfigError("no free TCP port on 127.0.0.1: give one with --port") from None
 
 
 DEMO_NAME = "demo"

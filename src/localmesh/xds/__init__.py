@@ -2,8 +2,12 @@
 
 Layers (each module's docstring has its interface):
 
-    resources   pure builders of the Envoy messages
-    codec       protobuf encoding without betterproto2's per-call re-validation
+    resources   pure builders of the Envoy messages (localmesh.xds.proto types)
+    proto       those messages: plain objects encoded from schema_table (generated from
+                envoy-data-plane's metadata by schema_gen), so building, encoding and
+                dumping never load the typed bindings or their pydantic validators
+    codec       protobuf encoding of those and of typed (betterproto2) messages
+    wire_json   proto3 JSON straight from encoded bytes (dumps, status)
     snapshot    `build_snapshot(state, previous)` -> immutable `Snapshot` (bytes + content
                 versions, only changed pieces re-encoded); `render_xds_view(snapshot, bootstrap)`
     static      `render_static_config(view)`: the one static Envoy config renderer

@@ -1,4 +1,9 @@
-"""Protobuf wire encoding of envoy-data-plane (betterproto2) messages, without re-validation.
+"""Protobuf wire encoding of localmesh's messages (localmesh.xds.proto) and of
+envoy-data-plane (betterproto2) messages, without re-validation.
+
+localmesh's own builders make `proto.Message`s, encoded from the generated schema table.
+Typed messages (the Envoy bootstrap, hand-made resources in tests) go through the rest of
+this module:
 
 `bytes(msg)` in betterproto2 rebuilds a pydantic validator for every nested message on every
 call, which is about 90% of its cost. The messages localmesh encodes were already validated
@@ -15,50 +20,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import betterproto2
-from betterproto2 import Message
+from localmesh.xds import proto
+from localmesh.xds.proto import FIXED, PACKED, VARINT, ZIGZAG, field_bytes, varint
 
-_VARINT_TYPES = frozenset(
-    {
-        betterproto2.TYPE_ENUM,
-        betterproto2.TYPE_BOOL,
-        betterproto2.TYPE_INT32,
-        betterproto2.TYPE_INT64,
-        betterproto2.TYPE_UINT32,
-        betterproto2.TYPE_UINT64,
-    }
-)
-_ZIGZAG_TYPES = frozenset({betterproto2.TYPE_SINT32, betterproto2.TYPE_SINT64})
-_FIXED_FORMATS = {
-    betterproto2.TYPE_DOUBLE: ("<d", 1),
-    betterproto2.TYPE_FIXED64: ("<Q", 1),
-    betterproto2.TYPE_SFIXED64: ("<q", 1),
-    betterproto2.TYPE_FLOAT: ("<f", 5),
-    betterproto2.TYPE_FIXED32: ("<I", 5),
-    betterproto2.TYPE_SFIXED32: ("<i", 5),
-}
-_PACKED_TYPES = _VARINT_TYPES | _ZIGZAG_TYPES | frozenset(_FIXED_FORMATS)
+__all__ = ["encode", "field_bytes", "varint"]
+
+if TYPE_CHECKING:
+    from betterproto2 import Message
+
+_VARINT_TYPES = VARINT
+_ZIGZAG_TYPES = ZIGZAG
+_FIXED_FORMATS = {name: (fmt, wire) for name, (fmt, wire, _) in FIXED.items()}
+_PACKED_TYPES = PACKED
 _NO_DEFAULT = object()
-
-
-def varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def field_bytes(number: int, payload: bytes) -> bytes:
-    """One length-delimited field (message, string or bytes) with its key and length."""
-    return varint((number << 3) | 2) + varint(len(payload)) + payload
 
 
 # Per message class: (field name, number, proto type, unwrap, repeated, map meta, default).
@@ -67,6 +43,8 @@ _plans: dict[type[Message], _Plan] = {}
 
 
 def _plan(cls: type[Message]) -> _Plan:
+    from betterproto2 import Message
+
     plan = _plans.get(cls)
     if plan is not None:
         return plan
@@ -85,15 +63,15 @@ def _plan(cls: type[Message]) -> _Plan:
 
 def _scalar(proto_type: str, unwrap: Callable[[], type] | None, value: Any) -> tuple[int, bytes]:
     """(wire type, encoded value without key) of one non-repeated value."""
-    if proto_type == betterproto2.TYPE_MESSAGE:
+    if proto_type == "message":
         if unwrap is not None:
             value = unwrap().from_wrapped(value)  # type: ignore[attr-defined]
         body = encode(value)
         return 2, varint(len(body)) + body
-    if proto_type == betterproto2.TYPE_STRING:
+    if proto_type == "string":
         raw = value.encode("utf-8")
         return 2, varint(len(raw)) + raw
-    if proto_type == betterproto2.TYPE_BYTES:
+    if proto_type == "bytes":
         return 2, varint(len(value)) + bytes(value)
     if proto_type in _VARINT_TYPES:
         return 0, varint(int(value))
@@ -111,8 +89,10 @@ def _packed_item(proto_type: str, value: Any) -> bytes:
     return struct.pack(_FIXED_FORMATS[proto_type][0], value)
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Message | proto.Message) -> bytes:
     """The protobuf encoding of `msg`, byte-identical to `bytes(msg)`."""
+    if isinstance(msg, proto.Message):
+        return proto.encode(msg)
     out = bytearray()
     for name, number, proto_type, unwrap, repeated, map_meta, default in _plan(type(msg)):
         value = getattr(msg, name)

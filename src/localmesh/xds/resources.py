@@ -12,6 +12,10 @@ What Envoy gets:
   go), STATIC for a local process (its one address inline); HTTP/1.1, h2c or the
   downstream's protocol upstream. One ClusterLoadAssignment per EDS cluster.
 
+The messages are localmesh.xds.proto types with envoy-data-plane's names and fields (same
+bytes, no typed bindings loaded); `typed(msg)` gives the envoy-data-plane message where a
+typed config needs one (the bootstrap), and `pack` packs either kind.
+
 Public functions:
     build_listener(spec: ListenerSpec) -> Listener
     build_cluster(spec: ClusterSpec) -> Cluster
@@ -28,76 +32,12 @@ import functools
 import os
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
-import betterproto2
-from envoy_data_plane.envoy.config.accesslog.v3 import (
-    AccessLog,
-    AccessLogFilter,
-    AndFilter,
-    ExtensionFilter,
-    ResponseFlagFilter,
-)
-from envoy_data_plane.envoy.config.cluster.v3 import (
-    Cluster,
-    ClusterDiscoveryType,
-    ClusterEdsClusterConfig,
-)
-from envoy_data_plane.envoy.config.core.v3 import (
-    Address,
-    AggregatedConfigSource,
-    ApiVersion,
-    ConfigSource,
-    DataSource,
-    Http1ProtocolOptions,
-    Http2ProtocolOptions,
-    HttpProtocolOptions as CoreHttpProtocolOptions,
-    Metadata,
-    Pipe,
-    SocketAddress,
-    SubstitutionFormatString,
-)
-from envoy_data_plane.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint as EnvoyEndpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
-from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from envoy_data_plane.envoy.config.route.v3 import (
-    DirectResponseAction,
-    HeaderMatcher,
-    RetryPolicy,
-    RetryPolicyRetryHostPredicate,
-    Route,
-    RouteAction,
-    RouteConfiguration,
-    RouteMatch,
-    VirtualHost,
-    WeightedCluster,
-    WeightedClusterClusterWeight,
-)
-from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
-from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
-from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
-from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
-    HttpConnectionManager,
-    HttpConnectionManagerCodecType,
-    HttpConnectionManagerUpgradeConfig,
-    HttpFilter,
-    LocalReplyConfig,
-    Rds,
-    ResponseMapper,
-)
-from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
-from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions,
-    HttpProtocolOptionsExplicitHttpConfig,
-    HttpProtocolOptionsUseDownstreamHttpConfig,
-)
-from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
-from envoy_data_plane.google.protobuf import Any as AnyMsg, Struct, Value
-from envoy_data_plane.message_pool import default_message_pool
+if TYPE_CHECKING:
+    import betterproto2
+    from envoy_data_plane.envoy.config.core.v3 import ConfigSource as TypedConfigSource
+    from envoy_data_plane.google.protobuf import Any as TypedAnyMsg
 
 from localmesh.desired import (
     ClusterSpec,
@@ -110,7 +50,86 @@ from localmesh.desired import (
     RouteSpec,
     VirtualHostSpec,
 )
+from localmesh.xds import proto, wire_json
 from localmesh.xds.codec import encode
+from localmesh.xds.proto import Message, enum_type, message_type
+
+# The message types the builders use (localmesh.xds.proto: no typed bindings loaded).
+_ACCESSLOG = "envoy.config.accesslog.v3."
+_CLUSTER = "envoy.config.cluster.v3."
+_CORE = "envoy.config.core.v3."
+_ENDPOINT = "envoy.config.endpoint.v3."
+_LISTENER = "envoy.config.listener.v3."
+_ROUTE = "envoy.config.route.v3."
+_FILE_LOG = "envoy.extensions.access_loggers.file.v3."
+_CEL = "envoy.extensions.access_loggers.filters.cel.v3."
+_ROUTER = "envoy.extensions.filters.http.router.v3."
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3."
+_PREVIOUS_HOSTS = "envoy.extensions.retry.host.previous_hosts.v3."
+_UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3."
+_MATCHER = "envoy.type.matcher.v3."
+_PROTOBUF = "google.protobuf."
+AccessLog = message_type(_ACCESSLOG + "AccessLog")
+AccessLogFilter = message_type(_ACCESSLOG + "AccessLogFilter")
+AndFilter = message_type(_ACCESSLOG + "AndFilter")
+ExtensionFilter = message_type(_ACCESSLOG + "ExtensionFilter")
+ResponseFlagFilter = message_type(_ACCESSLOG + "ResponseFlagFilter")
+Cluster = message_type(_CLUSTER + "Cluster")
+ClusterEdsClusterConfig = message_type(_CLUSTER + "ClusterEdsClusterConfig")
+ClusterDiscoveryType = enum_type(_CLUSTER + "ClusterDiscoveryType")
+Address = message_type(_CORE + "Address")
+AggregatedConfigSource = message_type(_CORE + "AggregatedConfigSource")
+ConfigSource = message_type(_CORE + "ConfigSource")
+DataSource = message_type(_CORE + "DataSource")
+Http1ProtocolOptions = message_type(_CORE + "Http1ProtocolOptions")
+Http2ProtocolOptions = message_type(_CORE + "Http2ProtocolOptions")
+CoreHttpProtocolOptions = message_type(_CORE + "HttpProtocolOptions")
+Metadata = message_type(_CORE + "Metadata")
+Pipe = message_type(_CORE + "Pipe")
+SocketAddress = message_type(_CORE + "SocketAddress")
+SubstitutionFormatString = message_type(_CORE + "SubstitutionFormatString")
+ApiVersion = enum_type(_CORE + "ApiVersion")
+ClusterLoadAssignment = message_type(_ENDPOINT + "ClusterLoadAssignment")
+EnvoyEndpoint = message_type(_ENDPOINT + "Endpoint")
+LbEndpoint = message_type(_ENDPOINT + "LbEndpoint")
+LocalityLbEndpoints = message_type(_ENDPOINT + "LocalityLbEndpoints")
+Filter = message_type(_LISTENER + "Filter")
+FilterChain = message_type(_LISTENER + "FilterChain")
+Listener = message_type(_LISTENER + "Listener")
+DirectResponseAction = message_type(_ROUTE + "DirectResponseAction")
+HeaderMatcher = message_type(_ROUTE + "HeaderMatcher")
+RetryPolicy = message_type(_ROUTE + "RetryPolicy")
+RetryPolicyRetryHostPredicate = message_type(_ROUTE + "RetryPolicyRetryHostPredicate")
+Route = message_type(_ROUTE + "Route")
+RouteAction = message_type(_ROUTE + "RouteAction")
+RouteConfiguration = message_type(_ROUTE + "RouteConfiguration")
+RouteMatch = message_type(_ROUTE + "RouteMatch")
+VirtualHost = message_type(_ROUTE + "VirtualHost")
+WeightedCluster = message_type(_ROUTE + "WeightedCluster")
+WeightedClusterClusterWeight = message_type(_ROUTE + "WeightedClusterClusterWeight")
+FileAccessLog = message_type(_FILE_LOG + "FileAccessLog")
+ExpressionFilter = message_type(_CEL + "ExpressionFilter")
+Router = message_type(_ROUTER + "Router")
+HttpConnectionManager = message_type(_HCM + "HttpConnectionManager")
+HttpConnectionManagerUpgradeConfig = message_type(_HCM + "HttpConnectionManagerUpgradeConfig")
+HttpFilter = message_type(_HCM + "HttpFilter")
+LocalReplyConfig = message_type(_HCM + "LocalReplyConfig")
+Rds = message_type(_HCM + "Rds")
+ResponseMapper = message_type(_HCM + "ResponseMapper")
+HttpConnectionManagerCodecType = enum_type(_HCM + "HttpConnectionManagerCodecType")
+PreviousHostsPredicate = message_type(_PREVIOUS_HOSTS + "PreviousHostsPredicate")
+HttpProtocolOptions = message_type(_UPSTREAM_HTTP + "HttpProtocolOptions")
+HttpProtocolOptionsExplicitHttpConfig = message_type(
+    _UPSTREAM_HTTP + "HttpProtocolOptionsExplicitHttpConfig"
+)
+HttpProtocolOptionsUseDownstreamHttpConfig = message_type(
+    _UPSTREAM_HTTP + "HttpProtocolOptionsUseDownstreamHttpConfig"
+)
+RegexMatcher = message_type(_MATCHER + "RegexMatcher")
+StringMatcher = message_type(_MATCHER + "StringMatcher")
+AnyMsg = message_type(_PROTOBUF + "Any")
+Struct = message_type(_PROTOBUF + "Struct")
+Value = message_type(_PROTOBUF + "Value")
 
 STAT_PREFIX = "localmesh"
 # Route metadata the local reply mapper reads: the 503 body for a refused connection.
@@ -146,29 +165,54 @@ UPSTREAM_IDLE_TIMEOUT = timedelta(
 )
 
 
-def pack(msg: betterproto2.Message) -> AnyMsg:
-    """`Any.pack` through the fast encoder."""
-    type_url = default_message_pool.type_to_url[type(msg)]
-    return AnyMsg(type_url=type_url, value=encode(msg))
+@overload
+def pack(msg: Message) -> Message: ...
+@overload
+def pack(msg: betterproto2.Message) -> TypedAnyMsg: ...
+def pack(msg: Message | betterproto2.Message) -> Message | TypedAnyMsg:
+    """`Any.pack` through the fast encoder: an Any of the same kind as `msg` (a typed one
+    for the typed messages of the bootstrap and the in-cluster router)."""
+    if isinstance(msg, Message):
+        return AnyMsg(type_url=proto.type_url(msg), value=encode(msg))
+    from envoy_data_plane.google.protobuf import Any as TypedAny
+    from envoy_data_plane.message_pool import default_message_pool
+
+    return TypedAny(type_url=default_message_pool.type_to_url[type(msg)], value=encode(msg))
 
 
-def ads_config_source() -> ConfigSource:
+def typed(msg: Message) -> betterproto2.Message:
+    """The envoy-data-plane message of `msg`, to go inside typed messages (the bootstrap)."""
+    from envoy_data_plane.message_pool import default_message_pool
+
+    proto.load_typed_bindings()
+    cls = default_message_pool.url_to_type[proto.type_url(msg)]
+    found: betterproto2.Message = cls.parse(encode(msg))
+    return found
+
+
+def _ads_config_source() -> Message:
     # V3 is enum value 0 and would be dropped if left implicit: set it on purpose.
     return ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
 
 
-def _address(endpoint: Endpoint) -> Address:
+def ads_config_source() -> TypedConfigSource:
+    """The ADS config source as a typed message, for typed configs (the bootstrap)."""
+    found: TypedConfigSource = typed(_ads_config_source())  # type: ignore[assignment]
+    return found
+
+
+def _address(endpoint: Endpoint) -> Message:
     if endpoint.port == 0 and endpoint.address.startswith("/"):
         return Address(pipe=Pipe(path=endpoint.address))  # a unix socket
     return _socket_address(endpoint.address, endpoint.port)
 
 
-def _socket_address(address: str, port: int) -> Address:
+def _socket_address(address: str, port: int) -> Message:
     return Address(socket_address=SocketAddress(address=address, port_value=port))
 
 
 @functools.cache
-def _local_reply_config() -> LocalReplyConfig:
+def _local_reply_config() -> Message:
     """A refused connection (UF) on a route that carries an `unreachable` text answers
     with that text: "localmesh: nothing listens on 127.0.0.1:9090 (...)"."""
     has_text = ExpressionFilter(
@@ -201,7 +245,7 @@ def _local_reply_config() -> LocalReplyConfig:
     )
 
 
-def _access_logs(path: str) -> list[AccessLog]:
+def _access_logs(path: str) -> list[Message]:
     if not path:
         return []
     from localmesh.access_log import FORMAT
@@ -213,10 +257,8 @@ def _access_logs(path: str) -> list[AccessLog]:
     return [AccessLog(name="envoy.access_loggers.file", typed_config=pack(file_log))]
 
 
-def _http_connection_manager(
-    route: Rds | RouteConfiguration, *, websockets: bool, access_log: str = ""
-) -> HttpConnectionManager:
-    routing: dict[str, Any] = {"rds": route} if isinstance(route, Rds) else {"route_config": route}
+def _http_connection_manager(route: Message, *, websockets: bool, access_log: str = "") -> Message:
+    routing = {"rds" if route.key == Rds.key else "route_config": route}
     upgrades = [HttpConnectionManagerUpgradeConfig(upgrade_type="websocket")] if websockets else []
     return HttpConnectionManager(
         stat_prefix=STAT_PREFIX,
@@ -232,9 +274,9 @@ def _http_connection_manager(
 
 
 @functools.lru_cache(maxsize=64)
-def build_listener(spec: ListenerSpec) -> Listener:
+def build_listener(spec: ListenerSpec) -> Message:
     """The one HTTP listener; its routes come over ADS by RDS (`spec.route_config_name`)."""
-    rds = Rds(config_source=ads_config_source(), route_config_name=spec.route_config_name)
+    rds = Rds(config_source=_ads_config_source(), route_config_name=spec.route_config_name)
     hcm = _http_connection_manager(rds, websockets=spec.websockets, access_log=spec.access_log)
     return Listener(
         name=spec.name,
@@ -257,8 +299,8 @@ def build_listener(spec: ListenerSpec) -> Listener:
 
 
 @functools.cache
-def _protocol_options(protocol: Protocol) -> dict[str, AnyMsg]:
-    options: HttpProtocolOptions
+def _protocol_options(protocol: Protocol) -> dict[str, Message]:
+    options: Message
     if protocol is Protocol.DOWNSTREAM:
         options = HttpProtocolOptions(
             use_downstream_protocol_config=HttpProtocolOptionsUseDownstreamHttpConfig(
@@ -284,14 +326,14 @@ def _protocol_options(protocol: Protocol) -> dict[str, AnyMsg]:
     return {_HTTP_PROTOCOL_OPTIONS_KEY: pack(options)}
 
 
-def build_cluster(spec: ClusterSpec) -> Cluster:
+def build_cluster(spec: ClusterSpec) -> Message:
     """EDS (endpoints over ADS) for forwarded ports and pod IPs, STATIC for a local
     process; h2c upstream for gRPC, HTTP/1.1 for http, the client's for downstream."""
     discovery: dict[str, Any]
     if spec.kind.eds:
         discovery = {
             "type": ClusterDiscoveryType.EDS,
-            "eds_cluster_config": ClusterEdsClusterConfig(eds_config=ads_config_source()),
+            "eds_cluster_config": ClusterEdsClusterConfig(eds_config=_ads_config_source()),
         }
     else:
         discovery = {
@@ -310,7 +352,7 @@ def build_cluster(spec: ClusterSpec) -> Cluster:
     )
 
 
-def build_load_assignment(spec: ClusterSpec) -> ClusterLoadAssignment:
+def build_load_assignment(spec: ClusterSpec) -> Message:
     """The cluster's endpoints (an empty list is valid)."""
     lb_endpoints = [
         LbEndpoint(endpoint=EnvoyEndpoint(address=_address(ep))) for ep in spec.endpoints
@@ -322,7 +364,7 @@ def build_load_assignment(spec: ClusterSpec) -> ClusterLoadAssignment:
 
 
 @functools.cache
-def _retry_policy() -> RetryPolicy:
+def _retry_policy() -> Message:
     return RetryPolicy(
         retry_on=RETRY_ON,
         num_retries=NUM_RETRIES,
@@ -337,7 +379,7 @@ def _retry_policy() -> RetryPolicy:
     )
 
 
-def _header_matcher(match: HeaderMatch) -> HeaderMatcher:
+def _header_matcher(match: HeaderMatch) -> Message:
     if match.kind is MatchKind.PRESENT:
         return HeaderMatcher(name=match.name, present_match=True)
     if match.kind is MatchKind.REGEX:
@@ -347,7 +389,7 @@ def _header_matcher(match: HeaderMatch) -> HeaderMatcher:
     return HeaderMatcher(name=match.name, string_match=string)
 
 
-def build_route(spec: RouteSpec) -> Route:
+def build_route(spec: RouteSpec) -> Message:
     match = RouteMatch(prefix=spec.path_prefix, headers=[_header_matcher(h) for h in spec.headers])
     if not spec.clusters:
         body = DataSource(inline_string=spec.failed)
@@ -380,7 +422,7 @@ def build_route(spec: RouteSpec) -> Route:
     )
 
 
-def build_virtual_host(spec: VirtualHostSpec) -> VirtualHost:
+def build_virtual_host(spec: VirtualHostSpec) -> Message:
     """One host (`host` and `host:<port>`, any port) with its routes in order."""
     return VirtualHost(
         name=spec.host,
@@ -389,9 +431,7 @@ def build_virtual_host(spec: VirtualHostSpec) -> VirtualHost:
     )
 
 
-def build_route_configuration(
-    name: str, virtual_hosts: Iterable[VirtualHost]
-) -> RouteConfiguration:
+def build_route_configuration(name: str, virtual_hosts: Iterable[Message]) -> Message:
     return RouteConfiguration(name=name, virtual_hosts=list(virtual_hosts))
 
 
@@ -400,7 +440,7 @@ def sorted_hosts(state: DesiredState) -> list[VirtualHostSpec]:
     return sorted(state.virtual_hosts, key=lambda v: v.host)
 
 
-def build_resources(state: DesiredState) -> dict[str, dict[str, betterproto2.Message]]:
+def build_resources(state: DesiredState) -> dict[str, dict[str, Message]]:
     """Every resource the control plane serves for `state`, by type URL, then by name."""
     listener = state.listener
     return {
@@ -418,7 +458,7 @@ def build_resources(state: DesiredState) -> dict[str, dict[str, betterproto2.Mes
 # -- references (for the snapshot's consistency check) -------------------------------------
 
 
-def route_config_names(listener: Listener) -> set[str]:
+def route_config_names(listener: Any) -> set[str]:
     """The route configurations a listener fetches by RDS."""
     names = set()
     for chain in listener.filter_chains:
@@ -426,13 +466,13 @@ def route_config_names(listener: Listener) -> set[str]:
             config = network_filter.typed_config
             if config is None or not config.type_url.endswith(".HttpConnectionManager"):
                 continue
-            hcm = HttpConnectionManager.parse(config.value)
-            if hcm.rds is not None:
-                names.add(hcm.rds.route_config_name)
+            hcm = wire_json.to_json(HttpConnectionManager.key, bytes(config.value))
+            if "rds" in hcm:
+                names.add(hcm["rds"].get("route_config_name", ""))
     return names
 
 
-def route_clusters(route_configuration: RouteConfiguration) -> set[str]:
+def route_clusters(route_configuration: Any) -> set[str]:
     """Every cluster a route configuration sends traffic to (weighted clusters included)."""
     found = set()
     for vh in route_configuration.virtual_hosts:
@@ -447,9 +487,14 @@ def route_clusters(route_configuration: RouteConfiguration) -> set[str]:
     return found
 
 
-def to_json(msg: betterproto2.Message) -> dict[str, Any]:
+def to_json(msg: Message | betterproto2.Message) -> dict[str, Any]:
     """Proto3 JSON of a message (Any fields carry `@type`), snake_case as in Envoy's docs."""
-    return msg.to_dict(casing=betterproto2.Casing.SNAKE)
+    if isinstance(msg, Message):
+        return wire_json.to_json(msg.key, encode(msg))
+    import betterproto2
+
+    found: dict[str, Any] = msg.to_dict(casing=betterproto2.Casing.SNAKE)
+    return found
 
 
 __all__ = [
@@ -471,4 +516,5 @@ __all__ = [
     "route_config_names",
     "sorted_hosts",
     "to_json",
+    "typed",
 ]

@@ -25,23 +25,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import betterproto2
-from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
-from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment
-from envoy_data_plane.envoy.config.listener.v3 import Listener
-from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
-
 from localmesh.desired import ClusterSpec, DesiredState, ListenerSpec, VirtualHostSpec
 from localmesh.errors import InconsistentSnapshotError
-from localmesh.xds import resources as rs, wire_json
+from localmesh.xds import proto, resources as rs, wire_json
 from localmesh.xds.codec import encode, field_bytes
 
-MESSAGE_TYPES: dict[str, type[betterproto2.Message]] = {
-    rs.CLUSTER_TYPE: Cluster,
-    rs.ENDPOINT_TYPE: ClusterLoadAssignment,
-    rs.LISTENER_TYPE: Listener,
-    rs.ROUTE_TYPE: RouteConfiguration,
-}
+# The schema key (localmesh.xds.proto) of each resource type.
+MESSAGE_KEYS = {t: t.removeprefix(proto.URL_PREFIX) for t in rs.TYPE_ORDER}
+_EDS = rs.ClusterDiscoveryType.EDS
 
 
 def content_version(data: bytes) -> str:
@@ -67,11 +58,13 @@ class Resource:
     def json(self) -> dict[str, Any]:
         """The message as proto3 JSON, read from the bytes (what `to_json(message())`
         gives, ~50x faster: dumps of 1,000 entries)."""
-        return wire_json.to_json(MESSAGE_TYPES[self.type_url], self.body)
+        return wire_json.to_json(MESSAGE_KEYS[self.type_url], self.body)
 
-    def message(self) -> betterproto2.Message:
-        """The decoded message (slow: for dumps and tests, not for serving)."""
-        return MESSAGE_TYPES[self.type_url].parse(self.body)
+    def message(self) -> Any:
+        """The decoded envoy-data-plane message (slow: for tests, not for serving)."""
+        from envoy_data_plane.message_pool import default_message_pool
+
+        return default_message_pool.url_to_type[self.type_url].parse(self.body)
 
 
 _ClusterKey = tuple[object, ...]
@@ -137,24 +130,23 @@ class Snapshot:
         return self.references.route_clusters
 
     @classmethod
-    def from_messages(cls, messages: Mapping[str, Mapping[str, betterproto2.Message]]) -> Snapshot:
-        """A snapshot of hand-made messages (any content, e.g. one Envoy will reject)."""
+    def from_messages(cls, messages: Mapping[str, Mapping[str, Any]]) -> Snapshot:
+        """A snapshot of hand-made messages (any content, e.g. one Envoy will reject): the
+        builders' own (localmesh.xds.proto) or envoy-data-plane's."""
         by_type = {
             t: {n: Resource.of(t, n, encode(m)) for n, m in by_name.items()}
             for t, by_name in messages.items()
         }
         route_clusters: set[str] = set()
         for rc in messages.get(rs.ROUTE_TYPE, {}).values():
-            if isinstance(rc, RouteConfiguration):
-                route_clusters |= rs.route_clusters(rc)
+            route_clusters |= rs.route_clusters(rc)
         route_configs: set[str] = set()
         for listener in messages.get(rs.LISTENER_TYPE, {}).values():
-            if isinstance(listener, Listener):
-                route_configs |= rs.route_config_names(listener)
+            route_configs |= rs.route_config_names(listener)
         eds = {
             name
             for name, cluster in messages.get(rs.CLUSTER_TYPE, {}).items()
-            if isinstance(cluster, Cluster) and cluster.type == ClusterDiscoveryType.EDS
+            if getattr(cluster, "type", None) == _EDS
         }
         references = References(frozenset(route_clusters), frozenset(route_configs), frozenset(eds))
         return cls(by_type, references=references)

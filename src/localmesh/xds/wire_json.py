@@ -1,58 +1,74 @@
 """Proto3 JSON of encoded resources, straight from their wire bytes: what `to_dict` gives.
 
-`dump-envoy-config` prints every resource of a snapshot, which holds them as the bytes
-localmesh.xds.codec wrote. betterproto2's `parse` + `to_dict` re-validates every nested
-message with pydantic and resolves type hints per call: 13 s for 1,000 entries. This
-walks the same field metadata as the codec and writes the same dict (a unit test checks
-equality on every resource the builders produce). Well-known types with a JSON form of
-their own (Duration, wrappers, Struct, ...) are small and go through betterproto2.
+`dump-envoy-config` prints every resource of a snapshot, which holds them as bytes.
+betterproto2's `parse` + `to_dict` re-validates every nested message with pydantic and
+resolves type hints per call: 13 s for 1,000 entries. This walks the generated schema
+table (localmesh.xds.schema_table, read from envoy-data-plane's own metadata) and writes the
+same dict (a unit test checks equality on every resource the builders produce), without
+importing envoy-data-plane. The well-known types with a JSON form of their own (Duration,
+wrappers, Struct, Value, Any) are written as betterproto2 writes them.
 
-    to_json(message_class, data) -> dict
+    to_json(message, data) -> dict    message: a schema key ("envoy.config.cluster.v3.Cluster")
+                                      or a typed envoy-data-plane class
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from collections.abc import Iterator
 from typing import Any
 
-import betterproto2
-from betterproto2 import Message
+from localmesh.xds.proto import FIXED, URL_PREFIX, Field, fields
+from localmesh.xds.schema_table import ENUMS, MESSAGES
 
-_INT_64 = frozenset(betterproto2.INT_64_TYPES)
-_SIGNED_VARINT = frozenset({betterproto2.TYPE_INT32, betterproto2.TYPE_INT64})
-_ZIGZAG = frozenset({betterproto2.TYPE_SINT32, betterproto2.TYPE_SINT64})
-_VARINT = frozenset(
-    {betterproto2.TYPE_ENUM, betterproto2.TYPE_BOOL, betterproto2.TYPE_UINT32}
-    | {betterproto2.TYPE_UINT64}
-    | _SIGNED_VARINT
-    | _ZIGZAG
+_INT_64 = frozenset({"int64", "uint64", "sint64", "fixed64", "sfixed64"})
+_SIGNED_VARINT = frozenset({"int32", "int64"})
+_ZIGZAG = frozenset({"sint32", "sint64"})
+_WRAPPERS = frozenset(
+    "google.protobuf." + name
+    for name in (
+        "BoolValue",
+        "BytesValue",
+        "DoubleValue",
+        "FloatValue",
+        "Int32Value",
+        "Int64Value",
+        "StringValue",
+        "UInt32Value",
+        "UInt64Value",
+    )
 )
-_FIXED = {
-    betterproto2.TYPE_DOUBLE: ("<d", 8),
-    betterproto2.TYPE_FIXED64: ("<Q", 8),
-    betterproto2.TYPE_SFIXED64: ("<q", 8),
-    betterproto2.TYPE_FLOAT: ("<f", 4),
-    betterproto2.TYPE_FIXED32: ("<I", 4),
-    betterproto2.TYPE_SFIXED32: ("<i", 4),
+# Types whose JSON is not a plain object of their fields (`to_dict` of their own).
+_OWN_JSON = _WRAPPERS | {
+    "google.protobuf." + name for name in ("Any", "Duration", "ListValue", "Struct", "Value")
 }
-_ANY_URL = "type.googleapis.com/google.protobuf.Any"
+_PACKAGE = "envoy_data_plane."
 
-# Per class: field number -> (JSON name, metadata, class of the field's values).
-_Fields = dict[int, tuple[str, Any, Any]]
-_fields_cache: dict[type[Message], _Fields] = {}
+# Per message: field number -> field row.
+_by_number: dict[str, dict[int, Field]] = {}
+_key_by_url: dict[str, str] = {}
 
 
-def _fields(cls: type[Message]) -> _Fields:
-    found = _fields_cache.get(cls)
+def key_of(message: str | type) -> str:
+    """The schema key of a typed class (or the key itself)."""
+    if isinstance(message, str):
+        return message
+    return f"{message.__module__.removeprefix(_PACKAGE)}.{message.__name__}"
+
+
+def key_by_url(type_url: str) -> str | None:
+    if not _key_by_url:
+        _key_by_url.update({URL_PREFIX + row[0]: key for key, row in MESSAGES.items()})
+    return _key_by_url.get(type_url)
+
+
+def _numbers(key: str) -> dict[int, Field]:
+    found = _by_number.get(key)
     if found is None:
-        meta: Any = getattr(cls, "_betterproto")  # noqa: B009 - a classproperty
-        found = {
-            fm.number: (name.rstrip("_"), fm, meta.cls_by_field.get(name))
-            for name, fm in meta.meta_by_field_name.items()
-        }
-        _fields_cache[cls] = found
+        found = {f[1]: f for f in fields(key)}
+        _by_number[key] = found
     return found
 
 
@@ -89,54 +105,129 @@ def _records(data: bytes) -> Iterator[tuple[int, int, Any]]:
         yield number, wire, value
 
 
-def _has_own_json(cls: Any) -> bool:
-    return cls.to_dict is not Message.to_dict
+def _dump_float(value: float) -> float | str:
+    # As betterproto2 writes floats: JSON has no literal for these three.
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    if math.isnan(value):
+        return "NaN"
+    return value
 
 
-def _scalar(proto_type: str, value: Any, value_cls: Any) -> Any:
+def _scalar(proto_type: str, value: Any, ref: str | None) -> Any:
     """The JSON of one decoded non-message value (`value` is an int for varints, bytes
     for fixed-width and length-delimited ones)."""
-    if proto_type in _FIXED:
-        number = struct.unpack(_FIXED[proto_type][0], value)[0]
-        if proto_type in (betterproto2.TYPE_FLOAT, betterproto2.TYPE_DOUBLE):
-            return betterproto2._dump_float(number)
+    if proto_type in FIXED:
+        number = struct.unpack(FIXED[proto_type][0], value)[0]
+        if proto_type in ("float", "double"):
+            return _dump_float(number)
         return str(number) if proto_type in _INT_64 else number
-    if proto_type == betterproto2.TYPE_STRING:
+    if proto_type == "string":
         return bytes(value).decode("utf-8")
-    if proto_type == betterproto2.TYPE_BYTES:
+    if proto_type == "bytes":
         return base64.b64encode(value).decode("utf8")
     if proto_type in _ZIGZAG:
         value = (value >> 1) ^ -(value & 1)
     elif proto_type in _SIGNED_VARINT and value >= 1 << 63:
         value -= 1 << 64
-    elif proto_type == betterproto2.TYPE_UINT32:
+    elif proto_type == "uint32":
         value &= 0xFFFFFFFF
-    if proto_type == betterproto2.TYPE_BOOL:
+    if proto_type == "bool":
         return bool(value)
-    if proto_type == betterproto2.TYPE_ENUM:
-        try:
-            member = value_cls(value)
-        except ValueError:
-            return value
-        return (getattr(member, "proto_name", None) or member.name) or value
-    if proto_type == betterproto2.TYPE_INT32 and value >= 1 << 31:
+    if proto_type == "enum":
+        names: dict[int, str] = ENUMS[ref]["json"] if ref is not None else {}
+        return names.get(value, value)
+    if proto_type == "int32" and value >= 1 << 31:
         value -= 1 << 32
     return str(value) if proto_type in _INT_64 else value
 
 
-def _message(cls: Any, data: bytes, unwrap: Any = None) -> Any:
-    if unwrap is not None:
-        cls = unwrap()
-    if cls.__name__ == "Any" and cls.__module__.endswith("google.protobuf"):
+def _plain(key: str, data: bytes) -> dict[int, Any]:
+    """A small message's fields by number, as python values (well-known types)."""
+    numbers = _numbers(key)
+    found: dict[int, Any] = {}
+    for number, _, raw in _records(data):
+        field = numbers.get(number)
+        if field is None:
+            continue
+        _, _, proto_type, repeated, ref, _, _, _ = field
+        if proto_type == "message":
+            value = _message(ref or "", bytes(raw))
+        elif proto_type in FIXED and proto_type in ("float", "double"):
+            value = struct.unpack(FIXED[proto_type][0], raw)[0]
+        elif proto_type == "string":
+            value = bytes(raw).decode("utf-8")
+        else:
+            value = _scalar(proto_type, raw, ref)
+        if repeated:
+            found.setdefault(number, []).append(value)
+        else:
+            found[number] = value
+    return found
+
+
+def _duration(data: bytes) -> str:
+    values = _plain("google.protobuf.Duration", data)
+    seconds, nanos = int(values.get(1, 0)), int(values.get(2, 0))
+    if nanos == 0:
+        return f"{seconds}s"
+    text = f"{nanos:09d}".rstrip("0")
+    return f"{seconds}.{text.ljust(3, '0')}s"
+
+
+def _wrapper(key: str, data: bytes) -> Any:
+    value = _plain(key, data).get(1)
+    if value is not None:
+        return value
+    return fields(key)[0][5]  # the field's default: False, 0, ""
+
+
+def _struct(data: bytes) -> dict[str, Any]:
+    # google.protobuf.Struct: fields = 1, a map<string, Value> (entry: key = 1, value = 2)
+    output: dict[str, Any] = {}
+    for number, _, raw in _records(data):
+        if number != 1:
+            continue
+        key, value = "", None
+        for entry_number, _, entry_raw in _records(bytes(raw)):
+            if entry_number == 1:
+                key = bytes(entry_raw).decode("utf-8")
+            elif entry_number == 2:
+                value = _value(bytes(entry_raw))
+        output[key] = value
+    return output
+
+
+def _value(data: bytes) -> Any:
+    # google.protobuf.Value: null = 1, number = 2, string = 3, bool = 4, struct = 5, list = 6
+    values = _plain("google.protobuf.Value", data)
+    if 1 in values:
+        return None
+    for number in (4, 2, 3, 6, 5):
+        if number in values:
+            return values[number]
+    return None
+
+
+def _message(key: str, data: bytes) -> Any:
+    if key == "google.protobuf.Any":
         return _any(data)
-    if _has_own_json(cls):
-        return cls.parse(data).to_dict(casing=betterproto2.Casing.SNAKE)
-    return to_json(cls, data)
+    if key == "google.protobuf.Duration":
+        return _duration(data)
+    if key in _WRAPPERS:
+        return _wrapper(key, data)
+    if key == "google.protobuf.Struct":
+        return _struct(data)
+    if key == "google.protobuf.Value":
+        return _value(data)
+    if key == "google.protobuf.ListValue":
+        return _plain("google.protobuf.ListValue", data).get(1, [])
+    return to_json(key, data)
 
 
 def _any(data: bytes) -> dict[str, Any]:
-    from envoy_data_plane.message_pool import default_message_pool
-
     type_url, value = "", b""
     for number, _, raw in _records(data):
         if number == 1:
@@ -146,72 +237,81 @@ def _any(data: bytes) -> dict[str, Any]:
     output: dict[str, Any] = {"@type": type_url}
     if not type_url:
         return output
-    inner = default_message_pool.url_to_type[type_url]
-    if _has_own_json(inner):
-        output["value"] = _message(inner, value)
+    key = key_by_url(type_url)
+    if key is None:
+        return _typed_any(type_url, value)
+    if key in _OWN_JSON:
+        output["value"] = _message(key, value)
     else:
-        output.update(to_json(inner, value))
+        output.update(to_json(key, value))
     return output
 
 
-def _value(fm: Any, value_cls: Any, wire: int, raw: Any) -> Any:
-    if fm.proto_type == betterproto2.TYPE_MESSAGE:
-        return _message(value_cls, bytes(raw), fm.unwrap)
-    return _scalar(fm.proto_type, raw, value_cls)
+def _typed_any(type_url: str, value: bytes) -> dict[str, Any]:
+    """An Any of a type the schema table does not hold (hand-made resources in tests):
+    the typed bindings decode it."""
+    import betterproto2
+    from envoy_data_plane.google.protobuf import Any as AnyMessage
+
+    from localmesh.xds.proto import load_typed_bindings
+
+    load_typed_bindings()
+    found: dict[str, Any] = AnyMessage(type_url=type_url, value=value).to_dict(
+        casing=betterproto2.Casing.SNAKE
+    )
+    return found
 
 
-def to_json(cls: type[Message], data: bytes) -> dict[str, Any]:
+def to_json(message: str | type, data: bytes) -> dict[str, Any]:
     """What `cls.parse(data).to_dict(casing=Casing.SNAKE)` returns, without either."""
-    if _has_own_json(cls):
-        return dict(_message(cls, data))
-    fields = _fields(cls)
+    key = key_of(message)
+    if key in _OWN_JSON:
+        return dict(_message(key, data))
+    numbers = _numbers(key)
     output: dict[str, Any] = {}
     for number, wire, raw in _records(data):
-        spec = fields.get(number)
-        if spec is None:
+        field = numbers.get(number)
+        if field is None:
             continue  # unknown to these bindings: to_dict drops it too
-        name, fm, value_cls = spec
-        if fm.proto_type == betterproto2.TYPE_MAP:
-            key_meta, value_meta = fm.map_meta
-            key: Any = None
+        name, _, proto_type, repeated, ref, _, _, map_row = field
+        name = name.rstrip("_")
+        if map_row is not None:
+            key_type, value_type, value_ref = map_row
+            entry_key: Any = None
             item: Any = None
-            item_cls = _map_value_cls(cls, number)
-            for entry_number, entry_wire, entry_raw in _records(bytes(raw)):
+            for entry_number, _, entry_raw in _records(bytes(raw)):
                 if entry_number == 1:
-                    key = _scalar(key_meta.proto_type, entry_raw, None)
+                    entry_key = _scalar(key_type, entry_raw, None)
                 elif entry_number == 2:
-                    item = _value(value_meta, item_cls, entry_wire, entry_raw)
-            output.setdefault(name, {})[key] = item
-        elif fm.repeated:
+                    item = _field_value(value_type, value_ref, entry_raw)
+            output.setdefault(name, {})[entry_key] = item
+        elif repeated:
             items = output.setdefault(name, [])
-            if wire == 2 and fm.proto_type not in (
-                betterproto2.TYPE_MESSAGE,
-                betterproto2.TYPE_STRING,
-                betterproto2.TYPE_BYTES,
-            ):
-                items.extend(_packed(fm.proto_type, bytes(raw), value_cls))
+            if wire == 2 and proto_type not in ("message", "string", "bytes"):
+                items.extend(_packed(proto_type, bytes(raw), ref))
             else:
-                items.append(_value(fm, value_cls, wire, raw))
+                items.append(_field_value(proto_type, ref, raw))
         else:
-            output[name] = _value(fm, value_cls, wire, raw)
+            output[name] = _field_value(proto_type, ref, raw)
     return output
 
 
-def _map_value_cls(cls: Any, number: int) -> Any:
-    meta = cls._betterproto
-    return meta.cls_by_field.get(f"{meta.field_name_by_number[number]}.value")
+def _field_value(proto_type: str, ref: str | None, raw: Any) -> Any:
+    if proto_type == "message":
+        return _message(ref or "", bytes(raw))
+    return _scalar(proto_type, raw, ref)
 
 
-def _packed(proto_type: str, data: bytes, value_cls: Any) -> list[Any]:
+def _packed(proto_type: str, data: bytes, ref: str | None) -> list[Any]:
     values: list[Any] = []
     pos = 0
-    if proto_type in _FIXED:
-        size = _FIXED[proto_type][1]
+    if proto_type in FIXED:
+        size = FIXED[proto_type][2]
         while pos < len(data):
-            values.append(_scalar(proto_type, data[pos : pos + size], value_cls))
+            values.append(_scalar(proto_type, data[pos : pos + size], ref))
             pos += size
         return values
     while pos < len(data):
         number, pos = _varint(data, pos)
-        values.append(_scalar(proto_type, number, value_cls))
+        values.append(_scalar(proto_type, number, ref))
     return values
