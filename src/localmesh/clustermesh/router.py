@@ -46,6 +46,7 @@ from localmesh.clustermesh.membership import (
     session_leases,
     snapshot_shared,
 )
+from localmesh.clustermesh.router_defaults import DEFAULT_IDLE_TIMEOUT
 from localmesh.envoy import EnvoySupervisor
 from localmesh.errors import KubeError, LocalmeshError
 from localmesh.kube.incluster import list_functions, load_incluster_access
@@ -57,7 +58,6 @@ from localmesh.xds.server import XdsServer, start_server
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_IDLE_TIMEOUT = 60.0
 NODE_ID = "localmesh-router"
 # The longest the agent waits between plans: idle checks and lease expiry need no event.
 MAX_TICK = 1.0
