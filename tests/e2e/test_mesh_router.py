@@ -125,7 +125,8 @@ async def router_ip(sb: Sandbox, namespace: str = "billing") -> str:
             sb, "get", "pods", "-n", namespace, "-l", f"{m.COMPONENT_LABEL}=router", "-o", "json"
         )
     ).check()
-    (pod,) = [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+    items = json.loads(out.stdout)["items"]
+    (pod,) = [p for p in items if not p["metadata"].get("deletionTimestamp")]
     return str(pod["status"]["podIP"])
 
 

@@ -62,6 +62,18 @@ async def test_failed_opens_back_off_once_per_round_up_to_the_connecting_cap() -
     assert client.state == "stopped"
 
 
+class CountingTcpDialer(TcpDialer):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.dialled = asyncio.Event()
+
+    async def dial(self) -> Stream:
+        try:
+            return await super().dial()
+        finally:
+            asyncio.get_running_loop().call_soon(self.dialled.set)  # after the failure counts
+
+
 async def test_once_connected_a_lost_tunnel_backs_off_beyond_the_connecting_cap() -> None:
     """A shadow that accepted once and then went away is retried ever more slowly (a
     broken port-forward must not hammer the API server)."""
@@ -77,7 +89,8 @@ async def test_once_connected_a_lost_tunnel_backs_off_beyond_the_connecting_cap(
     secret = new_secret()
     server = await asyncio.start_server(shadow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = TunnelClient(TcpDialer("127.0.0.1", port), secret, {8080: 9090}, pool=1)
+    dialer = CountingTcpDialer("127.0.0.1", port)
+    client = TunnelClient(dialer, secret, {8080: 9090}, pool=1)
     client.start()
     try:
         async with asyncio.timeout(60):
@@ -85,7 +98,8 @@ async def test_once_connected_a_lost_tunnel_backs_off_beyond_the_connecting_cap(
             server.close()
             await server.wait_closed()
             while client.retry_delay <= BACKOFF_MAX_CONNECTING:
-                await asyncio.sleep(0.01)  # polling the retry schedule as it grows
+                dialer.dialled.clear()
+                await dialer.dialled.wait()  # each failed dial doubles the delay
         assert client.stats.opened >= 1
     finally:
         await client.stop()
