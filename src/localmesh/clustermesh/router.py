@@ -350,7 +350,25 @@ class RouterAgent:
     async def run(self, stop: asyncio.Event) -> int:
         self._startup["imported"] = process_age()
         kube = self._kube or KubeObjects(load_incluster_access())
+        envoy_started: asyncio.Task[None] | None = None
         try:
+            # Envoy first: its process boots while this one reads the cluster and builds
+            # the first snapshot (it waits on the ADS socket for it).
+            self._tmp = tempfile.TemporaryDirectory(prefix="lm-router-")
+            root = Path(self._tmp.name)
+            self._xds = await start_server(self._cache, root / "xds.sock")
+            bootstrap = build_bootstrap(
+                BootstrapOptions(xds_socket_path=str(root / "xds.sock"), node_id=NODE_ID)
+            )
+            self._envoy = EnvoySupervisor(
+                bootstrap,
+                runtime_dir=root,
+                envoy_path=self._envoy_path,
+                log_level=self._log_level,
+                concurrency=ENVOY_WORKERS,
+            )
+            envoy_started = asyncio.create_task(self._envoy.start())
+            self._startup["envoy spawned"] = process_age()
             deployment = await kube.get("Deployment", self.namespace, m.router_name(self.service))
             if deployment is None:
                 raise RouterError(
@@ -362,27 +380,19 @@ class RouterAgent:
             self._health = await asyncio.start_server(
                 self._on_health, self.pod_ip, self.health_port
             )
-            self._tmp = tempfile.TemporaryDirectory(prefix="lm-router-")
-            root = Path(self._tmp.name)
-            self._xds = await start_server(self._cache, root / "xds.sock")
             self._start_watches(kube)
             self._publish(datetime.now(UTC))  # default route; endpoints follow on sync
-            bootstrap = build_bootstrap(
-                BootstrapOptions(xds_socket_path=str(root / "xds.sock"), node_id=NODE_ID)
-            )
-            self._envoy = EnvoySupervisor(
-                bootstrap,
-                runtime_dir=root,
-                envoy_path=self._envoy_path,
-                log_level=self._log_level,
-                concurrency=ENVOY_WORKERS,
-            )
-            await self._envoy.start()
+            self._startup["first snapshot"] = process_age()
+            await envoy_started
             self._startup["envoy started"] = process_age()
             self._tasks.append(asyncio.create_task(self._become_ready()))
             self._tasks.append(asyncio.create_task(self._track_routes()))
             return await self._loop(kube, stop)
         finally:
+            if envoy_started is not None and not envoy_started.done():
+                envoy_started.cancel()  # its own clean-up stops the process
+                with contextlib.suppress(BaseException):
+                    await envoy_started
             await self._shutdown(kube)
 
     async def _loop(self, kube: KubeObjects, stop: asyncio.Event) -> int:
