@@ -14,7 +14,10 @@ Figures:
                     (the router is there)
   unmarked          keep-alive req/s and p50 through the Service's cluster IP, before the
                     mesh (the sandbox's service proxy straight to the pods: the alternative)
-                    and while meshed (service proxy -> router's Envoy -> pods)
+                    and while meshed (service proxy -> router's Envoy -> pods); the req/s
+                    target is judged on interleaved rounds (origin Service vs meshed
+                    Service, same load), since one before/after pair is at the mercy of
+                    whatever else the machine runs
   hops              the same keep-alive load straight to one origin pod and straight to
                     the router pod (no service proxy), to show which hop costs what
   phases            where a start's time goes: the `mesh` process's own debug timings
@@ -201,6 +204,24 @@ def print_phases(title: str, found: dict[str, float]) -> None:
         print(f"    {seconds:7.3f} s  {name}")
 
 
+async def interleaved(objects: Any, ip: str, seconds: float, rounds: int = 3) -> dict[str, Any]:
+    """The before path and the meshed path in alternation, while meshed: the origin
+    Service (the original selector: service proxy -> pods, as before the mesh) and the
+    meshed Service (service proxy -> router -> pods). Other engineers' load on this
+    machine moves a single before/after pair by 3x; alternating rounds share it."""
+    from localmesh.clustermesh import manifests as m
+
+    origin = await objects.get("Service", NAMESPACE, m.origin_name(SERVICE))
+    origin_ip = str(origin["spec"]["clusterIP"])
+    direct: list[float] = []
+    meshed: list[float] = []
+    for _ in range(rounds):
+        direct.append((await unmarked_rate(origin_ip, seconds))["rps"])
+        meshed.append((await unmarked_rate(ip, seconds))["rps"])
+    ratio = round(percentile(meshed, 50) / percentile(direct, 50), 2)
+    return {"origin_rps": direct, "meshed_rps": meshed, "ratio_of_medians": ratio}
+
+
 async def hop_rates(objects: Any, seconds: float) -> dict[str, dict[str, float]]:
     """Keep-alive load straight to one origin pod and to the router pod."""
     from localmesh.clustermesh import manifests as m
@@ -318,6 +339,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(f"unmarked through the router: {results['unmarked_meshed']}", flush=True)
         results["hops"] = await hop_rates(objects, args.seconds)
         print(f"unmarked, one hop at a time: {results['hops']}", flush=True)
+        results["interleaved"] = await interleaved(objects, ip, args.seconds)
+        print(f"unmarked, interleaved under the same load: {results['interleaved']}", flush=True)
 
         began = time.monotonic()
         bob = start_mesh(sandbox.kubeconfig, workdir, local_port, "baggage:bob")
@@ -388,14 +411,18 @@ def main() -> None:
     before, meshed = results["unmarked_before"], results["unmarked_meshed"]
     ratios = {
         "unmarked_p50_added_ms": round(meshed["p50_ms"] - before["p50_ms"], 3),
-        "unmarked_rps_ratio": round(meshed["rps"] / before["rps"], 2) if before["rps"] else 0.0,
+        "unmarked_rps_ratio_before_after": (
+            round(meshed["rps"] / before["rps"], 2) if before["rps"] else 0.0
+        ),
+        "unmarked_rps_ratio": results["interleaved"]["ratio_of_medians"],
     }
     met = {name: results[name] <= limit for name, limit in TARGETS.items()}
     met["unmarked_p50_added_ms"] = ratios["unmarked_p50_added_ms"] <= 1.0
     met["unmarked_rps_ratio"] = ratios["unmarked_rps_ratio"] >= 0.5
     print(
         f"unmarked through the router vs before: p50 +{ratios['unmarked_p50_added_ms']} ms, "
-        f"req/s x{ratios['unmarked_rps_ratio']}"
+        f"req/s x{ratios['unmarked_rps_ratio']} (interleaved; one pair before/after: "
+        f"x{ratios['unmarked_rps_ratio_before_after']})"
     )
     print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
     json_line("mesh", machine=info, results=results, **ratios, targets_met=met)
