@@ -248,7 +248,7 @@ def joined_text(options: MeshOptions, joined: Joined) -> str:
     return "\n".join(lines)
 
 
-class _RoutedTunnel:
+class RoutedView:
     """What `status` shows of an auto-mode session: the tunnel's state, and whether the
     router routes the mark yet (`connected, routed`)."""
 
@@ -321,7 +321,7 @@ async def run_mesh(
             if not tunnels:
                 start_tunnel(joined.spec, joined.secret)
             dialer, tunnel = tunnels[0]
-            view = _RoutedTunnel(tunnel)
+            view = RoutedView(tunnel)
             published = StatePublisher(
                 snapshot_of(
                     namespace,
