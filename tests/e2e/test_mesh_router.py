@@ -119,6 +119,17 @@ async def stop_mesh(proc: asyncio.subprocess.Process) -> None:
             await proc.communicate()
 
 
+async def router_ip(sb: Sandbox, namespace: str = "billing") -> str:
+    out = (
+        await sandbox_fixtures.kubectl(
+            sb, "get", "pods", "-n", namespace, "-l", f"{m.COMPONENT_LABEL}=router", "-o", "json"
+        )
+    ).check()
+    items = json.loads(out.stdout)["items"]
+    (pod,) = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return str(pod["status"]["podIP"])
+
+
 async def cluster_ip(sb: Sandbox, namespace: str, service: str) -> str:
     return str((await service_json(sb, namespace, service))["spec"]["clusterIP"])
 
@@ -189,6 +200,11 @@ async def test_marked_http_and_websocket_reach_this_machine_the_rest_the_pods(
         port = await app_stack.enter_async_context(local_app("ana"))
         proc = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{port}:8080", "dev")
         try:
+            # `mesh` says "try ..." only once the router's Envoy routes the mark: the very
+            # first marked request to the router pod is served locally, no retry.
+            router = await router_ip(sandbox)
+            first = await body_of(f"http://{router}:8080/first", {"version": "dev"})
+            assert first == f"ana served /first for {router}:8080"
 
             async def marked() -> str | None:
                 body = await body_of(url, {"version": "dev"})

@@ -44,21 +44,22 @@ async def test_status_shows_the_mesh_session_until_ctrl_c(
         async def listed() -> tuple[CliResult, list[str]] | None:
             shown = await run_cli(tmp_path, "status")
             row = session_row(shown.stdout)
-            return (shown, row) if "connected" in row else None
+            return (shown, row) if "connected," in row else None
 
         # The tunnel may cycle a connection under load: wait for it to be up, with a bound.
         shown, row = await eventually(listed, seconds=30, what="a connected session")
         assert shown.returncode == 1, shown.stdout + shown.stderr
         assert "localmesh: error:" in shown.stderr
-        assert row[:5] == [
+        assert row[:6] == [
             "billing/billing-api",
             "version:",
             "dev",
             f"{local_app}:8080",
-            "connected",
+            "connected,",  # the tunnel is up and the router routes the mark
+            "routed",
         ]
         assert row[-1] == str(proc.pid)
-        before = int(row[5])
+        before = int(row[6])
 
         ip = await shadow_ip(sandbox)
 
@@ -75,7 +76,7 @@ async def test_status_shows_the_mesh_session_until_ctrl_c(
             return session if int(session["served"]) > before else None
 
         session = await eventually(served_more, seconds=15, what="the served count to rise")
-        assert session["tunnel"] == "connected" and session["stale"] is False
+        assert session["tunnel"] == "connected, routed" and session["stale"] is False
         assert session["mark"] == "version: dev"
         assert session["namespace"] == "billing" and session["service"] == "billing-api"
     finally:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from localmesh.cli.main import build_parser
-from localmesh.cli.mesh import mesh_options, session_rows, split_target, table
+from localmesh.cli.mesh import RoutedView, mesh_options, session_rows, split_target, table
 from localmesh.clustermesh import manifests as m
 from localmesh.errors import ConfigError
 from tests.unit.cli_helpers import run_cli
@@ -147,3 +147,48 @@ def test_list_rows_show_mark_holder_and_liveness() -> None:
     ]
     text = table(["A", "B"], [["x", "long value"], ["longer", "y"]])
     assert text.splitlines() == ["A       B", "x       long value", "longer  y"]
+
+
+class FakeTunnel:
+    """What `status` reads of a TunnelClient: its state line and stats."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self.stats = object()
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "routed", "shown"),
+    [
+        ("connecting", False, "connecting"),
+        ("connected", False, "connected, not routed yet"),
+        ("connected", True, "connected, routed"),
+        (
+            "connected; local port 9090 not answering (marked requests get 503)",
+            True,
+            "connected, routed; local port 9090 not answering (marked requests get 503)",
+        ),
+        ("reconnecting (no answer)", True, "reconnecting (no answer)"),
+    ],
+)
+def test_status_says_whether_the_router_routes_the_mark(
+    tunnel: str, routed: bool, shown: str
+) -> None:
+    view = RoutedView(FakeTunnel(tunnel))
+    view.routed = routed
+    assert view.state == shown
+    assert view.stats is view.tunnel.stats
+
+
+def test_only_localmeshs_router_is_asked_whether_it_routes() -> None:
+    args = build_parser().parse_args(["mesh", "billing/billing-api", "--expose", "8080"])
+    assert mesh_options(args, "billing", "billing-api").router_reports_routes
+    real = " ".join(m.router_command("billing", "billing-api", 15021))
+    args = build_parser().parse_args(
+        ["mesh", "billing/billing-api", "--expose", "8080", "--router-command", real]
+    )
+    assert mesh_options(args, "billing", "billing-api").router_reports_routes
+    args = build_parser().parse_args(
+        ["mesh", "billing/billing-api", "--expose", "8080", "--router-command", "python -m x"]
+    )
+    assert not mesh_options(args, "billing", "billing-api").router_reports_routes

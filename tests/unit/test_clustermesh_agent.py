@@ -127,3 +127,21 @@ def test_secret_helpers_round_trip() -> None:
     assert tunnel_wire.parse_secret(secret.hex().upper()) == secret
     assert tunnel_wire.hello(secret) == b"LMT1" + secret
     assert len(tunnel_wire.hello(secret)) == tunnel_wire.HELLO_SIZE
+
+
+def test_the_shadow_agent_does_not_import_the_router() -> None:
+    """The shadow pod's start-up is on every developer's `mesh` path: its command must not
+    pay for Envoy's typed config or the Kubernetes client (the router's imports)."""
+    code = (
+        "import sys\n"
+        "from localmesh.cli.main import build_parser\n"
+        "argv = ['agent', 'shadow', '--ports', '8080']\n"
+        "build_parser(argv=argv).parse_args(argv)\n"
+        "import localmesh.clustermesh.tunnel_shadow, localmesh.clustermesh.marks\n"
+        "heavy = {'envoy_data_plane', 'kubernetes', 'localmesh.clustermesh.router'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [str(BIN / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -3,6 +3,7 @@ router's ports come from its own Deployment. (The running router: tests/e2e.)"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from localmesh.cli.main import main
 from localmesh.clustermesh import manifests as m
-from localmesh.clustermesh.router import router_listen_ports
+from localmesh.clustermesh.router import RouterAgent, router_listen_ports
 from localmesh.errors import KubeError
 from localmesh.kube.incluster import SERVICEACCOUNT_DIR_ENV, load_incluster_access
 from tests.unit.cli_helpers import logging_restored
@@ -80,3 +81,39 @@ def test_router_ports_are_the_deployments_ports_without_the_health_port() -> Non
     ports = [m.RouterPort(8080, "http"), m.RouterPort(9090, None)]
     deployment = m.router_deployment("billing", "billing-api", "img:1", ports)
     assert router_listen_ports(deployment) == [8080, 9090]
+
+
+async def _get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
+    """GET /routed/<session>?wait=S: 404 when the session is not routed within S, and a
+    waiting request answers 200 as soon as the ACKed routes hold it. (What sets the
+    routed set, Envoy's ACK of a snapshot routing the mark, runs in the e2e tests:
+    `mesh` prints its try line only after this answer.)"""
+    agent = RouterAgent("billing", "billing-api", pod_ip="127.0.0.1", health_port=0)
+    server = await asyncio.start_server(agent._on_health, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(30):
+            assert (await _get(port, "/routed/ana?wait=0")).startswith(b"HTTP/1.1 404")
+            assert (await _get(port, "/routed/ana?wait=oops")).startswith(b"HTTP/1.1 404")
+            waiting = asyncio.create_task(_get(port, "/routed/ana?wait=25"))
+            await asyncio.sleep(0)  # let the request start waiting; the answer waits anyway
+            agent._routed = frozenset({"bob"})  # as _track_routes does after an ACK
+            agent._routed_changed.set()
+            agent._routed = frozenset({"bob", "ana"})
+            agent._routed_changed.set()
+            answer = await waiting
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"routed\n")
+            assert (await _get(port, "/routed/bob")).startswith(b"HTTP/1.1 200")
+            assert (await _get(port, "/routed/cora?wait=0.1")).startswith(b"HTTP/1.1 404")
+    finally:
+        server.close()
+        await server.wait_closed()

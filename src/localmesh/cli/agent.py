@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
 
 
 def _register_router(sub: Any) -> None:
-    from localmesh.clustermesh.router import DEFAULT_IDLE_TIMEOUT
+    from localmesh.clustermesh.router_defaults import DEFAULT_IDLE_TIMEOUT
 
     router = sub.add_parser(
         "router",

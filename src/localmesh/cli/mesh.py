@@ -8,13 +8,18 @@ import asyncio
 import contextlib
 import shlex
 import signal
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from localmesh.cli import mesh_manual
 from localmesh.cli.up import add_cluster_arguments
 from localmesh.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from localmesh.clustermesh.session import Joined, MeshOptions
@@ -243,6 +248,27 @@ def joined_text(options: MeshOptions, joined: Joined) -> str:
     return "\n".join(lines)
 
 
+class RoutedView:
+    """What `status` shows of an auto-mode session: the tunnel's state, and whether the
+    router routes the mark yet (`connected, routed`)."""
+
+    def __init__(self, tunnel: Any) -> None:
+        self.tunnel = tunnel
+        self.routed = False
+
+    @property
+    def state(self) -> str:
+        state = str(self.tunnel.state)
+        head, sep, rest = state.partition(";")
+        if not head.startswith("connected"):
+            return state
+        return f"{head}, {'routed' if self.routed else 'not routed yet'}{sep}{rest}"
+
+    @property
+    def stats(self) -> Any:
+        return self.tunnel.stats
+
+
 async def run_mesh(
     kube: KubeObjects, options: MeshOptions, manual: mesh_manual.ManualArgs | None = None
 ) -> int:
@@ -250,7 +276,7 @@ async def run_mesh(
 
     from localmesh.clustermesh.localstate import StatePublisher, snapshot_of
     from localmesh.clustermesh.membership import MeshError
-    from localmesh.clustermesh.session import MeshSession
+    from localmesh.clustermesh.session import MeshSession, wait_routed
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
     from localmesh.errors import KubeError
     from localmesh.forward import Connector
@@ -259,32 +285,55 @@ async def run_mesh(
     session = MeshSession(kube, options) if manual is None else manual.session(kube, options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with _signals(loop, stop):
-        joining = asyncio.create_task(session.join())
-        if not await _first(joining, stop):
-            joining.cancel()  # the join puts back what it changed before it ends
-            with contextlib.suppress(asyncio.CancelledError):
-                await joining
-            print("interrupted; nothing was left changed", flush=True)
-            return 130
-        joined = joining.result()
-        async with aiohttp.ClientSession() as http:
-            dialer = PortForwardDialer(Connector(kube.access, http), namespace, joined.spec.name)
-            tunnel = TunnelClient(
-                dialer, joined.secret, {p.target: p.local for p in joined.spec.ports}
-            )
+    began = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        connector = Connector(kube.access, http)
+        tunnels: list[tuple[PortForwardDialer, TunnelClient]] = []
+
+        def start_tunnel(spec: Any, secret: bytes) -> None:
+            # Started as soon as the shadow pod exists: it connects while the router starts.
+            dialer = PortForwardDialer(connector, namespace, spec.name)
+            tunnel = TunnelClient(dialer, secret, {p.target: p.local for p in spec.ports})
             tunnel.start()
+            tunnels.append((dialer, tunnel))
+
+        async def stop_tunnel() -> None:
+            for dialer, tunnel in tunnels:
+                await tunnel.stop(grace=2.0)
+                await dialer.close()
+
+        with _signals(loop, stop):
+            if manual is None:
+                session.on_shadow = start_tunnel
+            joining = asyncio.create_task(session.join())
+            if not await _first(joining, stop):
+                joining.cancel()  # the join puts back what it changed before it ends
+                with contextlib.suppress(asyncio.CancelledError):
+                    await joining
+                await stop_tunnel()
+                print("interrupted; nothing was left changed", flush=True)
+                return 130
+            try:
+                joined = joining.result()
+            except BaseException:
+                await stop_tunnel()
+                raise
+            if not tunnels:
+                start_tunnel(joined.spec, joined.secret)
+            dialer, tunnel = tunnels[0]
+            view = RoutedView(tunnel)
             published = StatePublisher(
                 snapshot_of(
                     namespace,
                     service,
                     options.mark.header,
                     [str(p) for p in options.exposed],
-                    tunnel,
+                    tunnel if manual is not None else view,
                 )
             )
             published.start()  # for `localmesh status`; removed on the way out
             failure: str | None = None
+            result = None
             try:
                 connecting = asyncio.create_task(
                     asyncio.wait_for(tunnel.wait_ready(), options.ready_timeout)
@@ -299,21 +348,29 @@ async def run_mesh(
                             + (f": {dialer.last_error}" if dialer.last_error else "")
                         )
                     else:
-                        published.publish()  # connected: on disk before we say so
-                        if manual is None:
-                            print(joined_text(options, joined), flush=True)
-                        else:
-                            text = mesh_manual.describe(options, session, manual.output)
-                            print(text, flush=True)
-                        lost = asyncio.create_task(session.lost.wait())
-                        await _first(lost, stop)
-                        lost.cancel()
+                        log.debug("mesh tunnel connected", seconds=time.monotonic() - began)
+                        if manual is None and options.router_reports_routes:
+                            failure = await _until_routed(
+                                wait_routed(connector, namespace, joined, options.ready_timeout),
+                                stop,
+                            )
+                        view.routed = failure is None and not stop.is_set()
+                        if failure is None and not stop.is_set():
+                            log.debug("mesh routed", seconds=time.monotonic() - began)
+                            published.publish()  # on disk before we say so
+                            if manual is None:
+                                print(joined_text(options, joined), flush=True)
+                            else:
+                                text = mesh_manual.describe(options, session, manual.output)
+                                print(text, flush=True)
+                            lost = asyncio.create_task(session.lost.wait())
+                            await _first(lost, stop)
+                            lost.cancel()
                 else:
                     connecting.cancel()
             finally:
-                await published.stop()
-                await tunnel.stop(grace=2.0)
-                await dialer.close()
+                # The Service first (the last one out restores it): the tunnel keeps serving
+                # marked requests in flight meanwhile, then stops.
                 try:
                     result = await asyncio.shield(session.leave())
                 except KubeError as exc:
@@ -322,9 +379,12 @@ async def run_mesh(
                         "the session's Lease expires by itself; then "
                         f"`localmesh mesh clean -n {namespace} {service}` puts the Service back"
                     ) from None
+                finally:
+                    await published.stop()
+                    await stop_tunnel()
         if manual is not None:
             print(f"left {namespace}/{service}; removed the shadow", flush=True)
-        elif result.restored:
+        elif result is not None and result.restored:
             print(f"restored {namespace}/{service}; removed the router", flush=True)
         else:
             print(f"left {namespace}/{service}; others still mesh it", flush=True)
@@ -333,6 +393,23 @@ async def run_mesh(
         if session.lost.is_set():
             raise MeshError(f"the mesh session was lost: {session.lost_reason}")
     return 0
+
+
+async def _until_routed(waiting: Coroutine[Any, Any, None], stop: asyncio.Event) -> str | None:
+    """Wait for the router to route this session (or `stop`); the failure, if any."""
+    from localmesh.clustermesh.membership import MeshError
+
+    task = asyncio.create_task(waiting)
+    if not await _first(task, stop):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    try:
+        task.result()
+    except MeshError as exc:
+        return str(exc)
+    return None
 
 
 async def _first(task: asyncio.Task[Any], stop: asyncio.Event) -> bool:

@@ -11,7 +11,10 @@ and serves what `router_plan` makes of them, again whenever one changes and when
 first live Lease expires (an expired session loses its route within a lease duration
 even if nothing else happens). GET /ready on the health port answers 200 once Envoy ACKed
 a snapshot with the default route and listens on every router port; /healthz while the
-agent runs.
+agent runs; GET /routed/<session>?wait=S answers 200 once Envoy ACKed a snapshot routing
+that session's mark (waiting up to S seconds for it, else 404): a joining `mesh` asks
+through a port-forward before it tells the developer to send requests, so the router
+needs no right to write anything of the session's.
 
 When no live session is left for `idle_timeout` seconds, the router retires: it restores
 the Service (compare-and-swap on its resourceVersion; a session that joined meanwhile
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import tempfile
 import time
@@ -46,26 +50,38 @@ from localmesh.clustermesh.membership import (
     session_leases,
     snapshot_shared,
 )
+from localmesh.clustermesh.router_defaults import DEFAULT_IDLE_TIMEOUT
 from localmesh.envoy import EnvoySupervisor
-from localmesh.errors import KubeError, LocalmeshError
+from localmesh.errors import KubeError, LocalmeshError, NackedError
 from localmesh.kube.incluster import list_functions, load_incluster_access
 from localmesh.kube.objects import Conflict, KubeObjects, NotFound
 from localmesh.kube.reflector import Reflector
 from localmesh.kube.targets import JSON
+from localmesh.runtime import process_start_ticks
 from localmesh.xds.cache import SnapshotCache
 from localmesh.xds.server import XdsServer, start_server
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_IDLE_TIMEOUT = 60.0
 NODE_ID = "localmesh-router"
 # The longest the agent waits between plans: idle checks and lease expiry need no event.
 MAX_TICK = 1.0
 HEALTH_READ_TIMEOUT = 5.0
+ROUTED_WAIT_MAX = 30.0  # the longest a /routed request is held open
 KINDS = ("Lease", "Pod", "EndpointSlice")
 # Envoy's default is one worker per core of the NODE, whatever the pod's CPU share; a
 # proxy in a small pod does better with a few (as sidecars are usually configured).
 ENVOY_WORKERS = 2
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux), for the start-up timings it logs."""
+    ticks = process_start_ticks(os.getpid())
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if ticks is None else round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 2)
 
 
 class RouterError(LocalmeshError):
@@ -121,6 +137,10 @@ class RouterAgent:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._last_live = 0.0
         self._planned: rp.RouterPlan | None = None
+        self._published = asyncio.Event()  # a new snapshot was set
+        self._routed: frozenset[str] = frozenset()  # sessions routed by what Envoy ACKed
+        self._routed_changed = asyncio.Event()
+        self._startup: dict[str, float | None] = {}  # phase -> seconds since process start
 
     # -- watches ---------------------------------------------------------------------------
     def _deliver(self, kind: str) -> Callable[[str, Any], None]:
@@ -172,7 +192,13 @@ class RouterAgent:
                 head = await reader.readuntil(b"\r\n\r\n")
             parts = head.split(b" ", 2)
             path = parts[1].decode("latin-1") if len(parts) > 2 else ""
-            if path == "/healthz":
+            path, _, query = path.partition("?")
+            if path.startswith("/routed/"):
+                routed = await self._wait_routed(path.removeprefix("/routed/"), query)
+                status, body = (
+                    ("200 OK", "routed\n") if routed else ("404 Not Found", "not routed\n")
+                )
+            elif path == "/healthz":
                 status, body = "200 OK", "ok\n"
             elif path == "/ready":
                 status, body = (
@@ -191,6 +217,40 @@ class RouterAgent:
             pass
         finally:
             writer.close()
+
+    async def _wait_routed(self, session: str, query: str) -> bool:
+        """Whether Envoy holds a route for `session`, waiting up to ?wait=S for it."""
+        wait = 0.0
+        for item in query.split("&"):
+            key, _, value = item.partition("=")
+            if key == "wait":
+                with contextlib.suppress(ValueError):
+                    wait = min(max(float(value), 0.0), ROUTED_WAIT_MAX)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                while session not in self._routed:
+                    self._routed_changed.clear()
+                    await self._routed_changed.wait()
+        return session in self._routed
+
+    async def _track_routes(self) -> None:
+        """Keep `_routed` to the sessions of the snapshot Envoy last ACKed."""
+        while True:
+            self._published.clear()
+            version, planned = self._cache.snapshot.version, self._planned
+            try:
+                await self._cache.wait_for_ack(version)
+            except (NackedError, ValueError) as exc:
+                log.error("router snapshot not acked", version=version, reason=str(exc))
+            else:
+                if planned is not None and self._cache.snapshot.version == version:
+                    routed = frozenset(s.name for s in planned.sessions if s.routed)
+                    if routed != self._routed:
+                        self._routed = routed
+                        self._routed_changed.set()
+                        log.info("router acked routes", sessions=sorted(routed))
+            if self._cache.snapshot.version == version:
+                await self._published.wait()
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, now: datetime) -> rp.RouterPlan:
@@ -211,6 +271,7 @@ class RouterAgent:
         snapshot = rp.build_router_snapshot(router)
         if snapshot.version != self._cache.snapshot.version:
             self._cache.set_snapshot(snapshot)
+            self._published.set()
             log.info(
                 "router routes",
                 sessions=[
@@ -226,8 +287,10 @@ class RouterAgent:
             # Ready only with the origin pods known: the Service's selector moves to this
             # pod once it is Ready, and unmarked requests must not fail then.
             await self._all_synced.wait()
+            self._startup["watches synced"] = process_age()
             self._publish(datetime.now(UTC))
             await self._cache.wait_for_ack()
+            self._startup["envoy acked"] = process_age()
             for port in self.ports:
                 await self._envoy.wait_listening(port, within=60.0)
         except LocalmeshError as exc:
@@ -235,7 +298,8 @@ class RouterAgent:
             log.error("router cannot serve", reason=str(exc))
             return
         self.ready = True
-        log.info("router ready", ports=self.ports)
+        self._startup["ready"] = process_age()
+        log.info("router ready", ports=self.ports, seconds_since_process_start=self._startup)
 
     # -- retiring --------------------------------------------------------------------------
     async def retire(self, kube: KubeObjects) -> bool:
@@ -284,8 +348,27 @@ class RouterAgent:
 
     # -- running ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> int:
+        self._startup["imported"] = process_age()
         kube = self._kube or KubeObjects(load_incluster_access())
+        envoy_started: asyncio.Task[None] | None = None
         try:
+            # Envoy first: its process boots while this one reads the cluster and builds
+            # the first snapshot (it waits on the ADS socket for it).
+            self._tmp = tempfile.TemporaryDirectory(prefix="lm-router-")
+            root = Path(self._tmp.name)
+            self._xds = await start_server(self._cache, root / "xds.sock")
+            bootstrap = build_bootstrap(
+                BootstrapOptions(xds_socket_path=str(root / "xds.sock"), node_id=NODE_ID)
+            )
+            self._envoy = EnvoySupervisor(
+                bootstrap,
+                runtime_dir=root,
+                envoy_path=self._envoy_path,
+                log_level=self._log_level,
+                concurrency=ENVOY_WORKERS,
+            )
+            envoy_started = asyncio.create_task(self._envoy.start())
+            self._startup["envoy spawned"] = process_age()
             deployment = await kube.get("Deployment", self.namespace, m.router_name(self.service))
             if deployment is None:
                 raise RouterError(
@@ -297,25 +380,19 @@ class RouterAgent:
             self._health = await asyncio.start_server(
                 self._on_health, self.pod_ip, self.health_port
             )
-            self._tmp = tempfile.TemporaryDirectory(prefix="lm-router-")
-            root = Path(self._tmp.name)
-            self._xds = await start_server(self._cache, root / "xds.sock")
             self._start_watches(kube)
             self._publish(datetime.now(UTC))  # default route; endpoints follow on sync
-            bootstrap = build_bootstrap(
-                BootstrapOptions(xds_socket_path=str(root / "xds.sock"), node_id=NODE_ID)
-            )
-            self._envoy = EnvoySupervisor(
-                bootstrap,
-                runtime_dir=root,
-                envoy_path=self._envoy_path,
-                log_level=self._log_level,
-                concurrency=ENVOY_WORKERS,
-            )
-            await self._envoy.start()
+            self._startup["first snapshot"] = process_age()
+            await envoy_started
+            self._startup["envoy started"] = process_age()
             self._tasks.append(asyncio.create_task(self._become_ready()))
+            self._tasks.append(asyncio.create_task(self._track_routes()))
             return await self._loop(kube, stop)
         finally:
+            if envoy_started is not None and not envoy_started.done():
+                envoy_started.cancel()  # its own clean-up stops the process
+                with contextlib.suppress(BaseException):
+                    await envoy_started
             await self._shutdown(kube)
 
     async def _loop(self, kube: KubeObjects, stop: asyncio.Event) -> int:

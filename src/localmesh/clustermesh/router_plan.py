@@ -309,7 +309,15 @@ def build_router_listener(pod_ip: str, port: int) -> Listener:
         stat_prefix=f"router_{port}",
         codec_type=HttpConnectionManagerCodecType.AUTO,
         http2_protocol_options=Http2ProtocolOptions(),
-        http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=rs.pack(Router()))],
+        # Transparent and lean: no x-request-id or x-envoy-* headers added, no per-status
+        # stats (every request pays for those on the pod's few CPU cycles).
+        generate_request_id=False,
+        http_filters=[
+            HttpFilter(
+                name="envoy.filters.http.router",
+                typed_config=rs.pack(Router(dynamic_stats=False, suppress_envoy_headers=True)),
+            )
+        ],
         local_reply_config=_local_reply_config(),
         upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="websocket")],
         rds=Rds(config_source=rs.ads_config_source(), route_config_name=route_config_name(port)),

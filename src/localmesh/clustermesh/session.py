@@ -17,6 +17,8 @@ import contextlib
 import getpass
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -38,6 +40,8 @@ from localmesh.clustermesh.membership import (
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
 from localmesh.errors import KubeError
+from localmesh.forward import Connector, PodForwarder
+from localmesh.kube import Target
 from localmesh.kube.objects import Conflict, KubeObjects
 from localmesh.kube.targets import JSON, PortNotFound
 
@@ -55,7 +59,8 @@ STUCK_REASONS = frozenset(
         "CrashLoopBackOff",
     }
 )
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.1  # only while joining: pods start in a second or two
+ROUTED_POLL_SECONDS = 10.0  # the router holds a /routed request open this long
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,12 @@ class MeshOptions:
     router_command: tuple[str, ...] | None = None
     router_ready_path: str = "/ready"
     shadow_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def router_reports_routes(self) -> bool:
+        """The router is localmesh's agent, which answers GET /routed (a stand-in is not)."""
+        command = self.router_command
+        return command is None or tuple(command[:3]) == ("localmesh", "agent", "router")
 
 
 @dataclass(frozen=True)
@@ -237,6 +248,52 @@ class Joined:
     created: list[str]
     reused: list[str]
     first: bool  # this session created the router
+    router_pod: str = ""  # the Ready router pod the Service was swapped to
+    router_health_port: int = m.ROUTER_HEALTH_PORT
+
+
+def health_port_of(pod: JSON) -> int:
+    """The port of the router pod's health server (its container port `lm-health`)."""
+    for container in pod.get("spec", {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "lm-health":
+                return int(port["containerPort"])
+    return m.ROUTER_HEALTH_PORT
+
+
+async def wait_routed(connector: Connector, namespace: str, joined: Joined, seconds: float) -> None:
+    """Until the router's Envoy ACKed a route for this session's mark: its GET
+    /routed/<session>, long-polled through a port-forward to the router pod (the user's own
+    right; the router needs none to tell). MeshError after `seconds`."""
+    target = Target(joined.router_pod, "", joined.router_health_port)
+    forwarder = PodForwarder(connector, namespace, target, spares=0)
+    host, port = await forwarder.start()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    last = "no answer yet"
+    try:
+        while (left := until - loop.time()) > 0:
+            path = f"/routed/{joined.spec.name}?wait={min(left, ROUTED_POLL_SECONDS):.1f}"
+            try:
+                async with asyncio.timeout(left + 1):
+                    reader, writer = await asyncio.open_connection(host, port)
+                    try:
+                        writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
+                        status = (await reader.readline()).split(b" ")[1:2]
+                    finally:
+                        writer.close()
+                if status == [b"200"]:
+                    return
+                last = f"the router answers {status[0].decode() if status else 'nothing'}"
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                last = str(exc) or type(exc).__name__
+                await asyncio.sleep(POLL_SECONDS)  # the port-forward is retried shortly
+    finally:
+        await forwarder.stop()
+    raise MeshError(
+        f"the router {namespace}/{joined.router_pod} did not route this session's mark "
+        f"within {seconds:g}s ({last}); see kubectl logs -n {namespace} {joined.router_pod}"
+    )
 
 
 @dataclass(frozen=True)
@@ -257,6 +314,7 @@ class MeshSession:
         self.spec: m.SessionSpec | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._lease: JSON | None = None
+        self.on_shadow: Callable[[m.SessionSpec, bytes], None] | None = None
 
     @property
     def where(self) -> str:
@@ -267,7 +325,12 @@ class MeshSession:
         o = self.options
         if o.mode not in ("auto", "manual"):
             raise MeshError(f"--mode {o.mode}: use auto (the default) or manual")
-        service = await self.kube.get("Service", o.namespace, o.service)
+        # Independent reads at once; their verdicts below keep the order of the messages.
+        service, leases, missing = await asyncio.gather(
+            self.kube.get("Service", o.namespace, o.service),
+            session_leases(self.kube, o.namespace, o.service),
+            self.missing_permissions(),
+        )
         if service is None:
             raise MeshError(f"service {self.where} not found")
         state = mesh_state(service)
@@ -276,7 +339,7 @@ class MeshSession:
                 f"service {self.where} is meshed in {state.mode} mode; {o.mode} mode cannot join it"
             )
         # Manual sessions leave the Service as it is: their Leases say which mode they use.
-        for lease in (await session_leases(self.kube, o.namespace, o.service)).values():
+        for lease in leases.values():
             notes = lease["metadata"].get("annotations") or {}
             other = notes.get(m.MODE_ANNOTATION, "auto")
             if other != o.mode and lease_live(lease):
@@ -306,13 +369,14 @@ class MeshSession:
         except m.PortError as exc:
             raise MeshError(str(exc)) from None
         if not o.skip_port_checking:
-            for port in sorted({p.local for p in ports}):
-                if not await local_port_open(port):
+            local = sorted({p.local for p in ports})
+            answers = await asyncio.gather(*(local_port_open(port) for port in local))
+            for port, ok in zip(local, answers, strict=True):
+                if not ok:
                     raise MeshError(
                         f"nothing accepts connections on local port {port}: start the process "
                         "that should serve it first, or pass --skip-port-checking"
                     )
-        missing = await self.missing_permissions()
         if missing:
             raise MeshError(
                 f"missing permissions to mesh {self.where} (nothing was changed):\n  "
@@ -324,9 +388,18 @@ class MeshSession:
         return await missing_permissions(self.kube, self.options.namespace, self.options.service)
 
     async def join(self) -> Joined:
+        """Check, then join. `on_shadow(spec, secret)`, when set, is called once the shadow
+        pod runs, so the caller's tunnel connects while the router may still be starting."""
         if self.options.mode != "auto":
             raise MeshError(f"--mode {self.options.mode}: a ManualSession joins in that mode")
+        began = time.monotonic()
+        phases: dict[str, float] = {}
+
+        def phase(name: str) -> None:
+            phases[name] = round(time.monotonic() - began, 3)
+
         checked = await self.check()
+        phase("checked")
         o = self.options
         spec = m.SessionSpec(
             namespace=o.namespace,
@@ -345,15 +418,23 @@ class MeshSession:
         secret = new_secret()
         created: list[str] = []
         reused: list[str] = []  # the router and its objects, made by an earlier session
+        shadow: asyncio.Task[JSON] | None = None
         try:
-            # The Lease first: `clean` removes session objects only once their Lease is
-            # gone or expired, and this one is renewed from now on.
+            # Lease and Secret together: `clean` removes a session's objects once its Lease
+            # is gone or expired (a crash between the two leaves nothing it misses), and
+            # this Lease is renewed from now on.
             lease = m.session_lease(spec, duration=o.lease_seconds)
-            self._lease = await self.kube.create("Lease", o.namespace, lease)
-            created.append(f"Lease {o.namespace}/{spec.name}")
+            self._lease, _ = await asyncio.gather(
+                self.kube.create("Lease", o.namespace, lease),
+                self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret)),
+            )
+            created += [f"Lease {o.namespace}/{spec.name}", f"Secret {o.namespace}/{spec.name}"]
             self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
-            await self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret))
-            created.append(f"Secret {o.namespace}/{spec.name}")
+            # The shadow next: its pod starts while the Service and the router are seen to.
+            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec))
+            created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
+            phase("session objects")
+            shadow = asyncio.create_task(self._shadow_running(spec, secret))
 
             def add(current: JSON) -> JSON:
                 state = mesh_state(current)
@@ -365,28 +446,27 @@ class MeshSession:
 
             before, meshed = await cas_service(self.kube, o.namespace, o.service, add)
             first = mesh_state(before).original_selector is None
+            phase("listed on the service")
             claim = f"{spec.name} {m.micro_time()}"
-            shared = [
-                m.origin_service(meshed),
-                *m.router_rbac(o.namespace, o.service),
-                m.router_deployment(
-                    o.namespace,
-                    o.service,
-                    o.image,
-                    checked.router_ports,
-                    command=o.router_command,
-                    ready_path=o.router_ready_path,
-                ),
-            ]
-            for obj in shared:
-                _, made = await ensure(self.kube, obj, claim)
-                what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
-                (created if made else reused).append(what)
-            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec))
-            created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
+            deployment = m.router_deployment(
+                o.namespace,
+                o.service,
+                o.image,
+                checked.router_ports,
+                command=o.router_command,
+                ready_path=o.router_ready_path,
+            )
+            # The router's ServiceAccount and Role before its Deployment: a pod naming a
+            # ServiceAccount that does not exist yet is refused, and the agent reads at once.
+            for group in ([m.origin_service(meshed), *m.router_rbac(o.namespace, o.service)],
+                          [deployment]):  # fmt: skip
+                made = await asyncio.gather(*(ensure(self.kube, obj, claim) for obj in group))
+                for obj, (_, new) in zip(group, made, strict=True):
+                    what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
+                    (created if new else reused).append(what)
+            phase("router objects")
             router_selector = f"{m.managed_selector(o.service)},{m.COMPONENT_LABEL}=router"
-            shadow_selector = f"{m.SESSION_LABEL}={spec.name}"
-            await asyncio.gather(
+            router_pod, _ = await asyncio.gather(
                 wait_pod_ready(
                     self.kube,
                     o.namespace,
@@ -395,17 +475,9 @@ class MeshSession:
                     image=o.image,
                     seconds=o.ready_timeout,
                 ),
-                wait_pod_ready(
-                    self.kube,
-                    o.namespace,
-                    shadow_selector,
-                    what="shadow",
-                    image=o.image,
-                    seconds=o.ready_timeout,
-                    # Ready only once this machine's tunnel connects, after the join.
-                    running_is_enough=True,
-                ),
+                shadow,
             )
+            phase("router ready, shadow running")
 
             def swap(current: JSON) -> JSON | None:
                 if spec.name not in mesh_state(current).sessions:
@@ -418,11 +490,46 @@ class MeshSession:
                 return routed(current)
 
             await cas_service(self.kube, o.namespace, o.service, swap)
+            phase("selector on the router")
         except BaseException:
             # Put back whatever this join changed, even on Ctrl-C, then report the cause.
+            if shadow is not None:
+                shadow.cancel()
+                with contextlib.suppress(BaseException):
+                    await shadow
             await asyncio.shield(self._rollback())
             raise
-        return Joined(spec, secret, created, reused, first)
+        log.debug("mesh joined", session=spec.name, first=first, seconds_since_start=phases)
+        return Joined(
+            spec,
+            secret,
+            created,
+            reused,
+            first,
+            router_pod=str(router_pod["metadata"]["name"]),
+            router_health_port=health_port_of(router_pod),
+        )
+
+    async def _shadow_running(
+        self,
+        spec: m.SessionSpec,
+        secret: bytes,
+    ) -> JSON:
+        """The shadow pod once its agent runs; then `on_shadow` (the tunnel may connect)."""
+        o = self.options
+        pod = await wait_pod_ready(
+            self.kube,
+            o.namespace,
+            f"{m.SESSION_LABEL}={spec.name}",
+            what="shadow",
+            image=o.image,
+            seconds=o.ready_timeout,
+            # Ready only once this machine's tunnel connects: running is what to wait for.
+            running_is_enough=True,
+        )
+        if self.on_shadow is not None:
+            self.on_shadow(spec, secret)
+        return pod
 
     async def _rollback(self) -> None:
         try:
@@ -471,6 +578,8 @@ class MeshSession:
         if self.spec is None:
             return LeaveResult(False, [])
         o, name = self.options, self.spec.name
-        deleted = await delete_session_objects(self.kube, o.namespace, name)
+        # Off the Service first (the last one out restores its selector: the moment that
+        # counts), then the session's own objects; its Lease keeps the route until then.
         result = await remove_sessions(self.kube, o.namespace, o.service, {name})
+        deleted = await delete_session_objects(self.kube, o.namespace, name)
         return LeaveResult(result.restored, deleted + result.deleted)

@@ -12,7 +12,8 @@ back as connections are used (idle connections are never closed by this side: th
 might be handing one out at that moment). A failed open, or an idle connection lost, is
 retried with exponential backoff (the attempts of one round count once: the whole pool
 lost at once is one step, 50 ms), so a broken port-forward reconnects by itself, quickly,
-and without hammering the API server while it stays broken.
+and without hammering the API server while it stays broken. Before the first connection
+ever opened (the shadow pod starting) the backoff stays short.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ DEFAULT_POOL = 4
 DEFAULT_MAX_POOL = 64
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 5.0
+# Until the first connection opens (the shadow pod is still starting) retry at least this
+# often: the agent listens within a second or two and the developer is waiting for it.
+BACKOFF_MAX_CONNECTING = 0.2
 DECAY_SECONDS = 10.0  # without a burst for this long the pool target halves
 LOCAL_CONNECT_TIMEOUT = 3.0
 LOCAL_HOSTS = ("127.0.0.1", "::1")  # a local server may listen on either
@@ -309,11 +313,14 @@ class TunnelClient:
 
     def _failed(self, round_: int, error: str) -> None:
         if self.stats.last_tunnel_error != error or self._delay == 0:
-            log.warning("tunnel to the shadow failed; reconnecting", error=error)
+            # Before the first connection the shadow agent may still be starting: expected.
+            say = log.warning if self.stats.opened else log.debug
+            say("tunnel to the shadow failed; reconnecting", error=error)
         self.stats.last_tunnel_error = error
         if round_ == self._round:
             self._round += 1
-            self._delay = min(BACKOFF_MAX, max(BACKOFF_INITIAL, self._delay * 2))
+            ceiling = BACKOFF_MAX if self.stats.opened else BACKOFF_MAX_CONNECTING
+            self._delay = min(ceiling, max(BACKOFF_INITIAL, self._delay * 2))
         if self.stats.idle == 0:
             self._ready.clear()
         self._fill()
