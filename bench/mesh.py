@@ -134,10 +134,7 @@ def spec_of(svc: dict[str, Any]) -> Any:
 
 
 def start_mesh(kubeconfig: str, workdir: Path, port: int, mark: str) -> subprocess.Popen[str]:
-    from localmesh.clustermesh import manifests as m
 
-    router = [*m.router_command(NAMESPACE, SERVICE, m.ROUTER_HEALTH_PORT)]
-    router += ["--idle-timeout", str(IDLE_TIMEOUT)]
     runtime = workdir / f"rt-{mark.replace(':', '-')}-{time.monotonic_ns()}"
     runtime.mkdir()
     log = (runtime / "mesh.log").open("w")
@@ -145,8 +142,7 @@ def start_mesh(kubeconfig: str, workdir: Path, port: int, mark: str) -> subproce
         [
             LOCALMESH, "mesh", f"{NAMESPACE}/{SERVICE}", "--expose", f"{port}:{PORT}",
             "--version-mark", mark, "--kubeconfig", kubeconfig,
-            "--router-command", " ".join(router),
-            "--shadow-env", "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
+            "--router-idle-timeout", str(IDLE_TIMEOUT),
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,

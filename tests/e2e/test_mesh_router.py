@@ -37,16 +37,6 @@ sandbox_factory = sandbox_fixtures.sandbox_factory
 IDLE_TIMEOUT = 2  # seconds without a live session before the router restores the Service
 
 
-def router_command(namespace: str, service: str) -> str:
-    return " ".join(
-        [
-            *m.router_command(namespace, service, m.ROUTER_HEALTH_PORT),
-            "--idle-timeout",
-            str(IDLE_TIMEOUT),
-        ]
-    )
-
-
 @asynccontextmanager
 async def local_app(name: str) -> AsyncIterator[int]:
     """A developer's process on this machine: HTTP answers name it; /ws echoes."""
@@ -77,7 +67,6 @@ async def local_app(name: str) -> AsyncIterator[int]:
 async def start_mesh(
     sb: Sandbox, tmp_path: Path, target: str, expose: str, mark: str
 ) -> asyncio.subprocess.Process:
-    namespace, service = target.split("/")
     runtime = tmp_path / f"rt-{mark.replace(':', '-')}"
     runtime.mkdir()
     proc = await asyncio.create_subprocess_exec(
@@ -90,10 +79,8 @@ async def start_mesh(
         mark,
         "--kubeconfig",
         str(sb.kubeconfig_path),
-        "--router-command",
-        router_command(namespace, service),
-        "--shadow-env",
-        "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
+        "--router-idle-timeout",
+        str(IDLE_TIMEOUT),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

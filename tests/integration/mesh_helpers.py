@@ -1,10 +1,5 @@
-"""Helpers for the `localmesh mesh` tests on the sandbox.
-
-The router agent does not exist yet: its Deployment runs the sandbox's testagent on the
-health port instead (the rest of the pod spec is the real one). Shadow pods run the real
-`localmesh agent shadow`; the sandbox's pods share one loopback, so its tunnel port binds the
-pod's own IP.
-"""
+"""Helpers for the `localmesh mesh` tests on the sandbox, whose pods run the real
+`localmesh agent router` (with its Envoy) and `localmesh agent shadow`."""
 
 from __future__ import annotations
 
@@ -21,15 +16,6 @@ from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests.sandbox_fixtures import kubectl
 
-ROUTER_STAND_IN = (
-    "python",
-    "-m",
-    "localmesh.sandbox.testagent",
-    "serve",
-    "--port",
-    str(m.ROUTER_HEALTH_PORT),
-)
-SHADOW_ENV = (("LOCALMESH_TUNNEL_BIND", "$(POD_IP)"),)
 SERVER_FIELDS = ("resourceVersion", "managedFields", "generation")
 
 
@@ -39,9 +25,6 @@ def options(local_port: int, mark: str = "dev", **overrides: Any) -> MeshOptions
         "service": "billing-api",
         "mark": parse_version_mark(mark),
         "exposed": parse_expose(f"{local_port}:8080"),
-        "router_command": ROUTER_STAND_IN,
-        "router_ready_path": "/healthz",
-        "shadow_env": SHADOW_ENV,
         "ready_timeout": 60.0,
     }
     values.update(overrides)

@@ -74,7 +74,7 @@ def test_defaults() -> None:
     assert options.image == m.DEFAULT_ROUTER_IMAGE == "localmesh/localmesh:0.1.0"
     assert options.mark.key == "version" and options.mark.generated
     assert options.mode == "auto" and not options.skip_port_checking
-    assert options.router_command is None and options.router_ready_path == "/ready"
+    assert options.router_idle_timeout is None  # the router's own default
 
 
 def test_option_errors() -> None:

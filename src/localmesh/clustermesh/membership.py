@@ -200,7 +200,8 @@ async def ensure(
     kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.0
 ) -> tuple[JSON, bool]:
     """Create `obj`, or claim the existing one (bump its claim annotation, so a leaver's
-    preconditioned delete misses it). An object of that name that localmesh did not create
+    preconditioned delete misses it; take `obj`'s owner, and for the router's Role add its
+    session Leases). An object of that name that localmesh did not create
     is an error; one being deleted is waited for, then created again. Returns the object and
     whether this call created it."""
     kind, meta = obj["kind"], obj["metadata"]
@@ -224,6 +225,10 @@ async def ensure(
                 continue
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
+            if "ownerReferences" in wanted["metadata"]:  # the owner may be a new one
+                claimed["metadata"]["ownerReferences"] = wanted["metadata"]["ownerReferences"]
+            if kind == "Role":  # the router may delete this joiner's Lease once dead
+                claimed = m.with_session_leases(claimed, wanted)
             return await kube.replace(kind, namespace, name, claimed), False
         except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again

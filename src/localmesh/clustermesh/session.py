@@ -71,10 +71,9 @@ class MeshOptions:
     lease_seconds: int = m.LEASE_DURATION_SECONDS
     holder: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
     session_id: str = field(default_factory=lambda: secrets.token_hex(3))
-    # Stand-ins while testing: the router's command and readiness path, the shadow's env.
-    router_command: tuple[str, ...] | None = None
-    router_ready_path: str = "/ready"
-    shadow_env: tuple[tuple[str, str], ...] = ()
+    # Seconds without a live session before the router restores the Service (None: the
+    # router's default). The session that creates the router sets it.
+    router_idle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -339,7 +338,6 @@ class MeshSession:
             ports=tuple(checked.ports),
             image=o.image,
             mode=o.mode,
-            shadow_env=o.shadow_env,
         )
         self.spec = spec
         secret = new_secret()
@@ -352,7 +350,9 @@ class MeshSession:
             self._lease = await self.kube.create("Lease", o.namespace, lease)
             created.append(f"Lease {o.namespace}/{spec.name}")
             self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
-            await self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret))
+            # Owned by the Lease: deleting a dead session's Lease removes its objects.
+            secret_obj = m.tunnel_secret(spec, secret, self._lease)
+            await self.kube.create("Secret", o.namespace, secret_obj)
             created.append(f"Secret {o.namespace}/{spec.name}")
 
             def add(current: JSON) -> JSON:
@@ -366,23 +366,26 @@ class MeshSession:
             before, meshed = await cas_service(self.kube, o.namespace, o.service, add)
             first = mesh_state(before).original_selector is None
             claim = f"{spec.name} {m.micro_time()}"
+            # The origin Service first: it owns the rest (deleting it removes them all).
+            origin, made = await ensure(self.kube, m.origin_service(meshed), claim)
+            (created if made else reused).append(
+                f"Service {o.namespace}/{m.origin_name(o.service)}"
+            )
             shared = [
-                m.origin_service(meshed),
-                *m.router_rbac(o.namespace, o.service),
+                *m.router_rbac(o.namespace, o.service, [spec.name]),
                 m.router_deployment(
                     o.namespace,
                     o.service,
                     o.image,
                     checked.router_ports,
-                    command=o.router_command,
-                    ready_path=o.router_ready_path,
+                    idle_timeout=o.router_idle_timeout,
                 ),
             ]
             for obj in shared:
-                _, made = await ensure(self.kube, obj, claim)
+                _, made = await ensure(self.kube, m.owned_by(obj, origin), claim)
                 what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
                 (created if made else reused).append(what)
-            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec))
+            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec, self._lease))
             created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
             router_selector = f"{m.managed_selector(o.service)},{m.COMPONENT_LABEL}=router"
             shadow_selector = f"{m.SESSION_LABEL}={spec.name}"

@@ -232,6 +232,8 @@ class Kubelet:
         uid = ev.obj["metadata"]["uid"]
         if ev.type == "ADDED":
             new = PodRuntime(ev.obj["metadata"]["namespace"], ev.obj["metadata"]["name"], uid)
+            if self.cluster.faults.held_unready(ev.obj):
+                new.forced_ready = False
             self.runtimes[uid] = new
             new.task = self.cluster.tasks.spawn(self._run(new), f"pod/{new.namespace}/{new.name}")
         elif ev.type == "DELETED":
