@@ -14,6 +14,7 @@ from localmesh.clustermesh.marks import parse_expose, parse_version_mark
 from localmesh.clustermesh.session import MeshOptions, Permission
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
+from localmesh.sandbox.resources import EVENTS, TYPES
 from tests.sandbox_fixtures import kubectl
 
 SERVER_FIELDS = ("resourceVersion", "managedFields", "generation")
@@ -76,6 +77,17 @@ async def managed_objects(sb: Sandbox, namespace: str = "billing") -> list[str]:
         f"{i['kind']}/{i['metadata']['name']}"
         for i in items
         if not i["metadata"].get("deletionTimestamp")
+    )
+
+
+def namespace_objects(sb: Sandbox, namespace: str = "billing") -> list[str]:
+    """Every object in `namespace` as kind/name (Events aside: they record, not configure),
+    to compare a namespace before and after localmesh was there."""
+    return sorted(
+        f"{rtype.kind}/{obj['metadata']['name']}"
+        for rtype in TYPES
+        if rtype.namespaced and rtype is not EVENTS
+        for obj in sb.store.iter(rtype, namespace)
     )
 
 
