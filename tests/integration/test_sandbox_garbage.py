@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from localmesh.sandbox import Sandbox, Scenario
-from localmesh.sandbox.resources import BY_PLURAL, CONFIGMAPS, LEASES, PODS, ROLES
+from localmesh.sandbox.resources import (
+    BY_PLURAL,
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    LEASES,
+    PODS,
+    REPLICASETS,
+    ROLES,
+)
 from tests import sandbox_fixtures
 from tests.integration.test_sandbox_processes import PROBE, agent_deployment
 from tests.sandbox_fixtures import SandboxFactory, kubectl
@@ -175,3 +183,25 @@ async def test_a_pod_without_its_token_starts(sandbox_factory: SandboxFactory) -
     kubelet = sb.cluster.kubelet
     directory = kubelet.pod_dir(kubelet.runtime(NAMESPACE, pod["metadata"]["name"]))
     assert directory.is_dir() and not (directory / "serviceaccount").exists()
+
+
+async def test_foreground_deletion_keeps_the_owner_until_its_dependents_are_gone(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY)
+    deployment = agent_deployment(readinessProbe=PROBE)
+    deployment["spec"]["template"]["spec"]["serviceAccountName"] = "default"
+    sb.apply([deployment])
+    await sb.wait_all_ready(60)
+    sb.faults.termination_delay = 1.0  # the pod takes a while to go
+    (await kubectl(sb, "delete", "deploy", "agent", "-n", NAMESPACE, "--cascade=foreground",
+                   "--wait=false")).check()  # fmt: skip
+    owner = sb.store.get(DEPLOYMENTS, NAMESPACE, "agent")
+    assert owner["metadata"]["deletionTimestamp"]
+    assert "foregroundDeletion" in owner["metadata"]["finalizers"]
+    await sb.wait_for(
+        lambda: sb.store.peek(DEPLOYMENTS, NAMESPACE, "agent") is None,
+        seconds=60,
+        what="the deployment gone after its replica set and pod",
+    )
+    assert not sb.pods(NAMESPACE) and not names(sb, REPLICASETS)

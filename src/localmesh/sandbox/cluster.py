@@ -268,6 +268,10 @@ class Cluster:
             )
         if propagation == "Orphan":
             self.garbage.orphan(obj["metadata"]["uid"])
+        elif propagation == "Foreground" and self.garbage.has_dependents(obj["metadata"]["uid"]):
+            if obj["metadata"].get("deletionTimestamp"):
+                return copy.deepcopy(obj)  # already waiting for its dependents
+            return self.garbage.delete_in_foreground(rtype, obj)
         if rtype is PODS:
             if grace is None:
                 grace = int(obj["spec"].get("terminationGracePeriodSeconds", 30))

@@ -11,8 +11,9 @@ dependent's namespace, or cluster-wide for a cluster-scoped kind). So:
   is deleted as soon as it is seen; one whose owner kind is unknown is left alone;
 - a dependent with at least one owner left stays; references to gone owners are removed
   from it (the real collector patches them away);
-- `propagationPolicy: Orphan` removes the reference from the dependents instead.
-  `Foreground` is treated as `Background` (the owner goes at once, its dependents next).
+- `propagationPolicy: Orphan` removes the reference from the dependents instead;
+  `Foreground` keeps the owner (deletionTimestamp, finalizer `foregroundDeletion`) until
+  its dependents are gone, and so in turn for theirs.
 
 An index from owner uid to dependents keeps each deletion cheap with thousands of pods.
 """
@@ -64,6 +65,7 @@ class GarbageCollector:
         self._gone: set[str] = set()  # uids of deleted objects, to collect after
         self._check: set[Key] = set()  # dependents whose owners may be missing
         self._scheduled = False
+        self._waiting: dict[str, Key] = {}  # foreground owners by uid: gone once alone
 
     # -- event intake ----------------------------------------------------------------------
     def on_event(self, ev: StoredEvent) -> None:
@@ -82,6 +84,8 @@ class GarbageCollector:
             uid = ev.obj["metadata"].get("uid")
             if uid and uid in self._dependents:
                 self._gone.add(uid)
+            elif not any(u in self._waiting for u in old_uids):
+                return
         elif new_uids - old_uids:
             self._check.add(key)  # a new reference: its owner may already be gone
         else:
@@ -93,13 +97,20 @@ class GarbageCollector:
 
     def flush(self) -> None:
         self._scheduled = False
-        while self._gone or self._check:
+        while True:
             gone, self._gone = self._gone, set()
             check, self._check = self._check, set()
             for uid in gone:
                 check |= self._dependents.get(uid, set())
             for key in sorted(check):
                 self._attempt(key)
+            done = [uid for uid in self._waiting if not self._dependents.get(uid)]
+            for uid in done:  # foreground owners whose dependents are all gone
+                plural, namespace, name = self._waiting.pop(uid)
+                with contextlib.suppress(errors.ApiError):
+                    self.cluster.store.delete(BY_PLURAL[plural], namespace or None, name)
+            if not (self._gone or self._check or done):
+                return
 
     def collect(self, owner_uid: str) -> None:
         """Collect the dependents of a deleted owner now (the delete call's own cascade)."""
@@ -136,6 +147,29 @@ class GarbageCollector:
         log.debug("garbage collected", kind=rtype.kind, namespace=namespace, name=name)
         with contextlib.suppress(errors.ApiError):
             self.cluster.delete(rtype, namespace or None, name)
+
+    def has_dependents(self, owner_uid: str) -> bool:
+        return bool(self._dependents.get(owner_uid))
+
+    def delete_in_foreground(self, rtype: ResourceType, owner: Obj) -> Obj:
+        """Mark `owner` deleted (foregroundDeletion finalizer) and collect its dependents;
+        it goes once the last of them has."""
+        key = _key(rtype, owner)
+        new = copy.deepcopy(owner)
+        finalizers = new["metadata"].setdefault("finalizers", [])
+        if "foregroundDeletion" not in finalizers:
+            finalizers.append("foregroundDeletion")
+        self.cluster.store.update(rtype, new, check_version=False)
+        marked = self.cluster.store.mark_deleting(rtype, key[1] or None, key[2], 0)
+        self._waiting[owner["metadata"]["uid"]] = key
+        for dependent in sorted(self._dependents.get(owner["metadata"]["uid"], set())):
+            plural, namespace, name = dependent
+            with contextlib.suppress(errors.ApiError):  # in the foreground too, as the real GC
+                self.cluster.delete(
+                    BY_PLURAL[plural], namespace or None, name, propagation="Foreground"
+                )
+        self.flush()
+        return marked
 
     def orphan(self, owner_uid: str) -> None:
         """Remove references to `owner_uid` from its dependents (propagationPolicy Orphan)."""
