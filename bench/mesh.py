@@ -134,7 +134,6 @@ def spec_of(svc: dict[str, Any]) -> Any:
 
 
 def start_mesh(kubeconfig: str, workdir: Path, port: int, mark: str) -> subprocess.Popen[str]:
-
     runtime = workdir / f"rt-{mark.replace(':', '-')}-{time.monotonic_ns()}"
     runtime.mkdir()
     log = (runtime / "mesh.log").open("w")
