@@ -112,7 +112,8 @@ async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
     assert "restored Service billing/billing-api (selector app=billing-api)" in report.actions
     assert "deleted Deployment billing/billing-api-localmesh-router" in report.actions
     # With its Lease go (garbage collected) the session's shadow pod and Secret.
-    assert f"deleted Lease billing/{name}" in report.actions
+    for kind in ("Lease", "Pod", "Secret"):
+        assert f"deleted {kind} billing/{name}" in report.actions
     assert await service_json(sandbox) == before
     await wait_managed_gone(sandbox)
     again = await cleanup.clean(kube, None)

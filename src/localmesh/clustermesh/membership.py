@@ -278,8 +278,11 @@ async def delete_session_objects(
     `if_dead` (someone else's session), only while its Lease stays dead: one renewed since
     it was judged dead keeps everything."""
     done: list[str] = []
-    for kind in ("Lease", "Pod", "Secret"):
-        obj = await kube.get(kind, namespace, name)
+    kinds = ("Lease", "Pod", "Secret")
+    # Read first: the Pod and Secret are the Lease's, and may be garbage collected by the
+    # time they are deleted here; gone either way, they are reported.
+    found = await asyncio.gather(*(kube.get(kind, namespace, name) for kind in kinds))
+    for kind, obj in zip(kinds, found, strict=True):
         if obj is None or not _is_ours(obj):
             continue
         version = None
@@ -291,7 +294,9 @@ async def delete_session_objects(
             done.append(f"{kind} {namespace}/{name}")
             continue
         try:
-            if await kube.delete(kind, namespace, name, resource_version=version):
+            if await kube.delete(kind, namespace, name, resource_version=version) or (
+                kind != "Lease"
+            ):
                 done.append(f"{kind} {namespace}/{name}")
         except Conflict:
             return done  # renewed after all: the session lives
