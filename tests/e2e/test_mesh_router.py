@@ -25,6 +25,7 @@ from tests import sandbox_fixtures
 from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
     SERVER_FIELDS,
+    managed_objects,
     namespace_objects,
     service_json,
     wait_managed_gone,
@@ -350,6 +351,14 @@ async def test_two_developers_a_killed_session_falls_back_and_the_router_restore
                 seconds=m.LEASE_DURATION_SECONDS + 10,
                 what="ana's mark back on the pods",
             )
+            assert await served_by("bob", {"baggage": "bob"})
+
+            # Dead beyond doubt (5 s past expiry), ana's session loses its Lease to the
+            # router, and its shadow pod and Secret with it; bob's is untouched.
+            async def anas_session_gone() -> bool:
+                return not any("-localmesh-dev-" in n for n in await managed_objects(sandbox))
+
+            await eventually(anas_session_gone, seconds=30, what="ana's session removed")
             assert await served_by("bob", {"baggage": "bob"})
 
             # bob's machine dies too: nobody is left, the router restores the Service.
