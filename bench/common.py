@@ -462,13 +462,15 @@ def kubectl_port_forward(
         log.unlink(missing_ok=True)  # kubectl keeps its descriptor; the name can go
 
 
-def start_static_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Envoy on a static config file (what the seed tool runs)."""
-    return subprocess.Popen(
-        [ENVOY, "-c", str(config), "--disable-hot-restart", "-l", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
+def start_static_envoy(
+    config: Path, log: Path, *, concurrency: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Envoy on a static config file (what the seed tool runs); `concurrency` worker
+    threads (Envoy's default: one per core)."""
+    argv = [ENVOY, "-c", str(config), "--disable-hot-restart", "-l", "warning"]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
 
 def make_workdir(prefix: str) -> Path:

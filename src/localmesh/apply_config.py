@@ -15,6 +15,7 @@ backend equal, so no forwarder is touched.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +24,7 @@ import structlog
 from localmesh.config import Config, ServiceEntry
 from localmesh.errors import TargetError
 from localmesh.forward import ForwarderEvent, ForwardManager
-from localmesh.kube import ServiceKey
+from localmesh.kube import ServiceKey, TargetUpdate
 from localmesh.protocol_choice import ProtocolChoice, choose_protocol
 from localmesh.reconciler import Reconciler
 
@@ -41,6 +42,7 @@ class BackendState:
     reason: str = ""  # `error` without the entry's own label: the 503 body says it
     last_reconnect: datetime | None = None
     last_reconnect_reason: str = ""
+    unfollow: Callable[[], None] | None = None  # stops following the Service's port
 
 
 def _reason(entry: ServiceEntry, error: str) -> str:
@@ -58,6 +60,7 @@ class Backends:
         self._states: dict[ServiceEntry, BackendState] = {}
         self.config = Config()
         self.arrivals = asyncio.Event()  # any forwarder event (start-up waits on it)
+        self._applying = False  # a protocol change then waits for apply's own publish
 
     def state(self, backend: ServiceEntry) -> BackendState | None:
         return self._states.get(backend)
@@ -82,17 +85,23 @@ class Backends:
         """Make forwarders and routes follow `config` (only the difference is touched)."""
         wanted = config.backends()
         keep = set(wanted)
-        for backend in [b for b in self._states if b not in keep]:
-            state = self._states.pop(backend)
-            if state.key is not None:
-                await self._manager.remove(backend)
-        for backend in wanted:
-            known = self._states.get(backend)
-            if known is None:
-                self._states[backend] = added = BackendState(backend)
-                await self._add(added)
-            else:
-                known.entry = backend  # keep the newest source location
+        self._applying = True
+        try:
+            for backend in [b for b in self._states if b not in keep]:
+                state = self._states.pop(backend)
+                if state.unfollow is not None:
+                    state.unfollow()
+                if state.key is not None:
+                    await self._manager.remove(backend)
+            for backend in wanted:
+                known = self._states.get(backend)
+                if known is None:
+                    self._states[backend] = added = BackendState(backend)
+                    await self._add(added)
+                else:
+                    known.entry = backend  # keep the newest source location
+        finally:
+            self._applying = False
         self.config = config
         self._publish()
 
@@ -107,15 +116,32 @@ class Backends:
             report("cannot forward", host=state.entry.host, error=state.error)
             return
         state.key, state.error, state.reason = service.key, "", ""
-        info = service.watch.info
-        if state.entry.inferred and info is not None:
-            state.choice = choose_protocol(info.port.name, info.port.app_protocol)
-            log.info("protocol chosen", host=state.entry.host, protocol=state.choice.describe())
+        if state.entry.inferred:
+            # The Service watch carries every change of the port (its appProtocol may be
+            # set or changed later): the choice follows it.
+            state.unfollow = service.watch.subscribe(lambda update: self._follow(state, update))
+
+    def _follow(self, state: BackendState, update: TargetUpdate) -> None:
+        info = update.info
+        if info is None or self._states.get(state.entry) is not state:
+            return
+        choice = choose_protocol(info.port.name, info.port.app_protocol)
+        if choice == state.choice:
+            return
+        event = "protocol chosen" if state.choice is None else "protocol changed"
+        state.choice = choice
+        log.info(event, host=state.entry.host, protocol=choice.describe())
+        if not self._applying and state.key is not None:
+            self._publish()
 
     async def retry_unresolved(self) -> None:
         pending = [(s, s.reason) for s in self._states.values() if s.key is None]
-        for state, _ in pending:
-            await self._add(state)
+        self._applying = True
+        try:
+            for state, _ in pending:
+                await self._add(state)
+        finally:
+            self._applying = False
         if any(s.key is not None or s.reason != reason for s, reason in pending):
             self._publish()
 

@@ -140,8 +140,8 @@ async def test_mesh_serves_through_the_shadow_and_ctrl_c_restores(
         listing = await run_cli(tmp_path, "mesh", "list", kubeconfig=sandbox.kubeconfig_path)
         assert listing.returncode == 0, listing.stderr
         header, row = listing.stdout.splitlines()
-        assert header.split()[:3] == ["NAMESPACE", "SERVICE", "MARK"]
-        assert row.split()[:4] == ["billing", "billing-api", "version:", "dev"]
+        assert header.split()[:4] == ["NAMESPACE", "SERVICE", "MARK", "MODE"]
+        assert row.split()[:5] == ["billing", "billing-api", "version:", "dev", "auto"]
         assert f"{local_app}:8080:8080" in row and "live" in row
     finally:
         proc.send_signal(signal.SIGINT)

@@ -158,15 +158,24 @@ async def test_manual_shadow_serves_locally_and_ctrl_c_leaves_nothing(
         sandbox, local_app, tmp_path, "--istio-output", str(rules_file)
     )
     try:
-        assert "meshed billing/billing-api (mode manual): the Service is unchanged" in output
+        assert (
+            "meshed billing/billing-api (mode manual): the Service's routing is unchanged" in output
+        )
         assert "the plain Service also sends it a share of ordinary requests" in output
         assert "--no-selector-labels gives a shadow that receives only what rules send it" in output
-        assert await service_json(sandbox) == service
 
         shadow = await ready_shadow(sandbox)
         labels = shadow["metadata"]["labels"]
         assert labels["app"] == "billing-api" and labels["version"] == "dev"
         assert labels[m.MANAGED_BY_LABEL] == m.MANAGER
+        # The Service routes as before; two annotations say who uses it, and how.
+        now = await service_json(sandbox)
+        assert now["spec"] == service["spec"]
+        notes = now["metadata"].pop("annotations")
+        assert notes.pop(m.MODE_ANNOTATION) == "manual"
+        assert notes.pop(m.SESSIONS_ANNOTATION) == shadow["metadata"]["name"]
+        assert notes == service["metadata"].pop("annotations", {})
+        assert now == service
 
         # The rules: printed and written alike, valid, built from the Service's ports and
         # the labels of its pods.
@@ -220,9 +229,11 @@ async def test_manual_shadow_serves_locally_and_ctrl_c_leaves_nothing(
             kubeconfig=sandbox.kubeconfig_path,
         )
         assert auto.returncode != 0
-        assert "is meshed in manual mode by" in auto.stderr
+        assert "is meshed in manual mode" in auto.stderr
         listing = await run_cli(tmp_path, "mesh", "list", kubeconfig=sandbox.kubeconfig_path)
-        assert "billing-api" in listing.stdout and "dev" in listing.stdout
+        header, row = (line.split() for line in listing.stdout.splitlines())
+        assert header[:5] == ["NAMESPACE", "SERVICE", "MARK", "MODE", "DEVELOPER"]
+        assert row[:5] == ["billing", "billing-api", "version:", "dev", "manual"]
     finally:
         out = await stop(proc)
     assert "left billing/billing-api; removed the shadow" in out
@@ -275,12 +286,13 @@ async def test_without_selector_labels_only_rules_reach_the_shadow_and_clean_aft
     assert await managed_objects(sandbox) == []
 
 
-async def test_apply_without_istio_says_so_and_leaves_nothing(
+async def test_apply_without_istio_says_so_and_changes_nothing(
     sandbox: Sandbox, local_app: int, tmp_path: Path
 ) -> None:
-    """The sandbox serves no Istio kinds (no CRDs): `--apply` records the rule on the Lease,
-    the create is refused, and the session is rolled back, the record included."""
+    """The sandbox serves no Istio kinds (no CRDs installed): `--apply` says so before it
+    writes anything."""
     before = await namespace_objects(sandbox)
+    version = sandbox.store.rv  # any write, anywhere, moves it
     result = await run_cli(
         tmp_path,
         "mesh",
@@ -295,10 +307,10 @@ async def test_apply_without_istio_says_so_and_leaves_nothing(
         kubeconfig=sandbox.kubeconfig_path,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith(
+    assert result.stderr == (
         "localmesh: error: the cluster does not serve networking.istio.io/v1 DestinationRule "
-        "(is Istio installed?)"
+        "and VirtualService: Istio's CRDs are not installed; nothing was changed: drop --apply "
+        "to print the rules only\n"
     ), result.stderr
-    assert "Traceback" not in result.stderr
-    await wait_managed_gone(sandbox)
+    assert sandbox.store.rv == version
     await wait_unchanged(sandbox, before)

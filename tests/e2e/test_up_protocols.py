@@ -7,7 +7,7 @@ service (no telling name: Envoy speaks the client's protocol).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from tests import sandbox_fixtures
 from tests.e2e.conftest import UP_LOOP
 from tests.e2e.up_helpers import (
     UpProcess,
+    eventually,
     free_port,
     grpc_greet,
     http_get,
@@ -37,6 +38,13 @@ metadata: {name: users-rpc, namespace: users}
 spec:
   selector: {app: users-api}
   ports: [{name: api, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: users-flip, namespace: users}
+spec:
+  selector: {app: users-api}
+  ports: [{name: api, port: 50051, targetPort: grpc}]
 """
 
 ENTRIES = [
@@ -52,7 +60,16 @@ ENTRIES = [
     {"host": "broken.localhost", "namespace": "billing", "service": "billing-api",
      "port_name": "web"},
     {"host": "lost.localhost", "namespace": "billng", "service": "billing-api"},
+    # The namespace exists, the Service is in another one.
+    {"host": "stray.localhost", "namespace": "users", "service": "billing-api"},
+    # Its port gains an appProtocol while `up` runs (test_protocol_follows_app_protocol).
+    {"host": "users-flip.localhost", "namespace": "users", "service": "users-flip"},
 ]  # fmt: skip
+
+STRAY = (
+    "service 'billing-api' not found in namespace 'users'; "
+    "a service 'billing-api' exists in namespace 'billing'"
+)
 
 
 RESOLVED = {
@@ -170,3 +187,56 @@ async def test_access_log_prints_one_line_per_request(mesh: tuple[UpProcess, int
     assert line["host"] == "billing-api.localhost"
     assert (line["method"], line["status"], line["pod"]) == ("GET", 200, pod)
     assert isinstance(line["duration_ms"], int)
+
+
+async def test_the_namespace_hint_is_everywhere_the_error_is(
+    mesh: tuple[UpProcess, int, Path],
+) -> None:
+    """A Service missing from its namespace but present in another: the 503 body, the
+    start-up line, the log line and `status` all name the namespace it is in."""
+    up, port, runtime_dir = mesh
+    reply = await http_get(port, "stray.localhost", "/")
+    assert (reply.status, reply.body.rstrip("\n")) == (503, f"localmesh: stray.localhost: {STRAY}")
+    startup = [line for line in up.stdout if line.startswith("pf: stray.localhost ")]
+    assert len(startup) == 1 and startup[0].endswith(STRAY), up.describe()
+    logged = [r for r in up.logs() if r.get("event") == "cannot forward"]
+    assert any(r["host"] == "stray.localhost" and STRAY in r["error"] for r in logged), logged
+    _, status = await status_json(runtime_dir)
+    (host,) = [h for h in status["hosts"] if h["host"] == "stray.localhost"]
+    assert host["error"].endswith(STRAY), host
+
+
+async def test_protocol_follows_app_protocol(
+    up_sandbox: Sandbox, mesh: tuple[UpProcess, int, Path]
+) -> None:
+    """The Service port gains `appProtocol: grpc` after `up` resolved it: the choice (and
+    `status`) follow the Service watch, no restart, and gRPC still answers."""
+    up, port, runtime_dir = mesh
+
+    async def flip_type() -> str:
+        _, status = await status_json(runtime_dir)
+        return str(next(h["type"] for h in status["hosts"] if h["host"] == "users-flip.localhost"))
+
+    assert (await flip_type()).startswith("downstream ("), up.describe()
+    patched = await sandbox_fixtures.kubectl(
+        up_sandbox,
+        "-n", "users", "patch", "service", "users-flip", "--type", "json", "-p",
+        '[{"op": "add", "path": "/spec/ports/0/appProtocol", "value": "grpc"}]',
+    )  # fmt: skip
+    patched.check()
+    await eventually(
+        lambda: _equals(flip_type(), "grpc (appProtocol grpc)"),
+        seconds=20,
+        every=0.5,
+        what="status to show the protocol chosen from the new appProtocol",
+    )
+    assert any(
+        r.get("event") == "protocol changed" and r.get("host") == "users-flip.localhost"
+        for r in up.logs()
+    ), up.describe()
+    reply = await grpc_greet(port, "users-flip.localhost")
+    assert reply.namespace == "users"
+
+
+async def _equals(value: Awaitable[str], wanted: str) -> bool:
+    return await value == wanted

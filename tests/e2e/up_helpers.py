@@ -235,7 +235,11 @@ class CliResult:
 
 
 async def run_cli(
-    runtime_dir: Path, *args: str | Path, kubeconfig: Path | None = None, seconds: float = 60
+    runtime_dir: Path,
+    *args: str | Path,
+    kubeconfig: Path | None = None,
+    seconds: float = 60,
+    cwd: Path | None = None,
 ) -> CliResult:
     proc = await asyncio.create_subprocess_exec(
         str(LOCALMESH),
@@ -244,6 +248,7 @@ async def run_cli(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(runtime_dir, kubeconfig),
+        cwd=cwd,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), seconds)
@@ -296,6 +301,7 @@ class UpProcess:
         *args: str | Path,
         kubeconfig: Path | None = None,
         command: str = "up",
+        cwd: Path | None = None,
     ) -> UpProcess:
         proc = await asyncio.create_subprocess_exec(
             str(LOCALMESH),
@@ -308,6 +314,7 @@ class UpProcess:
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(runtime_dir, kubeconfig),
             start_new_session=True,  # a Ctrl-C in the terminal of pytest is not ours
+            cwd=cwd,
         )
         return cls(proc, runtime_dir)
 

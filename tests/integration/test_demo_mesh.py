@@ -59,7 +59,7 @@ async def test_a_mesh_that_cannot_start_says_why_and_returns(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (await kubectl(sandbox, "delete", "service", "billing-api", "-n", "billing")).check()
-    await demo._mesh_part(sandbox.kubeconfig_path)  # returns: `up` keeps serving
+    await demo._mesh_part(sandbox.kubeconfig_path, sandbox.loopback)  # returns: `up` keeps serving
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == (
         "mesh: not available (the sandbox has no Service billing/billing-api); "

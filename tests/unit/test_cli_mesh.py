@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -117,15 +118,17 @@ def test_list_rows_show_mark_holder_and_liveness() -> None:
         holder="ana@laptop",
         ports=(m.PortMap(9090, 8080, 8081),),
     )
-    live = m.session_lease(spec, now - timedelta(seconds=2))
+    live = m.session_lease(dataclasses.replace(spec, mode="manual"), now - timedelta(seconds=2))
     stale = m.session_lease(spec, now - timedelta(seconds=60))
     stale["metadata"]["namespace"] = "zeta"
+    del stale["metadata"]["annotations"][m.MODE_ANNOTATION]  # older leases: auto mode
     rows = session_rows([stale, live], now)
     assert rows == [
         [
             "billing",
             "billing-api",
             "version: dev",
+            "manual",
             "ana@laptop",
             "9090:8080:8081",
             "live",
@@ -135,6 +138,7 @@ def test_list_rows_show_mark_holder_and_liveness() -> None:
             "zeta",
             "billing-api",
             "version: dev",
+            "auto",
             "ana@laptop",
             "9090:8080:8081",
             "expired",

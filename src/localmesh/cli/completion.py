@@ -96,7 +96,13 @@ def complete(parser: argparse.ArgumentParser) -> None:
     once when the process is not run for completion."""
     import argcomplete
 
-    completers = {"--name": running_names, "--context": kubeconfig_contexts}
+    from localmesh.cli.init import namespaces_completer
+
+    completers = {
+        "--name": running_names,
+        "--context": kubeconfig_contexts,
+        "--namespace": namespaces_completer,  # `init -n`: the cluster's namespaces
+    }
     for each in _parsers(parser):
         for action in each._actions:
             for option in action.option_strings:

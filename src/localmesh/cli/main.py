@@ -35,6 +35,7 @@ from localmesh.logs import FORMATS, LEVEL_NAMES, configure_logging
 # Subcommand modules, in the order `--help` lists them. A module that does not exist (yet)
 # is skipped, so the CLI works while commands are still being built.
 COMMAND_MODULES: tuple[str, ...] = (
+    "init",
     "up",
     "status",
     "down",

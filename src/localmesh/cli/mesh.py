@@ -373,6 +373,8 @@ def session_rows(leases: Iterable[dict[str, Any]], now: datetime) -> list[list[s
                 meta.get("namespace", ""),
                 (meta.get("labels") or {}).get(m.SERVICE_LABEL, ""),
                 f"{notes.get(m.HEADER_ANNOTATION, '?')}: {notes.get(m.VALUE_ANNOTATION, '?')}",
+                # Leases written before modes existed are auto mode's
+                notes.get(m.MODE_ANNOTATION) or "auto",
                 str(spec.get("holderIdentity", "?")),
                 notes.get(m.PORTS_ANNOTATION, ""),
                 "live" if lease_live(lease, now) else "expired",
@@ -400,7 +402,7 @@ async def run_list(kube: Any, namespace: str | None) -> int:
         where = f"namespace {namespace}" if namespace else "any namespace"
         print(f"no mesh sessions in {where}")
         return 0
-    header = ["NAMESPACE", "SERVICE", "MARK", "DEVELOPER", "PORTS", "STATE", "RENEWED"]
+    header = ["NAMESPACE", "SERVICE", "MARK", "MODE", "DEVELOPER", "PORTS", "STATE", "RENEWED"]
     print(table(header, rows))
     return 0
 

@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--apply",
         action="store_true",
-        help="also apply the Istio rules (recorded on the session's Lease first; removed "
-        "on exit and by `mesh clean`)",
+        help="also apply the Istio rules, or with --shadow-service where Istio's CRDs are "
+        "not installed the HTTPRoute (recorded on the session's Lease first; removed on exit "
+        "and by `mesh clean`)",
     )
     group.add_argument(
         "--istio-output",
@@ -110,7 +111,8 @@ def manual_text(options: MeshOptions, manual: ManualJoined, output: Path | None)
 
     joined, mark = manual.joined, options.mark
     lines = [
-        f"meshed {options.namespace}/{options.service} (mode manual): the Service is unchanged"
+        f"meshed {options.namespace}/{options.service} (mode manual): the Service's routing "
+        "is unchanged"
     ]
     lines += [f"  created {what}" for what in joined.created]
     labels = ", ".join(f"{k}={v}" for k, v in manual.labels.items())

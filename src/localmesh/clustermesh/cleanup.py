@@ -16,7 +16,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from localmesh.clustermesh import manifests as m
-from localmesh.clustermesh.manual import delete_applied_rules, delete_shadow_service
+from localmesh.clustermesh.manual import (
+    MODE as MANUAL,
+    delete_applied_rules,
+    delete_shadow_service,
+    release_manual_sessions,
+)
 from localmesh.clustermesh.membership import (
     delete_session_objects,
     lease_dead,
@@ -57,7 +62,7 @@ async def meshed_services(
     found: dict[tuple[str, str], JSON | None] = {}
     for svc in await kube.list("Service", namespace):
         meta = svc["metadata"]
-        if m.ORIGINAL_SELECTOR_ANNOTATION in (meta.get("annotations") or {}):
+        if m.SESSIONS_ANNOTATION in (meta.get("annotations") or {}):  # either mode
             found[(meta["namespace"], meta["name"])] = svc
     for kind in CREATED_KINDS:
         for obj in await kube.list(kind, namespace, m.managed_selector()):
@@ -81,18 +86,29 @@ async def clean(
     verb = "would restore" if dry_run else "restored"
     for (ns, name), svc in sorted((await meshed_services(kube, namespace, service)).items()):
         original = m.original_selector(svc) if svc is not None else None
-        result = await remove_sessions(kube, ns, name, (), dry_run=dry_run)
-        if result.restored:
-            report.actions.append(
-                f"{verb} Service {ns}/{name} (selector {_selector_text(original)})"
-            )
         prefix = "would delete" if dry_run else "deleted"
-        report.actions += [f"{prefix} {what}" for what in result.deleted]
+        released: list[str] = []
+        if svc is not None and mesh_state(svc).mode == MANUAL:
+            # Only annotations to take off (the selector was never touched); the dead
+            # sessions' objects, applied rules first, go below as unlisted sessions'.
+            released = await release_manual_sessions(kube, ns, name, set(), dry_run)
+            report.actions += [
+                f"{'would remove' if dry_run else 'removed'} session {r} from Service {ns}/{name}"
+                for r in released
+            ]
+        else:
+            result = await remove_sessions(kube, ns, name, (), dry_run=dry_run)
+            if result.restored:
+                report.actions.append(
+                    f"{verb} Service {ns}/{name} (selector {_selector_text(original)})"
+                )
+            report.actions += [f"{prefix} {what}" for what in result.deleted]
         # Sessions no Service lists (crashed before joining or after leaving): their
         # objects go once the Lease is gone or expired.
         leases = await session_leases(kube, ns, name)
         current = await kube.get("Service", ns, name)
         listed = set(mesh_state(current).sessions) if current is not None else set()
+        listed -= set(released)  # (still listed after a dry run)
         orphans: dict[str, list[str]] = defaultdict(list)
         for kind in ("Pod", "Secret", "Service"):
             selector = f"{m.managed_selector(name)},{m.COMPONENT_LABEL}=shadow"

@@ -1,9 +1,12 @@
 """`localmesh mesh --mode manual`: a shadow of the Service for clusters that route with a
 service mesh of their own (Istio, or a Gateway API mesh).
 
-Manual mode changes no Service. A session is a Lease (annotated `mode: manual`, so auto
-mode refuses the Service while it lives and `mesh list` shows it), the tunnel Secret and a
-shadow pod tunnelled to this machine, as in auto mode, but the shadow carries the Service's
+Manual mode changes no Service's routing. A session is a Lease (annotated `mode: manual`,
+so `mesh list` shows it), its name on the Service's `sessions` and `mode: manual`
+annotations (the same compare-and-swap auto mode joins with: of a manual and an auto
+session starting at once, one wins, the other is refused; the selector is never touched
+nor recorded), the tunnel Secret and a shadow pod tunnelled to this machine, as in auto
+mode, but the shadow carries the Service's
 selector labels plus the mark's label (`version: dev`), so the mesh sees it as one more pod
 of the Service, told apart by that label. With `--no-selector-labels` it carries only the
 mark's label (and localmesh's own): no plain-Service traffic reaches it, and a shadow
@@ -16,6 +19,7 @@ printed): changing the cluster's routing stays the user's decision.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -25,7 +29,10 @@ from localmesh.clustermesh.marks import VersionMark
 from localmesh.clustermesh.membership import (
     LeaveResult,
     MeshError,
+    cas_service,
+    dead_sessions,
     delete_session_objects,
+    mesh_state,
 )
 from localmesh.clustermesh.session import (
     Joined,
@@ -37,10 +44,11 @@ from localmesh.clustermesh.session import (
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
 from localmesh.errors import KubeError
-from localmesh.kube.objects import Conflict, KubeObjects, NotFound
+from localmesh.kube.objects import KINDS, Conflict, KubeObjects, NotFound
 from localmesh.kube.targets import JSON
 
 MODE = "manual"
+ISTIO_KINDS = ("DestinationRule", "VirtualService")
 # On a manual session's Lease, before they are created: the rules `--apply` applies, as
 # JSON [[kind, name], ...], so Ctrl-C and `mesh clean` remove them.
 APPLIED_ANNOTATION = "localmesh.dev/applied-rules"
@@ -166,6 +174,73 @@ async def delete_shadow_service(
     return []
 
 
+def with_manual_session(service: JSON, name: str, dead: set[str]) -> JSON:
+    """`service` listing manual session `name` (sessions in `dead` dropped); a MeshError
+    while auto mode meshes it. Only annotations change: the selector stays the user's."""
+    state = mesh_state(service)
+    where = f"{service['metadata'].get('namespace')}/{service['metadata']['name']}"
+    if (state.mode or MODE) != MODE or state.original_selector is not None:
+        raise MeshError(
+            f"service {where} is meshed in {state.mode or 'auto'} mode; manual mode cannot "
+            "join it (`localmesh mesh clean` removes sessions that are gone)"
+        )
+    names = [n for n in state.sessions if n not in dead and n != name]
+    changed = copy.deepcopy(service)
+    notes = changed["metadata"].setdefault("annotations", {})
+    notes[m.SESSIONS_ANNOTATION] = ",".join([*names, name])
+    notes[m.MODE_ANNOTATION] = MODE
+    return changed
+
+
+def without_manual_sessions(service: JSON, gone: set[str]) -> JSON | None:
+    """`service` without the manual sessions in `gone`; the annotations go with the last."""
+    state = mesh_state(service)
+    if state.mode != MODE or state.original_selector is not None:
+        return None  # not meshed in manual mode: nothing of ours
+    names = [n for n in state.sessions if n not in gone]
+    changed = copy.deepcopy(service)
+    notes = changed["metadata"]["annotations"]
+    if names:
+        notes[m.SESSIONS_ANNOTATION] = ",".join(names)
+    else:
+        notes.pop(m.SESSIONS_ANNOTATION, None)
+        notes.pop(m.MODE_ANNOTATION, None)
+        if not notes:
+            del changed["metadata"]["annotations"]
+    return changed
+
+
+async def release_manual_sessions(
+    kube: KubeObjects, namespace: str, service: str, gone: set[str], dry_run: bool = False
+) -> list[str]:
+    """CAS-remove `gone` and the dead manual sessions from `service`'s annotations; the
+    names removed (or, with `dry_run`, that would be)."""
+    current = await kube.get("Service", namespace, service)
+    if current is None or mesh_state(current).mode != MODE:
+        return []
+    drop = gone | await dead_sessions(kube, namespace, current)
+    if dry_run:
+        before, after = current, without_manual_sessions(current, drop) or current
+    else:
+        before, after = await cas_service(
+            kube, namespace, service, lambda svc: without_manual_sessions(svc, drop)
+        )
+    return sorted(set(mesh_state(before).sessions) - set(mesh_state(after).sessions))
+
+
+def _not_served(with_shadow_service: bool) -> str:
+    also = (
+        ", nor Gateway API's HTTPRoute (gateway.networking.k8s.io/v1)"
+        if with_shadow_service
+        else ""
+    )
+    return (
+        "the cluster does not serve networking.istio.io/v1 DestinationRule and "
+        f"VirtualService: Istio's CRDs are not installed{also}; nothing was changed: drop "
+        "--apply to print the rules only"
+    )
+
+
 class ManualSession(MeshSession):
     """One developer's manual-mode session: Lease, Secret, shadow pod (and shadow Service);
     never the Service itself."""
@@ -187,25 +262,54 @@ class ManualSession(MeshSession):
         # reach it only through a Service of its own.
         self.with_shadow_service = with_shadow_service or not selector_labels
         self.manual: ManualJoined | None = None  # set by join()
+        self.claimed = False  # this session is listed on the Service
+        # The kinds `--apply` creates, chosen by what the cluster serves (rule_kinds()).
+        self.apply_kinds: tuple[str, ...] | None = None
 
     def permissions(self) -> list[Permission]:
         o = self.options
         wanted = [
             Permission("get", "services", name=o.service),
+            # the claim: the sessions and mode annotations
+            Permission("update", "services", name=o.service),
             *session_permissions(),
         ]
         if self.with_shadow_service:
             wanted += [Permission(v, "services") for v in ("get", "create", "delete")]
         if self.apply:
             wanted += [
-                Permission(verb, resource, "networking.istio.io")
-                for resource in ("destinationrules", "virtualservices")
+                Permission(verb, KINDS[kind].plural, KINDS[kind].group)
+                for kind in self.apply_kinds or ISTIO_KINDS
                 for verb in ("get", "create", "delete")
             ]
         return wanted
 
+    async def rule_kinds(self) -> tuple[str, ...]:
+        """The kinds `--apply` creates: Istio's where its CRDs are installed, else (with a
+        shadow Service) Gateway API's HTTPRoute; a MeshError, before anything is changed,
+        when the cluster serves neither."""
+        if self.apply_kinds is None:
+            served = dict(
+                zip(
+                    (*ISTIO_KINDS, "HTTPRoute"),
+                    await asyncio.gather(
+                        *(self.kube.serves(k) for k in (*ISTIO_KINDS, "HTTPRoute"))
+                    ),
+                    strict=True,
+                )
+            )
+            if all(served[k] for k in ISTIO_KINDS):
+                self.apply_kinds = ISTIO_KINDS
+            elif self.with_shadow_service and served["HTTPRoute"]:
+                self.apply_kinds = ("HTTPRoute",)
+            else:
+                raise MeshError(_not_served(self.with_shadow_service))
+        return self.apply_kinds
+
     async def missing_permissions(self) -> list[str]:
         o = self.options
+        if self.apply:
+            await self.rule_kinds()
 
         async def allowed(p: Permission) -> bool:
             resource, _, sub = p.resource.partition("/")
@@ -282,6 +386,15 @@ class ManualSession(MeshSession):
             self._lease = await self.kube.create("Lease", o.namespace, lease)
             created.append(f"Lease {o.namespace}/{spec.name}")
             self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
+            # The claim: one compare-and-swap with auto mode's joins (see membership).
+            dead = await dead_sessions(self.kube, o.namespace, checked.service)
+            await cas_service(
+                self.kube,
+                o.namespace,
+                o.service,
+                lambda svc: with_manual_session(svc, spec.name, dead),
+            )
+            self.claimed = True
             await self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret))
             created.append(f"Secret {o.namespace}/{spec.name}")
             if shadow_svc is not None:
@@ -301,15 +414,15 @@ class ManualSession(MeshSession):
                 running_is_enough=True,
             )
             istio = rules.istio_rules(rules_input)
+            http_routes = rules.http_routes(rules_input)
             if self.apply:
-                created += await self._apply(istio)
+                kinds = await self.rule_kinds()
+                created += await self._apply(istio if kinds == ISTIO_KINDS else http_routes)
         except BaseException:
             await asyncio.shield(self._rollback())
             raise
         joined = Joined(spec, secret, created, [], first=True)
-        return ManualJoined(
-            joined, labels, rules_input, istio, rules.http_routes(rules_input), notes
-        )
+        return ManualJoined(joined, labels, rules_input, istio, http_routes, notes)
 
     async def _record(self, applied: list[tuple[str, str]]) -> None:
         """Write `applied` on the Lease (racing only the renewer: retry on conflict)."""
@@ -343,11 +456,11 @@ class ManualSession(MeshSession):
                     f"{kind} {o.namespace}/{name} already exists (another session with the "
                     "same mark?); apply the printed rules by hand, or choose another mark"
                 ) from None
-            except NotFound:
+            except NotFound:  # the CRD went away since rule_kinds() saw it
                 self.applied.pop()
                 raise MeshError(
-                    f"the cluster does not serve {obj['apiVersion']} {kind} (is Istio "
-                    "installed?); nothing was applied: drop --apply to print the rules only"
+                    f"the cluster no longer serves {obj['apiVersion']} {kind}; nothing was "
+                    "applied: drop --apply to print the rules only"
                 ) from None
             done.append(f"{kind} {o.namespace}/{name} (applied)")
         return done
@@ -372,4 +485,7 @@ class ManualSession(MeshSession):
         deleted += await delete_session_objects(self.kube, o.namespace, self.spec.name)
         if self.with_shadow_service:
             deleted += await delete_shadow_service(self.kube, o.namespace, self.spec.name)
+        if self.claimed:  # last: the Service stays claimed until the shadow is gone
+            await release_manual_sessions(self.kube, o.namespace, o.service, {self.spec.name})
+            self.claimed = False
         return LeaveResult(False, deleted)

@@ -19,6 +19,7 @@ import structlog
 
 from localmesh.errors import TunnelError
 from localmesh.forward.channel import DATA, ERROR, SUBPROTOCOL, header_port, portforward_path
+from localmesh.forward.tls import record_sized_reads
 from localmesh.kube.access import ClusterAccess
 
 log = structlog.get_logger(__name__)
@@ -83,11 +84,12 @@ class Connector:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 headers = await self.access.headers()
+                context = self.access.ssl_context
                 ws = await self._session.ws_connect(
                     self.access.server + path,
                     protocols=(protocol,),
                     headers=headers,
-                    ssl=self.access.ssl_context if self.access.ssl_context is not None else True,
+                    ssl=record_sized_reads(context) if context is not None else True,
                     server_hostname=self.access.server_hostname,
                     heartbeat=self._heartbeat,
                     max_msg_size=0,

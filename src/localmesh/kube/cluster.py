@@ -310,7 +310,10 @@ class Cluster:
                 )
         except Exception:
             pass
-        return f"{label}: service {entry.service!r} not found in namespace {entry.namespace!r}"
+        return (
+            f"{label}: service {entry.service!r} not found in namespace {entry.namespace!r}"
+            f"{self._elsewhere(entry)}"
+        )
 
     def _elsewhere(self, entry: ServiceEntry) -> str:
         """`; a service 'x' exists in namespace 'y'` when one does (a likely typo), else ""."""

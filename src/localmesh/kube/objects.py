@@ -53,6 +53,7 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
+    "Namespace": Kind("/api/v1", "namespaces", ""),  # cluster-scoped: namespace None
     "Service": Kind("/api/v1", "services", ""),
     "Pod": Kind("/api/v1", "pods", ""),
     "Secret": Kind("/api/v1", "secrets", ""),
@@ -71,6 +72,10 @@ KINDS: dict[str, Kind] = {
     ),
     "VirtualService": Kind(
         "/apis/networking.istio.io/v1", "virtualservices", "networking.istio.io"
+    ),
+    # Gateway API's, applied with a shadow Service where Istio's are not served
+    "HTTPRoute": Kind(
+        "/apis/gateway.networking.k8s.io/v1", "httproutes", "gateway.networking.k8s.io"
     ),
 }
 
@@ -159,13 +164,25 @@ class KubeObjects:
     ) -> JSON:
         return await asyncio.to_thread(self._request, method, path, query, body)
 
-    async def get(self, kind: str, namespace: str, name: str) -> JSON | None:
+    async def get(self, kind: str, namespace: str | None, name: str) -> JSON | None:
         try:
             return await self._call("GET", KINDS[kind].path(namespace, name))
         except _Status as exc:
             if exc.status == 404:
                 return None
             raise
+
+    async def serves(self, kind: str) -> bool:
+        """Whether the server serves `kind` (its group-version lists it: a CRD's kinds are
+        there only once the CRD is installed)."""
+        k = KINDS[kind]
+        try:
+            body = await self._call("GET", k.prefix)
+        except _Status as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == k.plural for r in body.get("resources") or [])
 
     async def list(self, kind: str, namespace: str | None, label_selector: str = "") -> list[JSON]:
         """Objects of `kind` in `namespace` (None: every namespace)."""

@@ -202,16 +202,17 @@ class ApiServer:
             return _json(self._version())
         if path == "/api":
             return _json(resources.api_versions(f"{self.host}:{self.port}"))
+        crds = self.cluster.crds
         if path == "/apis":
-            return _json(resources.api_group_list())
+            return _json(crds.api_group_list(resources.api_group_list()))
         if path == "/openapi/v2":
             # An empty protobuf Document: kubectl before 1.28 fetches it for `apply` and
             # then uses the schemas compiled into it.
             return web.Response(body=b"", content_type=openapi.V2_PROTOBUF)
         if path == "/openapi/v3":
-            return _json(openapi.root())
+            return _json(openapi.root(crds.types()))
         if path.startswith("/openapi/v3/"):
-            doc = openapi.lookup(path[len("/openapi/v3/") :])
+            doc = openapi.lookup(path[len("/openapi/v3/") :], crds.types())
             if doc is not None:
                 return _json(doc)
         parts = path.strip("/").split("/")
@@ -220,11 +221,12 @@ class ApiServer:
             if found is not None:
                 return _json(found)
         if parts[0] == "apis" and len(parts) == 2:
-            group = resources.api_group(parts[1])
+            group = resources.api_group(parts[1]) or crds.api_group(parts[1])
             if group is not None:
                 return _json(group)
         if parts[0] == "apis" and len(parts) == 3:
             found = resources.resource_list(parts[1], parts[2])
+            found = found or crds.resource_list(parts[1], parts[2])
             if found is not None:
                 return _json(found)
         review = resources.SELF_REVIEWS.get(path)
@@ -258,8 +260,7 @@ class ApiServer:
             "platform": "linux/amd64",
         }
 
-    @staticmethod
-    def _route(path: str) -> Route | None:
+    def _route(self, path: str) -> Route | None:
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) >= 3:
             group, version, rest = "", parts[1], parts[2:]
@@ -270,7 +271,9 @@ class ApiServer:
         namespace: str | None = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
-        rtype = BY_PATH.get((group, version, rest[0]))
+        rtype = BY_PATH.get((group, version, rest[0])) or self.cluster.crds.lookup(
+            group, version, rest[0]
+        )
         if rtype is None:
             return None
         if namespace is not None and not rtype.namespaced:

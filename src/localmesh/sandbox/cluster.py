@@ -12,6 +12,7 @@ import structlog
 
 from localmesh.sandbox import errors
 from localmesh.sandbox.controllers import Controllers
+from localmesh.sandbox.crds import CustomResources
 from localmesh.sandbox.dns import ClusterDNS
 from localmesh.sandbox.faults import Faults
 from localmesh.sandbox.garbage import PROPAGATION_POLICIES, GarbageCollector
@@ -54,6 +55,7 @@ class Cluster:
             ),
         )
         self.store.subscribe(self._on_event)
+        self.crds = CustomResources(self.store)
 
     def _on_event(self, ev: StoredEvent) -> None:
         self.kubelet.on_event(ev)
@@ -288,7 +290,7 @@ class Cluster:
         return deleted
 
     def _delete_namespace(self, name: str) -> Obj:
-        for rtype in TYPES:
+        for rtype in (*TYPES, *self.crds.types()):
             if rtype.namespaced:
                 for obj in list(self.store.iter(rtype, name)):
                     with contextlib.suppress(errors.ApiError):

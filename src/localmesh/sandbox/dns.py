@@ -16,6 +16,7 @@ import socket
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from localmesh.sandbox.controllers import SERVICE_NAME_LABEL
+from localmesh.sandbox.ips import dial
 from localmesh.sandbox.resources import ENDPOINTSLICES, SERVICES
 from localmesh.sandbox.store import Store
 
@@ -109,16 +110,18 @@ class ClusterResolver(AbstractResolver):
                 raise socket.gaierror(socket.EAI_NONAME, f"{host}: no such service in the sandbox")
         if not ips:
             raise socket.gaierror(socket.EAI_NONAME, f"{host}: the service has no ready endpoints")
+        # A shared sandbox's pods and cluster IPs listen elsewhere on 127.0.0.1 (ips.py).
+        found = [dial(ip, port) if port else (ip, port) for ip in ips]
         return [
             ResolveResult(
                 hostname=host,
-                host=ip,
-                port=port,
+                host=address,
+                port=at,
                 family=socket.AF_INET,
                 proto=0,
                 flags=socket.AI_NUMERICHOST,
             )
-            for ip in ips
+            for address, at in found
         ]
 
     async def close(self) -> None:

@@ -1,14 +1,78 @@
 """Addresses: a loopback IP per pod (all of 127/8 reaches lo on Linux), cluster IPs and
-node ports of services."""
+node ports of services.
+
+macOS has only 127.0.0.1 on lo0 (other 127/8 addresses cannot be bound without `ifconfig
+lo0 alias`, which needs root). There the sandbox runs *shared*: each pod still gets its own
+address in the API (pod IPs stay distinct, as clients and localmesh expect), but its
+servers listen on 127.0.0.1 at ports of their own, and whatever dials a pod (port-forward,
+probes, the service proxy) goes through `dial`, which maps pod IP and port to them.
+What truly needs an address per pod says so instead: cluster IPs answer only the
+sandbox's own pods (through its DNS and `dial`), not other clients (node ports on 127.0.0.1
+do), and containers that run as processes, which bind their pod IP, do not start.
+LOCALMESH_SANDBOX_LOOPBACK=shared (or `Sandbox(loopback="shared")`) makes a Linux machine
+act as macOS; `per-pod` insists on addresses; `auto` (default) probes.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import socket
 from typing import Any
 
+from localmesh.errors import ConfigError
 from localmesh.sandbox import errors
+
+LOOPBACK_ENV = "LOCALMESH_SANDBOX_LOOPBACK"
+PER_POD, SHARED, AUTO = "per-pod", "shared", "auto"
+SHARED_HOST = "127.0.0.1"
+# Said wherever a feature needs an address per pod and the machine has none to give.
+NO_PER_POD_ADDRESSES = (
+    "this machine binds no loopback address but 127.0.0.1 (macOS: lo0 has only that one), "
+    f"so the sandbox runs pods on distinct ports of 127.0.0.1 ({LOOPBACK_ENV}={SHARED})"
+)
+_PROBE_ADDRESS = "127.16.0.1"  # any 127/8 address but 127.0.0.1 tells
+# (pod IP, container port) -> the port on 127.0.0.1 that serves it, shared mode only.
+_SHARED_PORTS: dict[tuple[str, int], int] = {}
+_PROCESS_POD_IPS: set[str] = set()  # pod IPs of shared-mode sandboxes in this process
+
+
+def loopback_mode(wanted: str | None = None) -> str:
+    """PER_POD or SHARED: `wanted`, else $LOCALMESH_SANDBOX_LOOPBACK, else what binds."""
+    choice = (wanted or os.environ.get(LOOPBACK_ENV) or AUTO).strip().lower()
+    if choice in (PER_POD, SHARED):
+        return choice
+    if choice != AUTO:
+        raise ConfigError(f"{LOOPBACK_ENV}={choice!r}: expected {AUTO}, {PER_POD} or {SHARED}")
+    return PER_POD if extra_loopback_bindable() else SHARED
+
+
+def extra_loopback_bindable() -> bool:
+    """Whether loopback addresses besides 127.0.0.1 can be bound here (Linux: all of 127/8)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((_PROBE_ADDRESS, 0))
+        except OSError:
+            return False
+    return True
+
+
+def share_port(pod_ip: str, port: int, bound: int) -> None:
+    """In shared mode, `pod_ip:port` is served on 127.0.0.1:`bound`."""
+    _SHARED_PORTS[(pod_ip, port)] = bound
+
+
+def unshare_port(pod_ip: str, port: int, bound: int) -> None:
+    if _SHARED_PORTS.get((pod_ip, port)) == bound:
+        del _SHARED_PORTS[(pod_ip, port)]
+
+
+def dial(ip: str, port: int) -> tuple[str, int]:
+    """Where to connect to reach a pod's `ip:port` (itself, unless the sandbox is shared)."""
+    bound = _SHARED_PORTS.get((ip, port))
+    return (SHARED_HOST, bound) if bound is not None else (ip, port)
+
 
 SERVICE_CIDR = "127.96.0.0/16"
 NODE_PORTS = (30000, 32767)
@@ -25,9 +89,15 @@ class LoopbackAllocator:
     in several processes rarely collide (a collision shows up as a failed bind and the pod
     takes another IP)."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, *, shared: bool = False) -> None:
         self._rng = random.Random(seed)
         self._used: set[str] = set()
+        self.shared = shared  # pods listen on 127.0.0.1 at ports of their own (see above)
+
+    @property
+    def listen_host(self) -> str | None:
+        """Where pods' servers listen when not on their pod IP (None: on their pod IP)."""
+        return SHARED_HOST if self.shared else None
 
     def allocate(self) -> str:
         while True:
@@ -35,12 +105,18 @@ class LoopbackAllocator:
             if second == 96:  # the service range
                 continue
             ip = f"127.{second}.{self._rng.randint(0, 255)}.{self._rng.randint(1, 254)}"
-            if ip not in self._used:
+            # Shared: nothing binds the address, so no failed bind would tell two
+            # sandboxes of this process apart; the process-wide set does.
+            if ip not in self._used and not (self.shared and ip in _PROCESS_POD_IPS):
                 self._used.add(ip)
+                if self.shared:
+                    _PROCESS_POD_IPS.add(ip)
                 return ip
 
     def release(self, ip: str) -> None:
-        self._used.discard(ip)
+        if ip in self._used:
+            self._used.discard(ip)
+            _PROCESS_POD_IPS.discard(ip)
 
 
 def _free(ip: str, port: int) -> bool:
@@ -67,6 +143,9 @@ class ServiceIPAllocator:
         self.network = ipaddress.ip_network(cidr)
         self._rng = random.Random(seed)
         self._pending: set[str] = set()  # allocated for a create that has not stored yet
+        # Cluster IPs are allocated either way (objects look as on any cluster); only
+        # with an address per pod can the service proxy answer on them.
+        self.serve_cluster_ips = True
         self._used: set[str] = set()
         self._node_ports: set[int] = set()
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from localmesh.sandbox import errors
-from localmesh.sandbox.ips import LoopbackAllocator
+from localmesh.sandbox.ips import NO_PER_POD_ADDRESSES, LoopbackAllocator
 from localmesh.sandbox.probes import Probe, ProbeState, run_probe
 from localmesh.sandbox.processes import (
     SERVICEACCOUNT_DIR_ENV,
@@ -280,7 +280,7 @@ class Kubelet:
     def _pod_info(self, rt: PodRuntime, ip: str, container: str) -> PodInfo:
         pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
         env = plain_env(pod, container)
-        return PodInfo(rt.name, rt.namespace, ip, env, self.cluster.dns)
+        return PodInfo(rt.name, rt.namespace, ip, env, self.cluster.dns, self.ips.listen_host)
 
     async def _bind(self, rt: PodRuntime) -> None:
         """Take a free loopback IP and start every listener on it (another IP if taken)."""
@@ -489,6 +489,13 @@ class Kubelet:
         crashes = 0
         try:
             while not rt.terminating:
+                if self.ips.shared:
+                    # Its process binds the pod IP (POD_IP), which this machine cannot give.
+                    message = f"a process container needs its own pod IP: {NO_PER_POD_ADDRESSES}"
+                    self._event(rt, "Failed", message, True)
+                    c.state = {"waiting": {"reason": "CreateContainerError", "message": message}}
+                    self.sync_status(rt)
+                    return
                 if self.node is None:
                     c.state = {
                         "waiting": {

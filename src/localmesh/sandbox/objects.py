@@ -8,8 +8,8 @@ import secrets
 import string
 from typing import Any
 
-from localmesh.sandbox import errors
-from localmesh.sandbox.resources import ResourceType
+from localmesh.sandbox import crds, errors
+from localmesh.sandbox.resources import CUSTOMRESOURCEDEFINITIONS, ResourceType
 from localmesh.sandbox.store import Obj, meta, now_rfc3339
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -283,41 +283,45 @@ def prepare_create(rtype: ResourceType, obj: Obj, allocate_cluster_ip: Any) -> O
     name = m.get("name", "")
     causes = _check_name(rtype, name)
     spec = obj.get("spec") or {}
-    if rtype.plural == "pods":
+    # built-in rules by plural; a custom resource may reuse one (crds checks it instead)
+    kind = "" if isinstance(rtype, crds.CustomType) else rtype.plural
+    if kind == "pods":
         causes += _validate_pod(spec)
-    elif rtype.plural == "services":
+    elif kind == "services":
         causes += _validate_service(spec)
-    elif rtype.plural in ("deployments", "replicasets"):
+    elif kind in ("deployments", "replicasets"):
         causes += _validate_deployment(spec)
-    elif rtype.plural in ("roles", "clusterroles"):
+    elif kind in ("roles", "clusterroles"):
         causes += _validate_role(obj)
-    elif rtype.plural in ("rolebindings", "clusterrolebindings"):
+    elif kind in ("rolebindings", "clusterrolebindings"):
         causes += _validate_binding(obj)
-    elif rtype.plural == "leases":
+    elif kind == "leases":
         causes += _validate_lease(spec)
     if causes:
         raise errors.invalid(rtype.kind, name, causes, rtype.group)
     validate_update(rtype, obj)
-    if rtype.plural == "pods":
+    if kind == "pods":
         _default_pod(obj)
-    elif rtype.plural == "services":
+    elif kind == "services":
         _default_service(obj, allocate_cluster_ip)
-    elif rtype.plural == "deployments":
+    elif kind == "deployments":
         _default_deployment(obj)
-    elif rtype.plural == "replicasets":
+    elif kind == "replicasets":
         obj.setdefault("spec", {}).setdefault("replicas", 1)
         obj.setdefault("status", {"replicas": 0})
-    elif rtype.plural in ("rolebindings", "clusterrolebindings"):
+    elif kind in ("rolebindings", "clusterrolebindings"):
         for subject in obj.get("subjects") or []:
             if subject.get("kind") in ("User", "Group"):
                 subject.setdefault("apiGroup", "rbac.authorization.k8s.io")
-    elif rtype.plural == "leases":
+    elif kind == "leases":
         obj.setdefault("spec", {})
-    elif rtype.plural == "namespaces":
+    elif rtype is CUSTOMRESOURCEDEFINITIONS:
+        crds.prepare_definition(obj)
+    elif kind == "namespaces":
         m.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})
         obj["status"] = {"phase": "Active"}
-    elif rtype.plural == "events":
+    elif kind == "events":
         obj.setdefault("firstTimestamp", now_rfc3339())
     return obj
 
@@ -359,7 +363,11 @@ def validate_update(rtype: ResourceType, obj: Obj) -> None:
     if rtype.plural == "secrets":
         _merge_string_data(obj)
     causes: list[tuple[str, str]] = []
-    if rtype.plural == "services" and obj.get("spec", {}).get("ports") is not None:
+    if isinstance(rtype, crds.CustomType):
+        causes = rtype.causes(obj)
+    elif rtype is CUSTOMRESOURCEDEFINITIONS:
+        causes = crds.definition_causes(obj)
+    elif rtype.plural == "services" and obj.get("spec", {}).get("ports") is not None:
         causes = _validate_service(obj["spec"])
     elif rtype.plural in ("roles", "clusterroles"):
         causes = _validate_role(obj)

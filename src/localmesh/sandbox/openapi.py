@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from localmesh.sandbox.resources import TYPES, ResourceType
@@ -22,12 +23,13 @@ def _item_path(t: ResourceType) -> str:
     return f"/{_gv_path(t.group, t.version)}{ns}/{t.plural}/{{name}}"
 
 
-def group_versions() -> list[tuple[str, str]]:
-    return sorted({(t.group, t.version) for t in TYPES})
+def group_versions(extra: Sequence[ResourceType] = ()) -> list[tuple[str, str]]:
+    return sorted({(t.group, t.version) for t in (*TYPES, *extra)})
 
 
-def document(group: str, version: str) -> dict[str, Any] | None:
-    types = [t for t in TYPES if t.group == group and t.version == version]
+def document(group: str, version: str, extra: Sequence[ResourceType] = ()) -> dict[str, Any] | None:
+    """`extra`: the custom resources' types (crds), served like the built-in ones."""
+    types = [t for t in (*TYPES, *extra) if t.group == group and t.version == version]
     if not types:
         return None
     params = [
@@ -53,27 +55,27 @@ def document(group: str, version: str) -> dict[str, Any] | None:
     }
 
 
-def _hash(group: str, version: str) -> str:
-    text = json.dumps(document(group, version), sort_keys=True)
+def _hash(group: str, version: str, extra: Sequence[ResourceType]) -> str:
+    text = json.dumps(document(group, version, extra), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32].upper()
 
 
-def root() -> dict[str, Any]:
+def root(extra: Sequence[ResourceType] = ()) -> dict[str, Any]:
     return {
         "paths": {
             _gv_path(g, v): {
-                "serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}?hash={_hash(g, v)}"
+                "serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}?hash={_hash(g, v, extra)}"
             }
-            for g, v in group_versions()
+            for g, v in group_versions(extra)
         }
     }
 
 
-def lookup(path: str) -> dict[str, Any] | None:
+def lookup(path: str, extra: Sequence[ResourceType] = ()) -> dict[str, Any] | None:
     """The document for /openapi/v3/<path> (api/v1, apis/apps/v1, ...), or None."""
     parts = path.strip("/").split("/")
     if parts[0] == "api" and len(parts) == 2:
-        return document("", parts[1])
+        return document("", parts[1], extra)
     if parts[0] == "apis" and len(parts) == 3:
-        return document(parts[1], parts[2])
+        return document(parts[1], parts[2], extra)
     return None

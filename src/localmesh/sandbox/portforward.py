@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
+from localmesh.sandbox.ips import dial
 from localmesh.sandbox.spdy import ByteSink, SpdyError, SpdySession, SpdyStream
 
 log = structlog.get_logger(__name__)
@@ -320,7 +321,7 @@ async def _serve_channels(
         data_ch, err_ch = 2 * entry.index, 2 * entry.index + 1
         try:
             try:
-                reader, entry.writer = await asyncio.open_connection(pod_ip, entry.port)
+                reader, entry.writer = await asyncio.open_connection(*dial(pod_ip, entry.port))
             except OSError as exc:
                 entry.dialled.set()
                 await send(err_ch, _dial_error(entry.port, pod, pod_ip, exc).encode())
@@ -454,7 +455,7 @@ class _PortForwardStreams:
         assert data is not None
         try:
             try:
-                reader, pair.writer = await asyncio.open_connection(self._pod_ip, pair.port)
+                reader, pair.writer = await asyncio.open_connection(*dial(self._pod_ip, pair.port))
             except OSError as exc:
                 pair.dialled.set()
                 if pair.error is not None:

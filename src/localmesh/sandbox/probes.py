@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from localmesh.sandbox.ips import dial
+
 DEFAULTS = {
     "initialDelaySeconds": 0,
     "periodSeconds": 10,
@@ -55,6 +57,8 @@ class Probe:
         host = spec.get("host") or self.host
         path = spec.get("path") or "/"
         url = f"{scheme}://{host}:{self._port(spec.get('port'))}{path}"
+        dial_host, dial_port = dial(host, self._port(spec.get("port")))
+        target = f"{scheme}://{dial_host}:{dial_port}{path}"  # url itself, unless shared
         headers = {h["name"]: h["value"] for h in spec.get("httpHeaders") or []}
         headers.setdefault("User-Agent", "kube-probe/1.32")
         # HTTPS probes do not verify the certificate, as the kubelet's do not.
@@ -62,7 +66,7 @@ class Probe:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-                session.get(url, headers=headers, ssl=ctx, allow_redirects=False) as resp,
+                session.get(target, headers=headers, ssl=ctx, allow_redirects=False) as resp,
             ):
                 await resp.read()
                 if 200 <= resp.status < 400:
@@ -83,7 +87,7 @@ class Probe:
         host = spec.get("host") or self.host
         port = self._port(spec.get("port"))
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*dial(host, port)), timeout)
         except TimeoutError:
             return False, f"dial tcp {host}:{port}: i/o timeout"
         except OSError:

@@ -56,6 +56,17 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType(RBAC_GROUP, "v1", "rolebindings", "RoleBinding", True),
     ResourceType(RBAC_GROUP, "v1", "clusterroles", "ClusterRole", False),
     ResourceType(RBAC_GROUP, "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    # what they define is served by crds.CustomResources
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        ("crd", "crds"),
+        ("status",),
+        True,
+    ),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {
@@ -80,6 +91,7 @@ ROLES = BY_PLURAL["roles"]
 ROLEBINDINGS = BY_PLURAL["rolebindings"]
 CLUSTERROLES = BY_PLURAL["clusterroles"]
 CLUSTERROLEBINDINGS = BY_PLURAL["clusterrolebindings"]
+CUSTOMRESOURCEDEFINITIONS = BY_PLURAL["customresourcedefinitions"]
 # Kinds kubectl lists under `kubectl get all`.
 ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets"})
 

@@ -32,6 +32,7 @@ from localmesh.sandbox.certs import ServingCerts, make_serving_certs
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.execauth import ExecCredentials
 from localmesh.sandbox.faults import Faults
+from localmesh.sandbox.ips import NO_PER_POD_ADDRESSES, SHARED, LoopbackAllocator, loopback_mode
 from localmesh.sandbox.kubeconfig import write_kubeconfig
 from localmesh.sandbox.processes import DEFAULT_PROCESS_IMAGES, NodeConfig
 from localmesh.sandbox.rbac import AUTHENTICATED, MASTERS, Identities, User
@@ -73,6 +74,7 @@ class Sandbox:
         history_size: int = 20000,
         process_images: tuple[str, ...] = DEFAULT_PROCESS_IMAGES,
         exec_token_seconds: float | None = None,
+        loopback: str | None = None,
     ) -> None:
         if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
             raise ConfigError(
@@ -80,6 +82,11 @@ class Sandbox:
             )
         self.scenario = scenario if scenario is not None else Scenario.default()
         self.cluster = Cluster(history_size=history_size)
+        # An address per pod where the machine has them, else ports on 127.0.0.1 (ips.py).
+        self.loopback = loopback_mode(loopback)
+        if self.loopback == SHARED:
+            self.cluster.kubelet.ips = LoopbackAllocator(shared=True)
+            self.cluster.service_ips.serve_cluster_ips = False
         self.cluster.faults.ready_delay = ready_delay
         self.identities = Identities(self.cluster.store)
         self.process_images = process_images
@@ -130,6 +137,11 @@ class Sandbox:
     async def _up(self) -> None:
         started = time.monotonic()
         _raise_fd_limit(4 * len(self.scenario.deployments) + 4096)
+        if self.loopback == SHARED:
+            log.warning(
+                "cluster IPs answer only the sandbox's pods; process containers cannot start",
+                reason=NO_PER_POD_ADDRESSES,
+            )
         self._workdir = Path(tempfile.mkdtemp(prefix="localmesh-sandbox-"))
         certs = make_serving_certs()
         ctx = self._serving_context(certs)

@@ -14,6 +14,11 @@ deleted a moment ago may still be listed), as kube-proxy's old userspace mode di
 Headless (clusterIP None) and ExternalName services get no listener: cluster DNS answers
 for them (`dns`). Endpoints outside 127.0.0.0/8 (a selectorless Service's manual Endpoints
 may name any address) are never dialled: the sandbox's traffic stays on this machine.
+
+A shared sandbox (ips.py: only 127.0.0.1 binds, as on macOS) cannot listen on cluster IPs:
+each cluster IP port then listens on a port of its own on 127.0.0.1, which the sandbox's
+pods reach through cluster DNS and `ips.dial`; other clients cannot, and the Service gets a
+Warning event saying so.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ from typing import cast
 import structlog
 
 from localmesh.sandbox.controllers import SERVICE_NAME_LABEL
-from localmesh.sandbox.ips import NODE_IP, ServiceIPAllocator
+from localmesh.sandbox.ips import (
+    NO_PER_POD_ADDRESSES,
+    NODE_IP,
+    SHARED_HOST,
+    ServiceIPAllocator,
+    dial,
+    share_port,
+    unshare_port,
+)
 from localmesh.sandbox.resources import ENDPOINTSLICES, SERVICES
 from localmesh.sandbox.store import Obj, Store, StoredEvent
 from localmesh.sandbox.tasks import TaskSet
@@ -168,7 +181,7 @@ class _Client(_Splice):
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     _, upstream = await loop.create_connection(
-                        lambda: _Splice(self.proxy), *address
+                        lambda: _Splice(self.proxy), *dial(*address)
                     )
             except (OSError, TimeoutError):
                 continue  # a pod deleted a moment ago: the next endpoint
@@ -205,6 +218,7 @@ class _Client(_Splice):
 class _Listener:
     address: Address
     sock: socket.socket
+    shared_port: int = 0  # a shared sandbox's cluster IP port: served on 127.0.0.1 here
     server: asyncio.Server | None = None
     route: ServicePortRoute | None = None
     starting: bool = False
@@ -227,6 +241,7 @@ class ServiceProxy:
         self._warn = warn  # records a Warning event on a Service
         # (namespace, service) -> routes by service port name
         self._routes: dict[tuple[str, str], dict[str, ServicePortRoute]] = {}
+        self._unserved: set[tuple[str, str]] = set()  # Services told their cluster IP is not served
         self._listeners: dict[Address, _Listener] = {}
         self._by_service: dict[tuple[str, str], set[Address]] = {}
         self._connections: set[_Splice] = set()
@@ -287,6 +302,15 @@ class ServiceProxy:
                     continue  # UDP and SCTP are not proxied
                 if self._ips.contains(ip):
                     wanted[(ip, int(p["port"]))] = p.get("name", "")
+                    if not self._ips.serve_cluster_ips and key not in self._unserved:
+                        self._unserved.add(key)  # said once per Service
+                        self._warn(
+                            svc,
+                            "ClusterIPNotServed",
+                            f"cluster IP {ip} is not served on this machine, only to the "
+                            f"sandbox's pods: {NO_PER_POD_ADDRESSES}; reach the Service by "
+                            "port-forward, `localmesh up` or a NodePort on 127.0.0.1",
+                        )
                 if p.get("nodePort"):
                     wanted[(NODE_IP, int(p["nodePort"]))] = p.get("name", "")
         old_routes = self._routes.get(key, {})
@@ -346,9 +370,10 @@ class ServiceProxy:
         # Bound and listening before this returns: a client that reads the Service back
         # can connect at once (the kernel queues it until the server accepts).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        shared = not self._ips.serve_cluster_ips and self._ips.contains(address[0])
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            sock.bind((SHARED_HOST, 0) if shared else address)
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
         except OSError as exc:
@@ -358,6 +383,9 @@ class ServiceProxy:
             self._warn(svc, "FailedToListen", f"the service proxy cannot listen on {where}: {exc}")
             return None
         listener = _Listener(address, sock)
+        if shared:
+            listener.shared_port = int(sock.getsockname()[1])
+            share_port(*address, listener.shared_port)
         self._listeners[address] = listener
         self._tasks.spawn(self._serve(listener), f"service-listener/{address[0]}:{address[1]}")
         return listener
@@ -376,6 +404,8 @@ class ServiceProxy:
         listener = self._listeners.pop(address, None)
         if listener is None:
             return
+        if listener.shared_port:
+            unshare_port(*address, listener.shared_port)
         listener.closed = True
         if listener.server is not None:
             listener.server.close()  # stops accepting; open connections stay

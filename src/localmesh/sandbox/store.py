@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localmesh.sandbox import errors
-from localmesh.sandbox.resources import NAMESPACES, ResourceType
+from localmesh.sandbox.resources import NAMESPACES, TYPES, ResourceType
 from localmesh.sandbox.selectors import Selector
 
 Obj = dict[str, Any]
+BUILTIN_GROUPS = frozenset(t.group for t in TYPES)
 
 
 def now_rfc3339() -> str:
@@ -30,6 +31,12 @@ def now_rfc3339() -> str:
 def meta(obj: Obj) -> dict[str, Any]:
     m: dict[str, Any] = obj.setdefault("metadata", {})
     return m
+
+
+def table_key(rtype: ResourceType) -> str:
+    """Where a type's objects live: its plural, qualified by the group outside the
+    built-in kinds (a CRD may reuse a plural), shared by all versions."""
+    return rtype.plural if rtype.group in BUILTIN_GROUPS else f"{rtype.plural}.{rtype.group}"
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,8 @@ class Watcher:
 
     def translate(self, ev: StoredEvent) -> tuple[str, Obj] | None:
         """The event this watch sees: objects entering/leaving its selector are ADDED/DELETED."""
-        if ev.rtype is not self.rtype:
-            return None
+        if ev.rtype is not self.rtype and table_key(ev.rtype) != table_key(self.rtype):
+            return None  # (the versions of one custom resource share a table)
         if self.namespace is not None and ev.obj["metadata"].get("namespace") != self.namespace:
             return None
         now = self.selector.matches(ev.obj)
@@ -92,7 +99,7 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------
     def _table(self, rtype: ResourceType) -> dict[tuple[str, str], Obj]:
-        return self._objects.setdefault(rtype.plural, {})
+        return self._objects.setdefault(table_key(rtype), {})
 
     def peek(self, rtype: ResourceType, namespace: str | None, name: str) -> Obj | None:
         """The stored object itself (read-only: never mutate it) or None."""
@@ -122,7 +129,7 @@ class Store:
         if not match_labels:
             return builtins.list(self.iter(rtype, namespace))
         sets = [
-            self._label_index.get((rtype.plural, namespace, k, v), set())
+            self._label_index.get((table_key(rtype), namespace, k, v), set())
             for k, v in match_labels.items()
         ]
         names = set.intersection(*sets) if len(sets) > 1 else sets[0]
@@ -157,12 +164,12 @@ class Store:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-        self._index(rtype.plural, old, add=False)
+        self._index(table_key(rtype), old, add=False)
         if type_ == "DELETED":
             self._table(rtype).pop(key, None)
         else:
             self._table(rtype)[key] = obj
-            self._index(rtype.plural, obj, add=True)
+            self._index(table_key(rtype), obj, add=True)
         ev = StoredEvent(self.rv, rtype, type_, obj, old)
         self._history.append(ev)
         while len(self._history) > self._history_size:

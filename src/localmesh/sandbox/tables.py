@@ -262,6 +262,10 @@ COLUMNS: dict[str, list[Column]] = {
         ("Data", "integer", 0, lambda o: len(o.get("data") or {})),
         AGE,
     ],
+    "customresourcedefinitions": [
+        NAME,
+        ("Created At", "date", 0, lambda o: o["metadata"].get("creationTimestamp")),
+    ],
     "events": [
         ("Last Seen", "string", 0, lambda o: _since(o.get("lastTimestamp"))),
         ("Type", "string", 0, lambda o: o.get("type", "")),
@@ -276,7 +280,9 @@ COLUMNS: dict[str, list[Column]] = {
 def table(
     rtype: ResourceType, items: list[Obj], resource_version: str, query: Mapping[str, str]
 ) -> dict[str, Any]:
-    columns = COLUMNS.get(rtype.plural, [NAME, AGE])
+    # a custom resource's own printer columns (crds.CustomType), else the built-in ones
+    custom: list[Column] | None = getattr(rtype, "columns", None)
+    columns = list(custom) if custom else COLUMNS.get(rtype.plural, [NAME, AGE])
     include = query.get("includeObject", "Metadata")
     rows = []
     for obj in items:

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
 from localmesh.sandbox.dns import ClusterDNS, ClusterResolver
+from localmesh.sandbox.ips import share_port, unshare_port
 
 WORKLOADS = ("http-echo", "grpc-greeter", "tcp-echo", "frontend")
 DOWNSTREAM_ENV = "DOWNSTREAM_URL"
@@ -55,6 +56,11 @@ class PodInfo:
     ip: str
     env: Mapping[str, str] = field(default_factory=dict)  # the container's plain env values
     dns: ClusterDNS | None = None  # the cluster's DNS, for workloads that call services
+    listen_host: str | None = None  # a shared sandbox (ips.py): here, at a port of its own
+
+    def listen_on(self, port: int) -> tuple[str, int]:
+        """Where the server of container port `port` binds."""
+        return (self.listen_host, 0) if self.listen_host else (self.ip, port)
 
 
 def plain_env(pod: Mapping[str, Any] | None, container: str) -> dict[str, str]:
@@ -75,6 +81,10 @@ class Listener(Protocol):
     async def close(self) -> None: ...
 
 
+def _bound_port(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
 def _number(text: str | None, default: float) -> float:
     try:
         return float(text) if text else default
@@ -87,12 +97,13 @@ class _HttpEcho:
         self.pod = pod
         self.server = web.Server(self.handle)
         self.asyncio_server: asyncio.Server | None = None
+        self.bound = 0
 
     async def start(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self.asyncio_server = await loop.create_server(
-            self.server, self.pod.ip, port, reuse_address=True
-        )
+        host, at = self.pod.listen_on(port)
+        self.asyncio_server = await loop.create_server(self.server, host, at, reuse_address=True)
+        self.bound = _bound_port(self.asyncio_server)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path in ("/health", "/healthz"):
@@ -130,9 +141,12 @@ class _TcpEcho:
         self.pod = pod
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.bound = 0
 
     async def start(self, port: int) -> None:
-        self.server = await asyncio.start_server(self.handle, self.pod.ip, port, reuse_address=True)
+        host, at = self.pod.listen_on(port)
+        self.server = await asyncio.start_server(self.handle, host, at, reuse_address=True)
+        self.bound = _bound_port(self.server)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
@@ -182,6 +196,7 @@ class _GrpcGreeter:
         self.pod = pod
         # No SO_REUSEPORT: a second bind of the same IP and port must fail, as in a real pod.
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.bound = 0
         add_greeter: Any = greeter_pb2_grpc.add_GreeterServicer_to_server
         add_greeter(_Greeter(pod), self.server)
         self.health = health.aio.HealthServicer()
@@ -210,12 +225,14 @@ class _GrpcGreeter:
         )
 
     async def start(self, port: int) -> None:
+        host, at = self.pod.listen_on(port)
         try:
-            bound = self.server.add_insecure_port(f"{self.pod.ip}:{port}")
+            bound = self.server.add_insecure_port(f"{host}:{at}")
         except RuntimeError as exc:
-            raise OSError(98, f"cannot bind {self.pod.ip}:{port}: {exc}") from None
-        if bound != port:
-            raise OSError(98, f"cannot bind {self.pod.ip}:{port}")
+            raise OSError(98, f"cannot bind {host}:{at}: {exc}") from None
+        if bound == 0 or (at and bound != at):
+            raise OSError(98, f"cannot bind {host}:{at}")
+        self.bound = bound
         await self.server.start()
         for service in ("", "localmesh.api.sandbox.v1.Greeter"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -260,6 +277,7 @@ class _Frontend:
         self.server = web.Server(self.handle)
         self.asyncio_server: asyncio.Server | None = None
         self.session: aiohttp.ClientSession | None = None
+        self.bound = 0
 
     async def start(self, port: int) -> None:
         resolver = ClusterResolver(self.pod.dns, self.pod.namespace)
@@ -269,13 +287,15 @@ class _Frontend:
             timeout=aiohttp.ClientTimeout(total=DOWNSTREAM_TIMEOUT),
         )
         loop = asyncio.get_running_loop()
+        host, at = self.pod.listen_on(port)
         try:
             self.asyncio_server = await loop.create_server(
-                self.server, self.pod.ip, port, reuse_address=True
+                self.server, host, at, reuse_address=True
             )
         except OSError:
             await self.session.close()
             raise
+        self.bound = _bound_port(self.asyncio_server)
 
     def _target(self, request: web.BaseRequest) -> str:
         return self.downstream.rstrip("/") + request.raw_path
@@ -333,11 +353,28 @@ _FACTORIES: dict[str, Callable[[PodInfo], Any]] = {
 }
 
 
+class _SharedListener:
+    """A server of a shared sandbox's pod: reachable as pod IP and port through `ips.dial`
+    for as long as it runs."""
+
+    def __init__(self, server: Any, pod_ip: str, port: int) -> None:
+        self._server = server
+        self._key = (pod_ip, port, int(server.bound))
+        share_port(*self._key)
+
+    async def close(self) -> None:
+        unshare_port(*self._key)
+        await self._server.close()
+
+
 async def start_listener(workload: str, pod: PodInfo, port: int) -> Listener:
-    """Start `workload` on pod.ip:port; OSError if the address is taken."""
+    """Start `workload` on pod.ip:port (a shared sandbox: a port of its own on
+    pod.listen_host, see ips.py); OSError if the address is taken."""
     server = _FACTORIES[workload](pod)
     start: Callable[[int], Awaitable[None]] = server.start
     await start(port)
+    if pod.listen_host:
+        return _SharedListener(server, pod.ip, port)
     listener: Listener = server
     return listener
 
