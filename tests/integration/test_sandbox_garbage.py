@@ -3,6 +3,7 @@ take `stringData`; a pod that opts out of its service-account token still starts
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -20,6 +21,7 @@ from localmesh.sandbox.resources import (
     ROLES,
 )
 from tests import sandbox_fixtures
+from tests.crd_helpers import crd_yaml, istio_crds
 from tests.integration.test_sandbox_processes import PROBE, agent_deployment
 from tests.sandbox_fixtures import SandboxFactory, kubectl
 
@@ -205,3 +207,33 @@ async def test_foreground_deletion_keeps_the_owner_until_its_dependents_are_gone
         what="the deployment gone after its replica set and pod",
     )
     assert not sb.pods(NAMESPACE) and not names(sb, REPLICASETS)
+
+
+async def test_custom_resources_own_and_are_owned(sandbox_factory: SandboxFactory) -> None:
+    sb = await sandbox_factory(EMPTY)
+    res = await kubectl(sb, "apply", "-f", "-", input=crd_yaml(*istio_crds()))
+    res.check()
+    owner = sb.cluster.create(LEASES, lease("owner"))
+    rule = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "dr", "namespace": NAMESPACE, "ownerReferences": owned_by(owner)},
+        "spec": {"host": "billing-api"},
+    }
+    (await kubectl(sb, "apply", "-f", "-", input=json.dumps(rule))).check()
+    stored = json.loads(
+        (await kubectl(sb, "get", "destinationrule", "dr", "-n", NAMESPACE, "-o", "json"))
+        .check()
+        .stdout
+    )
+    sb.cluster.create(CONFIGMAPS, config_map("of-the-rule", owned_by(stored)))
+    (await kubectl(sb, "delete", "lease", "owner", "-n", NAMESPACE)).check()
+
+    async def gone() -> bool:
+        out = await kubectl(sb, "get", "destinationrules", "-n", NAMESPACE, "-o", "name")
+        return not out.check().stdout.strip() and "of-the-rule" not in names(sb, CONFIGMAPS)
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await gone():
+        assert asyncio.get_running_loop().time() < deadline, "the rule and its dependent stay"
+        await asyncio.sleep(0.1)

@@ -41,11 +41,6 @@ Key = tuple[str, str, str]  # (plural, namespace, name)
 _BY_API_KIND: dict[tuple[str, str], ResourceType] = {(t.api_version, t.kind): t for t in TYPES}
 
 
-def owner_type(ref: dict[str, Any]) -> ResourceType | None:
-    """The resource type an ownerReference names (None when the sandbox does not serve it)."""
-    return _BY_API_KIND.get((str(ref.get("apiVersion", "")), str(ref.get("kind", ""))))
-
-
 def _refs(obj: Obj | None) -> list[dict[str, Any]]:
     if obj is None:
         return []
@@ -66,10 +61,22 @@ class GarbageCollector:
         self._check: set[Key] = set()  # dependents whose owners may be missing
         self._scheduled = False
         self._waiting: dict[str, Key] = {}  # foreground owners by uid: gone once alone
+        self._types: dict[str, ResourceType] = dict(BY_PLURAL)  # custom resources join
+
+    def owner_type(self, ref: dict[str, Any]) -> ResourceType | None:
+        """The type an ownerReference names (None when the sandbox does not serve it)."""
+        wanted = (str(ref.get("apiVersion", "")), str(ref.get("kind", "")))
+        found = _BY_API_KIND.get(wanted)
+        if found is None:
+            found = next(
+                (t for t in self.cluster.crds.types() if (t.api_version, t.kind) == wanted), None
+            )
+        return found
 
     # -- event intake ----------------------------------------------------------------------
     def on_event(self, ev: StoredEvent) -> None:
         key = _key(ev.rtype, ev.obj)
+        self._types.setdefault(ev.rtype.plural, ev.rtype)
         old_uids = {str(r.get("uid")) for r in _refs(ev.old)}
         new_uids = set() if ev.type == "DELETED" else {str(r.get("uid")) for r in _refs(ev.obj)}
         for uid in old_uids - new_uids:
@@ -108,7 +115,7 @@ class GarbageCollector:
             for uid in done:  # foreground owners whose dependents are all gone
                 plural, namespace, name = self._waiting.pop(uid)
                 with contextlib.suppress(errors.ApiError):
-                    self.cluster.store.delete(BY_PLURAL[plural], namespace or None, name)
+                    self.cluster.store.delete(self._types[plural], namespace or None, name)
             if not (self._gone or self._check or done):
                 return
 
@@ -119,7 +126,7 @@ class GarbageCollector:
 
     # -- deciding --------------------------------------------------------------------------
     def _owner_exists(self, namespace: str, ref: dict[str, Any]) -> bool:
-        rtype = owner_type(ref)
+        rtype = self.owner_type(ref)
         if rtype is None:
             return True  # a kind this cluster does not know: never collect on a guess
         owner = self.cluster.store.peek(
@@ -129,7 +136,7 @@ class GarbageCollector:
 
     def _attempt(self, key: Key) -> None:
         plural, namespace, name = key
-        rtype = BY_PLURAL[plural]
+        rtype = self._types[plural]
         obj = self.cluster.store.peek(rtype, namespace or None, name)
         refs = _refs(obj)
         if obj is None or not refs:
@@ -166,7 +173,7 @@ class GarbageCollector:
             plural, namespace, name = dependent
             with contextlib.suppress(errors.ApiError):  # in the foreground too, as the real GC
                 self.cluster.delete(
-                    BY_PLURAL[plural], namespace or None, name, propagation="Foreground"
+                    self._types[plural], namespace or None, name, propagation="Foreground"
                 )
         self.flush()
         return marked
@@ -174,7 +181,7 @@ class GarbageCollector:
     def orphan(self, owner_uid: str) -> None:
         """Remove references to `owner_uid` from its dependents (propagationPolicy Orphan)."""
         for plural, namespace, name in sorted(self._dependents.get(owner_uid, set())):
-            rtype = BY_PLURAL[plural]
+            rtype = self._types[plural]
             obj = self.cluster.store.peek(rtype, namespace or None, name)
             if obj is None:
                 continue
