@@ -476,7 +476,7 @@ class ApiServer:
         orphan = request.query.get("orphanDependents") or (body or {}).get("orphanDependents")
         if policy is None and orphan in (True, "true", "1"):
             return "Orphan"
-        return None if policy is None else str(policy)
+        return str(policy) if policy else None
 
     @staticmethod
     def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:
