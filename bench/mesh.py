@@ -264,10 +264,6 @@ def spec_of(svc: dict[str, Any]) -> Any:
 
 
 def start_mesh(kubeconfig: str, workdir: Path, port: int, mark: str) -> MeshRun:
-    from localmesh.clustermesh import manifests as m
-
-    router = [*m.router_command(NAMESPACE, SERVICE, m.ROUTER_HEALTH_PORT)]
-    router += ["--idle-timeout", str(IDLE_TIMEOUT)]
     runtime = workdir / f"rt-{mark.replace(':', '-')}-{time.monotonic_ns()}"
     runtime.mkdir()
     log = (runtime / "mesh.log").open("w")
@@ -276,8 +272,7 @@ def start_mesh(kubeconfig: str, workdir: Path, port: int, mark: str) -> MeshRun:
             LOCALMESH, "--log-level", "debug", "--log-format", "json", "mesh",
             f"{NAMESPACE}/{SERVICE}", "--expose", f"{port}:{PORT}",
             "--version-mark", mark, "--kubeconfig", kubeconfig,
-            "--router-command", " ".join(router),
-            "--shadow-env", "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
+            "--router-idle-timeout", str(IDLE_TIMEOUT),
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,

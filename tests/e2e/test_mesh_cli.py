@@ -23,7 +23,6 @@ from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
-    ROUTER_STAND_IN,
     as_rules,
     kubeconfig_with,
     managed_objects,
@@ -65,12 +64,6 @@ def mesh_args(sb: Sandbox, port: int) -> list[str]:
         "dev",
         "--kubeconfig",
         str(sb.kubeconfig_path),
-        "--router-command",
-        " ".join(ROUTER_STAND_IN),
-        "--router-ready-path",
-        "/healthz",
-        "--shadow-env",
-        "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
     ]
 
 
@@ -228,7 +221,7 @@ async def test_ctrl_c_while_joining_puts_everything_back(
     before = await service_json(sandbox)
     args = mesh_args(sandbox, local_app)
     # A router that never becomes Ready: the join waits for it until interrupted.
-    args[args.index("--router-ready-path") + 1] = "/never-ready"
+    sandbox.faults.hold_unready("billing", m.router_selector("billing-api"))
     proc = await asyncio.create_subprocess_exec(
         str(LOCALMESH),
         *args,

@@ -91,8 +91,6 @@ async def start_manual(
         "dev",
         "--kubeconfig",
         str(sb.kubeconfig_path),
-        "--shadow-env",
-        "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
         *extra,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -306,8 +304,6 @@ async def test_apply_without_istio_says_so_and_changes_nothing(
         f"{local_app}:8080",
         "--versionMark",
         "dev",
-        "--shadow-env",
-        "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
         kubeconfig=sandbox.kubeconfig_path,
     )
     assert result.returncode == 1

@@ -26,6 +26,7 @@ from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
     SERVER_FIELDS,
     managed_objects,
+    namespace_objects,
     service_json,
     wait_managed_gone,
 )
@@ -35,16 +36,6 @@ sandbox = sandbox_fixtures.sandbox
 sandbox_factory = sandbox_fixtures.sandbox_factory
 
 IDLE_TIMEOUT = 2  # seconds without a live session before the router restores the Service
-
-
-def router_command(namespace: str, service: str) -> str:
-    return " ".join(
-        [
-            *m.router_command(namespace, service, m.ROUTER_HEALTH_PORT),
-            "--idle-timeout",
-            str(IDLE_TIMEOUT),
-        ]
-    )
 
 
 @asynccontextmanager
@@ -77,7 +68,6 @@ async def local_app(name: str) -> AsyncIterator[int]:
 async def start_mesh(
     sb: Sandbox, tmp_path: Path, target: str, expose: str, mark: str
 ) -> asyncio.subprocess.Process:
-    namespace, service = target.split("/")
     runtime = tmp_path / f"rt-{mark.replace(':', '-')}"
     runtime.mkdir()
     proc = await asyncio.create_subprocess_exec(
@@ -90,10 +80,8 @@ async def start_mesh(
         mark,
         "--kubeconfig",
         str(sb.kubeconfig_path),
-        "--router-command",
-        router_command(namespace, service),
-        "--shadow-env",
-        "LOCALMESH_TUNNEL_BIND=$(POD_IP)",
+        "--router-idle-timeout",
+        str(IDLE_TIMEOUT),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -246,6 +234,42 @@ async def test_marked_http_and_websocket_reach_this_machine_the_rest_the_pods(
     await wait_managed_gone(sandbox)
 
 
+async def test_a_mark_propagated_by_a_caller_reaches_this_machine_at_the_second_hop(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """users/frontend calls billing-api.billing:8080 for every request, passing on the
+    propagated headers (version among them): meshing billing-api catches its marked calls."""
+    async with local_app("ana") as port:
+        proc = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{port}:8080", "dev")
+        try:
+            ip = await cluster_ip(sandbox, "users", "frontend")
+            url = f"http://{ip}:8080/checkout"
+
+            async def marked() -> Any:
+                reply = await curl(url, extra=["-H", "version: dev", "-H", "x-request-id: r-1"])
+                if reply.status != 200:
+                    return None
+                answer = json.loads(reply.body)
+                second = answer["downstream"]["body"]
+                return answer if isinstance(second, str) and second.startswith("ana") else None
+
+            answer = await eventually(marked, seconds=30, what="the second hop served locally")
+            assert answer["pod"].startswith("frontend")  # the first hop is the cluster's
+            assert answer["propagated"] == {"version": "dev", "x-request-id": "r-1"}
+            # The caller's Host (the Service's name) reaches the local process unchanged.
+            assert (
+                answer["downstream"]["body"] == "ana served /checkout for billing-api.billing:8080"
+            )
+            for headers in ([], ["-H", "version: prod"]):
+                reply = await curl(url, extra=headers)
+                assert reply.status == 200, reply.body
+                second = json.loads(reply.body)["downstream"]["body"]
+                assert isinstance(second, dict) and second["pod"].startswith("billing-api")
+        finally:
+            await stop_mesh(proc)
+    assert proc.returncode == 0
+
+
 async def test_grpc_metadata_marks_unary_and_streaming_calls(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -306,6 +330,7 @@ async def test_two_developers_a_killed_session_falls_back_and_the_router_restore
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     before = comparable(await service_json(sandbox))
+    objects_before = namespace_objects(sandbox)
     async with local_app("ana") as ana_port, local_app("bob") as bob_port:
         ana = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{ana_port}:8080", "dev")
         bob = await start_mesh(
@@ -344,6 +369,14 @@ async def test_two_developers_a_killed_session_falls_back_and_the_router_restore
             )
             assert await served_by("bob", {"baggage": "bob"})
 
+            # Dead beyond doubt (5 s past expiry), ana's session loses its Lease to the
+            # router, and its shadow pod and Secret with it; bob's is untouched.
+            async def anas_session_gone() -> bool:
+                return not any("-localmesh-dev-" in n for n in await managed_objects(sandbox))
+
+            await eventually(anas_session_gone, seconds=30, what="ana's session removed")
+            assert await served_by("bob", {"baggage": "bob"})
+
             # bob's machine dies too: nobody is left, the router restores the Service.
             bob.kill()
             await bob.wait()
@@ -358,28 +391,17 @@ async def test_two_developers_a_killed_session_falls_back_and_the_router_restore
                 every=0.2,
             )
 
-            # ... and removes its Deployment and the origin Service. Its RBAC goes in one
-            # round of concurrent deletes; RBAC cannot let an agent delete the last object
-            # that grants it the right, so one may be left, with the dead sessions' own
-            # objects, for `mesh clean`.
-            async def router_gone() -> list[str] | None:
-                left = await managed_objects(sandbox)
-                kinds = {name.split("/", 1)[0] for name in left}
-                return left if not kinds & {"Deployment", "Service"} else None
+            # ... and, with the dead sessions' Leases and the origin Service deleted, the
+            # garbage collector removes everything else: the namespace is as it was.
+            async def as_before() -> bool:
+                assert namespace_objects(sandbox) == objects_before
+                return True
 
-            left = await eventually(router_gone, seconds=30, what="the router to go")
-            assert {name.split("/", 1)[0] for name in left} <= {
-                "Lease",
-                "Pod",
-                "Secret",
-                "Role",
-                "RoleBinding",
-                "ServiceAccount",
-            }
+            await eventually(as_before, seconds=60, what="the namespace as before", every=0.2)
             kc = sandbox.kubeconfig_path
             cleaned = await run_cli(tmp_path, "mesh", "clean", "-n", "billing", kubeconfig=kc)
             assert cleaned.returncode == 0, cleaned.stderr
-            await wait_managed_gone(sandbox)
+            assert cleaned.stdout.strip() == "nothing to clean"
             assert comparable(await service_json(sandbox)) == before
         finally:
             for proc in (ana, bob):

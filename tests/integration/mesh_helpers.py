@@ -1,10 +1,5 @@
-"""Helpers for the `localmesh mesh` tests on the sandbox.
-
-The router agent does not exist yet: its Deployment runs the sandbox's testagent on the
-health port instead (the rest of the pod spec is the real one). Shadow pods run the real
-`localmesh agent shadow`; the sandbox's pods share one loopback, so its tunnel port binds the
-pod's own IP.
-"""
+"""Helpers for the `localmesh mesh` tests on the sandbox, whose pods run the real
+`localmesh agent router` (with its Envoy) and `localmesh agent shadow`."""
 
 from __future__ import annotations
 
@@ -19,17 +14,9 @@ from localmesh.clustermesh.marks import parse_expose, parse_version_mark
 from localmesh.clustermesh.session import MeshOptions, Permission
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
+from localmesh.sandbox.resources import EVENTS, TYPES
 from tests.sandbox_fixtures import kubectl
 
-ROUTER_STAND_IN = (
-    "python",
-    "-m",
-    "localmesh.sandbox.testagent",
-    "serve",
-    "--port",
-    str(m.ROUTER_HEALTH_PORT),
-)
-SHADOW_ENV = (("LOCALMESH_TUNNEL_BIND", "$(POD_IP)"),)
 SERVER_FIELDS = ("resourceVersion", "managedFields", "generation")
 
 
@@ -39,9 +26,6 @@ def options(local_port: int, mark: str = "dev", **overrides: Any) -> MeshOptions
         "service": "billing-api",
         "mark": parse_version_mark(mark),
         "exposed": parse_expose(f"{local_port}:8080"),
-        "router_command": ROUTER_STAND_IN,
-        "router_ready_path": "/healthz",
-        "shadow_env": SHADOW_ENV,
         "ready_timeout": 60.0,
     }
     values.update(overrides)
@@ -93,6 +77,17 @@ async def managed_objects(sb: Sandbox, namespace: str = "billing") -> list[str]:
         f"{i['kind']}/{i['metadata']['name']}"
         for i in items
         if not i["metadata"].get("deletionTimestamp")
+    )
+
+
+def namespace_objects(sb: Sandbox, namespace: str = "billing") -> list[str]:
+    """Every object in `namespace` as kind/name (Events aside: they record, not configure),
+    to compare a namespace before and after localmesh was there."""
+    return sorted(
+        f"{rtype.kind}/{obj['metadata']['name']}"
+        for rtype in TYPES
+        if rtype.namespaced and rtype is not EVENTS
+        for obj in sb.store.iter(rtype, namespace)
     )
 
 

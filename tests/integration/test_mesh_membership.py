@@ -84,6 +84,15 @@ async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
     async with local_server() as port:
         session = MeshSession(kube, options(port, lease_seconds=2))
         joined = await session.join()
+    # The router is down too (its node lost), so nothing removes the dead session but
+    # `mesh clean`.
+    router = await kube.get("Deployment", "billing", m.router_name("billing-api"))
+    assert router is not None
+    router["spec"]["replicas"] = 0
+    await kube.replace("Deployment", "billing", m.router_name("billing-api"), router)
+    await sandbox.wait_for(
+        lambda: not sandbox.pods("billing", f"{m.COMPONENT_LABEL}=router"), what="router down"
+    )
     # A crash: renewal stops, nothing is taken down.
     assert session._renewer is not None
     session._renewer.cancel()
@@ -102,9 +111,11 @@ async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
     report = await cleanup.clean(kube, "billing", "billing-api")
     assert "restored Service billing/billing-api (selector app=billing-api)" in report.actions
     assert "deleted Deployment billing/billing-api-localmesh-router" in report.actions
-    assert f"deleted Pod billing/{name}" in report.actions
+    # With its Lease go (garbage collected) the session's shadow pod and Secret.
+    for kind in ("Lease", "Pod", "Secret"):
+        assert f"deleted {kind} billing/{name}" in report.actions
     assert await service_json(sandbox) == before
-    assert await managed_objects(sandbox) == []
+    await wait_managed_gone(sandbox)
     again = await cleanup.clean(kube, None)
     assert again.actions == []
     await kube.close()
@@ -193,9 +204,9 @@ async def test_router_not_ready_in_time_is_rolled_back(sandbox: Sandbox) -> None
     before = await service_json(sandbox)
     kube = kube_for(sandbox)
     async with local_server() as port:
-        # Serves its health page on another port than the probe's: never Ready.
-        never = ("python", "-m", "localmesh.sandbox.testagent", "serve", "--port", "15999")
-        session = MeshSession(kube, options(port, router_command=never, ready_timeout=2))
+        # The router pod never becomes Ready (as if its probe always failed).
+        sandbox.faults.hold_unready("billing", m.router_selector("billing-api"))
+        session = MeshSession(kube, options(port, ready_timeout=2))
         with pytest.raises(MeshError, match=r"router was not Ready within 2s"):
             await session.join()
     assert await service_json(sandbox) == before
@@ -232,7 +243,7 @@ async def test_the_router_may_do_exactly_its_job(sandbox: Sandbox) -> None:
     kube = kube_for(sandbox)
     async with local_server() as port:
         session = MeshSession(kube, options(port))
-        await session.join()
+        joined = await session.join()
         router = f"--as=system:serviceaccount:billing:{m.router_name('billing-api')}"
         allowed = [
             "update services/billing-api",
@@ -241,15 +252,22 @@ async def test_the_router_may_do_exactly_its_job(sandbox: Sandbox) -> None:
             "watch leases.coordination.k8s.io",
             "list endpointslices.discovery.k8s.io",
             "list pods",
-            "delete deployments.apps/billing-api-localmesh-router",
-            "delete roles.rbac.authorization.k8s.io/billing-api-localmesh-router",
+            "get deployments.apps/billing-api-localmesh-router",
+            # The Lease of a session that joined (the garbage collector does the rest).
+            f"delete leases.coordination.k8s.io/{joined.spec.name}",
         ]
         denied = [
             "update services/other",
             "delete services/billing-api",
             "create services",
             "delete pods",
+            "delete secrets",
             "update leases.coordination.k8s.io",
+            "delete leases.coordination.k8s.io/someone-elses",
+            "delete leases.coordination.k8s.io",
+            # Deleting the origin Service removes these: the router needs no right on them.
+            "delete deployments.apps/billing-api-localmesh-router",
+            "delete roles.rbac.authorization.k8s.io/billing-api-localmesh-router",
             "delete deployments.apps/billing-api",
             "list secrets",
             "list pods -n users",

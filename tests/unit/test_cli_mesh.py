@@ -75,7 +75,7 @@ def test_defaults() -> None:
     assert options.image == m.DEFAULT_ROUTER_IMAGE == "localmesh/localmesh:0.1.0"
     assert options.mark.key == "version" and options.mark.generated
     assert options.mode == "auto" and not options.skip_port_checking
-    assert options.router_command is None and options.router_ready_path == "/ready"
+    assert options.router_idle_timeout is None  # the router's own default
 
 
 def test_option_errors() -> None:
@@ -178,17 +178,3 @@ def test_status_says_whether_the_router_routes_the_mark(
     view.routed = routed
     assert view.state == shown
     assert view.stats is view.tunnel.stats
-
-
-def test_only_localmeshs_router_is_asked_whether_it_routes() -> None:
-    args = build_parser().parse_args(["mesh", "billing/billing-api", "--expose", "8080"])
-    assert mesh_options(args, "billing", "billing-api").router_reports_routes
-    real = " ".join(m.router_command("billing", "billing-api", 15021))
-    args = build_parser().parse_args(
-        ["mesh", "billing/billing-api", "--expose", "8080", "--router-command", real]
-    )
-    assert mesh_options(args, "billing", "billing-api").router_reports_routes
-    args = build_parser().parse_args(
-        ["mesh", "billing/billing-api", "--expose", "8080", "--router-command", "python -m x"]
-    )
-    assert not mesh_options(args, "billing", "billing-api").router_reports_routes

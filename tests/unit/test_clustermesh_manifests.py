@@ -39,6 +39,13 @@ def round_trip(obj: dict[str, Any], model: str) -> Any:
     return api.sanitize_for_serialization(typed)
 
 
+LEASE: dict[str, Any] = {
+    "apiVersion": "coordination.k8s.io/v1",
+    "kind": "Lease",
+    "metadata": {"name": "billing-api-localmesh-dev-a1b2c3", "uid": "u-1"},
+}
+
+
 @pytest.mark.parametrize(
     ("build", "model"),
     [
@@ -51,9 +58,13 @@ def round_trip(obj: dict[str, Any], model: str) -> Any:
         ),
         (lambda: m.router_rbac("billing", "billing-api")[0], "V1ServiceAccount"),
         (lambda: m.router_rbac("billing", "billing-api")[1], "V1Role"),
+        (lambda: m.router_rbac("billing", "billing-api", ["s1"])[1], "V1Role"),
+        (lambda: m.owned_by(m.router_rbac("billing", "b")[0], LEASE), "V1ServiceAccount"),
         (lambda: m.router_rbac("billing", "billing-api")[2], "V1RoleBinding"),
-        (lambda: m.shadow_pod(spec(shadow_env=(("A", "b"),))), "V1Pod"),
+        (lambda: m.shadow_pod(spec()), "V1Pod"),
+        (lambda: m.shadow_pod(spec(), LEASE), "V1Pod"),
         (lambda: m.tunnel_secret(spec(), b"\x01\x02"), "V1Secret"),
+        (lambda: m.tunnel_secret(spec(), b"\x01", LEASE), "V1Secret"),
     ],
 )
 def test_objects_survive_the_client_models(build: Any, model: str) -> None:
@@ -189,6 +200,41 @@ def test_router_role_names_its_objects() -> None:
     ]
 
 
+def test_router_may_delete_only_the_leases_of_sessions_that_joined() -> None:
+    assert m.role_sessions(m.router_rbac("billing", "billing-api")[1]) == []
+    first = m.router_rbac("billing", "billing-api", ["s1"])[1]
+    rule = next(
+        r for r in first["rules"] if r["verbs"] == ["delete"] and "leases" in r["resources"]
+    )
+    assert rule["resourceNames"] == ["s1"]  # never empty: that would be every Lease
+    second = m.router_rbac("billing", "billing-api", ["s2"])[1]
+    merged = m.with_session_leases(first, second)
+    assert m.role_sessions(merged) == ["s1", "s2"]
+    assert m.with_session_leases(merged, second) == merged
+    # Nothing else of the router's is deletable by it but the origin Service.
+    deletes = [r for r in merged["rules"] if "delete" in r["verbs"]]
+    assert [(r["resources"], r["resourceNames"]) for r in deletes] == [
+        (["services"], ["billing-api-localmesh-origin"]),
+        (["leases"], ["s1", "s2"]),
+    ]
+
+
+def test_session_objects_are_owned_by_the_lease_and_the_shadow_has_no_token() -> None:
+    owner = [
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "name": LEASE["metadata"]["name"],
+            "uid": "u-1",
+        }
+    ]
+    pod = m.shadow_pod(spec(), LEASE)
+    assert pod["metadata"]["ownerReferences"] == owner
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert m.tunnel_secret(spec(), b"\x01", LEASE)["metadata"]["ownerReferences"] == owner
+    assert "ownerReferences" not in m.shadow_pod(spec())["metadata"]
+
+
 def test_shadow_pod_never_matches_the_service_selector() -> None:
     pod = m.shadow_pod(spec(ports=(m.PortMap(9090, 8080, 8081), m.PortMap(9091, 8082, 8081))))
     labels = pod["metadata"]["labels"]
@@ -218,11 +264,13 @@ def test_names_stay_within_limits_and_distinct() -> None:
     assert len(m.session_name("s" * 63, "v" * 40, "x1")) <= 63
 
 
-def test_router_command_can_be_replaced() -> None:
-    deployment = m.router_deployment("ns", "web", "img", [], command=["agent"], ready_path="/h")
+def test_router_idle_timeout_is_passed_to_the_agent() -> None:
+    deployment = m.router_deployment("ns", "web", "img", [], idle_timeout=2.5)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["agent"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/h"
+    assert container["command"][-2:] == ["--idle-timeout", "2.5"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    plain = m.router_deployment("ns", "web", "img", [])["spec"]["template"]["spec"]
+    assert "--idle-timeout" not in plain["containers"][0]["command"]
 
 
 def test_shadow_gets_its_secret_and_pod_ip() -> None:

@@ -63,6 +63,8 @@ def test_env_has_the_api_server_downward_fields_and_references(tmp_path: Path) -
     )
     assert (env["APP"], env["MARK"], env["TOKEN"]) == ("a", "dev", "s3cret")
     assert env["CFG_x"] == "1" and env["URL"] == "http://127.20.0.5:8080/dev"
+    # The pods share this machine's loopback: the pod's own "localhost" is its IP.
+    assert env["LOCALMESH_TUNNEL_BIND"] == "127.20.0.5"
     missing = {"env": [{"name": "M", "valueFrom": {"configMapKeyRef": {"name": "no", "key": "k"}}}]}
     with pytest.raises(ValueError, match='configmap "no" not found'):
         container_env(POD, missing, store, node)

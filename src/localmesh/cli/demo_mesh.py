@@ -24,9 +24,6 @@ MARK = "demo"
 LOCAL_ANSWER = "served by your machine"
 READY_TIMEOUT = 60.0
 PROBE_INTERVAL = 0.2  # seconds between marked requests while the router catches up
-# The sandbox's pods share this machine's loopback: the shadow's tunnel port binds the
-# pod's own IP, as a pod's own network namespace would let it bind any address.
-SHADOW_ENV = (("LOCALMESH_TUNNEL_BIND", "$(POD_IP)"),)
 # Fields the API server changes on every write: not part of "as it was".
 SERVER_FIELDS = ("resourceVersion", "managedFields", "generation")
 
@@ -154,7 +151,6 @@ class DemoMesh:
             mark=parse_version_mark(MARK),
             exposed=parse_expose(f"{port}:{SERVICE_PORT}"),
             ready_timeout=READY_TIMEOUT,
-            shadow_env=SHADOW_ENV,
         )
         session = MeshSession(kube, options)
         joined = await session.join()  # cancelled: it puts back what it changed

@@ -105,15 +105,17 @@ def register(subparsers: Any) -> None:
         help="how long the router and shadow pods may take to become Ready (default: 60)",
     )
     parser.add_argument(
+        "--router-idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="once no session is live for this long, the router restores the Service and "
+        "removes itself (default: 60; set by the session that creates the router)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="clean/recover: say what would be done"
     )
     mesh_manual.add_arguments(parser)
     add_cluster_arguments(parser)
-    # Seams for tests while the router agent is being built: a stand-in router command
-    # and readiness path, and extra shadow environment. Not for users.
-    parser.add_argument("--router-command", help=argparse.SUPPRESS)
-    parser.add_argument("--router-ready-path", default="/ready", help=argparse.SUPPRESS)
-    parser.add_argument("--shadow-env", action="append", default=[], help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
     _intermix(parser)
 
@@ -205,12 +207,9 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
         raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
     if args.ready_timeout <= 0:
         raise ConfigError(f"--ready-timeout {args.ready_timeout:g}: give a positive number")
-    env = []
-    for item in args.shadow_env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--shadow-env {item!r}: use KEY=VALUE")
-        env.append((key, value))
+    idle = args.router_idle_timeout
+    if idle is not None and idle <= 0:
+        raise ConfigError(f"--router-idle-timeout {idle:g}: give a positive number")
     return MeshOptions(
         namespace=namespace,
         service=service,
@@ -220,9 +219,7 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
         mode=args.mode,
         skip_port_checking=args.skip_port_checking,
         ready_timeout=args.ready_timeout,
-        router_command=tuple(shlex.split(args.router_command)) if args.router_command else None,
-        router_ready_path=args.router_ready_path,
-        shadow_env=tuple(env),
+        router_idle_timeout=idle,
     )
 
 
@@ -349,7 +346,7 @@ async def run_mesh(
                         )
                     else:
                         log.debug("mesh tunnel connected", seconds=time.monotonic() - began)
-                        if manual is None and options.router_reports_routes:
+                        if manual is None:
                             failure = await _until_routed(
                                 wait_routed(connector, namespace, joined, options.ready_timeout),
                                 stop,

@@ -11,7 +11,13 @@ Per Service (shared by every developer meshing it):
                              the cluster's pods through its EndpointSlices
     <svc>-localmesh-router   Deployment (1 replica) + ServiceAccount + Role + RoleBinding
 Per developer session:
-    <svc>-localmesh-<mark>-<id>   Lease (liveness and the mark) and the shadow pod
+    <svc>-localmesh-<mark>-<id>   Lease (liveness and the mark), shadow pod and Secret
+
+Ownership (ownerReferences) lets the cluster's garbage collector finish every removal: the
+router's Deployment and RBAC are owned by the origin Service, a session's shadow pod and
+Secret by its Lease. Deleting the origin Service removes the router and its rights (so the
+router can remove itself without deleting the objects that grant it the right to);
+deleting a dead session's Lease removes the rest of that session.
 
 Objects are plain JSON dicts, exactly what is sent to the API server (no model classes: a
 round trip through them would drop fields a newer server knows).
@@ -102,6 +108,25 @@ def managed_selector(service: str | None = None) -> str:
 
 def _meta(name: str, namespace: str, labels: Mapping[str, str], **extra: Any) -> JSON:
     return {"name": name, "namespace": namespace, "labels": dict(labels), **extra}
+
+
+def owner_reference(owner: JSON) -> JSON:
+    """A reference to `owner` (as the API server returned it: with its uid) for the
+    garbage collector; no blockOwnerDeletion, which would need rights on the owner."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+    }
+
+
+def owned_by(obj: JSON, owner: JSON | None) -> JSON:
+    """`obj` (changed in place) owned by `owner` only; unchanged when `owner` is None."""
+    if owner is not None:
+        obj["metadata"]["ownerReferences"] = [owner_reference(owner)]
+    return obj
 
 
 # -- ports -------------------------------------------------------------------------------
@@ -224,7 +249,10 @@ def original_selector(service: JSON) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in value.items()}
 
 
-def router_command(namespace: str, service: str, health_port: int) -> list[str]:
+def router_command(
+    namespace: str, service: str, health_port: int, idle_timeout: float | None = None
+) -> list[str]:
+    idle = ["--idle-timeout", f"{idle_timeout:g}"] if idle_timeout is not None else []
     return [
         "localmesh",
         "agent",
@@ -235,6 +263,7 @@ def router_command(namespace: str, service: str, health_port: int) -> list[str]:
         service,
         "--health-port",
         str(health_port),
+        *idle,
     ]
 
 
@@ -264,12 +293,11 @@ def router_deployment(
     image: str,
     ports: Sequence[RouterPort],
     *,
-    command: Sequence[str] | None = None,
-    ready_path: str = "/ready",
+    idle_timeout: float | None = None,
 ) -> JSON:
     """One router pod: the localmesh image running `agent router` (Envoy + its xDS agent),
-    listening on the Service's targetPorts, Ready once it serves the default route.
-    `command` and `ready_path` replace the agent's (tests run a stand-in)."""
+    listening on the Service's targetPorts, Ready once it serves the default route;
+    `idle_timeout`: the agent's --idle-timeout (None: its default)."""
     labels = router_selector(service)
     health = health_port(ports)
     container_ports: list[JSON] = []
@@ -283,11 +311,11 @@ def router_deployment(
     container: JSON = {
         "name": "router",
         "image": image,
-        "command": list(command) if command else router_command(namespace, service, health),
+        "command": router_command(namespace, service, health, idle_timeout),
         "env": [POD_IP_ENV],
         "ports": container_ports,
         "readinessProbe": {
-            "httpGet": {"path": ready_path, "port": health},
+            "httpGet": {"path": "/ready", "port": health},
             "periodSeconds": 1,
             "failureThreshold": 2,
         },
@@ -322,9 +350,12 @@ def router_deployment(
     }
 
 
-def router_rbac(namespace: str, service: str) -> list[JSON]:
-    """ServiceAccount, Role and RoleBinding of the router: read what it routes, and restore
-    the Service and remove itself (by name) once no session is left."""
+def router_rbac(namespace: str, service: str, sessions: Sequence[str] = ()) -> list[JSON]:
+    """ServiceAccount, Role and RoleBinding of the router: read what it routes; restore the
+    Service and delete the origin Service (whose garbage is the router and these three)
+    once no session is left; delete the Leases of `sessions` once dead (their shadow pod and
+    Secret follow). Kubernetes cannot scope a right by label, so the Lease right names the
+    sessions: each joiner adds its own (`with_session_leases`)."""
     name = router_name(service)
     labels = service_labels(service, "router")
     rules: list[JSON] = [
@@ -355,27 +386,24 @@ def router_rbac(namespace: str, service: str) -> list[JSON]:
             "apiGroups": ["apps"],
             "resources": ["deployments"],
             "resourceNames": [name],
-            "verbs": ["get", "delete"],
-        },
-        {
-            "apiGroups": [""],
-            "resources": ["serviceaccounts"],
-            "resourceNames": [name],
-            "verbs": ["get", "delete"],
-        },
-        {
-            # get: the resourceVersion its preconditioned delete needs (as a leaver's).
-            "apiGroups": ["rbac.authorization.k8s.io"],
-            "resources": ["roles", "rolebindings"],
-            "resourceNames": [name],
-            "verbs": ["get", "delete"],
+            "verbs": ["get"],
         },
     ]
+    if sessions:  # never an empty resourceNames: that would grant every Lease
+        rules.append(
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": sorted(set(sessions)),
+                "verbs": ["delete"],
+            }
+        )
     return [
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": _meta(name, namespace, labels),
+            # The router reads its credentials from its token; the shadow needs none.
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -393,6 +421,26 @@ def router_rbac(namespace: str, service: str) -> list[JSON]:
     ]
 
 
+def _is_lease_delete(rule: JSON) -> bool:
+    return rule.get("resources") == ["leases"] and rule.get("verbs") == ["delete"]
+
+
+def role_sessions(role: JSON) -> list[str]:
+    """The sessions whose Leases the router's Role lets it delete."""
+    return [n for r in role.get("rules") or [] if _is_lease_delete(r) for n in r["resourceNames"]]
+
+
+def with_session_leases(role: JSON, wanted: JSON) -> JSON:
+    """The router's Role `wanted`, with the Lease names of the one in the cluster kept
+    (never removed: a concurrent joiner's name must not be lost)."""
+    names = {*role_sessions(role), *role_sessions(wanted)}
+    rules = [r for r in wanted.get("rules") or [] if not _is_lease_delete(r)]
+    merged = next((r for r in wanted.get("rules") or [] if _is_lease_delete(r)), None)
+    if merged is not None:
+        rules.append({**merged, "resourceNames": sorted(names)})
+    return {**role, "rules": rules}
+
+
 # -- per session -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SessionSpec:
@@ -408,7 +456,6 @@ class SessionSpec:
     ports: tuple[PortMap, ...]
     image: str = DEFAULT_ROUTER_IMAGE
     mode: str = "auto"
-    shadow_env: tuple[tuple[str, str], ...] = ()  # extra environment of the shadow agent
 
     @property
     def name(self) -> str:
@@ -449,16 +496,20 @@ def session_lease(
     }
 
 
-def tunnel_secret(spec: SessionSpec, secret: bytes) -> JSON:
-    """The session's tunnel secret, handed to the shadow agent through its environment."""
+def tunnel_secret(spec: SessionSpec, secret: bytes, lease: JSON | None = None) -> JSON:
+    """The session's tunnel secret, handed to the shadow agent through its environment;
+    owned by the session's `lease` (as created)."""
     labels = {**service_labels(spec.service, "shadow"), SESSION_LABEL: spec.name}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(spec.name, spec.namespace, labels),
-        "type": "Opaque",
-        "data": {SECRET_KEY: base64.b64encode(secret.hex().encode()).decode()},
-    }
+    return owned_by(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _meta(spec.name, spec.namespace, labels),
+            "type": "Opaque",
+            "data": {SECRET_KEY: base64.b64encode(secret.hex().encode()).decode()},
+        },
+        lease,
+    )
 
 
 def shadow_health_port(spec: SessionSpec) -> int:
@@ -473,18 +524,20 @@ def shadow_command(spec: SessionSpec) -> list[str]:
     return ["localmesh", "agent", "shadow", "--ports", targets, "--health-port", health]
 
 
-def shadow_pod(spec: SessionSpec) -> JSON:
+def shadow_pod(spec: SessionSpec, lease: JSON | None = None) -> JSON:
     """The developer's stand-in in the cluster: it listens on the exposed targetPorts and
     carries each connection back through the tunnel. Its labels never match the Service's
-    selector, so only the router sends it traffic, and only marked requests."""
+    selector, so only the router sends it traffic, and only marked requests. Owned by the
+    session's `lease` (as created); it never calls the API, so it gets no token."""
     labels = {**service_labels(spec.service, "shadow"), SESSION_LABEL: spec.name}
     security = _pod_security(m.target for m in spec.ports)
-    return {
+    pod: JSON = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _meta(spec.name, spec.namespace, labels),
         "spec": {
             "restartPolicy": "Always",
+            "automountServiceAccountToken": False,
             "securityContext": security,
             "containers": [
                 {
@@ -497,7 +550,6 @@ def shadow_pod(spec: SessionSpec) -> JSON:
                             "name": SECRET_ENV,
                             "valueFrom": {"secretKeyRef": {"name": spec.name, "key": SECRET_KEY}},
                         },
-                        *({"name": k, "value": v} for k, v in spec.shadow_env),
                     ],
                     "ports": [
                         *(
@@ -527,3 +579,4 @@ def shadow_pod(spec: SessionSpec) -> JSON:
             ],
         },
     }
+    return owned_by(pod, lease)

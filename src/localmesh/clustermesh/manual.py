@@ -339,7 +339,6 @@ class ManualSession(MeshSession):
             ports=tuple(checked.ports),
             image=o.image,
             mode=MODE,
-            shadow_env=o.shadow_env,
         )
         labels = shadow_labels(
             o.service, spec.name, selector if self.selector_labels else None, mark

@@ -200,7 +200,8 @@ async def ensure(
     kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.0
 ) -> tuple[JSON, bool]:
     """Create `obj`, or claim the existing one (bump its claim annotation, so a leaver's
-    preconditioned delete misses it). An object of that name that localmesh did not create
+    preconditioned delete misses it; take `obj`'s owner, and for the router's Role add its
+    session Leases). An object of that name that localmesh did not create
     is an error; one being deleted is waited for, then created again. Returns the object and
     whether this call created it."""
     kind, meta = obj["kind"], obj["metadata"]
@@ -224,6 +225,10 @@ async def ensure(
                 continue
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
+            if "ownerReferences" in wanted["metadata"]:  # the owner may be a new one
+                claimed["metadata"]["ownerReferences"] = wanted["metadata"]["ownerReferences"]
+            if kind == "Role":  # the router may delete this joiner's Lease once dead
+                claimed = m.with_session_leases(claimed, wanted)
             return await kube.replace(kind, namespace, name, claimed), False
         except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again
@@ -273,8 +278,11 @@ async def delete_session_objects(
     `if_dead` (someone else's session), only while its Lease stays dead: one renewed since
     it was judged dead keeps everything."""
     done: list[str] = []
-    for kind in ("Lease", "Pod", "Secret"):
-        obj = await kube.get(kind, namespace, name)
+    kinds = ("Lease", "Pod", "Secret")
+    # Read first: the Pod and Secret are the Lease's, and may be garbage collected by the
+    # time they are deleted here; gone either way, they are reported.
+    found = await asyncio.gather(*(kube.get(kind, namespace, name) for kind in kinds))
+    for kind, obj in zip(kinds, found, strict=True):
         if obj is None or not _is_ours(obj):
             continue
         version = None
@@ -286,7 +294,9 @@ async def delete_session_objects(
             done.append(f"{kind} {namespace}/{name}")
             continue
         try:
-            if await kube.delete(kind, namespace, name, resource_version=version):
+            if await kube.delete(kind, namespace, name, resource_version=version) or (
+                kind != "Lease"
+            ):
                 done.append(f"{kind} {namespace}/{name}")
         except Conflict:
             return done  # renewed after all: the session lives

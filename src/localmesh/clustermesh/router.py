@@ -16,10 +16,13 @@ that session's mark (waiting up to S seconds for it, else 404): a joining `mesh`
 through a port-forward before it tells the developer to send requests, so the router
 needs no right to write anything of the session's.
 
-When no live session is left for `idle_timeout` seconds, the router retires: it restores
-the Service (compare-and-swap on its resourceVersion; a session that joined meanwhile
-keeps it meshed), then deletes the origin Service, its own Deployment and RBAC, each only
-in the version seen before the restore (a joiner's claim makes those deletes miss).
+A session whose Lease is dead beyond doubt loses its Lease to the router, and with it (by
+ownerReferences) its shadow pod and Secret. When no live session is left for
+`idle_timeout` seconds, the router retires: it restores the Service (compare-and-swap on
+its resourceVersion; a session that joined meanwhile keeps it meshed), then deletes the
+origin Service in the version seen before the restore (a joiner's claim makes the delete
+miss); the garbage collector removes what the origin Service owns: the router's
+Deployment, ServiceAccount, Role and RoleBinding.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from localmesh.clustermesh.membership import (
     mesh_state,
     restored,
     session_leases,
-    snapshot_shared,
 )
 from localmesh.clustermesh.router_defaults import DEFAULT_IDLE_TIMEOUT
 from localmesh.envoy import EnvoySupervisor
@@ -141,6 +143,7 @@ class RouterAgent:
         self._routed: frozenset[str] = frozenset()  # sessions routed by what Envoy ACKed
         self._routed_changed = asyncio.Event()
         self._startup: dict[str, float | None] = {}  # phase -> seconds since process start
+        self._tried: set[tuple[str, str]] = set()  # (Lease, version) deletes already tried
 
     # -- watches ---------------------------------------------------------------------------
     def _deliver(self, kind: str) -> Callable[[str, Any], None]:
@@ -302,10 +305,39 @@ class RouterAgent:
         log.info("router ready", ports=self.ports, seconds_since_process_start=self._startup)
 
     # -- retiring --------------------------------------------------------------------------
+    async def delete_dead_sessions(self, kube: KubeObjects) -> list[str]:
+        """Delete the Leases of this Service's auto-mode sessions that are dead beyond
+        doubt, each only in the version judged dead (a renewal makes the delete miss); the
+        garbage collector removes their shadow pods and Secrets. The Role names each
+        session's Lease (`manifests.router_rbac`)."""
+        deleted = []
+        for name, lease in sorted(self._objects["Lease"].items()):
+            meta = lease["metadata"]
+            mode = (meta.get("annotations") or {}).get(m.MODE_ANNOTATION, "auto")
+            version = str(meta.get("resourceVersion") or "")
+            if mode != "auto" or not lease_dead(lease) or (name, version) in self._tried:
+                continue
+            self._tried.add((name, version))
+            try:
+                if await kube.delete("Lease", self.namespace, name, resource_version=version):
+                    deleted.append(f"Lease {self.namespace}/{name}")
+            except Conflict:
+                pass  # renewed after all: the session lives
+            except KubeError as exc:
+                log.warning("router could not delete a dead session", lease=name, reason=str(exc))
+        if deleted:
+            log.info("router removed dead sessions", deleted=deleted)
+        return deleted
+
     async def retire(self, kube: KubeObjects) -> bool:
-        """Restore the Service and delete the shared objects, unless a session is (or may
-        be) live. True when the Service is no longer meshed by anyone."""
-        versions = await snapshot_shared(kube, self.namespace, self.service)
+        """Restore the Service, then delete the dead sessions' Leases and the origin Service
+        (the garbage collector removes this router, its RBAC and the sessions' objects),
+        unless a session is (or may be) live. True when the Service is no longer meshed."""
+        origin_name = m.origin_name(self.service)
+        origin = await kube.get("Service", self.namespace, origin_name)
+        labels = (origin or {}).get("metadata", {}).get("labels") or {}
+        # The version BEFORE the restore: a joiner's claim afterwards makes the delete miss.
+        version = str(origin["metadata"].get("resourceVersion") or "") if origin else ""
         for attempt in range(CAS_ATTEMPTS):
             current = await kube.get("Service", self.namespace, self.service)
             if current is None or mesh_state(current).original_selector is None:
@@ -326,24 +358,12 @@ class RouterAgent:
                 await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))
         else:
             return False
-        # Deployment and origin first; then the three objects that carry this agent's own
-        # rights, together (each is authorized unless another already took the rights).
-        own = {"Deployment", "Service"}
-        first = {k: v for k, v in versions.items() if k.split("/", 1)[0] in own}
-        deleted = await delete_shared(kube, self.namespace, first)
-        rest = [{k: v} for k, v in versions.items() if k not in first]
-        results = await asyncio.gather(
-            *(delete_shared(kube, self.namespace, one) for one in rest), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                log.warning("router could not delete", reason=str(result))
-            else:
-                deleted += result
-        left = sorted(set(versions) - {d.replace(f" {self.namespace}/", "/") for d in deleted})
-        # RBAC never lets an agent delete the last object granting it that right: whichever
-        # of Role and RoleBinding goes second may be refused. `mesh clean` removes it.
-        log.info("router retired", deleted=deleted, left_for_mesh_clean=left)
+        deleted = await self.delete_dead_sessions(kube)
+        if version and labels.get(m.MANAGED_BY_LABEL) == m.MANAGER:
+            # Last: with it go this router's Deployment and the RBAC that lets it act.
+            shared = {f"Service/{origin_name}": version}
+            deleted += await delete_shared(kube, self.namespace, shared)
+        log.info("router retired", deleted=deleted)
         return True
 
     # -- running ---------------------------------------------------------------------------
@@ -403,6 +423,11 @@ class RouterAgent:
                 self._changed.clear()  # before planning: an event during it is not lost
                 now = datetime.now(UTC)
                 router = self._publish(now)
+                if any(lease_dead(lease) for lease in self._objects["Lease"].values()):
+                    try:
+                        await self.delete_dead_sessions(kube)
+                    except KubeError as exc:
+                        log.warning("router could not remove dead sessions", reason=str(exc))
                 if router.sessions or len(self._synced) < len(KINDS):
                     self._last_live = time.monotonic()
                 elif not self.retired and time.monotonic() - self._last_live >= self.idle_timeout:

@@ -76,16 +76,9 @@ class MeshOptions:
     lease_seconds: int = m.LEASE_DURATION_SECONDS
     holder: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
     session_id: str = field(default_factory=lambda: secrets.token_hex(3))
-    # Stand-ins while testing: the router's command and readiness path, the shadow's env.
-    router_command: tuple[str, ...] | None = None
-    router_ready_path: str = "/ready"
-    shadow_env: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def router_reports_routes(self) -> bool:
-        """The router is localmesh's agent, which answers GET /routed (a stand-in is not)."""
-        command = self.router_command
-        return command is None or tuple(command[:3]) == ("localmesh", "agent", "router")
+    # Seconds without a live session before the router restores the Service (None: the
+    # router's default). The session that creates the router sets it.
+    router_idle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -412,7 +405,6 @@ class MeshSession:
             ports=tuple(checked.ports),
             image=o.image,
             mode=o.mode,
-            shadow_env=o.shadow_env,
         )
         self.spec = spec
         secret = new_secret()
@@ -420,18 +412,17 @@ class MeshSession:
         reused: list[str] = []  # the router and its objects, made by an earlier session
         shadow: asyncio.Task[JSON] | None = None
         try:
-            # Lease and Secret together: `clean` removes a session's objects once its Lease
-            # is gone or expired (a crash between the two leaves nothing it misses), and
-            # this Lease is renewed from now on.
+            # The Lease first: it owns the session's Secret and shadow pod, so deleting a
+            # dead session's Lease removes them, and `clean` finds a crash at any point.
             lease = m.session_lease(spec, duration=o.lease_seconds)
-            self._lease, _ = await asyncio.gather(
-                self.kube.create("Lease", o.namespace, lease),
-                self.kube.create("Secret", o.namespace, m.tunnel_secret(spec, secret)),
-            )
-            created += [f"Lease {o.namespace}/{spec.name}", f"Secret {o.namespace}/{spec.name}"]
+            self._lease = await self.kube.create("Lease", o.namespace, lease)
+            created.append(f"Lease {o.namespace}/{spec.name}")
             self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
+            secret_obj = m.tunnel_secret(spec, secret, self._lease)
+            await self.kube.create("Secret", o.namespace, secret_obj)
+            created.append(f"Secret {o.namespace}/{spec.name}")
             # The shadow next: its pod starts while the Service and the router are seen to.
-            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec))
+            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec, self._lease))
             created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
             phase("session objects")
             shadow = asyncio.create_task(self._shadow_running(spec, secret))
@@ -448,20 +439,24 @@ class MeshSession:
             first = mesh_state(before).original_selector is None
             phase("listed on the service")
             claim = f"{spec.name} {m.micro_time()}"
+            # The origin Service first: it owns the rest (deleting it removes them all).
+            origin, made = await ensure(self.kube, m.origin_service(meshed), claim)
+            (created if made else reused).append(
+                f"Service {o.namespace}/{m.origin_name(o.service)}"
+            )
             deployment = m.router_deployment(
                 o.namespace,
                 o.service,
                 o.image,
                 checked.router_ports,
-                command=o.router_command,
-                ready_path=o.router_ready_path,
+                idle_timeout=o.router_idle_timeout,
             )
             # The router's ServiceAccount and Role before its Deployment: a pod naming a
             # ServiceAccount that does not exist yet is refused, and the agent reads at once.
-            for group in ([m.origin_service(meshed), *m.router_rbac(o.namespace, o.service)],
-                          [deployment]):  # fmt: skip
-                made = await asyncio.gather(*(ensure(self.kube, obj, claim) for obj in group))
-                for obj, (_, new) in zip(group, made, strict=True):
+            for group in (m.router_rbac(o.namespace, o.service, [spec.name]), [deployment]):
+                owned = [m.owned_by(obj, origin) for obj in group]
+                made_all = await asyncio.gather(*(ensure(self.kube, obj, claim) for obj in owned))
+                for obj, (_, new) in zip(owned, made_all, strict=True):
                     what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
                     (created if new else reused).append(what)
             phase("router objects")

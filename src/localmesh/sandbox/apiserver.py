@@ -376,6 +376,7 @@ class ApiServer:
                                 obj["metadata"].get("namespace"),
                                 obj["metadata"]["name"],
                                 self._grace(request, None),
+                                self._propagation(request, None),
                             )
                         )
                 return _json(
@@ -420,7 +421,7 @@ class ApiServer:
                 and pre["resourceVersion"] != current["metadata"]["resourceVersion"]
             ):
                 raise errors.conflict(rtype.plural, name, rtype.group)
-            obj = cluster.delete(rtype, ns, name, grace)
+            obj = cluster.delete(rtype, ns, name, grace, self._propagation(request, body))
             if rtype is PODS:
                 return _json(obj)
             return _json(_success(rtype, obj))
@@ -467,6 +468,15 @@ class ApiServer:
         finally:
             await lines.aclose()
         return resp
+
+    @staticmethod
+    def _propagation(request: web.Request, body: dict[str, Any] | None) -> str | None:
+        """DeleteOptions.propagationPolicy (query or body); orphanDependents=true is Orphan."""
+        policy = request.query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
+        orphan = request.query.get("orphanDependents") or (body or {}).get("orphanDependents")
+        if policy is None and orphan in (True, "true", "1"):
+            return "Orphan"
+        return str(policy) if policy else None
 
     @staticmethod
     def _grace(request: web.Request, body: dict[str, Any] | None) -> int | None:

@@ -15,18 +15,16 @@ from localmesh.sandbox.controllers import Controllers
 from localmesh.sandbox.crds import CustomResources
 from localmesh.sandbox.dns import ClusterDNS
 from localmesh.sandbox.faults import Faults
+from localmesh.sandbox.garbage import PROPAGATION_POLICIES, GarbageCollector
 from localmesh.sandbox.ips import ServiceIPAllocator
 from localmesh.sandbox.kubelet import NODE_NAME, Kubelet
 from localmesh.sandbox.objects import prepare_create, validate_change, validate_update
 from localmesh.sandbox.patch import apply_patch
 from localmesh.sandbox.resources import (
-    DEPLOYMENTS,
-    ENDPOINTSLICES,
     EVENTS,
     NAMESPACES,
     NODES,
     PODS,
-    REPLICASETS,
     SERVICES,
     TYPES,
     ResourceType,
@@ -46,6 +44,7 @@ class Cluster:
         self.faults = Faults(self)
         self.kubelet = Kubelet(self)
         self.controllers = Controllers(self)
+        self.garbage = GarbageCollector(self)
         self.dns = ClusterDNS(self.store)
         self.service_proxy = ServiceProxy(
             self.store,
@@ -61,6 +60,7 @@ class Cluster:
     def _on_event(self, ev: StoredEvent) -> None:
         self.kubelet.on_event(ev)
         self.controllers.on_event(ev)
+        self.garbage.on_event(ev)
         self.service_proxy.on_event(ev)
 
     def bootstrap(self, kube_version: str = "1.32") -> None:
@@ -252,12 +252,28 @@ class Cluster:
         return self.replace(rtype, namespace, name, patched, subresource, check_version=check)
 
     def delete(
-        self, rtype: ResourceType, namespace: str | None, name: str, grace: int | None = None
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        grace: int | None = None,
+        propagation: str | None = None,
     ) -> Obj:
-        """Delete an object. Running pods terminate gracefully unless `grace` is 0."""
+        """Delete an object. Running pods terminate gracefully unless `grace` is 0. What it
+        owns is garbage collected (`propagation` Orphan: released instead)."""
         obj = self.store.peek(rtype, namespace, name)
         if obj is None:
             raise errors.not_found(rtype.plural, name, rtype.group)
+        if propagation is not None and propagation not in PROPAGATION_POLICIES:
+            raise errors.bad_request(
+                f"propagationPolicy {propagation!r}: use one of " + ", ".join(PROPAGATION_POLICIES)
+            )
+        if propagation == "Orphan":
+            self.garbage.orphan(obj["metadata"]["uid"])
+        elif propagation == "Foreground" and self.garbage.has_dependents(obj["metadata"]["uid"]):
+            if obj["metadata"].get("deletionTimestamp"):
+                return copy.deepcopy(obj)  # already waiting for its dependents
+            return self.garbage.delete_in_foreground(rtype, obj)
         if rtype is PODS:
             if grace is None:
                 grace = int(obj["spec"].get("terminationGracePeriodSeconds", 30))
@@ -282,12 +298,5 @@ class Cluster:
         return self.store.delete(NAMESPACES, None, name)
 
     def collect_garbage(self, owner_uid: str) -> None:
-        """Delete what the removed object owned (pods of a deployment, slices of a service)."""
-        for rtype in (PODS, ENDPOINTSLICES, REPLICASETS, DEPLOYMENTS):
-            for obj in list(self.store.iter(rtype)):
-                refs = obj["metadata"].get("ownerReferences", [])
-                if any(r.get("uid") == owner_uid for r in refs):
-                    with contextlib.suppress(errors.ApiError):
-                        self.delete(
-                            rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"]
-                        )
+        """Delete, now, what the removed object owned (every type; see garbage.py)."""
+        self.garbage.collect(owner_uid)

@@ -221,8 +221,8 @@ class Controllers:
         """One ReplicaSet per pod template: the current one runs `replicas` pods, older
         ones are scaled to 0 (kept, as `kubectl rollout history` reads them)."""
         deploy = self.store.peek(DEPLOYMENTS, ns, name)
-        if deploy is None:
-            return
+        if deploy is None or deploy["metadata"].get("deletionTimestamp"):
+            return  # being deleted (in the foreground): its ReplicaSets go, none is made
         uid = deploy["metadata"]["uid"]
         want_hash = template_hash(deploy)
         replicas = int(deploy["spec"].get("replicas", 1))
@@ -339,7 +339,7 @@ class Controllers:
 
     def _reconcile_replicaset(self, ns: str, name: str) -> None:
         rs = self.store.peek(REPLICASETS, ns, name)
-        if rs is None:
+        if rs is None or rs["metadata"].get("deletionTimestamp"):
             return
         active = [p for p in self._pods_of(rs) if not p["metadata"].get("deletionTimestamp")]
         replicas = int(rs["spec"].get("replicas", 1))

@@ -4,7 +4,7 @@ deletion, API server restarts, watch-history expiry, and knobs other parts read.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from localmesh.sandbox.resources import PODS
 
@@ -27,6 +27,20 @@ class Faults:
         # up to 300 s, as the kubelet's does.
         self.backoff_base: float = 10.0
         self._restart_apiserver: Callable[[float, bool], Awaitable[None]] | None = None
+        self._held_unready: list[tuple[str, dict[str, str]]] = []  # (namespace, labels)
+
+    def hold_unready(self, namespace: str, labels: dict[str, str]) -> None:
+        """Pods created from now on in `namespace` whose labels include `labels` never
+        become Ready (as if their readiness probe always failed), whatever they run."""
+        self._held_unready.append((namespace, dict(labels)))
+
+    def held_unready(self, pod: dict[str, Any]) -> bool:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        return any(
+            meta.get("namespace") == ns and all(labels.get(k) == v for k, v in want.items())
+            for ns, want in self._held_unready
+        )
 
     def set_ready(self, namespace: str, pod: str, ready: bool | None) -> None:
         """Force a pod Ready (True) or unready (False); None returns it to normal."""

@@ -232,6 +232,8 @@ class Kubelet:
         uid = ev.obj["metadata"]["uid"]
         if ev.type == "ADDED":
             new = PodRuntime(ev.obj["metadata"]["namespace"], ev.obj["metadata"]["name"], uid)
+            if self.cluster.faults.held_unready(ev.obj):
+                new.forced_ready = False
             self.runtimes[uid] = new
             new.task = self.cluster.tasks.spawn(self._run(new), f"pod/{new.namespace}/{new.name}")
         elif ev.type == "DELETED":
@@ -375,7 +377,7 @@ class Kubelet:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.node is not None:
-            shutil.rmtree(self._pod_dir(rt), ignore_errors=True)
+            shutil.rmtree(self.pod_dir(rt), ignore_errors=True)
 
     async def _close_listeners(self, rt: PodRuntime) -> None:
         listeners, rt.listeners = list(rt.listeners.values()), {}
@@ -397,7 +399,8 @@ class Kubelet:
         self.runtimes.clear()
 
     # ---- containers that are processes or cannot be pulled -------------------------------
-    def _pod_dir(self, rt: PodRuntime) -> Path:
+    def pod_dir(self, rt: PodRuntime) -> Path:
+        """The pod's own directory (its service-account files, its processes' cwd)."""
         assert self.node is not None
         return self.node.pods_dir / f"{rt.namespace}_{rt.name}_{rt.uid}"
 
@@ -458,7 +461,7 @@ class Kubelet:
         if not mount:
             return None
         token, _ = self.node.identities.issue(rt.namespace, account, TOKEN_SECONDS, pod=pod)
-        directory = self._pod_dir(rt) / "serviceaccount"
+        directory = self.pod_dir(rt) / "serviceaccount"
         write_service_account(directory, token, self.node.ca_pem, rt.namespace)
         return str(directory)
 
@@ -468,6 +471,8 @@ class Kubelet:
         """argv and environment of the next run. ValueError: the container must wait
         (CreateContainerConfigError); StartError: it fails to start."""
         assert self.node is not None
+        # The pod's directory is its processes' working directory, token or not.
+        self.pod_dir(rt).mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             sa_dir = self._mount_service_account(rt, pod)
         except ValueError as exc:
@@ -574,7 +579,7 @@ class Kubelet:
             c.previous, c.logs, c.total = list(c.logs), deque(maxlen=_LOG_LINES), 0
         self._event(rt, "Pulled", f'Container image "{c.image}" already present on machine')
         self._event(rt, "Created", f"Created container {c.name}")
-        process = ContainerProcess(argv, env, self._pod_dir(rt), c.log)
+        process = ContainerProcess(argv, env, self.pod_dir(rt), c.log)
         started = now_rfc3339()
         try:
             await process.start()

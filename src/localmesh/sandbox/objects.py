@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import string
@@ -325,6 +326,25 @@ def prepare_create(rtype: ResourceType, obj: Obj, allocate_cluster_ip: Any) -> O
     return obj
 
 
+def _merge_string_data(secret: Obj) -> None:
+    """A Secret's write-only `stringData` goes into `data`, base64, over the same keys, as
+    the API server stores it (a read never shows `stringData`)."""
+    string_data = secret.pop("stringData", None)
+    if string_data is None:
+        return
+    name = meta(secret).get("name", "")
+    if not isinstance(string_data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in string_data.items()
+    ):
+        raise errors.invalid("Secret", name, [("stringData", "Invalid value")])
+    data = secret.get("data") or {}
+    if not isinstance(data, dict):
+        raise errors.invalid("Secret", name, [("data", "Invalid value")])
+    for key, value in string_data.items():
+        data[key] = base64.b64encode(value.encode()).decode()
+    secret["data"] = data
+
+
 def validate_update(rtype: ResourceType, obj: Obj) -> None:
     """Checks shared by create and update: labels must be string maps, names must exist."""
     m = meta(obj)
@@ -340,6 +360,8 @@ def validate_update(rtype: ResourceType, obj: Obj) -> None:
                 [(f"metadata.{field}", "Invalid value")],
                 rtype.group,
             )
+    if rtype.plural == "secrets":
+        _merge_string_data(obj)
     causes: list[tuple[str, str]] = []
     if isinstance(rtype, crds.CustomType):
         causes = rtype.causes(obj)

@@ -6,6 +6,8 @@ runs this interpreter. The process gets the environment a kubelet gives (the API
 KUBERNETES_SERVICE_* variables, the container's env with downward-API fields, `$(VAR)`
 expansion) and its service-account token, CA and namespace files in a per-pod directory
 named by LOCALMESH_SERVICEACCOUNT_DIR (a kubelet mounts them at SERVICEACCOUNT_MOUNT).
+As the pods share this machine's loopback, LOCALMESH_TUNNEL_BIND names the pod's IP: what
+"localhost in the pod" is to a port-forward here.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from localmesh.sandbox.store import Store
 
 SERVICEACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Where localmesh's agents find "localhost in the pod" (see container_env).
+LOCAL_ADDRESS_ENV = "LOCALMESH_TUNNEL_BIND"
 SERVICEACCOUNT_DIR_ENV = "LOCALMESH_SERVICEACCOUNT_DIR"
 # Repositories (fnmatch patterns, tag and digest removed) that run as processes.
 DEFAULT_PROCESS_IMAGES: tuple[str, ...] = ("localmesh", "*/localmesh")
@@ -160,6 +164,11 @@ def container_env(
         f"KUBERNETES_PORT_{port}_TCP_PORT": port,
         f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
     }
+    pod_ip = pod.get("status", {}).get("podIP", "")
+    if pod_ip:
+        # The pods share this machine's loopback, so a pod's own "localhost" is its pod IP:
+        # port-forwards arrive there. localmesh's shadow agent binds its tunnel port to it.
+        env[LOCAL_ADDRESS_ENV] = pod_ip
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         for kind, plural in (("configMapRef", "configmaps"), ("secretRef", "secrets")):
