@@ -147,7 +147,10 @@ async def test_bad_input_changes_nothing(sandbox: Sandbox) -> None:
         assert manual is not None
         manual["metadata"].setdefault("annotations", {})[m.MODE_ANNOTATION] = "manual"
         await kube.replace("Service", "billing", "billing-api", manual)
-        with pytest.raises(MeshError, match="is meshed in manual mode"):
+        with pytest.raises(
+            MeshError,
+            match=r"is meshed in manual mode; .*`localmesh mesh clean -n billing billing-api`",
+        ):
             await MeshSession(kube, options(port)).join()
         del manual["metadata"]["annotations"]
         manual["metadata"].pop("resourceVersion")

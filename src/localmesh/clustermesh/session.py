@@ -313,6 +313,10 @@ class MeshSession:
     def where(self) -> str:
         return f"{self.options.namespace}/{self.options.service}"
 
+    @property
+    def clean_hint(self) -> str:
+        return f"`localmesh mesh clean -n {self.options.namespace} {self.options.service}`"
+
     async def check(self) -> Checked:
         """Every check that must pass before anything changes."""
         o = self.options
@@ -329,7 +333,8 @@ class MeshSession:
         state = mesh_state(service)
         if state.mode is not None and state.mode != o.mode:
             raise MeshError(
-                f"service {self.where} is meshed in {state.mode} mode; {o.mode} mode cannot join it"
+                f"service {self.where} is meshed in {state.mode} mode; {o.mode} mode cannot "
+                f"join it ({self.clean_hint} removes sessions that are gone)"
             )
         # Manual sessions leave the Service as it is: their Leases say which mode they use.
         for lease in leases.values():
@@ -430,7 +435,10 @@ class MeshSession:
             def add(current: JSON) -> JSON:
                 state = mesh_state(current)
                 if state.mode is not None and state.mode != o.mode:
-                    raise MeshError(f"service {self.where} is meshed in {state.mode} mode")
+                    raise MeshError(
+                        f"service {self.where} is meshed in {state.mode} mode "
+                        f"({self.clean_hint} removes sessions that are gone)"
+                    )
                 if state.original_selector is None and not current["spec"].get("selector"):
                     raise MeshError(f"service {self.where} has no selector")
                 return with_session(current, spec.name, o.mode)
