@@ -18,22 +18,17 @@ on every resource the builders produce) without validating again.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from localmesh.xds import proto
-from localmesh.xds.proto import FIXED, PACKED, VARINT, ZIGZAG, field_bytes, varint
+from localmesh.xds.proto import PACKED, field_bytes, packed_item, value_bytes, varint
 
 __all__ = ["encode", "field_bytes", "varint"]
 
 if TYPE_CHECKING:
     from betterproto2 import Message
 
-_VARINT_TYPES = VARINT
-_ZIGZAG_TYPES = ZIGZAG
-_FIXED_FORMATS = {name: (fmt, wire) for name, (fmt, wire, _) in FIXED.items()}
-_PACKED_TYPES = PACKED
 _NO_DEFAULT = object()
 
 
@@ -68,25 +63,7 @@ def _scalar(proto_type: str, unwrap: Callable[[], type] | None, value: Any) -> t
             value = unwrap().from_wrapped(value)  # type: ignore[attr-defined]
         body = encode(value)
         return 2, varint(len(body)) + body
-    if proto_type == "string":
-        raw = value.encode("utf-8")
-        return 2, varint(len(raw)) + raw
-    if proto_type == "bytes":
-        return 2, varint(len(value)) + bytes(value)
-    if proto_type in _VARINT_TYPES:
-        return 0, varint(int(value))
-    if proto_type in _ZIGZAG_TYPES:
-        return 0, varint(value << 1 if value >= 0 else (value << 1) ^ (~0))
-    fmt, wire = _FIXED_FORMATS[proto_type]
-    return wire, struct.pack(fmt, value)
-
-
-def _packed_item(proto_type: str, value: Any) -> bytes:
-    if proto_type in _VARINT_TYPES:
-        return varint(int(value))
-    if proto_type in _ZIGZAG_TYPES:
-        return varint(value << 1 if value >= 0 else (value << 1) ^ (~0))
-    return struct.pack(_FIXED_FORMATS[proto_type][0], value)
+    return value_bytes(proto_type, value)
 
 
 def encode(msg: Message | proto.Message) -> bytes:
@@ -101,8 +78,8 @@ def encode(msg: Message | proto.Message) -> bytes:
         if repeated:
             if not value:
                 continue
-            if proto_type in _PACKED_TYPES:
-                body = b"".join(_packed_item(proto_type, v) for v in value)
+            if proto_type in PACKED:
+                body = b"".join(packed_item(proto_type, v) for v in value)
                 out += field_bytes(number, body)
                 continue
             for item in value:

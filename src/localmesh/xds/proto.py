@@ -207,6 +207,12 @@ def _scalar(proto_type: str, ref: str | None, wrapped: bool, value: Any) -> tupl
 
             body = encode_any(value)
         return 2, varint(len(body)) + body
+    return value_bytes(proto_type, value)
+
+
+def value_bytes(proto_type: str, value: Any) -> tuple[int, bytes]:
+    """(wire type, encoded value without key) of a string, bytes or number: written the same
+    for localmesh's messages and typed ones (localmesh.xds.codec)."""
     if proto_type == "string":
         raw = value.encode("utf-8")
         return 2, varint(len(raw)) + raw
@@ -220,7 +226,8 @@ def _scalar(proto_type: str, ref: str | None, wrapped: bool, value: Any) -> tupl
     return wire, struct.pack(fmt, value)
 
 
-def _packed_item(proto_type: str, value: Any) -> bytes:
+def packed_item(proto_type: str, value: Any) -> bytes:
+    """One element of a packed repeated number field."""
     if proto_type in VARINT:
         return varint(int(value))
     if proto_type in ZIGZAG:
@@ -241,7 +248,7 @@ def encode(msg: Message) -> bytes:
             if not value:
                 continue
             if proto_type in PACKED:
-                out += field_bytes(number, b"".join(_packed_item(proto_type, v) for v in value))
+                out += field_bytes(number, b"".join(packed_item(proto_type, v) for v in value))
                 continue
             for item in value:
                 wire, body = _scalar(proto_type, ref, wrapped, item)
@@ -273,6 +280,8 @@ __all__ = [
     "field_bytes",
     "load_typed_bindings",
     "message_type",
+    "packed_item",
     "type_url",
+    "value_bytes",
     "varint",
 ]
