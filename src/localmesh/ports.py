@@ -33,6 +33,7 @@ def outside_ephemeral_range() -> range:
 
 
 def bindable(host: str, port: int) -> bool:
+    """Nobody on this machine holds host:port (another process, another sandbox)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         # As servers bind (Envoy, asyncio): a port in TIME_WAIT is usable.

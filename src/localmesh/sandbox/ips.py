@@ -22,6 +22,7 @@ import socket
 from typing import Any
 
 from localmesh.errors import ConfigError
+from localmesh.ports import bindable
 from localmesh.sandbox import errors
 
 LOOPBACK_ENV = "LOCALMESH_SANDBOX_LOOPBACK"
@@ -119,19 +120,8 @@ class LoopbackAllocator:
             _PROCESS_POD_IPS.discard(ip)
 
 
-def _free(ip: str, port: int) -> bool:
-    """Nobody on this machine holds ip:port (another sandbox process, say)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((ip, port))
-        except OSError:
-            return False
-    return True
-
-
 def _node_port_free(port: int) -> bool:
-    return _free(NODE_IP, port)
+    return bindable(NODE_IP, port)
 
 
 class ServiceIPAllocator:
@@ -278,7 +268,7 @@ class ServiceIPAllocator:
                 int(p["port"]) for p in spec.get("ports") or [] if isinstance(p.get("port"), int)
             ]
             for _ in range(_REPICKS):
-                if all(_free(ip, port) for port in ports):
+                if all(bindable(ip, port) for port in ports):
                     break
                 self.release(ip)
                 ip = self.allocate()
