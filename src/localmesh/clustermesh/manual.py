@@ -40,7 +40,6 @@ from localmesh.clustermesh.session import (
     MeshSession,
     Permission,
     session_permissions,
-    wait_pod_ready,
 )
 from localmesh.clustermesh.tunnel_wire import new_secret
 from localmesh.errors import KubeError
@@ -403,16 +402,8 @@ class ManualSession(MeshSession):
             pod = manual_shadow_pod(spec, labels, port_names)
             await self.kube.create("Pod", o.namespace, pod)
             created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
-            await wait_pod_ready(
-                self.kube,
-                o.namespace,
-                f"{m.SESSION_LABEL}={spec.name}",
-                what="shadow",
-                image=o.image,
-                seconds=o.ready_timeout,
-                # Ready only once this machine's tunnel connects, after the join.
-                running_is_enough=True,
-            )
+            # Running, not Ready: this machine's tunnel connects only after the join.
+            await self._wait_shadow(spec)
             istio = rules.istio_rules(rules_input)
             http_routes = rules.http_routes(rules_input)
             if self.apply:

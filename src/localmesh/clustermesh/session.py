@@ -519,20 +519,25 @@ class MeshSession:
         secret: bytes,
     ) -> JSON:
         """The shadow pod once its agent runs; then `on_shadow` (the tunnel may connect)."""
+        pod = await self._wait_shadow(spec)
+        if self.on_shadow is not None:
+            self.on_shadow(spec, secret)
+        return pod
+
+    async def _wait_shadow(self, spec: m.SessionSpec) -> JSON:
+        """The session's shadow pod once its agent runs (both modes)."""
         o = self.options
-        pod = await wait_pod_ready(
+        return await wait_pod_ready(
             self.kube,
             o.namespace,
             f"{m.SESSION_LABEL}={spec.name}",
             what="shadow",
             image=o.image,
             seconds=o.ready_timeout,
-            # Ready only once this machine's tunnel connects: running is what to wait for.
+            # Ready only once this machine's tunnel connects, which it does after the pod
+            # runs: running is what to wait for.
             running_is_enough=True,
         )
-        if self.on_shadow is not None:
-            self.on_shadow(spec, secret)
-        return pod
 
     async def _rollback(self) -> None:
         try:
