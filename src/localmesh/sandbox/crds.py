@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]  # no stubs
 
 from localmesh.sandbox import tables
-from localmesh.sandbox.resources import ALL_VERBS, CUSTOMRESOURCEDEFINITIONS, ResourceType
+from localmesh.sandbox.resources import CUSTOMRESOURCEDEFINITIONS, ResourceType, resource_entry
 from localmesh.sandbox.store import Obj, Store, StoredEvent, now_rfc3339
 
 CRDS = CUSTOMRESOURCEDEFINITIONS
@@ -261,18 +261,7 @@ class CustomResources:
 
 def _entries(types: Iterable[CustomType]) -> Iterable[dict[str, Any]]:
     for t in types:
-        entry: dict[str, Any] = {
-            "name": t.plural,
-            "singularName": t.singular,
-            "namespaced": t.namespaced,
-            "kind": t.kind,
-            "verbs": list(ALL_VERBS),
-        }
-        if t.short_names:
-            entry["shortNames"] = list(t.short_names)
-        if t.categories:
-            entry["categories"] = list(t.categories)
-        yield entry
+        yield resource_entry(t, t.categories)
         for sub in t.subresources:
             yield {
                 "name": f"{t.plural}/{sub}",

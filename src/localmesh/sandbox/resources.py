@@ -159,6 +159,22 @@ def api_group(group: str) -> dict[str, Any] | None:
     }
 
 
+def resource_entry(t: ResourceType, categories: tuple[str, ...]) -> dict[str, Any]:
+    """The APIResourceList entry of a type itself (built-in or custom; not its subresources)."""
+    entry: dict[str, Any] = {
+        "name": t.plural,
+        "singularName": t.singular,
+        "namespaced": t.namespaced,
+        "kind": t.kind,
+        "verbs": list(ALL_VERBS),
+    }
+    if t.short_names:
+        entry["shortNames"] = list(t.short_names)
+    if categories:
+        entry["categories"] = list(categories)
+    return entry
+
+
 def resource_list(group: str, version: str) -> dict[str, Any] | None:
     if group in _REVIEWS and version == "v1":
         return {
@@ -181,18 +197,7 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
         return None
     resources: list[dict[str, Any]] = []
     for t in types:
-        entry: dict[str, Any] = {
-            "name": t.plural,
-            "singularName": t.singular,
-            "namespaced": t.namespaced,
-            "kind": t.kind,
-            "verbs": list(ALL_VERBS),
-        }
-        if t.short_names:
-            entry["shortNames"] = list(t.short_names)
-        if t.plural in ALL_CATEGORY:
-            entry["categories"] = ["all"]
-        resources.append(entry)
+        resources.append(resource_entry(t, ("all",) if t.plural in ALL_CATEGORY else ()))
         for sub in t.subresources:
             sub_entry: dict[str, Any] = {
                 "name": f"{t.plural}/{sub}",
