@@ -44,23 +44,13 @@ from common import (
     json_line,
     machine,
     make_workdir,
+    one_echo_scenario,
     print_machine,
     services_yaml,
 )
 
 EXAMPLES = ROOT / "examples"
-SCENARIO: dict[str, Any] = {
-    "namespaces": ["shop"],
-    "deployments": [{"name": "web", "namespace": "shop", "workload": "http-echo", "replicas": 1}],
-    "services": [
-        {
-            "name": "web",
-            "namespace": "shop",
-            "selector": {"app": "web"},
-            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
-        }
-    ],
-}
+SCENARIO = one_echo_scenario("shop", "web")
 # Holds the instance lock of --name `held`, as a running `up` would.
 HOLD_LOCK = textwrap.dedent(
     """

@@ -418,6 +418,25 @@ class MeshProcess:
         return self.proc.returncode
 
 
+def one_echo_scenario(namespace: str, app: str) -> dict[str, Any]:
+    """A sandbox scenario of one http-echo replica behind Service `app` (port 8080): the
+    cluster of the benches that measure one path."""
+    return {
+        "namespaces": [namespace],
+        "deployments": [
+            {"name": app, "namespace": namespace, "workload": "http-echo", "replicas": 1}
+        ],
+        "services": [
+            {
+                "name": app,
+                "namespace": namespace,
+                "selector": {"app": app},
+                "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
+            }
+        ],
+    }
+
+
 def services_yaml(port: int, entries: Sequence[tuple[str, str, str, int]]) -> str:
     """services.yaml text: entries are (host, namespace, service, port)."""
     lines = [f"listener_port: {port}", "services:"]

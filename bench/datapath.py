@@ -65,6 +65,7 @@ from common import (
     machine,
     make_workdir,
     newconn_rate,
+    one_echo_scenario,
     percentile,
     print_machine,
     read_response,
@@ -81,18 +82,7 @@ from localmesh.xds.static import static_config_of
 NS = "bench"
 APP = "web"
 HOST = "web.localhost"
-SCENARIO: dict[str, Any] = {
-    "namespaces": [NS],
-    "deployments": [{"name": APP, "namespace": NS, "workload": "http-echo", "replicas": 1}],
-    "services": [
-        {
-            "name": APP,
-            "namespace": NS,
-            "selector": {"app": APP},
-            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
-        }
-    ],
-}
+SCENARIO = one_echo_scenario(NS, APP)
 
 
 def envoy_direct_config(port: int, pod_ip: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from common import (
     kubectl_port_forward,
     machine,
     make_workdir,
+    one_echo_scenario,
     print_machine,
     read_response,
     request_bytes,
@@ -57,18 +58,7 @@ from common import (
 )
 
 NS, APP, HOST = "solo", "one", "one.localhost"
-SCENARIO: dict[str, Any] = {
-    "namespaces": [NS],
-    "deployments": [{"name": APP, "namespace": NS, "workload": "http-echo", "replicas": 1}],
-    "services": [
-        {
-            "name": APP,
-            "namespace": NS,
-            "selector": {"app": APP},
-            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
-        }
-    ],
-}
+SCENARIO = one_echo_scenario(NS, APP)
 ENTRIES = [(HOST, NS, APP, 8080)]
 
 

@@ -41,6 +41,7 @@ from common import (
     kubectl_port_forward,
     machine,
     make_workdir,
+    one_echo_scenario,
     print_machine,
     services_yaml,
     stop_process,
@@ -52,18 +53,7 @@ NS = "bench"
 APP = "web"
 HOST = "web.localhost"
 TARGET_P50_MS = 100.0
-SCENARIO: dict[str, Any] = {
-    "namespaces": [NS],
-    "deployments": [{"name": APP, "namespace": NS, "workload": "http-echo", "replicas": 1}],
-    "services": [
-        {
-            "name": APP,
-            "namespace": NS,
-            "selector": {"app": APP},
-            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
-        }
-    ],
-}
+SCENARIO = one_echo_scenario(NS, APP)
 
 
 def served_by(body: bytes) -> str:
