@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from localmesh.xds import proto
-from localmesh.xds.proto import PACKED, field_bytes, packed_item, value_bytes, varint
+from localmesh.xds.proto import PACKED, field_bytes, map_field, packed_field, value_bytes, varint
 
 __all__ = ["encode", "field_bytes", "varint"]
 
@@ -79,8 +79,7 @@ def encode(msg: Message | proto.Message) -> bytes:
             if not value:
                 continue
             if proto_type in PACKED:
-                body = b"".join(packed_item(proto_type, v) for v in value)
-                out += field_bytes(number, body)
+                out += packed_field(number, proto_type, value)
                 continue
             for item in value:
                 wire, body = _scalar(proto_type, unwrap, item)
@@ -91,10 +90,8 @@ def encode(msg: Message | proto.Message) -> bytes:
                 continue
             key_meta, value_meta = map_meta
             for k, v in value.items():
-                kw, kb = _scalar(key_meta.proto_type, None, k)
-                vw, vb = _scalar(value_meta.proto_type, value_meta.unwrap, v)
-                entry = varint((1 << 3) | kw) + kb + varint((2 << 3) | vw) + vb
-                out += field_bytes(number, entry)
+                key = _scalar(key_meta.proto_type, None, k)
+                out += map_field(number, key, _scalar(value_meta.proto_type, value_meta.unwrap, v))
             continue
         if default is not _NO_DEFAULT and value == default:
             continue

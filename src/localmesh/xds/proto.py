@@ -235,6 +235,17 @@ def packed_item(proto_type: str, value: Any) -> bytes:
     return struct.pack(FIXED[proto_type][0], value)
 
 
+def packed_field(number: int, proto_type: str, values: list[Any]) -> bytes:
+    """A repeated number field, packed into one length-delimited field."""
+    return field_bytes(number, b"".join(packed_item(proto_type, v) for v in values))
+
+
+def map_field(number: int, key: tuple[int, bytes], value: tuple[int, bytes]) -> bytes:
+    """One entry of a map field, from the (wire type, bytes) of its key and of its value."""
+    entry = varint((1 << 3) | key[0]) + key[1] + varint((2 << 3) | value[0]) + value[1]
+    return field_bytes(number, entry)
+
+
 def encode(msg: Message) -> bytes:
     """The protobuf encoding of `msg`: fields in the typed class's order, defaults left out,
     byte for byte what envoy-data-plane writes for the same message."""
@@ -248,7 +259,7 @@ def encode(msg: Message) -> bytes:
             if not value:
                 continue
             if proto_type in PACKED:
-                out += field_bytes(number, b"".join(packed_item(proto_type, v) for v in value))
+                out += packed_field(number, proto_type, value)
                 continue
             for item in value:
                 wire, body = _scalar(proto_type, ref, wrapped, item)
@@ -259,10 +270,8 @@ def encode(msg: Message) -> bytes:
                 continue
             key_type, value_type, value_ref = map_row
             for k, v in value.items():
-                kw, kb = _scalar(key_type, None, False, k)
-                vw, vb = _scalar(value_type, value_ref, False, v)
-                entry = varint((1 << 3) | kw) + kb + varint((2 << 3) | vw) + vb
-                out += field_bytes(number, entry)
+                key = _scalar(key_type, None, False, k)
+                out += map_field(number, key, _scalar(value_type, value_ref, False, v))
             continue
         if default is not None and value == default:
             continue
@@ -279,7 +288,9 @@ __all__ = [
     "enum_type",
     "field_bytes",
     "load_typed_bindings",
+    "map_field",
     "message_type",
+    "packed_field",
     "packed_item",
     "type_url",
     "value_bytes",
