@@ -419,7 +419,7 @@ async def test_not_ready_within_the_deadline(envoy_supervisors: SupervisorFactor
     started = time.monotonic()
     with pytest.raises(EnvoyError, match=r"not ready after 1s \(state (PRE_)?INITIALIZING\)"):
         await supervisor.start()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # well under the 20 s default, generous for load
     assert supervisor.pid is None
 
 
@@ -441,7 +441,9 @@ async def test_stop_drains_and_closes_an_idle_keepalive_connection(
     alpha = await http_backends("alpha")
     port = free_port()
     supervisor = envoy_supervisors(
-        static_bootstrap(port, {"alpha.localhost": alpha.port}), drain_timeout=1.0
+        static_bootstrap(port, {"alpha.localhost": alpha.port}),
+        drain_timeout=1.0,
+        stop_timeout=60.0,  # far from the bound below: only a drain that closes meets it
     )
     await supervisor.start()
     client = KeepAliveClient(port)
@@ -451,9 +453,9 @@ async def test_stop_drains_and_closes_an_idle_keepalive_connection(
         assert sock is not None
         started = time.monotonic()
         await supervisor.stop()
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 30
         # Envoy is gone, so its end of the kept-alive connection is closed.
-        sock.settimeout(2)
+        sock.settimeout(30)
         assert await asyncio.to_thread(sock.recv, 1) == b""
     finally:
         client.close()
@@ -496,7 +498,7 @@ async def test_stop_kills_an_envoy_that_does_not_answer(
     os.kill(pid, signal.SIGSTOP)  # hung: no admin answers, SIGTERM stays pending
     started = time.monotonic()
     await supervisor.stop()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15  # a stopped Envoy never exits by itself
     assert not process_exists(pid)
     assert supervisor.last_exit == "stopped (killed by SIGKILL)"
 

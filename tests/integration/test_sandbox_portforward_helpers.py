@@ -318,7 +318,7 @@ async def run_curl(*args: str, max_time: float = 30.0) -> tuple[int, bytes, byte
     return process.returncode, out, err
 
 
-async def wait_until(predicate: Callable[[], bool], deadline: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], bool], deadline: float = 30.0) -> None:
     """Re-check `predicate()` every few milliseconds; fail after `deadline` seconds."""
     async with asyncio.timeout(deadline):
         while True:

@@ -116,7 +116,9 @@ async def test_idle_timeout_fault_drops_an_idle_kubectl_forward(
 ) -> None:
     async with (
         http_backend() as port,
-        mini_api(tmp_path, minor=minor, idle_timeout=0.5) as api,
+        # The session is open (and idle) from kubectl's start: the idle timeout must leave
+        # time for curl to start on a busy machine, or curl meets a dropped forward.
+        mini_api(tmp_path, minor=minor, idle_timeout=3.0) as api,
         kubectl_port_forward(api.kubeconfig, "pod/billing-api-0", port, env=env) as fwd,
     ):
         rc, _, err = await run_curl(f"http://127.0.0.1:{fwd.local_port}/")

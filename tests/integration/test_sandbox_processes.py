@@ -100,7 +100,12 @@ RBAC: list[dict[str, Any]] = [
         "spec": {"holderIdentity": "alice"},
     },
 ]
-PROBE = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}
+# Probes answer in milliseconds: the 10 s timeout only keeps a busy machine from failing
+# them, so a failure (and a liveness restart) comes from the agent's answer alone.
+PROBE = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "timeoutSeconds": 10}
+# A Python process may take several seconds to start serving on a busy machine (measured:
+# 1.3-6 s beside two busy loops); a startup probe sized for that, as Kubernetes advises.
+STARTUP_PROBE = {**PROBE, "failureThreshold": 120}
 
 
 def container_status(sb: Sandbox, pod: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +125,7 @@ async def test_agent_deployment_gets_ready_and_uses_its_own_token(
 ) -> None:
     sb = await sandbox_factory(EMPTY)
     probes: dict[str, Any] = {
-        "startupProbe": PROBE,
+        "startupProbe": STARTUP_PROBE,
         "readinessProbe": PROBE,
         "livenessProbe": PROBE,
     }

@@ -110,11 +110,11 @@ def test_wait_for_ack_waits_per_node() -> None:
         for_router = asyncio.create_task(cache.wait_for_ack(node_id="router-1"))
         for_default = asyncio.create_task(cache.wait_for_ack())
         sync(remote, "router-1", router)
-        async with asyncio.timeout(1):
+        async with asyncio.timeout(30):  # liveness guard only
             await for_router  # the default node's Envoy is not in sync: no matter
         assert not for_default.done()
         sync(local, "localmesh-default", default)
-        async with asyncio.timeout(1):
+        async with asyncio.timeout(30):  # liveness guard only
             await for_default
 
     asyncio.run(scenario())
