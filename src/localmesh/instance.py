@@ -71,7 +71,7 @@ from localmesh.reconciler import Reconciler
 from localmesh.runtime import InstanceLock, RuntimePaths, invoking_user, runtime_paths
 from localmesh.statusview import hosts_status, xds_status
 from localmesh.xds.cache import SnapshotCache
-from localmesh.xds.resources import TYPE_ORDER, to_json
+from localmesh.xds.resources import TYPE_ORDER
 from localmesh.xds.server import AdsService, prepare_socket_path
 from localmesh.xds.snapshot import build_snapshot
 
@@ -509,7 +509,7 @@ class MeshInstance:
                 type_url=r.type_url,
                 name=r.name,
                 version=r.version,
-                json=json.dumps(to_json(r.message()), sort_keys=True),
+                json=json.dumps(r.json(), sort_keys=True),
             )
             for type_url in TYPE_ORDER
             for r in snapshot.resources(type_url).values()
