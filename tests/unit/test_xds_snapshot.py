@@ -162,3 +162,20 @@ def test_xds_view_lists_every_resource_with_version() -> None:
         clusters[0]["version"] == snapshot.resources(rs.CLUSTER_TYPE)[clusters[0]["name"]].version
     )
     assert clusters[0]["resource"]["name"] == clusters[0]["name"]
+
+
+def test_message_decodes_in_a_fresh_process() -> None:
+    """`message()` loads the typed bindings itself: nothing else may have imported them."""
+    import subprocess
+    import sys
+
+    code = (
+        "from localmesh.xds.snapshot import Resource\n"
+        "from localmesh.xds import resources as rs\n"
+        "r = Resource.of(rs.CLUSTER_TYPE, 'c', bytes([10, 1, 99]))\n"  # name = 'c'
+        "print(r.message().name)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "c"
