@@ -20,6 +20,11 @@ from tests.sandbox_fixtures import kubectl
 SERVER_FIELDS = ("resourceVersion", "managedFields", "generation")
 
 
+def kube_for(sb: Sandbox) -> KubeObjects:
+    """The real client, as the sandbox's admin."""
+    return KubeObjects.connect(str(sb.kubeconfig_path))
+
+
 def options(local_port: int, mark: str = "dev", **overrides: Any) -> MeshOptions:
     values: dict[str, Any] = {
         "namespace": "billing",
