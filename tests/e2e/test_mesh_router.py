@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
+from localmesh.cli.demo_mesh import serve_on_loopback
 from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
@@ -53,16 +54,8 @@ async def local_app(name: str) -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    try:
-        yield int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app) as port:
+        yield port
 
 
 async def start_mesh(
