@@ -19,13 +19,12 @@ import pytest
 from aiohttp import web
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
-from localmesh.cli.demo_mesh import serve_on_loopback
+from localmesh.cli.demo_mesh import SERVER_FIELDS, serve_on_loopback
 from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
-    SERVER_FIELDS,
     managed_objects,
     namespace_objects,
     service_json,
