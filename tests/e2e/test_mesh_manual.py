@@ -16,6 +16,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from localmesh.cli.demo_mesh import serve_on_loopback
 from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
@@ -40,14 +41,8 @@ async def local_app() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    yield int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-    await runner.cleanup()
+    async with serve_on_loopback(app) as port:
+        yield port
 
 
 async def kubectl_json(sb: Sandbox, *args: str) -> Any:

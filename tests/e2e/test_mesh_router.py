@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
+from localmesh.cli.demo_mesh import SERVER_FIELDS, serve_on_loopback
 from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
-    SERVER_FIELDS,
     managed_objects,
     namespace_objects,
     service_json,
@@ -53,16 +53,8 @@ async def local_app(name: str) -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    try:
-        yield int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app) as port:
+        yield port
 
 
 async def start_mesh(

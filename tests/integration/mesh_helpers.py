@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from localmesh.cli.demo_mesh import SERVER_FIELDS
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.marks import parse_expose, parse_version_mark
 from localmesh.clustermesh.session import MeshOptions, Permission
@@ -17,7 +18,10 @@ from localmesh.sandbox import Sandbox
 from localmesh.sandbox.resources import EVENTS, TYPES
 from tests.sandbox_fixtures import kubectl
 
-SERVER_FIELDS = ("resourceVersion", "managedFields", "generation")
+
+def kube_for(sb: Sandbox) -> KubeObjects:
+    """The real client, as the sandbox's admin."""
+    return KubeObjects.connect(str(sb.kubeconfig_path))
 
 
 def options(local_port: int, mark: str = "dev", **overrides: Any) -> MeshOptions:

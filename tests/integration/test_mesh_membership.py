@@ -14,6 +14,7 @@ from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.integration.mesh_helpers import (
     as_rules,
+    kube_for,
     kubeconfig_with,
     local_server,
     managed_objects,
@@ -25,10 +26,6 @@ from tests.integration.mesh_helpers import (
 pytestmark = pytest.mark.integration
 sandbox = sandbox_fixtures.sandbox
 sandbox_factory = sandbox_fixtures.sandbox_factory
-
-
-def kube_for(sb: Sandbox) -> KubeObjects:
-    return KubeObjects.connect(str(sb.kubeconfig_path))
 
 
 async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: Sandbox) -> None:

@@ -21,6 +21,7 @@ from tests import sandbox_fixtures
 from tests.crd_helpers import crd_yaml, istio_crds
 from tests.integration.mesh_helpers import (
     as_rules,
+    kube_for,
     kubeconfig_with,
     local_server,
     managed_objects,
@@ -40,7 +41,7 @@ class MeetAtLease(KubeObjects):
     after every check) waits until the other session got there too."""
 
     def __init__(self, sb: Sandbox, barrier: asyncio.Barrier) -> None:
-        super().__init__(KubeObjects.connect(str(sb.kubeconfig_path)).access)
+        super().__init__(kube_for(sb).access)
         self.barrier = barrier
 
     async def create(self, kind: str, namespace: str, body: JSON) -> JSON:
@@ -97,7 +98,7 @@ async def test_manual_mode_with_apply_needs_only_the_permissions_it_names(
     claim and the applied rules included) joins, applies and leaves."""
     (await kubectl(sandbox, "apply", "-f", "-", input=crd_yaml(*istio_crds()))).check()
     before = await service_json(sandbox)
-    admin = KubeObjects.connect(str(sandbox.kubeconfig_path))
+    admin = kube_for(sandbox)
     async with local_server() as port:
         opts = options(port, mode="manual")
         rules = as_rules(ManualSession(admin, opts, apply=True).permissions())

@@ -15,7 +15,10 @@ import copy
 import shlex
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 NAMESPACE = "billing"
 SERVICE = "billing-api"
@@ -50,6 +53,15 @@ async def local_process() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
+    async with serve_on_loopback(app) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def serve_on_loopback(app: web.Application) -> AsyncIterator[int]:
+    """`app` served on a free loopback port (yielded) until the block ends."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -352,7 +352,7 @@ async def run_mesh(
                                 stop,
                             )
                         view.routed = failure is None and not stop.is_set()
-                        if failure is None and not stop.is_set():
+                        if view.routed:
                             log.debug("mesh routed", seconds=time.monotonic() - began)
                             published.publish()  # on disk before we say so
                             if manual is None:
