@@ -81,17 +81,17 @@ def plan_entries(services: Iterable[JSON], namespaces: Sequence[str]) -> Plan:
     """Entries for `services`, in the order of `namespaces`, then by name."""
     order = {ns: i for i, ns in enumerate(namespaces)}
     listed = sorted(services, key=lambda s: (order.get(_meta(s)[0], len(order)), _meta(s)[1]))
+    reasons = [skip_reason(service) for service in listed]
     seen_in: dict[str, set[str]] = {}
-    for service in listed:
-        if skip_reason(service) is None:
+    for service, why in zip(listed, reasons, strict=True):
+        if why is None:
             namespace, name = _meta(service)
             seen_in.setdefault(name, set()).add(namespace)
     entries: list[PlannedEntry] = []
     skipped: list[Skipped] = []
     taken: set[str] = set()
-    for service in listed:
+    for service, why in zip(listed, reasons, strict=True):
         namespace, name = _meta(service)
-        why = skip_reason(service)
         if why is not None:
             skipped.append(Skipped(namespace, name, why))
             continue

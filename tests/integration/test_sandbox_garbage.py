@@ -21,7 +21,7 @@ from localmesh.sandbox.resources import (
     ROLES,
 )
 from tests import sandbox_fixtures
-from tests.crd_helpers import crd_yaml, istio_crds
+from tests.crd_helpers import _crd, crd_yaml, istio_crds
 from tests.integration.test_sandbox_processes import PROBE, agent_deployment
 from tests.sandbox_fixtures import SandboxFactory, kubectl
 
@@ -237,3 +237,26 @@ async def test_custom_resources_own_and_are_owned(sandbox_factory: SandboxFactor
     while not await gone():
         assert asyncio.get_running_loop().time() < deadline, "the rule and its dependent stay"
         await asyncio.sleep(0.1)
+
+
+async def test_a_custom_resource_reusing_a_builtin_plural_is_collected(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sb = await sandbox_factory(EMPTY)
+    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    crd = _crd(
+        "example.dev", "Lease", "leases", short=[], versions=("v1",), schema=schema, columns=[]
+    )
+    (await kubectl(sb, "apply", "-f", "-", input=crd_yaml(crd))).check()
+    custom = next(t for t in sb.cluster.crds.types() if t.group == "example.dev")
+    owner = sb.cluster.create(CONFIGMAPS, {"metadata": {"name": "owner", "namespace": NAMESPACE}})
+    dependent = {"name": "dep", "namespace": NAMESPACE, "ownerReferences": owned_by(owner)}
+    sb.cluster.create(
+        custom, {"apiVersion": "example.dev/v1", "kind": "Lease", "metadata": dependent}
+    )
+    sb.cluster.create(LEASES, lease("dep"))  # the built-in kind of the same plural and name
+    sb.cluster.delete(CONFIGMAPS, NAMESPACE, "owner")
+    await sb.wait_for(
+        lambda: not list(sb.store.iter(custom, NAMESPACE)), what="the custom dependent"
+    )
+    assert "dep" in names(sb, LEASES)  # not the one the owner had

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from localmesh.sandbox import errors
-from localmesh.sandbox.resources import BY_PLURAL, TYPES, ResourceType
-from localmesh.sandbox.store import Obj, StoredEvent
+from localmesh.sandbox.resources import TYPES, ResourceType
+from localmesh.sandbox.store import Obj, StoredEvent, table_key
 
 if TYPE_CHECKING:
     from localmesh.sandbox.cluster import Cluster
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PROPAGATION_POLICIES = ("Background", "Foreground", "Orphan")
-Key = tuple[str, str, str]  # (plural, namespace, name)
+Key = tuple[str, str, str]  # (store table: store.table_key, namespace, name)
 _BY_API_KIND: dict[tuple[str, str], ResourceType] = {(t.api_version, t.kind): t for t in TYPES}
 
 
@@ -50,7 +50,7 @@ def _refs(obj: Obj | None) -> list[dict[str, Any]]:
 
 def _key(rtype: ResourceType, obj: Obj) -> Key:
     md = obj["metadata"]
-    return (rtype.plural, md.get("namespace", "") or "", md["name"])
+    return (table_key(rtype), md.get("namespace", "") or "", md["name"])
 
 
 class GarbageCollector:
@@ -61,7 +61,8 @@ class GarbageCollector:
         self._check: set[Key] = set()  # dependents whose owners may be missing
         self._scheduled = False
         self._waiting: dict[str, Key] = {}  # foreground owners by uid: gone once alone
-        self._types: dict[str, ResourceType] = dict(BY_PLURAL)  # custom resources join
+        # by store table, as the store tells types apart (a CRD may reuse a plural)
+        self._types: dict[str, ResourceType] = {table_key(t): t for t in TYPES}
 
     def owner_type(self, ref: dict[str, Any]) -> ResourceType | None:
         """The type an ownerReference names (None when the sandbox does not serve it)."""
@@ -76,7 +77,7 @@ class GarbageCollector:
     # -- event intake ----------------------------------------------------------------------
     def on_event(self, ev: StoredEvent) -> None:
         key = _key(ev.rtype, ev.obj)
-        self._types.setdefault(ev.rtype.plural, ev.rtype)
+        self._types.setdefault(key[0], ev.rtype)  # custom resources join
         old_uids = {str(r.get("uid")) for r in _refs(ev.old)}
         new_uids = set() if ev.type == "DELETED" else {str(r.get("uid")) for r in _refs(ev.obj)}
         for uid in old_uids - new_uids:
@@ -113,9 +114,9 @@ class GarbageCollector:
                 self._attempt(key)
             done = [uid for uid in self._waiting if not self._dependents.get(uid)]
             for uid in done:  # foreground owners whose dependents are all gone
-                plural, namespace, name = self._waiting.pop(uid)
+                table, namespace, name = self._waiting.pop(uid)
                 with contextlib.suppress(errors.ApiError):
-                    self.cluster.store.delete(self._types[plural], namespace or None, name)
+                    self.cluster.store.delete(self._types[table], namespace or None, name)
             if not (self._gone or self._check or done):
                 return
 
@@ -135,8 +136,8 @@ class GarbageCollector:
         return owner is not None and owner["metadata"].get("uid") == ref.get("uid")
 
     def _attempt(self, key: Key) -> None:
-        plural, namespace, name = key
-        rtype = self._types[plural]
+        table, namespace, name = key
+        rtype = self._types[table]
         obj = self.cluster.store.peek(rtype, namespace or None, name)
         refs = _refs(obj)
         if obj is None or not refs:
@@ -170,18 +171,18 @@ class GarbageCollector:
         marked = self.cluster.store.mark_deleting(rtype, key[1] or None, key[2], 0)
         self._waiting[owner["metadata"]["uid"]] = key
         for dependent in sorted(self._dependents.get(owner["metadata"]["uid"], set())):
-            plural, namespace, name = dependent
+            table, namespace, name = dependent
             with contextlib.suppress(errors.ApiError):  # in the foreground too, as the real GC
                 self.cluster.delete(
-                    self._types[plural], namespace or None, name, propagation="Foreground"
+                    self._types[table], namespace or None, name, propagation="Foreground"
                 )
         self.flush()
         return marked
 
     def orphan(self, owner_uid: str) -> None:
         """Remove references to `owner_uid` from its dependents (propagationPolicy Orphan)."""
-        for plural, namespace, name in sorted(self._dependents.get(owner_uid, set())):
-            rtype = self._types[plural]
+        for table, namespace, name in sorted(self._dependents.get(owner_uid, set())):
+            rtype = self._types[table]
             obj = self.cluster.store.peek(rtype, namespace or None, name)
             if obj is None:
                 continue

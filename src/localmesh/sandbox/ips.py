@@ -18,7 +18,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-import socket
 from typing import Any
 
 from localmesh.errors import ConfigError
@@ -51,12 +50,7 @@ def loopback_mode(wanted: str | None = None) -> str:
 
 def extra_loopback_bindable() -> bool:
     """Whether loopback addresses besides 127.0.0.1 can be bound here (Linux: all of 127/8)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((_PROBE_ADDRESS, 0))
-        except OSError:
-            return False
-    return True
+    return bindable(_PROBE_ADDRESS, 0)
 
 
 def share_port(pod_ip: str, port: int, bound: int) -> None:
