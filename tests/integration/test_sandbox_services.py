@@ -271,6 +271,20 @@ async def test_a_service_without_endpoints_resets_connections(
     assert await pods_reached(url, 1) == {pod}
 
 
+async def test_a_lagging_service_proxy_follows_endpoint_changes_late(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    """The `proxy_lag` fault: the EndpointSlices say the pod is gone from the Service, yet
+    the cluster IP still leads to it for a while, as behind a real node's kube-proxy."""
+    sb = await sandbox_factory(ONE_WEB)
+    url = f"http://{sb.cluster.dns.service_ip('web.shop')}:8080/"
+    (pod,) = pod_names(sb, "shop", "app=web")
+    sb.faults.proxy_lag = 60.0  # longer than this test: the change is never applied in it
+    sb.faults.set_ready("shop", pod, False)
+    await sb.wait_for(lambda: sb.ready_endpoints("shop", "web") == [], 10, "no ready endpoint")
+    assert await pods_reached(url, 3) == {pod}
+
+
 NODE_PORT_SVC = """\
 apiVersion: v1
 kind: Service

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,37 @@ async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def _slice(name: str, *ips: str) -> dict[str, object]:
+    return {
+        "metadata": {"name": name},
+        "ports": [{"port": 8080}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": True}, "targetRef": {"name": f"pod-{ip}"}}
+            for ip in ips
+        ],
+    }
+
+
+def test_the_origin_pods_stay_routed_when_the_origin_service_goes() -> None:
+    """The origin Service deleted (the mesh is being taken down) takes its EndpointSlices
+    along, while a lagging kube-proxy still sends clients here: they keep reaching the pods
+    last known. A slice that is still there but empty (no pods) is followed as it is."""
+    agent = RouterAgent("billing", "billing-api", pod_ip="127.0.0.1", health_port=0)
+    agent.ports = [8080]
+    now = datetime.now(UTC)
+    for kind in ("Lease", "Pod"):
+        agent._deliver(kind)("SYNC", [])
+    agent._deliver("EndpointSlice")("SYNC", [_slice("origin-a", "10.0.0.1")])
+
+    def origin() -> list[str]:
+        return [e.address for e in agent._publish(now).origin[8080]]
+
+    assert origin() == ["10.0.0.1"]
+    agent._deliver("EndpointSlice")("DELETED", _slice("origin-a", "10.0.0.1"))
+    assert origin() == ["10.0.0.1"]
+    agent._deliver("EndpointSlice")("ADDED", _slice("origin-b", "10.0.0.2"))
+    assert origin() == ["10.0.0.2"]
+    agent._deliver("EndpointSlice")("MODIFIED", _slice("origin-b"))
+    assert origin() == []

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import random
@@ -74,6 +75,12 @@ KINDS = ("Lease", "Pod", "EndpointSlice")
 # Envoy's default is one worker per core of the NODE, whatever the pod's CPU share; a
 # proxy in a small pod does better with a few (as sidecars are usually configured).
 ENVOY_WORKERS = 2
+# After SIGTERM the router keeps serving until no new connection arrived for DRAIN_QUIET
+# seconds (at most DRAIN_MAX): a node's kube-proxy can send connections to this pod for a
+# while after the Service's selector moved back to the pods. Below the pod's grace period.
+DRAIN_QUIET = 1.5
+DRAIN_MAX = 20.0
+DRAIN_POLL = 0.1
 
 
 def process_age() -> float | None:
@@ -267,7 +274,7 @@ class RouterAgent:
         )
 
     def _publish(self, now: datetime) -> rp.RouterPlan:
-        router = self.plan(now)
+        router = self._keep_origin_when_gone(self.plan(now))
         if router == self._planned:
             return router  # a tick or a Lease renewal that changes nothing: build nothing
         self._planned = router
@@ -283,6 +290,41 @@ class RouterAgent:
                 origin={p: len(eps) for p, eps in router.origin.items()},
             )
         return router
+
+    def _keep_origin_when_gone(self, router: rp.RouterPlan) -> rp.RouterPlan:
+        """The origin Service's EndpointSlices all gone means the mesh is being taken down
+        (the origin Service was deleted), not that the pods went: clients whose kube-proxy
+        still sends them here keep reaching the pods last known until this pod stops."""
+        synced = len(self._synced) == len(KINDS)
+        if synced and not self._objects["EndpointSlice"] and self._planned is not None:
+            return dataclasses.replace(router, origin=self._planned.origin)
+        return router
+
+    async def _serve_until_quiet(self) -> None:
+        """Keep serving after SIGTERM until new connections stop arriving."""
+        envoy = self._envoy
+        if envoy is None or not envoy.running:
+            return
+        self.ready = False
+        began = last_change = time.monotonic()
+        accepted: float | None = None
+        while (now := time.monotonic()) - began < DRAIN_MAX:
+            try:
+                stats = await envoy.stats(r"^listener\..*\.downstream_cx_total$")
+            except Exception as exc:  # whatever keeps the counters unread ends the drain
+                log.debug("router drain: no stats", reason=str(exc))
+                return
+            total = sum(
+                value
+                for name, value in stats.items()
+                if not name.startswith("listener.admin.") and ".worker_" not in name
+            )
+            if total != accepted:
+                accepted, last_change = total, now
+            elif now - last_change >= DRAIN_QUIET:
+                break
+            await asyncio.sleep(DRAIN_POLL)  # the admin API's counters have no watch
+        log.info("router stopping", connections_accepted=accepted, drained=round(now - began, 2))
 
     async def _become_ready(self) -> None:
         assert self._envoy is not None
@@ -407,7 +449,9 @@ class RouterAgent:
             self._startup["envoy started"] = process_age()
             self._tasks.append(asyncio.create_task(self._become_ready()))
             self._tasks.append(asyncio.create_task(self._track_routes()))
-            return await self._loop(kube, stop)
+            code = await self._loop(kube, stop)
+            await self._serve_until_quiet()
+            return code
         finally:
             if envoy_started is not None and not envoy_started.done():
                 envoy_started.cancel()  # its own clean-up stops the process

@@ -53,6 +53,7 @@ class Cluster:
             lambda svc, reason, message: self.record_event(
                 svc, reason, message, type_="Warning", component="kube-proxy"
             ),
+            lag=lambda: self.faults.proxy_lag,
         )
         self.store.subscribe(self._on_event)
         self.crds = CustomResources(self.store)

@@ -21,6 +21,9 @@ class Faults:
         self.ready_delay: float = 0.0
         # Seconds a deleted pod keeps serving (unready, terminating) before it is gone.
         self.termination_delay: float = 0.0
+        # Seconds the service proxy takes to apply an endpoint change, as kube-proxy's
+        # resync lags behind the EndpointSlices on a real node (0 = at once).
+        self.proxy_lag: float = 0.0
         # Seconds between BOOKMARK events on watches that asked for them.
         self.bookmark_interval: float = 1.0
         # First back-off (s) of a crashing container or a failing image pull; it doubles

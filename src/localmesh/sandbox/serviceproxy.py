@@ -234,11 +234,13 @@ class ServiceProxy:
         tasks: TaskSet,
         ips: ServiceIPAllocator,
         warn: Callable[[Obj, str, str], None],
+        lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._store = store
         self._tasks = tasks
         self._ips = ips
         self._warn = warn  # records a Warning event on a Service
+        self._lag = lag  # seconds before an endpoint change takes effect (a fault)
         # (namespace, service) -> routes by service port name
         self._routes: dict[tuple[str, str], dict[str, ServicePortRoute]] = {}
         self._unserved: set[tuple[str, str]] = set()  # Services told their cluster IP is not served
@@ -335,6 +337,16 @@ class ServiceProxy:
         self._sync_endpoints(ns, name)
 
     def _sync_endpoints(self, ns: str, name: str) -> None:
+        lag = self._lag()
+        if lag > 0:
+            # Applied late, from the store as it is then, like a lagging kube-proxy.
+            asyncio.get_running_loop().call_later(lag, self._apply_endpoints, ns, name)
+        else:
+            self._apply_endpoints(ns, name)
+
+    def _apply_endpoints(self, ns: str, name: str) -> None:
+        if self._closed:
+            return
         routes = self._routes.get((ns, name))
         if not routes:
             return
