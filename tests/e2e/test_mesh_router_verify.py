@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.session import health_port_of
 from localmesh.kube.objects import Conflict, KubeObjects
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
@@ -26,7 +27,7 @@ from tests.e2e.test_mesh_router import (
     start_mesh,
     stop_mesh,
 )
-from tests.e2e.up_helpers import eventually
+from tests.e2e.up_helpers import curl, eventually
 from tests.integration.mesh_helpers import kube_for
 
 pytestmark = pytest.mark.e2e
@@ -79,26 +80,41 @@ async def test_a_shadow_never_ready_by_the_kubelet_is_served_once_connected_and_
                 assert plain is not None and json.loads(plain)["pod"].startswith("billing-api")
 
                 # The session stays live (its Lease now lasts an hour) but its tunnel drops:
-                # the developer's process dies. The mark goes back to the pods.
+                # the developer's process dies. The router's check fails, and its Envoy
+                # ACKs a snapshot without the mark's route (/routed says 404) ...
                 meta = pod["metadata"]
                 assert isinstance(meta, dict)
-                await keep_live(kube, str(meta["name"]))
+                session = str(meta["name"])
+                await keep_live(kube, session)
+                routed = await routed_url(kube, router, session)
+                assert await status_of(routed) == 200
                 proc.kill()
                 await proc.wait()
 
-                async def on_the_pods() -> bool:
-                    answer = await body_of(url, {"version": "dev"})
-                    return answer is not None and json.loads(answer)["pod"].startswith(
-                        "billing-api"
-                    )
+                async def unrouted() -> bool:
+                    return await status_of(routed) == 404
 
-                await eventually(on_the_pods, seconds=30, what="the mark back on the pods")
-                lease = await kube.get("Lease", "billing", str(meta["name"]))
+                await eventually(unrouted, seconds=30, what="the mark's route gone")
+                # ... so the very next marked request is the pods' (no retry).
+                body = await body_of(url, {"version": "dev"})
+                assert body is not None and json.loads(body)["pod"].startswith("billing-api")
+                lease = await kube.get("Lease", "billing", session)
                 assert lease is not None and lease["spec"]["leaseDurationSeconds"] == HOURS
             finally:
                 await stop_mesh(proc)
     finally:
         await kube.close()
+
+
+async def routed_url(kube: KubeObjects, router: str, session: str) -> str:
+    """The router's GET /routed/<session> (answered at once), on its health port."""
+    pods = await kube.list("Pod", "billing", f"{m.COMPONENT_LABEL}=router")
+    (pod,) = [p for p in pods if p["status"].get("podIP") == router]
+    return f"http://{router}:{health_port_of(pod)}/routed/{session}?wait=0"
+
+
+async def status_of(url: str) -> int:
+    return (await curl(url)).status
 
 
 async def keep_live(kube: KubeObjects, name: str) -> None:

@@ -20,6 +20,7 @@ from localmesh.clustermesh import (
 )
 from localmesh.clustermesh.tunnel_shadow import ShadowAgent
 from localmesh.kube.targets import JSON
+from tests.integration.tunnel_helpers import wait_until
 
 NOW = datetime(2026, 12, 3, 9, 0, 0, tzinfo=UTC)
 SPEC = m.SessionSpec(
@@ -223,3 +224,34 @@ async def test_an_unanswered_question_fails_and_stop_ends_every_poll() -> None:
         assert verifier.fresh() == frozenset()
     finally:
         server.close()
+
+
+async def test_a_request_waiting_for_a_tunnel_does_not_make_the_shadow_look_connected() -> None:
+    """The machine is gone, marked requests keep arriving: each waits for a tunnel
+    connection that never comes. /readyz must say 503 meanwhile, or the router (and the
+    kubelet) would keep the mark off the pods until the session's Lease expires."""
+    agent = ShadowAgent(b"s" * wire.SECRET_SIZE, [0], tunnel_port=0, health_port=0, wait=60)
+    await agent.start()
+    try:
+        assert agent.health_address is not None
+        target = sv.ProbeTarget("uid-1", "127.0.0.1", agent.health_address[1], "/readyz")
+        tunnel = await connect_tunnel(agent)
+        assert await sv.ask(target)
+        tunnel.close()
+        async with asyncio.timeout(20):
+            while await sv.ask(target):  # the close reaches the shadow
+                pass
+        (exposed,) = agent.addresses.values()
+        _, waiting = await asyncio.open_connection(*exposed)
+        waiting.write(b"GET / HTTP/1.1\r\nHost: billing-api\r\nversion: dev\r\n\r\n")
+        await wait_until(lambda: agent.stats.active == 1, "the request waiting for a tunnel")
+        assert not await sv.ask(target)
+        assert agent.stats.no_tunnel == 0 and agent.stats.active == 1
+        # A tunnel connection that comes now carries it, and the shadow is connected.
+        tunnel = await connect_tunnel(agent)
+        await wait_until(lambda: agent.stats.tunnelled == 1, "the request carried")
+        assert await sv.ask(target)
+        waiting.close()
+        tunnel.close()
+    finally:
+        await agent.stop()
