@@ -18,6 +18,7 @@ from localmesh.clustermesh import (
     shadow_verify as sv,
     tunnel_wire as wire,
 )
+from localmesh.clustermesh.router import RouterAgent
 from localmesh.clustermesh.tunnel_shadow import ShadowAgent
 from localmesh.kube.targets import JSON
 from tests.integration.tunnel_helpers import wait_until
@@ -255,3 +256,22 @@ async def test_a_request_waiting_for_a_tunnel_does_not_make_the_shadow_look_conn
         tunnel.close()
     finally:
         await agent.stop()
+
+
+def test_the_router_asks_only_live_sessions_shadows_that_run_unready() -> None:
+    agent = RouterAgent("billing", "billing-api", pod_ip="10.0.0.9", health_port=15021)
+    agent.ports = [8081]
+    lease = m.session_lease(SPEC)  # renewed now
+    agent._objects["Lease"] = {SPEC.name: lease}
+
+    def asked(pod: JSON) -> list[sv.ProbeTarget]:
+        agent._objects["Pod"] = {SPEC.name: pod}
+        return list(agent._shadows_to_verify(agent.plan(datetime.now(UTC))).values())
+
+    assert asked(shadow()) == [sv.probe_target(shadow())]
+    assert asked(shadow(ready=True)) == []  # the kubelet said Ready
+    deleting = shadow()
+    deleting["metadata"]["deletionTimestamp"] = m.micro_time()
+    assert asked(deleting) == []
+    agent._objects["Lease"] = {SPEC.name: m.session_lease(SPEC, NOW - timedelta(hours=1))}
+    assert asked(shadow()) == []  # its Lease expired
