@@ -21,8 +21,11 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from localmesh.kube.targets import JSON
+# A Kubernetes object as JSON (as localmesh.kube.targets names it; that package imports
+# the Kubernetes client, which this module must not).
+JSON = dict[str, Any]
 
 VERIFY_INTERVAL = 0.1  # seconds between two questions to one shadow
 ASK_TIMEOUT = 0.4  # a question without an answer by then failed
