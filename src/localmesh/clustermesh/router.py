@@ -9,10 +9,14 @@ directory). It watches, with the pod's ServiceAccount:
 
 and serves what `router_plan` makes of them, again whenever one changes and when the
 first live Lease expires (an expired session loses its route within a lease duration
-even if nothing else happens). GET /ready on the health port answers 200 once Envoy ACKed
-a snapshot with the default route and listens on every router port; /healthz while the
-agent runs; GET /routed/<session>?wait=S answers 200 once Envoy ACKed a snapshot routing
-that session's mark (waiting up to S seconds for it, else 404): a joining `mesh` asks
+even if nothing else happens). A live session's shadow pod that runs but is not Ready
+yet is asked by the router itself (`shadow_verify`): its own OK makes the mark routable
+before the kubelet's next probe, for as long as it keeps answering.
+
+GET /ready on the health port answers 200 once Envoy ACKed a snapshot with the default
+route and listens on every router port; /healthz while the agent runs; GET
+/routed/<session>?wait=S answers 200 once Envoy ACKed a snapshot routing that session's
+mark (waiting up to S seconds for it, else 404): a joining `mesh` asks
 through a port-forward before it tells the developer to send requests, so the router
 needs no right to write anything of the session's.
 
@@ -43,7 +47,7 @@ from typing import Any
 import structlog
 
 from localmesh.bootstrap import BootstrapOptions, build_bootstrap
-from localmesh.clustermesh import manifests as m, router_plan as rp
+from localmesh.clustermesh import manifests as m, router_plan as rp, shadow_verify as sv
 from localmesh.clustermesh.membership import (
     CAS_ATTEMPTS,
     delete_shared,
@@ -151,6 +155,8 @@ class RouterAgent:
         self._routed_changed = asyncio.Event()
         self._startup: dict[str, float | None] = {}  # phase -> seconds since process start
         self._tried: set[tuple[str, str]] = set()  # (Lease, version) deletes already tried
+        # Shadows not Ready yet that answer the router's own readiness question.
+        self._verifier = sv.ShadowVerifier(self._changed.set)
 
     # -- watches ---------------------------------------------------------------------------
     def _deliver(self, kind: str) -> Callable[[str, Any], None]:
@@ -271,7 +277,18 @@ class RouterAgent:
             pods=self._objects["Pod"],
             slices=self._objects["EndpointSlice"].values(),
             now=now,
+            verified=self._verifier.fresh(),
         )
+
+    def _shadows_to_verify(self, router: rp.RouterPlan) -> dict[str, sv.ProbeTarget]:
+        """The live sessions' shadow pods that run but are not Ready: pod UID -> where to
+        ask them (none once Ready, deleted or without a live Lease)."""
+        found = {}
+        for session in router.sessions:
+            target = sv.probe_target(self._objects["Pod"].get(session.shadow))
+            if target is not None:
+                found[target.uid] = target
+        return found
 
     def _publish(self, now: datetime) -> rp.RouterPlan:
         router = self._keep_origin_when_gone(self.plan(now))
@@ -467,6 +484,7 @@ class RouterAgent:
                 self._changed.clear()  # before planning: an event during it is not lost
                 now = datetime.now(UTC)
                 router = self._publish(now)
+                self._verifier.track(self._shadows_to_verify(router))
                 if any(lease_dead(lease) for lease in self._objects["Lease"].values()):
                     try:
                         await self.delete_dead_sessions(kube)
@@ -480,7 +498,11 @@ class RouterAgent:
                     except KubeError as exc:
                         log.warning("router could not retire yet", reason=str(exc))
                     self._last_live = time.monotonic()
-                expiry = rp.next_expiry(self._objects["Lease"].values(), now)
+                expiries = (
+                    rp.next_expiry(self._objects["Lease"].values(), now),
+                    self._verifier.next_expiry(),  # a verification going stale re-plans too
+                )
+                expiry = min((e for e in expiries if e is not None), default=None)
                 tick = MAX_TICK if expiry is None else min(MAX_TICK, max(expiry, 0.0) + 0.01)
                 changed = asyncio.create_task(self._changed.wait())
                 await asyncio.wait(
@@ -495,6 +517,7 @@ class RouterAgent:
         self.ready = False
         for task in self._tasks:
             task.cancel()
+        await self._verifier.stop()
         for reflector in self._reflectors:
             reflector.stop()
         if self._envoy is not None:

@@ -14,7 +14,9 @@ Output: one Snapshot for the router's own Envoy:
 - a marked request whose shadow or tunnel fails gets a 503 whose body names the mark.
 
 A session is routed only while its Lease is live (renewTime + leaseDurationSeconds > now)
-and its shadow pod is Ready; otherwise its marked requests take the catch-all.
+and its shadow pod is Ready, or verified by the router itself (`verified`: pod UIDs whose
+/readyz the router found OK a moment ago, shadow_verify); otherwise its marked requests
+take the catch-all.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Session:
     holder: str
     targets: tuple[int, ...]  # the router ports whose marked requests it takes
     shadow: str  # the shadow pod's name
-    shadow_ip: str | None  # set only while the shadow pod is Ready
+    shadow_ip: str | None  # set only while the shadow pod is Ready (or router-verified)
     acquired: datetime | None
 
     @property
@@ -160,12 +162,12 @@ def unreachable_text(session: Session) -> str:
 
 
 # -- from the cluster's objects --------------------------------------------------------
-def _pod_ready(pod: JSON | None) -> str | None:
-    """The pod's IP while it is Ready and not being deleted."""
+def _pod_ready(pod: JSON | None, verified: frozenset[str] = frozenset()) -> str | None:
+    """The pod's IP while it is Ready (or its UID is in `verified`) and not being deleted."""
     if pod is None or pod.get("metadata", {}).get("deletionTimestamp"):
         return None
     status = pod.get("status") or {}
-    ready = any(
+    ready = pod.get("metadata", {}).get("uid") in verified or any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
@@ -174,10 +176,14 @@ def _pod_ready(pod: JSON | None) -> str | None:
 
 
 def live_sessions(
-    leases: Iterable[JSON], pods: Mapping[str, JSON], now: datetime
+    leases: Iterable[JSON],
+    pods: Mapping[str, JSON],
+    now: datetime,
+    verified: frozenset[str] = frozenset(),
 ) -> tuple[Session, ...]:
     """Sessions whose Lease is live, oldest first (the first of two equal marks wins);
-    a Lease without a header or value is not a session and is ignored."""
+    a Lease without a header or value is not a session and is ignored. `verified`: the
+    shadow pods' UIDs the router itself found connected (see the module's docstring)."""
     found = []
     for lease in leases:
         if not lease_live(lease, now):
@@ -202,7 +208,7 @@ def live_sessions(
                 holder=str(spec.get("holderIdentity") or "?"),
                 targets=tuple(sorted({pm.target for pm in maps})),
                 shadow=shadow,
-                shadow_ip=_pod_ready(pods.get(shadow)),
+                shadow_ip=_pod_ready(pods.get(shadow), verified),
                 acquired=parse_time(spec.get("acquireTime")),
             )
         )
@@ -257,11 +263,12 @@ def plan(
     pods: Mapping[str, JSON],
     slices: Iterable[JSON],
     now: datetime,
+    verified: frozenset[str] = frozenset(),
 ) -> RouterPlan:
     return RouterPlan(
         pod_ip=pod_ip,
         ports=tuple(sorted(set(ports))),
-        sessions=live_sessions(leases, pods, now),
+        sessions=live_sessions(leases, pods, now, verified),
         origin=origin_endpoints(slices, ports),
     )
 

@@ -41,6 +41,7 @@ class ShadowStats:
     bytes_in: int = 0  # inbound client -> machine
     bytes_out: int = 0  # machine -> inbound client
     active: int = 0
+    tunnelled: int = 0  # active ones carried over a tunnel connection (not waiting for one)
     per_port: dict[int, int] = field(default_factory=dict)
 
 
@@ -128,8 +129,11 @@ class ShadowAgent:
 
     @property
     def connected(self) -> bool:
-        """The developer's machine has a tunnel connection here (idle or in use)."""
-        return self.stats.active > 0 or any(_usable(stream) for stream in self._idle)
+        """The developer's machine has a tunnel connection here (idle or in use). An inbound
+        connection still waiting for one does not count: with the machine gone, steady marked
+        requests would keep the shadow Ready, and the mark off the pods, until its Lease
+        expires."""
+        return self.stats.tunnelled > 0 or any(_usable(stream) for stream in self._idle)
 
     async def _health(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """`GET /readyz`: 200 while the machine is connected, else 503 (a readiness probe
@@ -245,6 +249,14 @@ class ShadowAgent:
             log.warning("no tunnel from the developer's machine; connection reset", port=port)
             wire.reset(inbound[1])
             return
+        stats.tunnelled += 1
+        try:
+            await self._carry_over(inbound, tunnel, port)
+        finally:
+            stats.tunnelled -= 1
+
+    async def _carry_over(self, inbound: wire.Stream, tunnel: wire.Stream, port: int) -> None:
+        stats = self.stats
         t_reader, t_writer = tunnel
         t_writer.write(wire.PORT_HEADER.pack(port))
         # The request goes out at once; the machine's answer byte comes back with (before)
