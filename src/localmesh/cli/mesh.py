@@ -92,7 +92,8 @@ def register(subparsers: Any) -> None:
         dest="router_image",
         metavar="IMAGE",
         help="image of the router and shadow pods (default: localmesh/localmesh:VERSION; "
-        "see docs/mesh.md to build and push it)",
+        "build it from localmesh's Dockerfile and push it to a registry the cluster pulls "
+        'from: README, section "mesh": The image)',
     )
     parser.add_argument(
         "--mode", choices=("auto", "manual"), default="auto", help="auto (default) or manual"

@@ -221,8 +221,9 @@ async def wait_pod_ready(
                 name = pod["metadata"]["name"]
                 if "Image" in reason:
                     hint = (
-                        f"; image {image}: build and push it to a registry the cluster can "
-                        "pull from and pass --router-image (see docs/mesh.md)"
+                        f"; image {image}: build it from localmesh's Dockerfile, push it "
+                        "to a registry the cluster can pull from and pass --router-image "
+                        '(README, section "mesh": The image)'
                     )
                 else:
                     hint = f"; see kubectl logs -p -n {namespace} {name}"
@@ -366,6 +367,28 @@ class MeshSession:
             ) from None
         except m.PortError as exc:
             raise MeshError(str(exc)) from None
+        # The router serves a mark to its oldest session: a second developer with the same
+        # mark on the same port would be told a header whose requests go to the first.
+        remotes = {p.remote for p in ports}
+        for lease in leases.values():
+            notes = lease["metadata"].get("annotations") or {}
+            same = (
+                notes.get(m.HEADER_ANNOTATION, "").lower() == o.mark.key.lower()
+                and notes.get(m.VALUE_ANNOTATION) == o.mark.value
+            )
+            if not same or not lease_live(lease):
+                continue
+            try:
+                theirs = {p.remote for p in m.parse_port_maps(notes.get(m.PORTS_ANNOTATION, ""))}
+            except ValueError:
+                theirs = remotes  # unreadable ports: assume they overlap
+            if shared := sorted(remotes & theirs):
+                holder = (lease.get("spec") or {}).get("holderIdentity", "?")
+                raise MeshError(
+                    f"the mark `{o.mark.header}` is already in use on {self.where} port "
+                    f"{', '.join(map(str, shared))} by {holder} (session "
+                    f"{lease['metadata']['name']}): pick another --version-mark"
+                )
         if not o.skip_port_checking:
             local = sorted({p.local for p in ports})
             answers = await asyncio.gather(*(local_port_open(port) for port in local))
