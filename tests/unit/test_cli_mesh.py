@@ -97,7 +97,24 @@ def test_cli_rejects_misplaced_options() -> None:
         (["mesh", "svc", "--expose", "x"], "--expose 'x': the port 'x' is not a number"),
         (
             ["mesh", "svc", "--expose", "80", "--ready-timeout", "0"],
-            "--ready-timeout 0: give a positive number",
+            "--ready-timeout 0: give a positive number of seconds",
+        ),
+        # float() takes these, and a nan timeout never expires.
+        (
+            ["mesh", "svc", "--expose", "80", "--ready-timeout", "nan"],
+            "--ready-timeout nan: give a positive number of seconds",
+        ),
+        (
+            ["mesh", "svc", "--expose", "80", "--ready-timeout", "inf"],
+            "--ready-timeout inf: give a positive number of seconds",
+        ),
+        (
+            ["mesh", "svc", "--expose", "80", "--router-idle-timeout", "NaN"],
+            "--router-idle-timeout nan: give a positive number of seconds",
+        ),
+        (
+            ["mesh", "svc", "--expose", "80", "--router-idle-timeout=-inf"],
+            "--router-idle-timeout -inf: give a positive number of seconds",
         ),
         (["mesh", "a/b", "-n", "c", "--expose", "80"], "'a/b' names namespace 'a' but -n says 'c'"),
     ]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import shlex
 import signal
 import time
@@ -206,11 +207,10 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
 
     if not args.expose:
         raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
-    if args.ready_timeout <= 0:
-        raise ConfigError(f"--ready-timeout {args.ready_timeout:g}: give a positive number")
+    _check_seconds("--ready-timeout", args.ready_timeout)
     idle = args.router_idle_timeout
-    if idle is not None and idle <= 0:
-        raise ConfigError(f"--router-idle-timeout {idle:g}: give a positive number")
+    if idle is not None:
+        _check_seconds("--router-idle-timeout", idle)
     return MeshOptions(
         namespace=namespace,
         service=service,
@@ -222,6 +222,13 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
         ready_timeout=args.ready_timeout,
         router_idle_timeout=idle,
     )
+
+
+def _check_seconds(flag: str, value: float) -> None:
+    """A number of seconds above 0 and finite: float() takes `nan` and `inf` too, and a nan
+    timeout never expires."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} {value:g}: give a positive number of seconds")
 
 
 def service_url(namespace: str, service: str, port: int) -> str:
