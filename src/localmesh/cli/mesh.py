@@ -255,11 +255,20 @@ def joined_text(options: MeshOptions, joined: Joined) -> str:
 
 class RoutedView:
     """What `status` shows of an auto-mode session: the tunnel's state, and whether the
-    router routes the mark yet (`connected, routed`)."""
+    router routes the mark (`connected, routed`, or `connected, not routed (why)`): until
+    the join saw it routed, `routed`; then the latest answer of `watch` (a RoutedWatch),
+    which keeps asking the router."""
 
     def __init__(self, tunnel: Any) -> None:
         self.tunnel = tunnel
         self.routed = False
+        self.watch: Any = None
+
+    @property
+    def routing(self) -> str:
+        if self.watch is not None:
+            return str(self.watch.answer)
+        return "routed" if self.routed else "not routed yet"
 
     @property
     def state(self) -> str:
@@ -267,7 +276,7 @@ class RoutedView:
         head, sep, rest = state.partition(";")
         if not head.startswith("connected"):
             return state
-        return f"{head}, {'routed' if self.routed else 'not routed yet'}{sep}{rest}"
+        return f"{head}, {self.routing}{sep}{rest}"
 
     @property
     def stats(self) -> Any:
@@ -281,6 +290,7 @@ async def run_mesh(
 
     from localmesh.clustermesh.localstate import StatePublisher, snapshot_of
     from localmesh.clustermesh.membership import MeshError
+    from localmesh.clustermesh.routed_watch import RoutedWatch
     from localmesh.clustermesh.session import MeshSession, wait_routed
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
     from localmesh.errors import KubeError
@@ -339,6 +349,7 @@ async def run_mesh(
             published.start()  # for `localmesh status`; removed on the way out
             failure: str | None = None
             result = None
+            watch: RoutedWatch | None = None
             try:
                 connecting = asyncio.create_task(
                     asyncio.wait_for(tunnel.wait_ready(), options.ready_timeout)
@@ -362,6 +373,12 @@ async def run_mesh(
                         view.routed = failure is None and not stop.is_set()
                         if view.routed:
                             log.debug("mesh routed", seconds=time.monotonic() - began)
+                            if manual is None:  # from now on, `status` shows the router's
+                                watch = RoutedWatch(
+                                    kube, connector, namespace, service, joined.spec.name
+                                )
+                                view.watch = watch
+                                watch.start()
                             published.publish()  # on disk before we say so
                             if manual is None:
                                 print(joined_text(options, joined), flush=True)
@@ -376,6 +393,8 @@ async def run_mesh(
             finally:
                 # The Service first (the last one out restores it): the tunnel keeps serving
                 # marked requests in flight meanwhile, then stops.
+                if watch is not None:
+                    await watch.stop()
                 try:
                     result = await asyncio.shield(session.leave())
                 except KubeError as exc:
