@@ -21,7 +21,9 @@ from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.test_mesh_cli import local_app, shadow_ip, start_mesh
 from tests.e2e.up_helpers import (
+    LOCALMESH,
     CliResult,
+    cli_env,
     curl,
     eventually,
     free_port,
@@ -199,4 +201,45 @@ async def test_status_follows_the_router_and_the_local_process(
             _, err = await proc.communicate()
         assert await up.stop() == 0, up.describe()
     assert proc.returncode == 0, err.decode()
+    await wait_managed_gone(sandbox)
+
+
+async def test_status_watch_shows_the_mesh_sessions(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    """`status --watch` shows the mesh sessions as `status` does; with no `up` running it
+    says so and keeps showing them."""
+    proc, _ = await start_mesh(sandbox, local_app, tmp_path)
+    watch = await asyncio.create_subprocess_exec(
+        str(LOCALMESH), "status", "--watch", "--interval", "0.5",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(tmp_path),
+    )  # fmt: skip
+    assert watch.stdout is not None
+    blocks: list[list[str]] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(blocks) < 3:  # two complete blocks once the third one starts
+                line = (await watch.stdout.readline()).decode()
+                assert line, "status --watch ended early"
+                if line.startswith("localmesh 'default': "):
+                    blocks.append([])
+                if blocks:
+                    blocks[-1].append(line.rstrip("\n"))
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, werr = await asyncio.wait_for(watch.communicate(), 30)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+    assert watch.returncode == 0, werr.decode()
+    assert proc.returncode == 0, err.decode()
+    for block in blocks[:2]:
+        assert "Ctrl-C to stop" in block[0]
+        assert block[2].startswith("MESH SESSION"), block
+        row = block[3].split()
+        assert row[:4] == ["billing/billing-api", "version:", "dev", f"{local_app}:8080"]
+        assert row[-1] == str(proc.pid)
     await wait_managed_gone(sandbox)
