@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from localmesh.cli import mesh_manual
+from localmesh.cli import mesh_help, mesh_manual
 from localmesh.cli.up import add_cluster_arguments
 from localmesh.errors import ConfigError
 
@@ -133,6 +133,9 @@ def _intermix(parser: argparse.ArgumentParser) -> None:
         def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
             if self._inside:  # parse_known_intermixed_args calls back into this
                 return super().parse_known_args(args, namespace)
+            if args is not None and (action := mesh_help.action_asking_help(self, args)):
+                mesh_help.action_parser(self, action).print_help()
+                self.exit()
             self._inside = True
             try:
                 return self.parse_known_intermixed_args(args, namespace)
