@@ -1,8 +1,8 @@
 """`localmesh status` shows the `localmesh mesh` sessions of this machine: the real mesh
 CLI against the sandbox, real curl through the shadow's tunnel, then the real status CLI.
 
-The router agent is not on main yet (see test_mesh_cli): the request goes to the shadow
-pod directly, as the router will send a marked one."""
+The router is the real `localmesh agent router` with its Envoy; the requests here go to the
+shadow pod directly, as the router sends a marked one."""
 
 from __future__ import annotations
 
