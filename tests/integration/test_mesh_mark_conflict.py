@@ -3,6 +3,7 @@ first only, so the second `mesh` is refused before anything changes (real API se
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -60,6 +61,9 @@ async def test_the_same_mark_on_the_same_port_is_refused(sandbox: Sandbox) -> No
             assert "\n" not in message
             assert "ana@laptop" in message and "pick another --version-mark" in message
             assert "`version: dev`" in message and "port 8080" in message
+            # A crashed session holds the mark until its Lease expires: when that is.
+            expires = re.search(r"if that `mesh` is gone, its Lease expires in (\d+)s", message)
+            assert expires and 0 < int(expires[1]) <= m.LEASE_DURATION_SECONDS, message
             # join() stops at the same check, before it creates anything.
             with pytest.raises(MeshError):
                 await second.join()

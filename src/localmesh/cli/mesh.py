@@ -43,6 +43,7 @@ examples:
 
 Ctrl-C leaves the mesh: the last developer out puts the Service back exactly as it was.
 A Service called list, clean or recover is given as NAMESPACE/NAME.
+`%(prog)s list --help`, `%(prog)s clean --help`: the options of each action.
 """
 
 

@@ -320,6 +320,10 @@ class MeshSession:
 
     async def check(self) -> Checked:
         """Every check that must pass before anything changes."""
+        from datetime import UTC, datetime
+
+        from localmesh.clustermesh.membership import parse_time
+
         o = self.options
         if o.mode not in ("auto", "manual"):
             raise MeshError(f"--mode {o.mode}: use auto (the default) or manual")
@@ -383,11 +387,16 @@ class MeshSession:
             except ValueError:
                 theirs = remotes  # unreadable ports: assume they overlap
             if shared := sorted(remotes & theirs):
-                holder = (lease.get("spec") or {}).get("holderIdentity", "?")
+                spec = lease.get("spec") or {}
+                # A session that crashed holds its mark until its Lease expires: say when.
+                renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+                duration = float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
+                left = duration - (datetime.now(UTC) - renewed).total_seconds() if renewed else 0
                 raise MeshError(
                     f"the mark `{o.mark.header}` is already in use on {self.where} port "
-                    f"{', '.join(map(str, shared))} by {holder} (session "
-                    f"{lease['metadata']['name']}): pick another --version-mark"
+                    f"{', '.join(map(str, shared))} by {spec.get('holderIdentity', '?')} "
+                    f"(session {lease['metadata']['name']}; if that `mesh` is gone, its Lease "
+                    f"expires in {max(left, 0):.0f}s): pick another --version-mark"
                 )
         if not o.skip_port_checking:
             local = sorted({p.local for p in ports})
