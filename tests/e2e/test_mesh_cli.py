@@ -1,14 +1,15 @@
-"""`localmesh mesh` end to end on the sandbox: the real CLI process, the real shadow agent
-and reverse tunnel through the port-forwarder, real curl and kubectl beside.
+"""`localmesh mesh` end to end on the sandbox: the real CLI process, the real router (the
+`localmesh agent router` and its Envoy) and shadow agent, the reverse tunnel through the
+port-forwarder, real curl and kubectl beside.
 
-The router agent is not built yet: the router Deployment runs a stand-in (see
-tests/integration/mesh_helpers.py), so these tests reach the shadow pod directly, as the
-router will."""
+These tests reach the shadow pod directly, as the router does for a marked request; the
+routing itself through the Service's ClusterIP is tested in test_mesh_router."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from localmesh.clustermesh.session import Permission
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
-from tests.e2e.up_helpers import LOCALMESH, cli_env, curl, eventually, run_cli
+from tests.e2e.up_helpers import LOCALMESH, ROOT, cli_env, curl, eventually, run_cli
 from tests.integration.mesh_helpers import (
     as_rules,
     kubeconfig_with,
@@ -86,6 +87,18 @@ async def start_mesh(
     return proc, "".join(lines)
 
 
+def readme_example(output: str, local_port: int) -> list[str]:
+    """The README's example output of `mesh`, with this run's session id and local port
+    (the README shows the same command as mesh_args, with local port 9090)."""
+    found = re.search(r"billing-api-localmesh-dev-([0-9a-f]{6})", output)
+    assert found, output
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\nmeshed billing/billing-api (mode auto)\n")
+    end = text.index("\n```", start)
+    example = text[start + 1 : end].replace("4f2a9c", found.group(1))
+    return example.replace("127.0.0.1:9090", f"127.0.0.1:{local_port}").splitlines()
+
+
 async def shadow_ip(sb: Sandbox) -> str:
     out = (
         await sandbox_fixtures.kubectl(
@@ -102,7 +115,7 @@ async def test_mesh_serves_through_the_shadow_and_ctrl_c_restores(
     before = await service_json(sandbox)
     proc, output = await start_mesh(sandbox, local_app, tmp_path)
     try:
-        assert "meshed billing/billing-api (mode auto)" in output
+        assert readme_example(output, local_app) == output.splitlines()
         assert "created Deployment billing/billing-api-localmesh-router" in output
         assert "send the header  version: dev" in output
         assert "curl -H 'version: dev' http://billing-api.billing:8080/" in output

@@ -1,22 +1,37 @@
 """`localmesh status` shows the `localmesh mesh` sessions of this machine: the real mesh
 CLI against the sandbox, real curl through the shadow's tunnel, then the real status CLI.
 
-The router agent is not on main yet (see test_mesh_cli): the request goes to the shadow
-pod directly, as the router will send a marked one."""
+The router is the real `localmesh agent router` with its Envoy; the requests here go to the
+shadow pod directly, as the router sends a marked one."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from localmesh.cli.demo_mesh import serve_on_loopback
+from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.test_mesh_cli import local_app, shadow_ip, start_mesh
-from tests.e2e.up_helpers import CliResult, curl, eventually, run_cli
+from tests.e2e.up_helpers import (
+    LOCALMESH,
+    CliResult,
+    cli_env,
+    curl,
+    eventually,
+    free_port,
+    private_runtime_dir,
+    run_cli,
+    services_yaml,
+    start_up,
+)
 from tests.integration.mesh_helpers import wait_managed_gone
 
 pytestmark = pytest.mark.e2e
@@ -102,3 +117,129 @@ async def test_killed_mesh_session_is_shown_stale(
     assert session["stale"] is True and session["tunnel"] == "stale (process gone)"
     text = await run_cli(tmp_path, "status")
     assert "stale (process gone)" in text.stdout
+
+
+async def session_status(runtime_dir: Path) -> tuple[int, dict[str, object]]:
+    out = await run_cli(runtime_dir, "status", "--json")
+    (session,) = json.loads(out.stdout)["mesh_sessions"]
+    return out.returncode, session
+
+
+async def test_status_follows_the_router_and_the_local_process(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """With a healthy `up` beside, the exit code of `status` is the mesh session's: 0 only
+    while its marked requests are served here. The routing is re-asked of the router while
+    `mesh` runs: a shadow pod not Ready, or no Ready router, shows as `not routed (why)`."""
+    runtime = private_runtime_dir(tmp_path)
+    services = tmp_path / "services.yaml"
+    users = {"host": "users-api.localhost", "namespace": "users", "service": "users-api"}
+    services.write_text(services_yaml(free_port(), [{**users, "port_name": "grpc"}]))
+    up = await start_up(runtime, services, sandbox.kubeconfig_path, "--no-edit-hosts")
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text="served locally")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    local = contextlib.AsyncExitStack()
+    port = await local.enter_async_context(serve_on_loopback(app))
+    proc, _ = await start_mesh(sandbox, port, runtime)
+
+    async def shown(tunnel: str, code: int) -> dict[str, object] | None:
+        returncode, session = await session_status(runtime)
+        return session if session["tunnel"] == tunnel and returncode == code else None
+
+    async def wait_shown(tunnel: str, code: int) -> None:
+        await eventually(lambda: shown(tunnel, code), seconds=30, what=f"{tunnel!r}, exit {code}")
+
+    try:
+        await wait_shown("connected, routed", 0)
+        (shadow,) = sandbox.pods("billing", f"{m.COMPONENT_LABEL}=shadow")
+        shadow_name = shadow["metadata"]["name"]
+
+        # The router stops routing the mark while the shadow is not Ready.
+        sandbox.faults.set_ready("billing", shadow_name, False)
+        await wait_shown("connected, not routed (shadow pod not Ready)", 1)
+        sandbox.faults.set_ready("billing", shadow_name, None)
+        await wait_shown("connected, routed", 0)
+
+        # The router pod replaced, and its successor not Ready: nothing routes the mark.
+        router_labels = m.router_selector("billing-api")
+        sandbox.faults.hold_unready("billing", router_labels)
+        router = router_labels
+        (old,) = sandbox.pods("billing", router)
+        sandbox.faults.delete_pod("billing", old["metadata"]["name"])
+        await wait_shown("connected, not routed (no Ready router pod)", 1)
+
+        async def successor() -> str | None:
+            pods = [p["metadata"]["name"] for p in sandbox.pods("billing", router)]
+            return next((p for p in pods if p != old["metadata"]["name"]), None)
+
+        new = await eventually(successor, seconds=30, what="a new router pod")
+        sandbox.faults.set_ready("billing", new, True)
+        await wait_shown("connected, routed", 0)  # asked of the new pod
+
+        # The developer's process stops: marked requests get a 503, and status says so.
+        await local.aclose()
+        ip = await shadow_ip(sandbox)
+
+        async def refused() -> bool:
+            # Straight to the shadow (the router's Envoy turns this reset into its 503).
+            reply = await curl(f"http://{ip}:8080/", extra=["-H", "version: dev"])
+            return reply.status == 0
+
+        await eventually(refused, seconds=30, what="the shadow to reset a marked request")
+        not_answering = (
+            f"connected, routed; local port {port} not answering (marked requests get 503)"
+        )
+        await wait_shown(not_answering, 1)
+    finally:
+        await local.aclose()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+        assert await up.stop() == 0, up.describe()
+    assert proc.returncode == 0, err.decode()
+    await wait_managed_gone(sandbox)
+
+
+async def test_status_watch_shows_the_mesh_sessions(
+    sandbox: Sandbox, local_app: int, tmp_path: Path
+) -> None:
+    """`status --watch` shows the mesh sessions as `status` does; with no `up` running it
+    says so and keeps showing them."""
+    proc, _ = await start_mesh(sandbox, local_app, tmp_path)
+    watch = await asyncio.create_subprocess_exec(
+        str(LOCALMESH), "status", "--watch", "--interval", "0.5",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(tmp_path),
+    )  # fmt: skip
+    assert watch.stdout is not None
+    blocks: list[list[str]] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(blocks) < 3:  # two complete blocks once the third one starts
+                line = (await watch.stdout.readline()).decode()
+                assert line, "status --watch ended early"
+                if line.startswith("localmesh 'default': "):
+                    blocks.append([])
+                if blocks:
+                    blocks[-1].append(line.rstrip("\n"))
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, werr = await asyncio.wait_for(watch.communicate(), 30)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+    assert watch.returncode == 0, werr.decode()
+    assert proc.returncode == 0, err.decode()
+    for block in blocks[:2]:
+        assert "Ctrl-C to stop" in block[0]
+        assert block[2].startswith("MESH SESSION"), block
+        row = block[3].split()
+        assert row[:4] == ["billing/billing-api", "version:", "dev", f"{local_app}:8080"]
+        assert row[-1] == str(proc.pid)
+    await wait_managed_gone(sandbox)

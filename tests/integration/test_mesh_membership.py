@@ -123,8 +123,11 @@ async def test_wrong_image_is_a_clear_error_and_leaves_nothing(sandbox: Sandbox)
     kube = kube_for(sandbox)
     async with local_server() as port:
         session = MeshSession(kube, options(port, image="nowhere/not-an-image:0"))
-        with pytest.raises(MeshError, match=r"cannot start: (ErrImagePull|ImagePullBackOff)"):
+        with pytest.raises(MeshError, match=r"cannot start: (ErrImagePull|ImagePullBackOff)") as e:
             await session.join()
+    # The hint names what a pip user has: the README's section, not a file of the repository.
+    assert "docs/" not in str(e.value)
+    assert str(e.value).endswith('pass --router-image (README, section "mesh": The image)'), e.value
     assert await service_json(sandbox) == before
     assert await managed_objects(sandbox) == []
     await kube.close()

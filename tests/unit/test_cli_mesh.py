@@ -97,7 +97,24 @@ def test_cli_rejects_misplaced_options() -> None:
         (["mesh", "svc", "--expose", "x"], "--expose 'x': the port 'x' is not a number"),
         (
             ["mesh", "svc", "--expose", "80", "--ready-timeout", "0"],
-            "--ready-timeout 0: give a positive number",
+            "--ready-timeout 0: give a positive number of seconds",
+        ),
+        # float() takes these, and a nan timeout never expires.
+        (
+            ["mesh", "svc", "--expose", "80", "--ready-timeout", "nan"],
+            "--ready-timeout nan: give a positive number of seconds",
+        ),
+        (
+            ["mesh", "svc", "--expose", "80", "--ready-timeout", "inf"],
+            "--ready-timeout inf: give a positive number of seconds",
+        ),
+        (
+            ["mesh", "svc", "--expose", "80", "--router-idle-timeout", "NaN"],
+            "--router-idle-timeout nan: give a positive number of seconds",
+        ),
+        (
+            ["mesh", "svc", "--expose", "80", "--router-idle-timeout=-inf"],
+            "--router-idle-timeout -inf: give a positive number of seconds",
         ),
         (["mesh", "a/b", "-n", "c", "--expose", "80"], "'a/b' names namespace 'a' but -n says 'c'"),
     ]:
@@ -178,3 +195,31 @@ def test_status_says_whether_the_router_routes_the_mark(
     view.routed = routed
     assert view.state == shown
     assert view.stats is view.tunnel.stats
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["clean", "--help"], "usage: localmesh mesh clean "),
+        (["recover", "-n", "billing", "--help"], "usage: localmesh mesh recover "),
+        (["-n", "billing", "clean", "-h"], "usage: localmesh mesh clean "),
+        (["list", "--help"], "usage: localmesh mesh list "),
+    ],
+)
+def test_each_action_has_its_own_help(argv: list[str], usage: str) -> None:
+    result = run_cli("mesh", *argv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(usage)
+    # Only the action's options: not those of `mesh SERVICE`.
+    for other in ("--expose", "--version-mark", "--router-image", "--mode"):
+        assert other not in result.stdout
+    assert "--kubeconfig" in result.stdout and "-n NAMESPACE" in result.stdout
+    assert ("--dry-run" in result.stdout) is ("list" not in argv)
+
+
+def test_mesh_help_is_still_the_whole_help() -> None:
+    for argv in (["--help"], ["--kubeconfig", "list", "--help"], ["svc", "--help"]):
+        result = run_cli("mesh", *argv)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: localmesh mesh [-h]")
+        assert "--expose" in result.stdout and "list | clean | recover" in result.stdout

@@ -99,6 +99,26 @@ def test_not_connected_is_unhealthy_but_not_stale(tmp_path: Path) -> None:
     assert view.tunnel == "reconnecting (refused)"
 
 
+@pytest.mark.parametrize(
+    ("tunnel", "healthy"),
+    [
+        ("connected", True),  # manual mode
+        ("connected, routed", True),
+        ("connected, not routed yet", False),
+        ("connected, not routed (shadow pod not Ready)", False),
+        # The local process stopped: marked requests get a 503.
+        ("connected; local port 9090 not answering (marked requests get 503)", False),
+        ("connected, routed; local port 9090 not answering (marked requests get 503)", False),
+    ],
+)
+def test_healthy_only_while_marked_requests_are_served(
+    tmp_path: Path, tunnel: str, healthy: bool
+) -> None:
+    write_state(tmp_path, state(tunnel=tunnel))
+    (view,) = read_sessions(tmp_path)
+    assert not view.stale and view.healthy is healthy
+
+
 def test_broken_and_foreign_files_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "123.json").write_text("{not json")
     (tmp_path / "124.json").write_text(json.dumps({"pid": 124}))

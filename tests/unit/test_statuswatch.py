@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+from localmesh.clustermesh.localstate import (
+    SessionState,
+    read_sessions,
+    render_sessions,
+    write_state,
+)
 from localmesh.control import EnvoyStatus, HostStatus, InstanceStatus, PodStatus
+from localmesh.runtime import process_start_ticks
 from localmesh.statuswatch import render_watch_block
 
 NOW = datetime(2026, 12, 3, 9, 15, 4, tzinfo=UTC)
@@ -50,3 +60,27 @@ def test_before_a_window_exists_and_with_problems() -> None:
     assert lines[1].split() == ["HOST", "PODS", "REQ/S", "ERRORS"]
     assert lines[2].split() == ["web.localhost", "2/2", "-", "-"]
     assert "! envoy is not running" in lines
+
+
+def test_mesh_sessions_follow_the_hosts(tmp_path: Path) -> None:
+    state = SessionState(
+        namespace="billing",
+        service="billing-api",
+        mark="version: dev",
+        ports=["9090:8080"],
+        tunnel="connected, not routed (shadow pod not Ready)",
+        served=3,
+        failures=0,
+        pid=os.getpid(),
+        start_ticks=process_start_ticks(os.getpid()),
+        updated_at=time.time(),
+    )
+    write_state(tmp_path, state)
+    sessions = read_sessions(tmp_path)
+    lines = render_watch_block(STATUS, now=NOW, interval=2, sessions=sessions).splitlines()
+    at = lines.index("")  # a blank line, then the block `status` shows
+    assert lines[at + 1 :] == render_sessions(sessions).splitlines()
+    assert lines[at + 2].split()[:3] == ["billing/billing-api", "version:", "dev"]
+    assert "connected, not routed (shadow pod not Ready)" in lines[at + 2]
+    # Without sessions, nothing is added.
+    assert "MESH SESSION" not in render_watch_block(STATUS, now=NOW, interval=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import shlex
 import signal
 import time
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from localmesh.cli import mesh_manual
+from localmesh.cli import mesh_help, mesh_manual
 from localmesh.cli.up import add_cluster_arguments
 from localmesh.errors import ConfigError
 
@@ -42,6 +43,7 @@ examples:
 
 Ctrl-C leaves the mesh: the last developer out puts the Service back exactly as it was.
 A Service called list, clean or recover is given as NAMESPACE/NAME.
+`%(prog)s list --help`, `%(prog)s clean --help`: the options of each action.
 """
 
 
@@ -92,7 +94,8 @@ def register(subparsers: Any) -> None:
         dest="router_image",
         metavar="IMAGE",
         help="image of the router and shadow pods (default: localmesh/localmesh:VERSION; "
-        "see docs/mesh.md to build and push it)",
+        "build it from localmesh's Dockerfile and push it to a registry the cluster pulls "
+        'from: README, section "mesh": The image)',
     )
     parser.add_argument(
         "--mode", choices=("auto", "manual"), default="auto", help="auto (default) or manual"
@@ -131,6 +134,9 @@ def _intermix(parser: argparse.ArgumentParser) -> None:
         def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
             if self._inside:  # parse_known_intermixed_args calls back into this
                 return super().parse_known_args(args, namespace)
+            if args is not None and (action := mesh_help.action_asking_help(self, args)):
+                mesh_help.action_parser(self, action).print_help()
+                self.exit()
             self._inside = True
             try:
                 return self.parse_known_intermixed_args(args, namespace)
@@ -205,11 +211,10 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
 
     if not args.expose:
         raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
-    if args.ready_timeout <= 0:
-        raise ConfigError(f"--ready-timeout {args.ready_timeout:g}: give a positive number")
+    _check_seconds("--ready-timeout", args.ready_timeout)
     idle = args.router_idle_timeout
-    if idle is not None and idle <= 0:
-        raise ConfigError(f"--router-idle-timeout {idle:g}: give a positive number")
+    if idle is not None:
+        _check_seconds("--router-idle-timeout", idle)
     return MeshOptions(
         namespace=namespace,
         service=service,
@@ -221,6 +226,13 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
         ready_timeout=args.ready_timeout,
         router_idle_timeout=idle,
     )
+
+
+def _check_seconds(flag: str, value: float) -> None:
+    """A number of seconds above 0 and finite: float() takes `nan` and `inf` too, and a nan
+    timeout never expires."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} {value:g}: give a positive number of seconds")
 
 
 def service_url(namespace: str, service: str, port: int) -> str:
@@ -247,11 +259,20 @@ def joined_text(options: MeshOptions, joined: Joined) -> str:
 
 class RoutedView:
     """What `status` shows of an auto-mode session: the tunnel's state, and whether the
-    router routes the mark yet (`connected, routed`)."""
+    router routes the mark (`connected, routed`, or `connected, not routed (why)`): until
+    the join saw it routed, `routed`; then the latest answer of `watch` (a RoutedWatch),
+    which keeps asking the router."""
 
     def __init__(self, tunnel: Any) -> None:
         self.tunnel = tunnel
         self.routed = False
+        self.watch: Any = None
+
+    @property
+    def routing(self) -> str:
+        if self.watch is not None:
+            return str(self.watch.answer)
+        return "routed" if self.routed else "not routed yet"
 
     @property
     def state(self) -> str:
@@ -259,7 +280,7 @@ class RoutedView:
         head, sep, rest = state.partition(";")
         if not head.startswith("connected"):
             return state
-        return f"{head}, {'routed' if self.routed else 'not routed yet'}{sep}{rest}"
+        return f"{head}, {self.routing}{sep}{rest}"
 
     @property
     def stats(self) -> Any:
@@ -273,6 +294,7 @@ async def run_mesh(
 
     from localmesh.clustermesh.localstate import StatePublisher, snapshot_of
     from localmesh.clustermesh.membership import MeshError
+    from localmesh.clustermesh.routed_watch import RoutedWatch
     from localmesh.clustermesh.session import MeshSession, wait_routed
     from localmesh.clustermesh.tunnel_laptop import PortForwardDialer, TunnelClient
     from localmesh.errors import KubeError
@@ -331,6 +353,7 @@ async def run_mesh(
             published.start()  # for `localmesh status`; removed on the way out
             failure: str | None = None
             result = None
+            watch: RoutedWatch | None = None
             try:
                 connecting = asyncio.create_task(
                     asyncio.wait_for(tunnel.wait_ready(), options.ready_timeout)
@@ -354,6 +377,12 @@ async def run_mesh(
                         view.routed = failure is None and not stop.is_set()
                         if view.routed:
                             log.debug("mesh routed", seconds=time.monotonic() - began)
+                            if manual is None:  # from now on, `status` shows the router's
+                                watch = RoutedWatch(
+                                    kube, connector, namespace, service, joined.spec.name
+                                )
+                                view.watch = watch
+                                watch.start()
                             published.publish()  # on disk before we say so
                             if manual is None:
                                 print(joined_text(options, joined), flush=True)
@@ -368,6 +397,8 @@ async def run_mesh(
             finally:
                 # The Service first (the last one out restores it): the tunnel keeps serving
                 # marked requests in flight meanwhile, then stops.
+                if watch is not None:
+                    await watch.stop()
                 try:
                     result = await asyncio.shield(session.leave())
                 except KubeError as exc:

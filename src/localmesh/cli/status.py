@@ -23,12 +23,13 @@ def register(subparsers: Any) -> None:
         "without live pods, a local-only host with nothing listening, a route whose Service "
         "cannot be resolved, a rejected config, Envoy down), so scripts can wait on it. "
         "Then the `localmesh mesh` sessions of this machine (mark, ports, tunnel state, "
-        "connections served locally); a session whose tunnel is not connected, or whose "
-        "process is gone (`stale (process gone)`), also makes the exit code 1. With no `up` "
-        "running, the mesh sessions are still shown and the exit code stays that of no "
-        "`up` running. A "
-        "stopped local process behind a route is shown, not unhealthy: its requests get a "
-        "503 that says so, and nothing else is affected.",
+        "connections served locally); a session whose marked requests are not served "
+        "on this machine (tunnel not connected, mark `not routed (why)` by the router, a "
+        "local port not answering, process gone: `stale (process gone)`) also makes the "
+        "exit code 1. With no `up` running, the mesh sessions are still shown and the exit "
+        "code stays that of no `up` running. A stopped local process behind an `up` route "
+        "is shown, not unhealthy: its requests get a 503 that says so, and nothing else is "
+        "affected.",
     )
     add_instance_arguments(parser)
     add_hosts_file_argument(parser, "hosts file to check for a block left by a crash")

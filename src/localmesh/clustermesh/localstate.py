@@ -29,6 +29,8 @@ CHECK_SECONDS = 0.25
 # A file not rewritten for this long belongs to a process that is stuck or gone.
 STALE_AFTER_SECONDS = 30.0
 STALE = "stale (process gone)"
+# The tunnel states of a session that serves its marked requests: manual mode's, auto mode's.
+HEALTHY_TUNNEL = ("connected", "connected, routed")
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,11 @@ class SessionView:
 
     @property
     def healthy(self) -> bool:
-        # A local port not answering ("connected; local port ...") is shown, not unhealthy.
-        return not self.stale and self.state.tunnel.startswith("connected")
+        """Marked requests are served on this machine now: the process is alive, the
+        tunnel connected, the router routes the mark (auto mode) and no local port fails
+        ("connected; local port N not answering": marked requests get a 503)."""
+        head, sep, _ = self.state.tunnel.partition(";")
+        return not self.stale and not sep and head in HEALTHY_TUNNEL
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self.state), "tunnel": self.tunnel, "stale": self.stale}

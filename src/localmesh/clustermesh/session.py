@@ -221,8 +221,9 @@ async def wait_pod_ready(
                 name = pod["metadata"]["name"]
                 if "Image" in reason:
                     hint = (
-                        f"; image {image}: build and push it to a registry the cluster can "
-                        "pull from and pass --router-image (see docs/mesh.md)"
+                        f"; image {image}: build it from localmesh's Dockerfile, push it "
+                        "to a registry the cluster can pull from and pass --router-image "
+                        '(README, section "mesh": The image)'
                     )
                 else:
                     hint = f"; see kubectl logs -p -n {namespace} {name}"
@@ -319,6 +320,10 @@ class MeshSession:
 
     async def check(self) -> Checked:
         """Every check that must pass before anything changes."""
+        from datetime import UTC, datetime
+
+        from localmesh.clustermesh.membership import parse_time
+
         o = self.options
         if o.mode not in ("auto", "manual"):
             raise MeshError(f"--mode {o.mode}: use auto (the default) or manual")
@@ -366,6 +371,33 @@ class MeshSession:
             ) from None
         except m.PortError as exc:
             raise MeshError(str(exc)) from None
+        # The router serves a mark to its oldest session: a second developer with the same
+        # mark on the same port would be told a header whose requests go to the first.
+        remotes = {p.remote for p in ports}
+        for lease in leases.values():
+            notes = lease["metadata"].get("annotations") or {}
+            same = (
+                notes.get(m.HEADER_ANNOTATION, "").lower() == o.mark.key.lower()
+                and notes.get(m.VALUE_ANNOTATION) == o.mark.value
+            )
+            if not same or not lease_live(lease):
+                continue
+            try:
+                theirs = {p.remote for p in m.parse_port_maps(notes.get(m.PORTS_ANNOTATION, ""))}
+            except ValueError:
+                theirs = remotes  # unreadable ports: assume they overlap
+            if shared := sorted(remotes & theirs):
+                spec = lease.get("spec") or {}
+                # A session that crashed holds its mark until its Lease expires: say when.
+                renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+                duration = float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
+                left = duration - (datetime.now(UTC) - renewed).total_seconds() if renewed else 0
+                raise MeshError(
+                    f"the mark `{o.mark.header}` is already in use on {self.where} port "
+                    f"{', '.join(map(str, shared))} by {spec.get('holderIdentity', '?')} "
+                    f"(session {lease['metadata']['name']}; if that `mesh` is gone, its Lease "
+                    f"expires in {max(left, 0):.0f}s): pick another --version-mark"
+                )
         if not o.skip_port_checking:
             local = sorted({p.local for p in ports})
             answers = await asyncio.gather(*(local_port_open(port) for port in local))

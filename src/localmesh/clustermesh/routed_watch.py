@@ -1,0 +1,173 @@
+"""Whether the router still routes this session's mark, re-asked while `mesh` runs.
+
+The join waits for the router once (session.wait_routed). Afterwards the answer can change:
+the router pod is replaced (a new one has to route the mark again), the shadow pod is not
+Ready (the tunnel is down), the router crash-loops. The router's GET /routed/<session>?wait=S
+answers at once while the mark is routed and long-polls only for it to become routed, so it
+cannot tell "no longer routed" by itself: `RoutedWatch` asks again every few seconds (at
+once while routed, with a short long-poll while not) and keeps the latest answer for
+`status`. It asks the router pod that is Ready now, through a port-forward (the user's own
+right), and says why when the mark is not routed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import structlog
+
+from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.session import health_port_of
+from localmesh.errors import KubeError
+from localmesh.forward import Connector, PodForwarder
+from localmesh.kube import Target
+from localmesh.kube.objects import KubeObjects
+from localmesh.kube.targets import JSON
+
+log = structlog.get_logger(__name__)
+
+RECHECK_SECONDS = 3.0  # between two questions while the mark is routed
+NOT_ROUTED_WAIT = 3.0  # the long-poll while it is not: an answer as soon as it is routed
+ANSWER_GRACE = 5.0  # beyond ?wait=, for the port-forward and the router to answer
+ERROR_PAUSE = 1.0  # after a failed question, before the next
+
+
+@dataclass(frozen=True)
+class RoutedAnswer:
+    routed: bool
+    why: str = ""  # when not routed: the reason, for `status`
+
+    def __str__(self) -> str:
+        return "routed" if self.routed else f"not routed ({self.why})"
+
+
+def _ready(pod: JSON) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False  # a router on its way out serves no one for long
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+async def ask_routed(host: str, port: int, session: str, wait: float) -> bool:
+    """One GET /routed/<session>?wait=S to a router's health port: True on 200, False on
+    404; OSError/TimeoutError when there is no answer."""
+    async with asyncio.timeout(wait + ANSWER_GRACE):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            path = f"/routed/{session}?wait={wait:.1f}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
+            await writer.drain()
+            status = (await reader.readline()).split(b" ")[1:2]
+        finally:
+            writer.close()
+    if status == [b"200"]:
+        return True
+    if status == [b"404"]:
+        return False
+    raise OSError(f"the router answers {status[0].decode() if status else 'nothing'}")
+
+
+class RoutedWatch:
+    """Keeps `answer` current for one session until `stop`."""
+
+    def __init__(
+        self,
+        kube: KubeObjects,
+        connector: Connector,
+        namespace: str,
+        service: str,
+        session: str,
+        *,
+        routed: bool = True,
+    ) -> None:
+        self.kube = kube
+        self.connector = connector
+        self.namespace = namespace
+        self.service = service
+        self.session = session
+        self.answer = RoutedAnswer(routed, "" if routed else "not asked yet")
+        self._forwarder: PodForwarder | None = None
+        self._forwarding: tuple[str, int] | None = None  # (pod, health port)
+        self._address: tuple[str, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"routed? {self.session}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_forwarder()
+
+    async def _loop(self) -> None:
+        while True:
+            answer = await self.check()
+            if answer != self.answer:
+                log.info("mesh routing changed", session=self.session, now=str(answer))
+            self.answer = answer
+            if answer.routed:
+                await asyncio.sleep(RECHECK_SECONDS)
+            elif answer.why.startswith(("no Ready router", "router unreachable")):
+                await asyncio.sleep(ERROR_PAUSE)
+            # else: the long-poll itself paced this round
+
+    async def check(self) -> RoutedAnswer:
+        """Ask the Ready router pod now; why not, when it does not route the mark."""
+        try:
+            pod = await self._router_pod()
+        except (KubeError, OSError) as exc:  # the API server unreachable: ask again later
+            return RoutedAnswer(False, f"router unreachable: {exc}")
+        if pod is None:
+            return RoutedAnswer(False, "no Ready router pod")
+        wait = 0.0 if self.answer.routed else NOT_ROUTED_WAIT
+        try:
+            host, port = await self._forward_to(pod)
+            if await ask_routed(host, port, self.session, wait):
+                return RoutedAnswer(True)
+        except (KubeError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            await self._close_forwarder()  # a fresh port-forward next time
+            return RoutedAnswer(False, f"router unreachable: {str(exc) or type(exc).__name__}")
+        return RoutedAnswer(False, await self._why_not())
+
+    async def _why_not(self) -> str:
+        """The router routes a session while its Lease is live and its shadow pod Ready."""
+        with contextlib.suppress(KubeError, OSError):
+            shadow = await self.kube.get("Pod", self.namespace, self.session)
+            if shadow is None:
+                return "shadow pod gone"
+            if not _ready(shadow):
+                return "shadow pod not Ready"
+        return f"router {self._forwarding[0] if self._forwarding else ''} has no route for it"
+
+    async def _router_pod(self) -> JSON | None:
+        selector = f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=router"
+        pods = await self.kube.list("Pod", self.namespace, selector)
+        ready = sorted((p for p in pods if _ready(p)), key=lambda p: str(p["metadata"]["name"]))
+        current = self._forwarding[0] if self._forwarding else None
+        # Keep asking the same pod while it is Ready (its port-forward is warm).
+        for pod in ready:
+            if pod["metadata"]["name"] == current:
+                return pod
+        return ready[0] if ready else None
+
+    async def _forward_to(self, pod: JSON) -> tuple[str, int]:
+        wanted = (str(pod["metadata"]["name"]), health_port_of(pod))
+        if self._forwarding != wanted or self._address is None:
+            await self._close_forwarder()
+            forwarder = PodForwarder(
+                self.connector, self.namespace, Target(wanted[0], "", wanted[1]), spares=0
+            )
+            self._forwarder, self._forwarding = forwarder, wanted
+            self._address = await forwarder.start()
+        return self._address
+
+    async def _close_forwarder(self) -> None:
+        forwarder, self._forwarder, self._address = self._forwarder, None, None
+        if forwarder is not None:
+            with contextlib.suppress(Exception):
+                await forwarder.stop()

@@ -1,0 +1,87 @@
+"""Two developers with the same mark on one Service: the router would serve the mark to the
+first only, so the second `mesh` is refused before anything changes (real API server)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.membership import MeshError
+from localmesh.clustermesh.session import MeshSession
+from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
+from tests.integration.mesh_helpers import (
+    kube_for,
+    local_server,
+    managed_objects,
+    options,
+    service_json,
+)
+
+pytestmark = pytest.mark.integration
+sandbox = sandbox_fixtures.sandbox
+sandbox_factory = sandbox_fixtures.sandbox_factory
+
+
+def lease_of(
+    port: int, mark: str, holder: str, session_id: str, now: datetime | None = None
+) -> dict[str, object]:
+    o = options(port, mark, holder=holder, session_id=session_id)
+    spec = m.SessionSpec(
+        namespace=o.namespace,
+        service=o.service,
+        session_id=o.session_id,
+        header=o.mark.key,
+        value=o.mark.value,
+        slug=o.mark.slug,
+        holder=o.holder,
+        ports=(m.PortMap(port, 8080, 8080),),
+        image=o.image,
+        mode=o.mode,
+    )
+    return m.session_lease(spec, now, duration=m.LEASE_DURATION_SECONDS)
+
+
+async def test_the_same_mark_on_the_same_port_is_refused(sandbox: Sandbox) -> None:
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        # Ana's live session (its Lease is what other developers see of it).
+        await kube.create("Lease", "billing", lease_of(port, "dev", "ana@laptop", "a1b2c3"))
+        before_service = await service_json(sandbox)
+        before_objects = await managed_objects(sandbox)
+        # The header name in another case is the same header.
+        for mark in ("dev", "Version:dev"):
+            second = MeshSession(kube, options(port, mark, holder="bo@desk"))
+            with pytest.raises(MeshError) as refused:
+                await second.check()
+            message = str(refused.value)
+            assert "\n" not in message
+            assert "ana@laptop" in message and "pick another --version-mark" in message
+            assert "`version: dev`" in message and "port 8080" in message
+            # A crashed session holds the mark until its Lease expires: when that is.
+            expires = re.search(r"if that `mesh` is gone, its Lease expires in (\d+)s", message)
+            assert expires and 0 < int(expires[1]) <= m.LEASE_DURATION_SECONDS, message
+            # join() stops at the same check, before it creates anything.
+            with pytest.raises(MeshError):
+                await second.join()
+        assert await service_json(sandbox) == before_service
+        assert await managed_objects(sandbox) == before_objects
+
+        # Another value, or the same value under another header, is another mark.
+        for mark in ("other", "kt-mark:dev"):
+            await MeshSession(kube, options(port, mark, holder="bo@desk")).check()
+    await kube.close()
+
+
+async def test_an_expired_lease_with_the_same_mark_does_not_block(sandbox: Sandbox) -> None:
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+        await kube.create(
+            "Lease", "billing", lease_of(port, "dev", "ana@laptop", "d4e5f6", long_ago)
+        )
+        await MeshSession(kube, options(port, "dev", holder="bo@desk")).check()
+    await kube.close()
