@@ -1,0 +1,292 @@
+"""A second developer joins and leaves a meshed Service under steady unmarked load, then the
+last developer leaves: not one unmarked request may fail, whatever the client holds. The
+loads go to the Service's cluster IP, as an in-cluster client's would: a new connection per
+request (real curl's way), HTTP/1.1 keep-alive connections held across everything, and one
+gRPC channel (real grpcio) making unary calls on its one HTTP/2 connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
+from localmesh.sandbox import Sandbox
+from tests import sandbox_fixtures
+from tests.e2e.test_mesh_router import (
+    UnmarkedLoad,
+    body_of,
+    cluster_ip,
+    comparable,
+    local_app,
+    start_mesh,
+    stop_mesh,
+)
+from tests.e2e.test_mesh_router_streams import local_greeter
+from tests.e2e.up_helpers import eventually
+from tests.integration.mesh_helpers import service_json, wait_managed_gone
+
+pytestmark = pytest.mark.e2e
+sandbox = sandbox_fixtures.sandbox
+sandbox_factory = sandbox_fixtures.sandbox_factory
+
+
+class KeepAliveLoad:
+    """Unmarked GETs one after another on each of `connections` HTTP/1.1 keep-alive
+    connections. Strict, with no retry: a request written and not answered 200 is a
+    failure. A connection the server closes *after* a complete answer (an announced
+    `Connection: close`, or a clean end between requests) is reopened and counted."""
+
+    def __init__(self, ip: str, port: int, host: str, connections: int = 2) -> None:
+        self.ip, self.port, self.host = ip, port, host
+        self.connections = connections
+        self.ok = 0
+        self.opened = 0
+        self.failures: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(self.connections)]
+
+    async def answered(self, count: int = 5) -> bool:
+        return self.ok >= count
+
+    async def _run(self) -> None:
+        request = f"GET /keepalive HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        while True:
+            reader, writer = await asyncio.open_connection(self.ip, self.port)
+            self.opened += 1
+            try:
+                while True:
+                    writer.write(request)
+                    try:
+                        async with asyncio.timeout(10):
+                            status, body, closing = await _response(reader)
+                    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                        self.failures.append(f"connection {self.opened}: {exc!r}")
+                        break
+                    if status == 200 and body.startswith(b"{"):
+                        self.ok += 1
+                    else:
+                        self.failures.append(f"{status} {body[:80]!r}")
+                    if closing:
+                        break
+            finally:
+                writer.close()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 answer with a Content-Length body: status, body, whether it closes."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+    body = await reader.readexactly(int(fields.get("content-length", "0")))
+    return status, body, fields.get("connection", "").lower() == "close"
+
+
+class GrpcLoad:
+    """Unmarked unary calls one after another on one channel (one HTTP/2 connection)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.ok = 0
+        self.failures: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def answered(self, count: int = 5) -> bool:
+        return self.ok >= count
+
+    async def _run(self) -> None:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = greeter_pb2_grpc.GreeterStub(channel)  # type: ignore[no-untyped-call]
+            while True:
+                try:
+                    reply = await stub.SayHello(greeter_pb2.HelloRequest(name="load"), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    self.failures.append(f"{exc.code().name}: {exc.details()}")
+                    continue
+                if reply.pod.startswith("users-api") and not reply.message.startswith("local"):
+                    self.ok += 1
+                else:
+                    self.failures.append(f"answered by {reply.pod!r}: {reply.message!r}")
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+Load = UnmarkedLoad | KeepAliveLoad | GrpcLoad
+
+
+async def progressed(loads: list[Load], what: str, more: int = 20) -> None:
+    """Until every load has `more` further answers (each one is still being served)."""
+    for load in loads:
+        await eventually(
+            lambda load=load, seen=load.ok: load.answered(seen + more),  # type: ignore[misc]
+            seconds=30,
+            what=f"{what}: {type(load).__name__}",
+        )
+
+
+def failures(loads: list[Load]) -> dict[str, list[str]]:
+    return {type(load).__name__: load.failures[:5] for load in loads if load.failures}
+
+
+async def second_developer_comes_and_goes(
+    sandbox: Sandbox,
+    tmp_path: Path,
+    *,
+    target: str,
+    remote: int,
+    local_port: int,
+    loads: list[Load],
+    bobs_mark_served: Callable[[], Awaitable[bool]],
+) -> None:
+    """ana is meshed with the loads running; bob joins, is served, leaves."""
+    for load in loads:
+        load.start()
+    await progressed(loads, "load through ana's router", more=5)
+    bob = await start_mesh(sandbox, tmp_path, target, f"{local_port}:{remote}", "baggage:bob")
+    try:
+        await eventually(bobs_mark_served, seconds=30, what="bob's mark served locally")
+        await progressed(loads, "load while bob is meshed")
+    finally:
+        await stop_mesh(bob)
+    assert bob.returncode == 0
+    await progressed(loads, "load after bob left")
+    assert failures(loads) == {}
+
+
+async def test_http_loads_see_no_failure_as_a_second_developer_joins_and_leaves(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    ip = await cluster_ip(sandbox, "billing", "billing-api")
+    url = f"http://{ip}:8080/x"
+    loads: list[Load] = [UnmarkedLoad(url), KeepAliveLoad(ip, 8080, "billing-api.billing:8080")]
+    async with local_app("ana") as ana_port, local_app("bob") as bob_port:
+        ana = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{ana_port}:8080", "dev")
+        try:
+
+            async def bobs_mark_served() -> bool:
+                body = await body_of(url, {"baggage": "bob"})
+                return body is not None and body.startswith("bob")
+
+            await second_developer_comes_and_goes(
+                sandbox,
+                tmp_path,
+                target="billing/billing-api",
+                remote=8080,
+                local_port=bob_port,
+                loads=loads,
+                bobs_mark_served=bobs_mark_served,
+            )
+            # ana is still served, and unmarked requests still go to the pods.
+            body = await body_of(url, {"version": "dev"})
+            assert body is not None and body.startswith("ana"), body
+            plain = await body_of(url)
+            assert plain is not None and json.loads(plain)["pod"].startswith("billing-api")
+        finally:
+            await stop_mesh(ana)
+            for load in loads:
+                await load.stop()
+    assert ana.returncode == 0
+
+
+async def test_a_grpc_channel_sees_no_failure_as_a_second_developer_joins_and_leaves(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    ip = await cluster_ip(sandbox, "users", "users-api")
+    target = f"{ip}:50051"
+    loads: list[Load] = [GrpcLoad(target)]
+    async with local_greeter() as ana_port, local_greeter() as bob_port:
+        ana = await start_mesh(sandbox, tmp_path, "users/users-api", f"{ana_port}:50051", "dev")
+        try:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = greeter_pb2_grpc.GreeterStub(channel)  # type: ignore[no-untyped-call]
+
+                async def bobs_mark_served() -> bool:
+                    reply = await stub.SayHello(
+                        greeter_pb2.HelloRequest(name="bob"),
+                        metadata=(("baggage", "bob"),),
+                        timeout=5,
+                    )
+                    return bool(reply.message == "local hello bob")
+
+                await second_developer_comes_and_goes(
+                    sandbox,
+                    tmp_path,
+                    target="users/users-api",
+                    remote=50051,
+                    local_port=bob_port,
+                    loads=loads,
+                    bobs_mark_served=bobs_mark_served,
+                )
+        finally:
+            await stop_mesh(ana)
+            for load in loads:
+                await load.stop()
+    assert ana.returncode == 0
+    await wait_managed_gone(sandbox, "users")
+
+
+async def test_every_client_kind_survives_the_last_developer_leaving(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The last leave restores the selector, then removes the router that the keep-alive
+    connections and the gRPC channel are still held to."""
+    before = {
+        (ns, svc): comparable(await service_json(sandbox, ns, svc))
+        for ns, svc in (("billing", "billing-api"), ("users", "users-api"))
+    }
+    http_ip = await cluster_ip(sandbox, "billing", "billing-api")
+    grpc_ip = await cluster_ip(sandbox, "users", "users-api")
+    loads: list[Load] = [
+        UnmarkedLoad(f"http://{http_ip}:8080/x"),
+        KeepAliveLoad(http_ip, 8080, "billing-api.billing:8080"),
+        GrpcLoad(f"{grpc_ip}:50051"),
+    ]
+    async with local_app("ana") as http_port, local_greeter() as grpc_port:
+        meshes = [
+            await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{http_port}:8080", "dev"),
+            await start_mesh(sandbox, tmp_path, "users/users-api", f"{grpc_port}:50051", "v:dev"),
+        ]
+        try:
+            for load in loads:
+                load.start()
+            await progressed(loads, "load through the routers")
+            for proc in meshes:
+                await stop_mesh(proc)
+                assert proc.returncode == 0
+            for (ns, svc), spec in before.items():
+                assert comparable(await service_json(sandbox, ns, svc)) == spec
+            await wait_managed_gone(sandbox, "billing")
+            await wait_managed_gone(sandbox, "users")
+            await progressed(loads, "load once the routers are gone")
+            # The keep-alive connections were held to the router until it went: it closed
+            # each after a complete answer, and the client's next ones reach the pods.
+            keepalive = loads[1]
+            assert isinstance(keepalive, KeepAliveLoad)
+            assert keepalive.opened > keepalive.connections
+        finally:
+            for proc in meshes:
+                await stop_mesh(proc)
+            for load in loads:
+                await load.stop()
+    assert failures(loads) == {}
