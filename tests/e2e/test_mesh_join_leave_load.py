@@ -59,7 +59,11 @@ class KeepAliveLoad:
     async def _run(self) -> None:
         request = f"GET /keepalive HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
         while True:
-            reader, writer = await asyncio.open_connection(self.ip, self.port)
+            try:
+                reader, writer = await asyncio.open_connection(self.ip, self.port)
+            except OSError as exc:
+                self.failures.append(f"connect: {exc!r}")
+                return  # the failure stands; the test's next wait for answers says so
             self.opened += 1
             try:
                 while True:
@@ -141,7 +145,7 @@ async def progressed(loads: list[Load], what: str, more: int = 20) -> None:
         await eventually(
             lambda load=load, seen=load.ok: load.answered(seen + more),  # type: ignore[misc]
             seconds=30,
-            what=f"{what}: {type(load).__name__}",
+            what=f"{what}: {type(load).__name__} (failures: {load.failures[:3]})",
         )
 
 
