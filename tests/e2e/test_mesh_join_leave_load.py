@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -124,7 +123,7 @@ class GrpcLoad:
                 except grpc.aio.AioRpcError as exc:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")
                     continue
-                if reply.pod.startswith("users-api") and not reply.message.startswith("local"):
+                if reply.pod.startswith("users-api"):  # a pod (the local greeters fill no pod)
                     self.ok += 1
                 else:
                     self.failures.append(f"answered by {reply.pod!r}: {reply.message!r}")
@@ -153,144 +152,106 @@ def failures(loads: list[Load]) -> dict[str, list[str]]:
     return {type(load).__name__: load.failures[:5] for load in loads if load.failures}
 
 
-async def second_developer_comes_and_goes(
+MarkServed = Callable[[tuple[str, str], str], Awaitable[bool]]
+
+
+async def two_developers_come_and_go(
     sandbox: Sandbox,
     tmp_path: Path,
     *,
     target: str,
     remote: int,
-    local_port: int,
+    local_ports: tuple[int, int],
     loads: list[Load],
-    bobs_mark_served: Callable[[], Awaitable[bool]],
+    served_by: MarkServed,
 ) -> None:
-    """ana is meshed with the loads running; bob joins, is served, leaves."""
-    for load in loads:
-        load.start()
-    await progressed(loads, "load through ana's router", more=5)
-    bob = await start_mesh(sandbox, tmp_path, target, f"{local_port}:{remote}", "baggage:bob")
+    """Under the loads: ana is meshed (creating the router); bob joins, is served, leaves;
+    ana, the last one, leaves and the Service is restored. No load may see a failure."""
+    namespace, service = target.split("/")
+    before = comparable(await service_json(sandbox, namespace, service))
+    ana_port, bob_port = local_ports
+    ana = await start_mesh(sandbox, tmp_path, target, f"{ana_port}:{remote}", "dev")
     try:
-        await eventually(bobs_mark_served, seconds=30, what="bob's mark served locally")
-        await progressed(loads, "load while bob is meshed")
+        for load in loads:
+            load.start()
+        await progressed(loads, "load through ana's router")
+        bob = await start_mesh(sandbox, tmp_path, target, f"{bob_port}:{remote}", "baggage:bob")
+        try:
+            await eventually(
+                lambda: served_by(("baggage", "bob"), "bob"), seconds=30, what="bob served"
+            )
+            await progressed(loads, "load while bob is meshed")
+        finally:
+            await stop_mesh(bob)
+        assert bob.returncode == 0
+        await progressed(loads, "load after bob left")
+        assert await served_by(("version", "dev"), "ana")
+        assert failures(loads) == {}, "failed during the second developer's join or leave"
+
+        # The last one out: the selector is restored, then the router goes (with the
+        # connections the loads hold to it).
+        await stop_mesh(ana)
+        assert ana.returncode == 0
+        assert comparable(await service_json(sandbox, namespace, service)) == before
+        await wait_managed_gone(sandbox, namespace)
+        await progressed(loads, "load once the router is gone")
+        assert failures(loads) == {}, "failed during the last developer's leave"
     finally:
-        await stop_mesh(bob)
-    assert bob.returncode == 0
-    await progressed(loads, "load after bob left")
-    assert failures(loads) == {}
+        await stop_mesh(ana)
+        for load in loads:
+            await load.stop()
 
 
-async def test_http_loads_see_no_failure_as_a_second_developer_joins_and_leaves(
+async def test_http_loads_see_no_failure_as_developers_join_and_leave(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     ip = await cluster_ip(sandbox, "billing", "billing-api")
     url = f"http://{ip}:8080/x"
-    loads: list[Load] = [UnmarkedLoad(url), KeepAliveLoad(ip, 8080, "billing-api.billing:8080")]
+    keepalive = KeepAliveLoad(ip, 8080, "billing-api.billing:8080")
+
+    async def served_by(mark: tuple[str, str], name: str) -> bool:
+        body = await body_of(url, dict([mark]))
+        return body is not None and body.startswith(name)
+
     async with local_app("ana") as ana_port, local_app("bob") as bob_port:
-        ana = await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{ana_port}:8080", "dev")
-        try:
-
-            async def bobs_mark_served() -> bool:
-                body = await body_of(url, {"baggage": "bob"})
-                return body is not None and body.startswith("bob")
-
-            await second_developer_comes_and_goes(
-                sandbox,
-                tmp_path,
-                target="billing/billing-api",
-                remote=8080,
-                local_port=bob_port,
-                loads=loads,
-                bobs_mark_served=bobs_mark_served,
-            )
-            # ana is still served, and unmarked requests still go to the pods.
-            body = await body_of(url, {"version": "dev"})
-            assert body is not None and body.startswith("ana"), body
-            plain = await body_of(url)
-            assert plain is not None and json.loads(plain)["pod"].startswith("billing-api")
-        finally:
-            await stop_mesh(ana)
-            for load in loads:
-                await load.stop()
-    assert ana.returncode == 0
+        await two_developers_come_and_go(
+            sandbox,
+            tmp_path,
+            target="billing/billing-api",
+            remote=8080,
+            local_ports=(ana_port, bob_port),
+            loads=[UnmarkedLoad(url), keepalive],
+            served_by=served_by,
+        )
+    # The keep-alive connections were held to the router until it went: it closed each
+    # after a complete answer, and the client's next connections reached the pods.
+    assert keepalive.opened > keepalive.connections
 
 
-async def test_a_grpc_channel_sees_no_failure_as_a_second_developer_joins_and_leaves(
+async def test_a_grpc_channel_sees_no_failure_as_developers_join_and_leave(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     ip = await cluster_ip(sandbox, "users", "users-api")
     target = f"{ip}:50051"
-    loads: list[Load] = [GrpcLoad(target)]
-    async with local_greeter() as ana_port, local_greeter() as bob_port:
-        ana = await start_mesh(sandbox, tmp_path, "users/users-api", f"{ana_port}:50051", "dev")
-        try:
-            async with grpc.aio.insecure_channel(target) as channel:
-                stub = greeter_pb2_grpc.GreeterStub(channel)  # type: ignore[no-untyped-call]
+    async with (
+        local_greeter("ana") as ana_port,
+        local_greeter("bob") as bob_port,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        stub = greeter_pb2_grpc.GreeterStub(channel)  # type: ignore[no-untyped-call]
 
-                async def bobs_mark_served() -> bool:
-                    reply = await stub.SayHello(
-                        greeter_pb2.HelloRequest(name="bob"),
-                        metadata=(("baggage", "bob"),),
-                        timeout=5,
-                    )
-                    return bool(reply.message == "local hello bob")
+        async def served_by(mark: tuple[str, str], name: str) -> bool:
+            reply = await stub.SayHello(
+                greeter_pb2.HelloRequest(name=name), metadata=(mark,), timeout=5
+            )
+            return bool(reply.message == f"{name} hello {name}")
 
-                await second_developer_comes_and_goes(
-                    sandbox,
-                    tmp_path,
-                    target="users/users-api",
-                    remote=50051,
-                    local_port=bob_port,
-                    loads=loads,
-                    bobs_mark_served=bobs_mark_served,
-                )
-        finally:
-            await stop_mesh(ana)
-            for load in loads:
-                await load.stop()
-    assert ana.returncode == 0
-    await wait_managed_gone(sandbox, "users")
-
-
-async def test_every_client_kind_survives_the_last_developer_leaving(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
-    """The last leave restores the selector, then removes the router that the keep-alive
-    connections and the gRPC channel are still held to."""
-    before = {
-        (ns, svc): comparable(await service_json(sandbox, ns, svc))
-        for ns, svc in (("billing", "billing-api"), ("users", "users-api"))
-    }
-    http_ip = await cluster_ip(sandbox, "billing", "billing-api")
-    grpc_ip = await cluster_ip(sandbox, "users", "users-api")
-    loads: list[Load] = [
-        UnmarkedLoad(f"http://{http_ip}:8080/x"),
-        KeepAliveLoad(http_ip, 8080, "billing-api.billing:8080"),
-        GrpcLoad(f"{grpc_ip}:50051"),
-    ]
-    async with local_app("ana") as http_port, local_greeter() as grpc_port:
-        meshes = [
-            await start_mesh(sandbox, tmp_path, "billing/billing-api", f"{http_port}:8080", "dev"),
-            await start_mesh(sandbox, tmp_path, "users/users-api", f"{grpc_port}:50051", "v:dev"),
-        ]
-        try:
-            for load in loads:
-                load.start()
-            await progressed(loads, "load through the routers")
-            for proc in meshes:
-                await stop_mesh(proc)
-                assert proc.returncode == 0
-            for (ns, svc), spec in before.items():
-                assert comparable(await service_json(sandbox, ns, svc)) == spec
-            await wait_managed_gone(sandbox, "billing")
-            await wait_managed_gone(sandbox, "users")
-            await progressed(loads, "load once the routers are gone")
-            # The keep-alive connections were held to the router until it went: it closed
-            # each after a complete answer, and the client's next ones reach the pods.
-            keepalive = loads[1]
-            assert isinstance(keepalive, KeepAliveLoad)
-            assert keepalive.opened > keepalive.connections
-        finally:
-            for proc in meshes:
-                await stop_mesh(proc)
-            for load in loads:
-                await load.stop()
-    assert failures(loads) == {}
+        await two_developers_come_and_go(
+            sandbox,
+            tmp_path,
+            target="users/users-api",
+            remote=50051,
+            local_ports=(ana_port, bob_port),
+            loads=[GrpcLoad(target)],
+            served_by=served_by,
+        )

@@ -126,13 +126,13 @@ async def test_websockets_marked_and_unmarked_through_the_router(
 
 
 @asynccontextmanager
-async def local_greeter() -> AsyncIterator[int]:
-    """The developer's gRPC server: the greeter in its own words, with server reflection
-    (a bidirectional stream) that lists a service only this machine has."""
+async def local_greeter(who: str = "local") -> AsyncIterator[int]:
+    """The developer's gRPC server: the greeter in its own words (`{who} hello NAME`), with
+    server reflection (a bidirectional stream) that lists a service only this machine has."""
 
     class LocalGreeter(greeter_pb2_grpc.GreeterServicer):
         async def SayHello(self, request: Any, context: Any) -> Any:
-            return greeter_pb2.HelloReply(message=f"local hello {request.name}")
+            return greeter_pb2.HelloReply(message=f"{who} hello {request.name}")
 
     server = grpc.aio.server()
     greeter_pb2_grpc.add_GreeterServicer_to_server(LocalGreeter(), server)  # type: ignore[no-untyped-call]
