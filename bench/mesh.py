@@ -23,6 +23,10 @@ Figures:
   phases            where a start's time goes: the `mesh` process's own debug timings
                     (checks, objects, router Ready, tunnel, routed) and the router
                     agent's start-up (imports, Envoy, watches, ACK, Ready), from its log
+  marked_vs_up      keep-alive and new-connection req/s, p50, p99 of marked requests
+                    (cluster IP -> router -> shadow -> tunnel -> the local process)
+                    against `localmesh up`'s path the other way (its Envoy -> forwarder ->
+                    port-forward -> the same pods), each end direct beside, load average
   kill_fallback_s   SIGKILL of a session -> its mark served by the pods again
   router_restore_s  SIGKILL of the last session -> Service restored by the router itself
                     (lease duration + idle timeout are most of it)
@@ -52,14 +56,20 @@ from common import (
     BIN,
     LOCALMESH,
     ROOT,
+    Connection,
+    MeshProcess,
     SandboxProcess,
+    free_port,
     json_line,
     keepalive_rate,
     machine,
     make_workdir,
+    newconn_rate,
     percentile,
     print_machine,
     read_body,
+    services_yaml,
+    wait_status,
 )
 
 NAMESPACE, SERVICE, PORT = "billing", "billing-api", 8080
@@ -304,6 +314,114 @@ async def unmarked_rate(ip: str, seconds: float, port: int = PORT) -> dict[str, 
     }
 
 
+# -- marked requests through the tunnel, against `localmesh up` the other way ----------------
+UP_HOST = f"{SERVICE}.localhost"
+
+
+def with_mark(host: str, header: str) -> str:
+    """A Host value that carries one more header line: common.py's clients write
+    `Host: {host}\r\n`, so the mark rides on every request they send."""
+    return f"{host}\r\n{header}"
+
+
+async def path_rate(
+    kind: str, address: str, port: int, host: str, seconds: float
+) -> dict[str, float]:
+    run = keepalive_rate if kind == "keepalive" else newconn_rate
+    got = await run(address, port, host, seconds=seconds, concurrency=4, max_requests=200_000)
+    return {
+        "rps": round(got.rps, 1),
+        "p50_ms": round(percentile(got.latencies, 50) * 1000, 3),
+        "p99_ms": round(percentile(got.latencies, 99) * 1000, 3),
+        "errors": got.errors,
+    }
+
+
+async def marked_vs_up(
+    sandbox: SandboxProcess,
+    objects: Any,
+    workdir: Path,
+    ip: str,
+    *,
+    local_port: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The same pair, this machine and billing-api's pods, both ways, paths taking turns:
+      marked      in-cluster client -> cluster IP -> router Envoy -> shadow -> tunnel
+                  (port-forward) -> the local process (`mesh`, version: dev)
+      up          local client -> `up`'s Envoy -> `up`'s forwarder -> port-forward -> pod
+                  (`localmesh up` of the origin Service: the mesh's original selector)
+      direct-local, direct-pod   each end on its own (what the two ends cost)
+    Keep-alive (4 connections) and a new connection per request (4 workers); the best of
+    the rounds counts."""
+    from localmesh.clustermesh import manifests as m
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    port = free_port()
+    services = workdir / "up-services.yaml"
+    services.write_text(services_yaml(port, [(UP_HOST, NAMESPACE, m.origin_name(SERVICE), PORT)]))
+    up = MeshProcess(services, sandbox.kubeconfig, workdir, name="bench-mesh")
+    try:
+        await up.wait_ready()
+        pods = await objects.list("Pod", NAMESPACE, f"app={SERVICE}")
+        pod_ip = next(
+            str(p["status"]["podIP"]) for p in pods if not p["metadata"].get("deletionTimestamp")
+        )
+        marked_host = with_mark(f"{SERVICE}.{NAMESPACE}", "version: dev")
+        paths = {
+            "marked": (ip, PORT, marked_host),
+            "up": ("127.0.0.1", port, UP_HOST),
+            "direct-local": ("127.0.0.1", local_port, UP_HOST),
+            "direct-pod": (pod_ip, PORT, UP_HOST),
+        }
+        conn = Connection(port)
+        await wait_status(conn, UP_HOST, 200, within=30)
+        conn.close()
+        if not await served_locally(ip, {"version": "dev"})():
+            raise RuntimeError("marked requests are not served locally")
+        best: dict[str, dict[str, dict[str, float]]] = {name: {} for name in paths}
+        for round_ in range(2):
+            for kind in ("keepalive", "newconn"):
+                order = list(paths) if round_ % 2 == 0 else list(paths)[::-1]
+                for name in order:
+                    address, path_port, host = paths[name]
+                    got = await path_rate(kind, address, path_port, host, seconds)
+                    if got["rps"] > best[name].get(kind, {}).get("rps", -1.0):
+                        best[name][kind] = got
+        # Still the local process's (a mark that fell back would be served by the pods).
+        if not await served_locally(ip, {"version": "dev"})():
+            raise RuntimeError("marked requests stopped being served locally")
+    finally:
+        up.stop()
+    ratios = {
+        kind: round(best["marked"][kind]["rps"] / best["up"][kind]["rps"], 2)
+        for kind in ("keepalive", "newconn")
+        if best["up"][kind]["rps"]
+    }
+    return {
+        "paths": best,
+        "marked_over_up_rps": ratios,
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
+def print_marked_vs_up(found: dict[str, Any]) -> None:
+    print("marked requests through the router and tunnel vs `localmesh up` the other way:")
+    for name, kinds in found["paths"].items():
+        parts = [
+            f"{kind} {f['rps']:>7.0f} req/s p50 {f['p50_ms']:.2f} ms p99 {f['p99_ms']:.2f} ms"
+            f"{' errors ' + str(f['errors']) if f['errors'] else ''}"
+            for kind, f in kinds.items()
+        ]
+        print(f"  {name:>12}: " + "; ".join(parts))
+    ratios = found["marked_over_up_rps"]
+    print(
+        f"  marked / up req/s: keep-alive x{ratios.get('keepalive')}, "
+        f"new connection x{ratios.get('newconn')}; load average {found['load_average']}",
+        flush=True,
+    )
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     scenario_path = ROOT / "src" / "localmesh" / "sandbox" / "default_scenario.yaml"
     scenario = yaml.safe_load(scenario_path.read_text())
@@ -329,6 +447,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await until(lambda: _routed(ana), 30, "ana's routed log line")
         results["phases_cold"] = phases(ana, router_events)
         print_phases("where the cold start went (s after `mesh` started)", results["phases_cold"])
+
+        results["marked_vs_up"] = await marked_vs_up(
+            sandbox, objects, workdir, ip, local_port=local_port, seconds=args.seconds
+        )
+        print_marked_vs_up(results["marked_vs_up"])
 
         results["unmarked_meshed"] = await unmarked_rate(ip, args.seconds)
         print(f"unmarked through the router: {results['unmarked_meshed']}", flush=True)

@@ -3,7 +3,8 @@
     python -m localmesh.sandbox.testagent serve [--port 8080]
         HTTP on $POD_IP:PORT: /healthz (200, or 500 after POST /fail), /lease/NAME reads a
         Lease of its namespace, /watch/leases opens a watch, both with the pod's own
-        service-account token through the official client's in-cluster loader.
+        service-account token through the official client's in-cluster loader; /ws is a
+        websocket answering each text message with "<pod name> echoes <message>".
     python -m localmesh.sandbox.testagent crash [--code 3]
         prints a line and exits with that code (a crashing container).
 
@@ -90,8 +91,18 @@ def serve(port: int) -> None:
     async def watch(_: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(_watch_leases))
 
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        pod = os.environ.get("HOSTNAME", "?")
+        async for msg in ws:
+            if msg.type == web.WSMsgType.TEXT:
+                await ws.send_str(f"{pod} echoes {msg.data}")
+        return ws
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", ws_echo)
     app.router.add_post("/fail", fail)
     app.router.add_get("/lease/{name}", lease)
     app.router.add_get("/watch/leases", watch)
