@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
+from localmesh.clustermesh import manifests as m
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.e2e.test_mesh_router import (
@@ -148,6 +149,10 @@ async def progressed(loads: list[Load], what: str, more: int = 20) -> None:
         )
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 def failures(loads: list[Load]) -> dict[str, list[str]]:
     return {type(load).__name__: load.failures[:5] for load in loads if load.failures}
 
@@ -194,6 +199,12 @@ async def two_developers_come_and_go(
         assert ana.returncode == 0
         assert comparable(await service_json(sandbox, namespace, service)) == before
         await wait_managed_gone(sandbox, namespace)
+        # The router pod keeps serving until new connections stop reaching it, then
+        # drains the held ones: wait until it has ended, terminating included.
+        router = f"{m.COMPONENT_LABEL}=router"
+        await eventually(
+            lambda: _true(not sandbox.pods(namespace, router)), seconds=30, what="router ended"
+        )
         await progressed(loads, "load once the router is gone")
         assert failures(loads) == {}, "failed during the last developer's leave"
     finally:
