@@ -5,6 +5,7 @@ what the official client's path says."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,18 @@ async def test_reflectors_list_then_watch_and_report_refusals(
     finally:
         pods.stop()
         await pods.join()
+
+
+def trust_other_cas(folder: Path) -> None:
+    """The pod's ca.crt replaced by the system's CAs, none of which signed the server's."""
+    (folder / "ca.crt").write_bytes(Path(ssl.get_default_verify_paths().cafile or "").read_bytes())
+
+
+async def test_a_server_the_ca_does_not_vouch_for_is_a_tls_error(router_pod_env: Path) -> None:
+    trust_other_cas(router_pod_env)
+    kube = incluster_objects()
+    try:
+        with pytest.raises(KubeError, match="TLS failure talking to"):
+            await kube.get("Service", NS, SERVICE)
+    finally:
+        await kube.close()
