@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,23 @@ def test_bootstrap_passes_envoy_validate(mode: AdsMode, tmp_path: Path) -> None:
         build_bootstrap(BootstrapOptions(xds_socket_path=str(tmp_path / "x.sock"), ads_mode=mode)),
         tmp_path,
     )
+
+
+BOOTSTRAP_CASES = {
+    "sotw-unix": BootstrapOptions(xds_socket_path=SOCKET),
+    "delta-tcp": BootstrapOptions(
+        xds_tcp=("127.0.0.1", 18000), node_id="dev-1", admin_port=19000, ads_mode=AdsMode.DELTA
+    ),
+    "admin-socket": BootstrapOptions(
+        xds_socket_path=SOCKET,
+        node_id="localmesh-router",
+        node_cluster="mesh",
+        admin_socket_path="/run/user/1000/localmesh/admin.sock",
+    ),
+}
+
+
+def test_bootstrap_file_text_is_unchanged() -> None:
+    """The exact text Envoy reads (key order included), as the typed bindings wrote it."""
+    texts = {name: json.dumps(build_bootstrap(o)) for name, o in BOOTSTRAP_CASES.items()}
+    assert_golden("bootstrap_texts.json", texts)

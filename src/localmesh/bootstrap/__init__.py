@@ -5,7 +5,9 @@ written once per Envoy start and never changes with services.yaml.
 
     BootstrapOptions(xds_socket_path=..., node_id=..., ads_mode=AdsMode.SOTW, ...)
     build_bootstrap(options) -> dict        # JSON-able, for `envoy -c FILE`
-    build_bootstrap_message(options) -> Bootstrap
+
+Its parts are localmesh.xds.proto messages (no typed Envoy bindings are imported: the
+router pod and `up` start without them).
 
 Envoy's admin API can drain listeners, quit Envoy and dump every secret it holds, with no
 authentication: `admin_socket_path` puts it on a unix socket of mode 0600 that only the user
@@ -20,38 +22,34 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from envoy_data_plane.envoy.config.bootstrap.v3 import (
-    Admin,
-    Bootstrap,
-    BootstrapDynamicResources,
-    BootstrapStaticResources,
-)
-from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
-from envoy_data_plane.envoy.config.core.v3 import (
+from localmesh.runtime import ENVOY_ADMIN_SOCKET_MODE
+from localmesh.xds.proto import Message, enum_type, message_type
+from localmesh.xds.resources import (
     Address,
-    ApiConfigSource,
-    ApiConfigSourceApiType,
     ApiVersion,
-    GrpcService,
-    GrpcServiceEnvoyGrpc,
-    Http2ProtocolOptions,
-    Node,
-    Pipe,
-    SocketAddress,
-)
-from envoy_data_plane.envoy.config.endpoint.v3 import (
+    Cluster,
+    ClusterDiscoveryType,
     ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
-from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    EnvoyEndpoint,
+    Http2ProtocolOptions,
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
+    LbEndpoint,
+    LocalityLbEndpoints,
+    Pipe,
+    SocketAddress,
+    ads_config_source,
+    pack,
+    to_json,
 )
 
-from localmesh.runtime import ENVOY_ADMIN_SOCKET_MODE
-from localmesh.xds.resources import ads_config_source, pack, to_json
+# The bootstrap's own parts; its envelope (Bootstrap, Bootstrap*Resources) is plain JSON.
+Admin = message_type("envoy.config.bootstrap.v3.Admin")
+Node = message_type("envoy.config.core.v3.Node")
+ApiConfigSource = message_type("envoy.config.core.v3.ApiConfigSource")
+GrpcService = message_type("envoy.config.core.v3.GrpcService")
+GrpcServiceEnvoyGrpc = message_type("envoy.config.core.v3.GrpcServiceEnvoyGrpc")
+ApiConfigSourceApiType = enum_type("envoy.config.core.v3.ApiConfigSourceApiType")
 
 XDS_CLUSTER_NAME = "xds_cluster"
 DEFAULT_NODE_ID = "localmesh"
@@ -83,7 +81,7 @@ class BootstrapOptions:
             raise ValueError("BootstrapOptions needs exactly one of xds_socket_path and xds_tcp")
 
 
-def _xds_address(options: BootstrapOptions) -> Address:
+def _xds_address(options: BootstrapOptions) -> Message:
     if options.xds_socket_path is not None:
         return Address(pipe=Pipe(path=options.xds_socket_path))
     assert options.xds_tcp is not None
@@ -91,7 +89,7 @@ def _xds_address(options: BootstrapOptions) -> Address:
     return Address(socket_address=SocketAddress(address=host, port_value=port))
 
 
-def _xds_cluster(options: BootstrapOptions) -> Cluster:
+def _xds_cluster(options: BootstrapOptions) -> Message:
     # gRPC needs HTTP/2 to the control plane.
     h2 = HttpProtocolOptions(
         explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
@@ -109,19 +107,19 @@ def _xds_cluster(options: BootstrapOptions) -> Cluster:
             cluster_name=XDS_CLUSTER_NAME,
             endpoints=[
                 LocalityLbEndpoints(
-                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_xds_address(options)))]
+                    lb_endpoints=[LbEndpoint(endpoint=EnvoyEndpoint(address=_xds_address(options)))]
                 )
             ],
         ),
     )
 
 
-def admin_socket_address(path: str) -> Address:
+def admin_socket_address(path: str) -> Message:
     """Envoy's admin API on a unix socket only the user can connect to."""
     return Address(pipe=Pipe(path=path, mode=ENVOY_ADMIN_SOCKET_MODE))
 
 
-def _admin_address(options: BootstrapOptions) -> Address:
+def _admin_address(options: BootstrapOptions) -> Message:
     if options.admin_socket_path is not None:
         return admin_socket_address(options.admin_socket_path)
     return Address(
@@ -129,35 +127,31 @@ def _admin_address(options: BootstrapOptions) -> Address:
     )
 
 
-def build_bootstrap_message(options: BootstrapOptions) -> Bootstrap:
+def build_bootstrap(options: BootstrapOptions) -> dict[str, Any]:
+    """The bootstrap as a JSON-able dict (proto3 JSON, snake_case), for `envoy -c`: keys in
+    the order of Bootstrap's fields, as a Bootstrap message's JSON would have them."""
     api_type = (
         ApiConfigSourceApiType.DELTA_GRPC
         if options.ads_mode is AdsMode.DELTA
         else ApiConfigSourceApiType.GRPC
     )
-    return Bootstrap(
-        node=Node(id=options.node_id, cluster=options.node_cluster),
-        admin=Admin(address=_admin_address(options)),
-        dynamic_resources=BootstrapDynamicResources(
-            ads_config=ApiConfigSource(
-                api_type=api_type,
-                transport_api_version=ApiVersion.V3,
-                grpc_services=[
-                    GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=XDS_CLUSTER_NAME))
-                ],
-                # The server remembers the node per stream; later requests stay small.
-                set_node_on_first_message_only=True,
-            ),
-            cds_config=ads_config_source(),
-            lds_config=ads_config_source(),
-        ),
-        static_resources=BootstrapStaticResources(clusters=[_xds_cluster(options)]),
+    ads = ApiConfigSource(
+        api_type=api_type,
+        transport_api_version=ApiVersion.V3,
+        grpc_services=[GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=XDS_CLUSTER_NAME))],
+        # The server remembers the node per stream; later requests stay small.
+        set_node_on_first_message_only=True,
     )
-
-
-def build_bootstrap(options: BootstrapOptions) -> dict[str, Any]:
-    """The bootstrap as a JSON-able dict (proto3 JSON, snake_case), for `envoy -c`."""
-    return to_json(build_bootstrap_message(options))
+    return {
+        "node": to_json(Node(id=options.node_id, cluster=options.node_cluster)),
+        "static_resources": {"clusters": [to_json(_xds_cluster(options))]},
+        "dynamic_resources": {
+            "lds_config": to_json(ads_config_source()),
+            "cds_config": to_json(ads_config_source()),
+            "ads_config": to_json(ads),
+        },
+        "admin": to_json(Admin(address=_admin_address(options))),
+    }
 
 
 __all__ = [
@@ -166,5 +160,4 @@ __all__ = [
     "BootstrapOptions",
     "admin_socket_address",
     "build_bootstrap",
-    "build_bootstrap_message",
 ]

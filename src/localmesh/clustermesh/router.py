@@ -60,7 +60,7 @@ from localmesh.clustermesh.membership import (
 from localmesh.clustermesh.router_defaults import DEFAULT_IDLE_TIMEOUT
 from localmesh.envoy import EnvoySupervisor
 from localmesh.errors import KubeError, LocalmeshError, NackedError
-from localmesh.kube.incluster import list_functions, load_incluster_access
+from localmesh.kube.incluster import incluster_objects, list_functions
 from localmesh.kube.objects import Conflict, KubeObjects, NotFound
 from localmesh.kube.reflector import Reflector
 from localmesh.kube.targets import JSON
@@ -428,7 +428,7 @@ class RouterAgent:
     # -- running ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> int:
         self._startup["imported"] = process_age()
-        kube = self._kube or KubeObjects(load_incluster_access())
+        kube = self._kube or incluster_objects()
         envoy_started: asyncio.Task[None] | None = None
         try:
             # Envoy first: its process boots while this one reads the cluster and builds

@@ -26,32 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from envoy_data_plane.envoy.config.accesslog.v3 import (
-    AccessLogFilter,
-    AndFilter,
-    ExtensionFilter,
-    ResponseFlagFilter,
-)
-from envoy_data_plane.envoy.config.core.v3 import (
-    Address,
-    DataSource,
-    Http2ProtocolOptions,
-    SocketAddress,
-    SubstitutionFormatString,
-)
-from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
-from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
-from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
-    HttpConnectionManager,
-    HttpConnectionManagerCodecType,
-    HttpConnectionManagerUpgradeConfig,
-    HttpFilter,
-    LocalReplyConfig,
-    Rds,
-    ResponseMapper,
-)
-
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.membership import lease_live, parse_time
 from localmesh.desired import (
@@ -66,6 +40,30 @@ from localmesh.desired import (
 )
 from localmesh.kube.targets import JSON
 from localmesh.xds import resources as rs
+from localmesh.xds.proto import Message
+from localmesh.xds.resources import (
+    AccessLogFilter,
+    Address,
+    AndFilter,
+    DataSource,
+    ExpressionFilter,
+    ExtensionFilter,
+    Filter,
+    FilterChain,
+    Http2ProtocolOptions,
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpConnectionManagerUpgradeConfig,
+    HttpFilter,
+    Listener,
+    LocalReplyConfig,
+    Rds,
+    ResponseFlagFilter,
+    ResponseMapper,
+    Router,
+    SocketAddress,
+    SubstitutionFormatString,
+)
 from localmesh.xds.snapshot import Snapshot
 
 # Failures of the upstream connection a marked request may meet on the way to the
@@ -275,7 +273,7 @@ def plan(
 
 # -- to Envoy resources ------------------------------------------------------------------
 @functools.cache
-def _local_reply_config() -> LocalReplyConfig:
+def _local_reply_config() -> Message:
     """A marked route (it carries the `unreachable` text) whose shadow or tunnel fails
     answers 503 with that text; the catch-all keeps Envoy's own replies."""
     has_text = ExpressionFilter(
@@ -311,7 +309,7 @@ def _local_reply_config() -> LocalReplyConfig:
 
 
 @functools.cache
-def build_router_listener(pod_ip: str, port: int) -> Listener:
+def build_router_listener(pod_ip: str, port: int) -> Message:
     hcm = HttpConnectionManager(
         stat_prefix=f"router_{port}",
         codec_type=HttpConnectionManagerCodecType.AUTO,

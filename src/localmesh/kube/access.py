@@ -27,9 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kubernetes import client as k8s_client, config as k8s_config
-from kubernetes.client import rest as k8s_rest
-from kubernetes.config.config_exception import ConfigException
 
 from localmesh.errors import KubeError
 from localmesh.kube.kubeconfig import KubeconfigError, check_kubeconfig, kubeconfig_paths
@@ -52,7 +49,9 @@ class ClusterAccess:
     context: str | None
     ssl_context: ssl.SSLContext | None  # None for plain http://
     server_hostname: str | None  # TLS SNI / verification name override (tls-server-name)
-    configuration: Any = field(repr=False)  # kubernetes.client.Configuration
+    # kubernetes.client.Configuration; None in-cluster (localmesh.kube.incluster), where
+    # `bearer` gives the Authorization header instead
+    configuration: Any = field(repr=False)
     kubeconfig: str | None = None  # what load_access was given, to load again
     context_arg: str | None = None
     generation: int = 0  # bumped by every reload that changed something
@@ -61,6 +60,7 @@ class ClusterAccess:
     _clients: list[Any] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_reload: float = field(default=0.0, repr=False)
+    bearer: Callable[[], str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self._fingerprint:
@@ -68,6 +68,8 @@ class ClusterAccess:
 
     def api_client(self) -> Any:
         """A kubernetes ApiClient that follows reloads (its connection pool is replaced)."""
+        from kubernetes import client as k8s_client
+
         api = k8s_client.ApiClient(self.configuration)
         with self._lock:
             self._clients.append(api)
@@ -77,6 +79,10 @@ class ClusterAccess:
         """Re-read the kubeconfig after a 401/403 or a TLS failure; True when the
         credentials (or server, or CA) changed since generation `seen`, so a retry may
         succeed. Thread-safe and rate-limited; blocks (may run an exec plugin)."""
+        if self.configuration is None:
+            return False  # in-cluster: the ServiceAccount token is read again per request
+        from kubernetes.client import rest as k8s_rest
+
         with self._lock:
             if self.generation != seen:
                 return True  # another caller already picked up the new credentials
@@ -109,6 +115,8 @@ class ClusterAccess:
 
     def headers_now(self) -> dict[str, str]:
         """The authorization headers, running the credential refresh hook (may block)."""
+        if self.configuration is None:
+            return {"Authorization": self.bearer()} if self.bearer is not None else {}
         cfg = self.configuration
         headers: dict[str, str] = {}
         # The client's own auth settings: bearer token (static or exec plugin), basic auth.
@@ -124,6 +132,8 @@ class ClusterAccess:
     async def headers(self) -> dict[str, str]:
         """The authorization headers; refreshing credentials are checked off the loop, and
         a cached header never outlives its token (an exec plugin's expirationTimestamp)."""
+        if self.configuration is None:
+            return self.headers_now()  # in-cluster: a stat of the token file
         if self.configuration.refresh_api_key_hook is None:
             if self._cached is None:
                 self._cached = (0.0, self.headers_now())
@@ -206,6 +216,11 @@ class _TimelyRefresh:
 def load_access(kubeconfig: str | None = None, context: str | None = None) -> ClusterAccess:
     """Load credentials as kubectl does: `kubeconfig` (a path or os.pathsep-separated list),
     else $KUBECONFIG, else ~/.kube/config; `context`, else the current context."""
+    # The official client (0.3 s, pydantic) only where a kubeconfig is read: the in-cluster
+    # agents do without it.
+    from kubernetes import client as k8s_client, config as k8s_config
+    from kubernetes.config.config_exception import ConfigException
+
     paths = kubeconfig_paths(kubeconfig)
     context_name = check_kubeconfig(paths, context)
     path = os.pathsep.join(paths)

@@ -2,28 +2,36 @@
 
 The API server is $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; the token and CA are
 in /var/run/secrets/kubernetes.io/serviceaccount, or in $LOCALMESH_SERVICEACCOUNT_DIR when
-set (a stand-in cluster that runs pods as plain processes puts them there). The official
-token file is read again whenever it changes (projected tokens rotate).
+set (a stand-in cluster that runs pods as plain processes puts them there). The token file
+is read again whenever it changes (projected tokens rotate).
+
+The requests are plain HTTPS (urllib3, one pool) with the token as a bearer header: a pod
+needs nothing of the official client (kubeconfig loaders, exec plugins, models) and its
+import (0.3 s, pydantic) is on the router pod's start-up, which a developer's first `mesh`
+waits for.
 
     access = load_incluster_access()
-    kube = KubeObjects(access)
-    api = core_api(access)    # for Reflector list functions
+    kube = incluster_objects(access)     # KubeObjects over plain requests
+    lists = list_functions(access)       # for Reflectors: kind -> list(namespace, ...)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-from kubernetes import client as k8s_client
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.config.incluster_config import InClusterConfigLoader
+import urllib3
 
 from localmesh.errors import KubeError
-from localmesh.kube.access import ClusterAccess, _ssl_context
+from localmesh.kube.access import ClusterAccess
+from localmesh.kube.failures import StatusError
+from localmesh.kube.objects import KINDS, KubeObjects
 
 SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SERVICEACCOUNT_DIR_ENV = "LOCALMESH_SERVICEACCOUNT_DIR"
@@ -33,23 +41,27 @@ def serviceaccount_dir() -> Path:
     return Path(os.environ.get(SERVICEACCOUNT_DIR_ENV) or SERVICEACCOUNT_DIR)
 
 
+def _server() -> str:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise KubeError(
+            "no in-cluster credentials: Service host/port is not set "
+            "($KUBERNETES_SERVICE_HOST, $KUBERNETES_SERVICE_PORT)"
+        )
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"https://{host}:{port}"
+
+
 def load_incluster_access() -> ClusterAccess:
     folder = serviceaccount_dir()
-    cfg = k8s_client.Configuration()
-    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
-        token_filename=str(folder / "token"),
-        cert_filename=str(folder / "ca.crt"),
-        try_refresh_token=False,
-    )
+    server = _server()
+    for name, what in (("token", "token file"), ("ca.crt", "CA certificate file")):
+        if not (folder / name).is_file():
+            raise KubeError(f"no in-cluster credentials: the {what} does not exist ({folder})")
     try:
-        loader.load_and_set(cfg)  # type: ignore[no-untyped-call]
-    except ConfigException as exc:
-        raise KubeError(f"no in-cluster credentials: {exc}") from None
-    cfg.refresh_api_key_hook = _token_reader(folder / "token")  # type: ignore[assignment]
-    cfg.retries = False
-    server = str(cfg.host).rstrip("/")
-    try:
-        context = _ssl_context(cfg)
+        context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
     except (ssl.SSLError, OSError) as exc:
         raise KubeError(f"{folder / 'ca.crt'}: not a usable CA certificate ({exc})") from None
     return ClusterAccess(
@@ -57,41 +69,137 @@ def load_incluster_access() -> ClusterAccess:
         context=None,
         ssl_context=context,
         server_hostname=None,
-        configuration=cfg,
+        configuration=None,
+        _fingerprint=("in-cluster", server, str(folder)),
+        bearer=_Token(folder / "token").header,
     )
 
 
-def _token_reader(path: Path) -> Callable[[Any], None]:
-    """A refresh hook the client runs before each request: the token file is read again
-    whenever it changed (projected tokens are rotated by the kubelet), not on a timer."""
-    seen: list[tuple[int, int]] = []
+class _Token:
+    """The bearer header, read again whenever the token file changed (the kubelet rotates
+    projected tokens), not on a timer."""
 
-    def refresh(cfg: Any) -> None:
-        try:
-            info = path.stat()
-        except OSError:
-            return  # keep the last token; the server says if it is no longer good
-        stamp = (info.st_mtime_ns, info.st_size)
-        if seen and seen[0] == stamp:
-            return
-        token = path.read_text().strip()
-        if token:
-            cfg.api_key["BearerToken"] = f"Bearer {token}"
-            seen[:] = [stamp]
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._header = ""
+        self._lock = threading.Lock()
 
-    return refresh
+    def header(self) -> str:
+        with self._lock:
+            try:
+                info = self._path.stat()
+            except OSError:
+                return self._header  # keep the last token; the server says if it is bad
+            stamp = (info.st_mtime_ns, info.st_size)
+            if stamp != self._stamp:
+                token = self._path.read_text().strip()
+                if token:
+                    self._header = f"Bearer {token}"
+                    self._stamp = stamp
+            return self._header
 
 
-def api_client(access: ClusterAccess) -> Any:
-    return k8s_client.ApiClient(access.configuration)
+class PlainRequests:
+    """Requests to the API server with the pod's ServiceAccount (localmesh.kube.objects'
+    Requests, and the streaming list/watch calls of the Reflectors)."""
+
+    def __init__(self, access: ClusterAccess) -> None:
+        self.access = access
+        self._pool = urllib3.PoolManager(maxsize=8, ssl_context=access.ssl_context)
+
+    def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: Any,
+        timeout: tuple[float, float],
+        preload: bool = True,
+    ) -> Any:
+        """The urllib3 response (streaming unless `preload`); connection and TLS
+        failures raise urllib3's exceptions, which `describe` explains."""
+        url = self.access.server + path + (f"?{urlencode(query)}" if query else "")
+        sent = {**headers, **self.access.headers_now()}
+        data = None if body is None else json.dumps(body).encode()
+        return self._pool.request(
+            method,
+            url,
+            body=data,
+            headers=sent,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+            retries=False,
+            redirect=False,
+            preload_content=preload,
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: Any,
+        timeout: tuple[float, float],
+    ) -> tuple[int, str, bytes]:
+        response = self.open(method, path, query=query, headers=headers, body=body, timeout=timeout)
+        return response.status, str(response.reason or ""), bytes(response.data or b"")
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+def incluster_objects(access: ClusterAccess | None = None) -> KubeObjects:
+    """KubeObjects with the pod's ServiceAccount, over plain requests."""
+    access = access or load_incluster_access()
+    return KubeObjects(access, PlainRequests(access))
+
+
+def _query_value(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _lister(requests: PlainRequests, kind: str) -> Callable[..., Any]:
+    """A namespaced list call as a Reflector makes it (the official client's keywords):
+    the streaming response, or StatusError for an error status."""
+    names = {
+        "label_selector": "labelSelector",
+        "watch": "watch",
+        "resource_version": "resourceVersion",
+        "allow_watch_bookmarks": "allowWatchBookmarks",
+        "timeout_seconds": "timeoutSeconds",
+    }
+
+    def list_namespaced(
+        namespace: str,
+        *,
+        _preload_content: bool = True,
+        _request_timeout: tuple[float, float] = (5.0, 30.0),
+        **options: Any,
+    ) -> Any:
+        query = [(names[k], _query_value(v)) for k, v in options.items() if v is not None]
+        response = requests.open(
+            "GET",
+            KINDS[kind].path(namespace),
+            query=query,
+            headers={"Accept": "application/json"},
+            body=None,
+            timeout=_request_timeout,
+            preload=_preload_content,
+        )
+        if response.status >= 300:
+            body = bytes(response.data or b"").decode(errors="replace")
+            response.release_conn()
+            raise StatusError(response.status, response.reason, body)
+        return response
+
+    return list_namespaced
 
 
 def list_functions(access: ClusterAccess) -> dict[str, Any]:
     """The namespaced list calls a Reflector follows, by kind."""
-    api = api_client(access)
-    core = k8s_client.CoreV1Api(api)
-    return {
-        "Pod": core.list_namespaced_pod,
-        "Lease": k8s_client.CoordinationV1Api(api).list_namespaced_lease,
-        "EndpointSlice": k8s_client.DiscoveryV1Api(api).list_namespaced_endpoint_slice,
-    }
+    requests = PlainRequests(access)
+    return {kind: _lister(requests, kind) for kind in ("Pod", "Lease", "EndpointSlice")}

@@ -8,7 +8,9 @@
 
 Objects stay raw JSON, never model classes: a round trip through the client's models drops
 fields its version does not know, and a Service localmesh writes back must keep every byte
-it had. Each call runs the (blocking) official client in a thread.
+it had. Each call runs a blocking request in a thread: the official client's (kubeconfig
+credentials, `up` and `mesh`), or plain requests with the pod's ServiceAccount (the
+in-cluster agents, localmesh.kube.incluster, which never load the client).
 """
 
 from __future__ import annotations
@@ -17,16 +19,65 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
-
-from kubernetes.client.exceptions import ApiException
+from typing import Any, Protocol
 
 from localmesh.errors import KubeError
 from localmesh.kube.access import ClusterAccess, load_access
-from localmesh.kube.failures import credentials_refused, describe, status_message
+from localmesh.kube.failures import StatusError, credentials_refused, describe, status_message
 from localmesh.kube.targets import JSON
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+
+
+class Requests(Protocol):
+    """How KubeObjects sends one request: (status, reason, body) back, or an exception
+    (connection, TLS) for `describe` to explain."""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: Any,
+        timeout: tuple[float, float],
+    ) -> tuple[int, str, bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class ClientRequests:
+    """Requests through the official client's ApiClient (it follows credential reloads)."""
+
+    def __init__(self, access: ClusterAccess) -> None:
+        self._api: Any = access.api_client()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: Any,
+        timeout: tuple[float, float],
+    ) -> tuple[int, str, bytes]:
+        serialized = self._api.param_serialize(
+            method,
+            path,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(
+            serialized[0], serialized[1], serialized[2], serialized[3], _request_timeout=timeout
+        )
+        return response.status, str(response.reason or ""), response.read() or b""
+
+    def close(self) -> None:
+        self._api.close()
 
 
 class Conflict(KubeError):
@@ -99,9 +150,9 @@ def context_namespace(kubeconfig: str | None = None, context: str | None = None)
 class KubeObjects:
     """Get, list, create, replace and delete objects of the KINDS, and ask what is allowed."""
 
-    def __init__(self, access: ClusterAccess) -> None:
+    def __init__(self, access: ClusterAccess, requests: Requests | None = None) -> None:
         self.access = access
-        self._api: Any = access.api_client()
+        self._api: Requests = requests if requests is not None else ClientRequests(access)
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeObjects:
@@ -129,33 +180,19 @@ class KubeObjects:
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            serialized = self._api.param_serialize(
-                method,
-                path,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
+            status, reason, data = self._api.request(
+                method, path, query=query or [], headers=headers, body=body, timeout=REQUEST_TIMEOUT
             )
-            response = self._api.call_api(
-                serialized[0],
-                serialized[1],
-                serialized[2],
-                serialized[3],
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-            data = response.read()
         except Exception as exc:
             kind = _Refused if credentials_refused(exc) else KubeError
             raise kind(describe(exc, self.access.server, self.access.context)) from None
-        if response.status >= 300:
-            error = ApiException(status=response.status, reason=response.reason)
-            error.body = data.decode(errors="replace") if isinstance(data, bytes) else data
-            if response.status == 409:
+        if status >= 300:
+            error = StatusError(status, reason, data.decode(errors="replace"))
+            if status == 409:
                 raise Conflict(status_message(error))
-            if response.status == 404 and method != "GET":
+            if status == 404 and method != "GET":
                 raise NotFound(status_message(error))
-            raise _Status(response.status, describe(error, self.access.server, self.access.context))
+            raise _Status(status, describe(error, self.access.server, self.access.context))
         result: JSON = json.loads(data) if data else {}
         return result
 

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
-from kubernetes.client.exceptions import ApiException
 
-from localmesh.kube.failures import credentials_refused, describe
+from localmesh.kube.failures import StatusError, credentials_refused, describe, http_status
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +157,7 @@ class Reflector:
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise Gone
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    raise StatusError(obj.get("code"), obj.get("message"))
                 version = obj.get("metadata", {}).get("resourceVersion") or version
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._post(kind, obj)
@@ -193,25 +192,25 @@ class Reflector:
                 log.debug("watch expired; relisting", watch=self.name)
                 version = None
                 continue
-            except ApiException as exc:
-                if exc.status == 410:
-                    version = None
-                    continue
-                if self._retry_with_new_credentials(exc, seen):
-                    version = None
-                    continue
-                reason = describe(exc, self._server, self._context)
-                self._post("ERROR", reason)
             except Exception as exc:
-                if self._stop.is_set():
+                # An error status (the official client's ApiException, or the in-cluster
+                # requests' StatusError) or a lost connection.
+                error = http_status(exc)
+                if error is not None and error.status == 410:
+                    version = None
+                    continue
+                if error is None and self._stop.is_set():
                     break
                 if self._retry_with_new_credentials(exc, seen):
                     version = None
                     continue
                 reason = describe(exc, self._server, self._context)
-                self._post("DOWN", reason)
-                # The server may have come back with a fresh history: relist, don't resume.
-                version = None
+                if error is not None:
+                    self._post("ERROR", reason)
+                else:
+                    self._post("DOWN", reason)
+                    # The server may have come back with a fresh history: relist, don't resume.
+                    version = None
             if connected:
                 log.warning("watch lost; reconnecting", watch=self.name, reason=reason)
                 connected = False

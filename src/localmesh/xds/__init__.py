@@ -15,6 +15,7 @@ Layers (each module's docstring has its interface):
     cache       `SnapshotCache`: snapshots per node id, per-stream ACK/NACK state,
                 make-before-break ordering, `wait_for_ack()`, `status()` (never imports grpc)
     wire        DiscoveryResponse bytes from cached resource bytes
+    discovery   DiscoveryRequests read from their bytes (what the server needs of them)
     server      `AdsService(cache).register(server)`, `start_server(cache, socket_path)`
 
 Typical use:

@@ -2,7 +2,7 @@
 envoy-data-plane (betterproto2) messages, without re-validation.
 
 localmesh's own builders make `proto.Message`s, encoded from the generated schema table.
-Typed messages (the Envoy bootstrap, hand-made resources in tests) go through the rest of
+Typed messages (hand-made resources and comparisons in tests) go through the rest of
 this module:
 
 `bytes(msg)` in betterproto2 rebuilds a pydantic validator for every nested message on every

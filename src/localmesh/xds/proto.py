@@ -4,7 +4,8 @@ The builders (localmesh.xds.resources) construct their messages through these ty
 of envoy-data-plane's classes: the same field names, values and wrapped types (a Duration
 field takes a timedelta, a BoolValue field a bool), the same protobuf bytes, but neither the
 import of the typed bindings (0.4 s) nor their pydantic validation (0.4 s on first use).
-`dump-envoy-config` therefore never loads envoy-data-plane; `up` encodes the same objects.
+`dump-envoy-config`, `up`'s daemon and the in-cluster router (its listeners and the
+bootstrap too) therefore never load envoy-data-plane; only tests compare with it.
 
     Cluster = message_type("envoy.config.cluster.v3.Cluster")
     cluster = Cluster(name="a", connect_timeout=timedelta(seconds=1))
@@ -158,7 +159,7 @@ def type_url(msg: Message) -> str:
 
 def load_typed_bindings() -> None:
     """Import the envoy-data-plane modules of every type in the table: their classes
-    register themselves, so typed `Any`s holding them can be unpacked (tests, bootstrap)."""
+    register themselves, so typed `Any`s holding them can be unpacked (tests)."""
     import importlib
 
     for module in sorted({key.rpartition(".")[0] for key in MESSAGES}):

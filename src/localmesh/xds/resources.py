@@ -13,8 +13,9 @@ What Envoy gets:
   downstream's protocol upstream. One ClusterLoadAssignment per EDS cluster.
 
 The messages are localmesh.xds.proto types with envoy-data-plane's names and fields (same
-bytes, no typed bindings loaded); `typed(msg)` gives the envoy-data-plane message where a
-typed config needs one (the bootstrap), and `pack` packs either kind.
+bytes, no typed bindings loaded; the bootstrap and the in-cluster router build theirs from
+them too); `typed(msg)` gives the envoy-data-plane message (tests compare with it), and
+`pack` packs either kind.
 
 Public functions:
     build_listener(spec: ListenerSpec) -> Listener
@@ -36,7 +37,6 @@ from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     import betterproto2
-    from envoy_data_plane.envoy.config.core.v3 import ConfigSource as TypedConfigSource
     from envoy_data_plane.google.protobuf import Any as TypedAnyMsg
 
 from localmesh.desired import (
@@ -171,7 +171,7 @@ def pack(msg: Message) -> Message: ...
 def pack(msg: betterproto2.Message) -> TypedAnyMsg: ...
 def pack(msg: Message | betterproto2.Message) -> Message | TypedAnyMsg:
     """`Any.pack` through the fast encoder: an Any of the same kind as `msg` (a typed one
-    for the typed messages of the bootstrap and the in-cluster router)."""
+    for typed messages, which only tests build)."""
     if isinstance(msg, Message):
         return AnyMsg(type_url=proto.type_url(msg), value=encode(msg))
     from envoy_data_plane.google.protobuf import Any as TypedAny
@@ -181,7 +181,7 @@ def pack(msg: Message | betterproto2.Message) -> Message | TypedAnyMsg:
 
 
 def typed(msg: Message) -> betterproto2.Message:
-    """The envoy-data-plane message of `msg`, to go inside typed messages (the bootstrap)."""
+    """The envoy-data-plane message of `msg` (tests compare the two)."""
     from envoy_data_plane.message_pool import default_message_pool
 
     proto.load_typed_bindings()
@@ -190,15 +190,10 @@ def typed(msg: Message) -> betterproto2.Message:
     return found
 
 
-def _ads_config_source() -> Message:
+def ads_config_source() -> Message:
+    """Resources come over ADS (listeners' RDS, EDS clusters, the bootstrap's CDS/LDS)."""
     # V3 is enum value 0 and would be dropped if left implicit: set it on purpose.
     return ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
-
-
-def ads_config_source() -> TypedConfigSource:
-    """The ADS config source as a typed message, for typed configs (the bootstrap)."""
-    found: TypedConfigSource = typed(_ads_config_source())  # type: ignore[assignment]
-    return found
 
 
 def _address(endpoint: Endpoint) -> Message:
@@ -276,7 +271,7 @@ def _http_connection_manager(route: Message, *, websockets: bool, access_log: st
 @functools.lru_cache(maxsize=64)
 def build_listener(spec: ListenerSpec) -> Message:
     """The one HTTP listener; its routes come over ADS by RDS (`spec.route_config_name`)."""
-    rds = Rds(config_source=_ads_config_source(), route_config_name=spec.route_config_name)
+    rds = Rds(config_source=ads_config_source(), route_config_name=spec.route_config_name)
     hcm = _http_connection_manager(rds, websockets=spec.websockets, access_log=spec.access_log)
     return Listener(
         name=spec.name,
@@ -333,7 +328,7 @@ def build_cluster(spec: ClusterSpec) -> Message:
     if spec.kind.eds:
         discovery = {
             "type": ClusterDiscoveryType.EDS,
-            "eds_cluster_config": ClusterEdsClusterConfig(eds_config=_ads_config_source()),
+            "eds_cluster_config": ClusterEdsClusterConfig(eds_config=ads_config_source()),
         }
     else:
         discovery = {

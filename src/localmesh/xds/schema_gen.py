@@ -7,7 +7,9 @@ envoy-data-plane (0.4 s) or building its pydantic validators (0.4 s on first use
 
     .venv/bin/python -m localmesh.xds.schema_gen       # rewrite the table
 
-ROOTS lists the messages the builders construct (and what goes into their Any fields);
+ROOTS lists the messages the builders construct (and what goes into their Any fields;
+the bootstrap's admin and node: its envelope is plain JSON, Bootstrap itself reaches
+hundreds of types);
 every message and enum reachable from them through their fields is included.
 """
 
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 ROOTS = (
+    "envoy.config.bootstrap.v3.Admin",
+    "envoy.config.core.v3.Node",
     "envoy.config.cluster.v3.Cluster",
     "envoy.config.endpoint.v3.ClusterLoadAssignment",
     "envoy.config.listener.v3.Listener",

@@ -1,7 +1,8 @@
 """The ADS server: gRPC streams in, cache state out (grpc.aio, SotW and Delta).
 
-It only translates: each stream becomes a `cache.Stream`, requests are fed to it, and
-whatever it says to send is written as pre-assembled bytes. ACK/NACK, nonces,
+It only translates: each stream becomes a `cache.Stream`, requests (read from their bytes
+by localmesh.xds.discovery, no typed classes) are fed to it, and whatever it says to send
+is written as pre-assembled bytes. ACK/NACK, nonces,
 subscriptions and ordering live in the cache.
 
     ads = AdsService(cache)
@@ -29,31 +30,17 @@ from typing import TypeVar
 
 import grpc
 import structlog
-from envoy_data_plane.envoy.service.discovery.v3 import (
-    DeltaDiscoveryRequest,
-    DiscoveryRequest,
-)
 
 from localmesh.errors import XdsServerError
 from localmesh.xds.cache import SnapshotCache, Stream
+from localmesh.xds.discovery import DeltaRequest, SotwRequest, parse_delta, parse_sotw
 from localmesh.xds.wire import encode_response
 
 log = structlog.get_logger(__name__)
 
-_Request = TypeVar("_Request", DiscoveryRequest, DeltaDiscoveryRequest)
+_Request = TypeVar("_Request", SotwRequest, DeltaRequest)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-
-def _error_text(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str | None:
-    status = request.error_detail
-    if status is None:  # an empty Status is falsy but still a NACK: compare with None
-        return None
-    return status.message or f"rejected (code {status.code})"
-
-
-def _node_id(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str:
-    return request.node.id if request.node is not None else ""
 
 
 class AdsService:
@@ -67,45 +54,45 @@ class AdsService:
             ADS_SERVICE,
             {
                 "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._sotw, request_deserializer=DiscoveryRequest.parse
+                    self._sotw, request_deserializer=parse_sotw
                 ),
                 "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._delta, request_deserializer=DeltaDiscoveryRequest.parse
+                    self._delta, request_deserializer=parse_delta
                 ),
             },
         )
         server.add_generic_rpc_handlers((handler,))
 
     async def _sotw(
-        self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[SotwRequest], context: grpc.aio.ServicerContext
     ) -> None:
         stream = self.cache.open_stream(delta=False)
 
-        def feed(request: DiscoveryRequest) -> None:
+        def feed(request: SotwRequest) -> None:
             stream.on_sotw_request(
                 type_url=request.type_url,
                 resource_names=request.resource_names,
                 response_nonce=request.response_nonce,
-                error_detail=_error_text(request),
-                node_id=_node_id(request),
+                error_detail=request.error_detail,
+                node_id=request.node_id,
             )
 
         await self._serve(stream, requests, feed, context)
 
     async def _delta(
-        self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[DeltaRequest], context: grpc.aio.ServicerContext
     ) -> None:
         stream = self.cache.open_stream(delta=True)
 
-        def feed(request: DeltaDiscoveryRequest) -> None:
+        def feed(request: DeltaRequest) -> None:
             stream.on_delta_request(
                 type_url=request.type_url,
-                subscribe=request.resource_names_subscribe,
-                unsubscribe=request.resource_names_unsubscribe,
-                initial_versions=request.initial_resource_versions,
+                subscribe=request.subscribe,
+                unsubscribe=request.unsubscribe,
+                initial_versions=request.initial_versions,
                 response_nonce=request.response_nonce,
-                error_detail=_error_text(request),
-                node_id=_node_id(request),
+                error_detail=request.error_detail,
+                node_id=request.node_id,
             )
 
         await self._serve(stream, requests, feed, context)

@@ -83,7 +83,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _records(data: bytes) -> Iterator[tuple[int, int, Any]]:
+def records(data: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, raw value) of each field on the wire."""
     pos, end = 0, len(data)
     value: Any
@@ -148,7 +148,7 @@ def _plain(key: str, data: bytes) -> dict[int, Any]:
     """A small message's fields by number, as python values (well-known types)."""
     numbers = _numbers(key)
     found: dict[int, Any] = {}
-    for number, _, raw in _records(data):
+    for number, _, raw in records(data):
         field = numbers.get(number)
         if field is None:
             continue
@@ -187,11 +187,11 @@ def _wrapper(key: str, data: bytes) -> Any:
 def _struct(data: bytes) -> dict[str, Any]:
     # google.protobuf.Struct: fields = 1, a map<string, Value> (entry: key = 1, value = 2)
     output: dict[str, Any] = {}
-    for number, _, raw in _records(data):
+    for number, _, raw in records(data):
         if number != 1:
             continue
         key, value = "", None
-        for entry_number, _, entry_raw in _records(bytes(raw)):
+        for entry_number, _, entry_raw in records(bytes(raw)):
             if entry_number == 1:
                 key = bytes(entry_raw).decode("utf-8")
             elif entry_number == 2:
@@ -229,7 +229,7 @@ def _message(key: str, data: bytes) -> Any:
 
 def _any(data: bytes) -> dict[str, Any]:
     type_url, value = "", b""
-    for number, _, raw in _records(data):
+    for number, _, raw in records(data):
         if number == 1:
             type_url = bytes(raw).decode("utf-8")
         elif number == 2:
@@ -269,7 +269,7 @@ def to_json(message: str | type, data: bytes) -> dict[str, Any]:
         return dict(_message(key, data))
     numbers = _numbers(key)
     output: dict[str, Any] = {}
-    for number, wire, raw in _records(data):
+    for number, wire, raw in records(data):
         field = numbers.get(number)
         if field is None:
             continue  # unknown to these bindings: to_dict drops it too
@@ -279,7 +279,7 @@ def to_json(message: str | type, data: bytes) -> dict[str, Any]:
             key_type, value_type, value_ref = map_row
             entry_key: Any = None
             item: Any = None
-            for entry_number, _, entry_raw in _records(bytes(raw)):
+            for entry_number, _, entry_raw in records(bytes(raw)):
                 if entry_number == 1:
                     entry_key = _scalar(key_type, entry_raw, None)
                 elif entry_number == 2:
