@@ -127,6 +127,14 @@ def _wait_stopped(pid: int) -> None:
         time.sleep(0.01)  # polling a condition with a deadline
 
 
+def in_pipe_read(pid: int) -> bool:
+    """Whether a thread of process `pid` sleeps in the kernel's pipe read (a FIFO's too)."""
+    return any(
+        wchan.read_text().endswith("pipe_read")
+        for wchan in Path(f"/proc/{pid}/task").glob("*/wchan")
+    )
+
+
 @pytest.mark.parametrize("command", ["up", "dump-envoy-config"])
 def test_ctrl_c_while_reading_services_yaml_exits_130(tmp_path: Path, command: str) -> None:
     # services.yaml is a FIFO nobody writes: the read blocks until Ctrl-C. `up` used to read
@@ -150,6 +158,12 @@ def test_ctrl_c_while_reading_services_yaml_exits_130(tmp_path: Path, command: s
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "the CLI never opened services.yaml"
                 time.sleep(0.01)  # polling a condition with a deadline
+        # Ctrl-C once the read is blocked: a signal landing between CPython's signal check
+        # and the read() syscall is handled only when the read returns (never, here).
+        while not in_pipe_read(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the CLI never blocked reading services.yaml"
+            time.sleep(0.01)  # polling a condition with a deadline
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
