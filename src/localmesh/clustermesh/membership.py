@@ -25,6 +25,7 @@ Because the intent is on the objects first, a crash at any point is undone by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import random
@@ -97,10 +98,10 @@ def without_sessions(service: JSON, gone: Iterable[str]) -> JSON:
     return changed
 
 
-def routed(service: JSON) -> JSON:
-    """`service` selecting the router pod."""
+def routed(service: JSON, origin_uid: str | None = None) -> JSON:
+    """`service` selecting the pod of the router owned by the origin Service `origin_uid`."""
     changed = copy.deepcopy(service)
-    changed["spec"]["selector"] = m.router_selector(changed["metadata"]["name"])
+    changed["spec"]["selector"] = m.routed_selector(changed["metadata"]["name"], origin_uid)
     return changed
 
 
@@ -196,14 +197,27 @@ def _is_ours(obj: JSON) -> bool:
     return (obj.get("metadata", {}).get("labels") or {}).get(m.MANAGED_BY_LABEL) == m.MANAGER
 
 
+GONE_POLL_SECONDS = 0.1  # while an object on its way out is waited for
+
+
+def _stale(current: JSON, wanted: JSON) -> bool:
+    """`current` belongs to another owner than `wanted` names: a previous origin Service
+    (deleted, or deleted and made again under its name) whose garbage it is, even if the
+    collector has not got to it yet."""
+    want = m.owner_uids(wanted)
+    return bool(want) and not (m.owner_uids(current) & want)
+
+
 async def ensure(
     kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.0
 ) -> tuple[JSON, bool]:
     """Create `obj`, or claim the existing one (bump its claim annotation, so a leaver's
-    preconditioned delete misses it; take `obj`'s owner, and for the router's Role add its
-    session Leases). An object of that name that localmesh did not create
-    is an error; one being deleted is waited for, then created again. Returns the object and
-    whether this call created it."""
+    preconditioned delete misses it; for the router's Role add its session Leases). An
+    object of that name that localmesh did not create is an error. One that is not owned
+    by `obj`'s owner (it belongs to a deleted origin Service and only waits for the garbage
+    collector, which may take seconds) is never relied on: it is deleted, only in that
+    incarnation (its uid), and made again. One being deleted is waited for, then made
+    again. Returns the object and whether this call created it."""
     kind, meta = obj["kind"], obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     wanted = copy.deepcopy(obj)
@@ -221,18 +235,48 @@ async def ensure(
                     "rename or remove it to mesh this service"
                 )
             if current["metadata"].get("deletionTimestamp"):
-                await asyncio.sleep(0.2)  # a leaver's delete in progress: recreate after
+                await asyncio.sleep(GONE_POLL_SECONDS)  # on its way out: made again after
+                continue
+            if _stale(current, wanted):
+                uid = str(current["metadata"]["uid"])
+                log.info("replacing garbage of an earlier router", kind=kind, name=name, uid=uid)
+                await kube.delete(kind, namespace, name, uid=uid)
                 continue
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
-            if "ownerReferences" in wanted["metadata"]:  # the owner may be a new one
-                claimed["metadata"]["ownerReferences"] = wanted["metadata"]["ownerReferences"]
             if kind == "Role":  # the router may delete this joiner's Lease once dead
                 claimed = m.with_session_leases(claimed, wanted)
             return await kube.replace(kind, namespace, name, claimed), False
         except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again
     raise MeshError(f"{kind} {namespace}/{name} could not be created or claimed in {deadline:g}s")
+
+
+async def create_owned(kube: KubeObjects, obj: JSON, deadline: float = 30.0) -> JSON:
+    """Create `obj` (one of a session's own objects, owned by its Lease). One of its name
+    left by an earlier Lease of the same name, waiting for the garbage collector, is
+    deleted (only that incarnation) and waited for first; anything else of that name is
+    an error."""
+    kind, meta = obj["kind"], obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    loop = asyncio.get_running_loop()
+    until = loop.time() + deadline
+    while loop.time() < until:
+        try:
+            return await kube.create(kind, namespace, obj)
+        except Conflict:
+            pass
+        current = await kube.get(kind, namespace, name)
+        if current is None:
+            continue
+        if not _is_ours(current) or not _stale(current, obj):
+            raise MeshError(f"{kind} {namespace}/{name} exists already; run mesh again")
+        if not current["metadata"].get("deletionTimestamp"):
+            uid = str(current["metadata"]["uid"])
+            with contextlib.suppress(Conflict):
+                await kube.delete(kind, namespace, name, uid=uid)
+        await asyncio.sleep(GONE_POLL_SECONDS)  # a pod takes its grace period to go
+    raise MeshError(f"{kind} {namespace}/{name} could not be created in {deadline:g}s")
 
 
 async def snapshot_shared(kube: KubeObjects, namespace: str, service: str) -> dict[str, str]:
