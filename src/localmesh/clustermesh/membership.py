@@ -201,11 +201,44 @@ GONE_POLL_SECONDS = 0.1  # while an object on its way out is waited for
 
 
 def _stale(current: JSON, wanted: JSON) -> bool:
-    """`current` belongs to another owner than `wanted` names: a previous origin Service
-    (deleted, or deleted and made again under its name) whose garbage it is, even if the
-    collector has not got to it yet."""
+    """`current` is not owned by the owner `wanted` names."""
     want = m.owner_uids(wanted)
     return bool(want) and not (m.owner_uids(current) & want)
+
+
+async def _garbage(kube: KubeObjects, current: JSON) -> bool:
+    """Every owner `current` names is gone, being deleted, or another object of its name
+    (as the garbage collector judges, which will delete it, however late)."""
+    meta = current["metadata"]
+    refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict)]
+    if not refs:
+        return False
+    for ref in refs:
+        if ref.get("kind") not in ("Service", "Lease"):
+            return False  # not an owner localmesh makes: never judged on a guess
+        owner = await kube.get(str(ref["kind"]), meta["namespace"], str(ref.get("name")))
+        if (
+            owner is not None
+            and owner["metadata"].get("uid") == ref.get("uid")
+            and not owner["metadata"].get("deletionTimestamp")
+        ):
+            return False
+    return True
+
+
+async def _replace_garbage(kube: KubeObjects, current: JSON, wanted: JSON) -> None:
+    """Delete `current`, which is in the way of `wanted`, if it is garbage (in that
+    incarnation only: its uid); MeshError when its owner lives."""
+    meta = current["metadata"]
+    kind, name = current.get("kind") or wanted["kind"], meta["name"]
+    if not await _garbage(kube, current):
+        raise MeshError(
+            f"{kind} {meta['namespace']}/{name} belongs to another owner than this session's; "
+            "run mesh again"
+        )
+    log.info("replacing what a deleted owner left", kind=kind, name=name, uid=meta["uid"])
+    with contextlib.suppress(Conflict, NotFound):  # gone or replaced meanwhile: look again
+        await kube.delete(kind, meta["namespace"], name, uid=str(meta["uid"]))
 
 
 async def ensure(
@@ -238,9 +271,7 @@ async def ensure(
                 await asyncio.sleep(GONE_POLL_SECONDS)  # on its way out: made again after
                 continue
             if _stale(current, wanted):
-                uid = str(current["metadata"]["uid"])
-                log.info("replacing garbage of an earlier router", kind=kind, name=name, uid=uid)
-                await kube.delete(kind, namespace, name, uid=uid)
+                await _replace_garbage(kube, current, wanted)
                 continue
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
@@ -272,9 +303,7 @@ async def create_owned(kube: KubeObjects, obj: JSON, deadline: float = 30.0) -> 
         if not _is_ours(current) or not _stale(current, obj):
             raise MeshError(f"{kind} {namespace}/{name} exists already; run mesh again")
         if not current["metadata"].get("deletionTimestamp"):
-            uid = str(current["metadata"]["uid"])
-            with contextlib.suppress(Conflict):
-                await kube.delete(kind, namespace, name, uid=uid)
+            await _replace_garbage(kube, current, obj)
         await asyncio.sleep(GONE_POLL_SECONDS)  # a pod takes its grace period to go
     raise MeshError(f"{kind} {namespace}/{name} could not be created in {deadline:g}s")
 
