@@ -17,7 +17,10 @@ Ownership (ownerReferences) lets the cluster's garbage collector finish every re
 router's Deployment and RBAC are owned by the origin Service, a session's shadow pod and
 Secret by its Lease. Deleting the origin Service removes the router and its rights (so the
 router can remove itself without deleting the objects that grant it the right to);
-deleting a dead session's Lease removes the rest of that session.
+deleting a dead session's Lease removes the rest of that session. The collector works
+asynchronously (seconds later): a joiner replaces what a deleted owner left instead of
+relying on it (`membership.ensure`), and the router's pods carry their origin Service's uid
+(`ORIGIN_UID_LABEL`) so the meshed Service never selects a collected router's pod.
 
 Objects are plain JSON dicts, exactly what is sent to the API server (no model classes: a
 round trip through them would drop fields a newer server knows).

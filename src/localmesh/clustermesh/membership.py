@@ -9,8 +9,10 @@ The Service carries, while meshed:
 Every write is a compare-and-swap (the resourceVersion read, retried on 409), never a lock:
 
     join   CAS-add own name (the first also records the selector), make sure the origin
-           Service, RBAC and router exist (claiming them), wait until the router is Ready,
-           then CAS-swap the selector to the router's labels
+           Service, RBAC and router exist (claiming them; replacing, by uid, any left by
+           an earlier origin Service that only waits for the garbage collector), wait until
+           the router pod of this origin is Ready, then CAS-swap the selector to the
+           router's labels and this origin's uid
     leave  CAS-remove own name, pruning sessions whose Lease expired; the writer that
            removes the last live one restores the selector and drops the annotations in
            the same write, then deletes the router, origin Service and RBAC
