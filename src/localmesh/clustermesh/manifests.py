@@ -115,6 +115,14 @@ def routed_selector(service: str, origin_uid: str | None) -> dict[str, str]:
     return {**labels, ORIGIN_UID_LABEL: origin_uid} if origin_uid else labels
 
 
+def router_pod_labels(deployment: JSON, service: str) -> dict[str, str]:
+    """What selects the pods of this router `deployment` (as stored) and no other router's:
+    `routed_selector` with the origin uid its template carries."""
+    template = deployment.get("spec", {}).get("template", {}).get("metadata", {})
+    uid = (template.get("labels") or {}).get(ORIGIN_UID_LABEL)
+    return routed_selector(service, str(uid) if uid else None)
+
+
 def owner_uids(obj: JSON) -> set[str]:
     """The uids of `obj`'s owners."""
     refs = obj.get("metadata", {}).get("ownerReferences") or []

@@ -478,11 +478,15 @@ class MeshSession:
             for group in (m.router_rbac(o.namespace, o.service, [spec.name]), [deployment]):
                 owned = [m.owned_by(obj, origin) for obj in group]
                 made_all = await asyncio.gather(*(ensure(self.kube, obj, claim) for obj in owned))
-                for obj, (_, new) in zip(owned, made_all, strict=True):
+                for obj, (found, new) in zip(owned, made_all, strict=True):
                     what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
                     (created if new else reused).append(what)
+                    if obj["kind"] == "Deployment":
+                        deployment = found
             phase("router objects")
-            wanted_selector = m.routed_selector(o.service, origin_uid)
+            # The pods of this very Deployment: its template's labels carry the origin's uid
+            # (one made by an earlier localmesh has none: its pods are selected as before).
+            wanted_selector = m.router_pod_labels(deployment, o.service)
             router_selector = ",".join(f"{k}={v}" for k, v in wanted_selector.items())
             router_pod, _ = await asyncio.gather(
                 wait_pod_ready(
@@ -505,7 +509,7 @@ class MeshSession:
                     )
                 if current["spec"].get("selector") == wanted_selector:
                     return None
-                return routed(current, origin_uid)
+                return routed(current, wanted_selector.get(m.ORIGIN_UID_LABEL))
 
             await cas_service(self.kube, o.namespace, o.service, swap)
             phase("selector on the router")
