@@ -7,8 +7,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from localmesh.errors import ConfigError
 from localmesh.sandbox.cluster import Cluster
 from localmesh.sandbox.resources import CONFIGMAPS, LEASES, NAMESPACES
+from localmesh.sandbox.sandbox import GARBAGE_DELAY_ENV, garbage_delay_of
 
 NS = "mesh"
 
@@ -102,3 +106,18 @@ async def test_foreground_marks_the_owner_now_and_deletes_it_after_its_dependent
     cluster.faults.collect_garbage_now()
     assert _names(cluster) == set()
     await _until(cluster, lambda: cluster.store.peek(LEASES, NS, "owner") is None)
+
+
+def test_the_delay_comes_from_the_option_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(GARBAGE_DELAY_ENV, raising=False)
+    assert garbage_delay_of(None) == 0.0
+    monkeypatch.setenv(GARBAGE_DELAY_ENV, "2.5")
+    assert garbage_delay_of(None) == 2.5
+    assert garbage_delay_of(0.0) == 0.0  # the option wins
+    monkeypatch.setenv(GARBAGE_DELAY_ENV, "soon")
+    with pytest.raises(ConfigError, match="LOCALMESH_SANDBOX_GARBAGE_DELAY='soon'"):
+        garbage_delay_of(None)
+    with pytest.raises(ConfigError, match="0 or more"):
+        garbage_delay_of(-1.0)
