@@ -15,6 +15,7 @@ from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.integration.mesh_helpers import kube_for, namespace_objects, service_json
+from tests.sandbox_fixtures import kubectl
 
 pytestmark = pytest.mark.integration
 sandbox = sandbox_fixtures.sandbox
@@ -122,5 +123,24 @@ async def test_clean_in_the_window_deletes_the_garbage_and_reports_it(sandbox: S
         assert namespace_objects(sandbox) == objects_before
         again = await cleanup.clean(kube, NS, SERVICE)
         assert again.actions == [] and again.kept == []
+    finally:
+        await kube.close()
+
+
+async def test_an_orphaned_router_object_is_replaced(sandbox: Sandbox) -> None:
+    """Released by `kubectl delete --cascade=orphan` of the origin Service: nobody owns or
+    removes it, so a joiner makes it again, owned by its origin."""
+    kube = kube_for(sandbox)
+    try:
+        first = await origin_of(kube, sandbox, "a")
+        orphan, _ = await ensure(kube, role_owned_by(first, []), "a")
+        origin = m.origin_name(SERVICE)
+        (await kubectl(sandbox, "delete", "service", origin, "-n", NS, "--cascade=orphan")).check()
+        released = await kube.get("Role", NS, m.router_name(SERVICE))
+        assert released is not None and not m.owner_uids(released)
+        second = await origin_of(kube, sandbox, "b")
+        role, made = await ensure(kube, role_owned_by(second, ["b"]), "b")
+        assert made and role["metadata"]["uid"] != orphan["metadata"]["uid"]
+        assert m.owner_uids(role) == {second["metadata"]["uid"]}
     finally:
         await kube.close()

@@ -209,12 +209,11 @@ def _stale(current: JSON, wanted: JSON) -> bool:
 
 
 async def _garbage(kube: KubeObjects, current: JSON) -> bool:
-    """Every owner `current` names is gone, being deleted, or another object of its name
-    (as the garbage collector judges, which will delete it, however late)."""
+    """Every owner `current` (one of localmesh's) names is gone, being deleted, or another
+    object of its name (as the garbage collector judges, which will delete it, however
+    late); or it names none (released by an orphaning delete: nobody's, nobody removes it)."""
     meta = current["metadata"]
     refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict)]
-    if not refs:
-        return False
     for ref in refs:
         if ref.get("kind") not in ("Service", "Lease"):
             return False  # not an owner localmesh makes: never judged on a guess
@@ -302,6 +301,8 @@ async def create_owned(kube: KubeObjects, obj: JSON, deadline: float = 30.0) -> 
         current = await kube.get(kind, namespace, name)
         if current is None:
             continue
+        if _is_ours(current) and m.owner_uids(current) & m.owner_uids(obj):
+            return current  # this session's own (a create answered late, retried)
         if not _is_ours(current) or not _stale(current, obj):
             raise MeshError(f"{kind} {namespace}/{name} exists already; run mesh again")
         if not current["metadata"].get("deletionTimestamp"):
