@@ -28,6 +28,7 @@ from tests.integration.mesh_helpers import (
     as_rules,
     kubeconfig_with,
     managed_objects,
+    routed_selector,
     service_json,
     wait_managed_gone,
 )
@@ -120,7 +121,7 @@ async def test_mesh_serves_through_the_shadow_and_ctrl_c_restores(
         assert "send the header  version: dev" in output
         assert "curl -H 'version: dev' http://billing-api.billing:8080/" in output
         meshed = await service_json(sandbox)
-        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        assert meshed["spec"]["selector"] == routed_selector(sandbox)
 
         # What the router will do for a marked request: connect to the shadow's port.
         ip = await shadow_ip(sandbox)
@@ -168,7 +169,7 @@ async def test_killed_mesh_is_undone_by_clean(
     proc, _ = await start_mesh(sandbox, local_app, tmp_path)
     proc.kill()
     await proc.wait()
-    assert (await service_json(sandbox))["spec"]["selector"] == m.router_selector("billing-api")
+    assert (await service_json(sandbox))["spec"]["selector"] == routed_selector(sandbox)
 
     async def expired() -> bool:
         listing = await run_cli(tmp_path, "mesh", "list", kubeconfig=sandbox.kubeconfig_path)
@@ -185,7 +186,7 @@ async def test_killed_mesh_is_undone_by_clean(
     # Past expiry plus the clock-skew grace, clean takes the session for dead.
     dry = await eventually(would_restore, seconds=40, what="clean to see it dead", every=0.5)
     assert "would restore Service billing/billing-api (selector app=billing-api)" in dry
-    assert (await service_json(sandbox))["spec"]["selector"] == m.router_selector("billing-api")
+    assert (await service_json(sandbox))["spec"]["selector"] == routed_selector(sandbox)
 
     done = await run_cli(tmp_path, "mesh", "recover", "billing/billing-api", kubeconfig=kc)
     assert done.returncode == 0, done.stderr

@@ -15,7 +15,7 @@ from localmesh.clustermesh.marks import parse_expose, parse_version_mark
 from localmesh.clustermesh.session import MeshOptions, Permission
 from localmesh.kube.objects import KubeObjects
 from localmesh.sandbox import Sandbox
-from localmesh.sandbox.resources import EVENTS, TYPES
+from localmesh.sandbox.resources import EVENTS, SERVICES, TYPES
 from tests.sandbox_fixtures import kubectl
 
 
@@ -58,6 +58,12 @@ async def service_json(sb: Sandbox, namespace: str = "billing", name: str = "bil
     for key in SERVER_FIELDS:
         obj["metadata"].pop(key, None)
     return obj
+
+
+def routed_selector(sb: Sandbox, namespace: str = "billing", name: str = "billing-api") -> Any:
+    """The selector of a Service meshed in auto mode: its current router's pods."""
+    origin = sb.store.get(SERVICES, namespace, m.origin_name(name))
+    return m.routed_selector(name, origin["metadata"]["uid"])
 
 
 async def managed_objects(sb: Sandbox, namespace: str = "billing") -> list[str]:

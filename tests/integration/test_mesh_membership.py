@@ -19,6 +19,7 @@ from tests.integration.mesh_helpers import (
     local_server,
     managed_objects,
     options,
+    routed_selector,
     service_json,
     wait_managed_gone,
 )
@@ -46,7 +47,7 @@ async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: San
         state = mesh_state(meshed)
         assert sorted(state.sessions) == sorted(j.spec.name for j in joined)
         assert state.original_selector == before["spec"]["selector"]
-        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        assert meshed["spec"]["selector"] == routed_selector(sandbox)
         assert {k: v for k, v in meshed["spec"].items() if k != "selector"} == {
             k: v for k, v in before["spec"].items() if k != "selector"
         }
@@ -65,7 +66,7 @@ async def test_two_concurrent_joins_then_leaves_restore_the_service(sandbox: San
         still = await service_json(sandbox)
         assert two.spec is not None
         assert mesh_state(still).sessions == (two.spec.name,)
-        assert still["spec"]["selector"] == m.router_selector("billing-api")
+        assert still["spec"]["selector"] == routed_selector(sandbox)
 
         last_out = await two.leave()
         assert last_out.restored
@@ -103,7 +104,7 @@ async def test_crashed_session_is_cleaned(sandbox: Sandbox) -> None:
     dry = await cleanup.clean(kube, "billing", dry_run=True)
     assert any(a.startswith("would restore Service billing/billing-api") for a in dry.actions)
     assert f"would delete Lease billing/{name}" in dry.actions
-    assert (await service_json(sandbox))["spec"]["selector"] == m.router_selector("billing-api")
+    assert (await service_json(sandbox))["spec"]["selector"] == routed_selector(sandbox)
 
     report = await cleanup.clean(kube, "billing", "billing-api")
     assert "restored Service billing/billing-api (selector app=billing-api)" in report.actions
@@ -231,7 +232,7 @@ async def test_a_join_racing_the_last_leave_keeps_a_working_mesh(sandbox: Sandbo
         state = mesh_state(meshed)
         assert state.sessions == (joined.spec.name,)
         assert state.original_selector == before["spec"]["selector"]
-        assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+        assert meshed["spec"]["selector"] == routed_selector(sandbox)
         deployment = await kube.get("Deployment", "billing", m.router_name("billing-api"))
         assert deployment is not None and not deployment["metadata"].get("deletionTimestamp")
         for name in ("billing-api-localmesh-origin",):

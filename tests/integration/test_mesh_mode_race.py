@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.manual import ManualSession
 from localmesh.clustermesh.membership import MeshError, mesh_state
 from localmesh.clustermesh.session import MeshSession
@@ -26,6 +25,7 @@ from tests.integration.mesh_helpers import (
     local_server,
     managed_objects,
     options,
+    routed_selector,
     service_json,
     wait_managed_gone,
 )
@@ -77,7 +77,7 @@ async def test_auto_and_manual_starting_together_let_exactly_one_in(
             assert state.sessions == (winner.spec.name,)
             if winner is auto:
                 assert state.mode == "auto"
-                assert meshed["spec"]["selector"] == m.router_selector("billing-api")
+                assert meshed["spec"]["selector"] == routed_selector(sandbox)
             else:
                 assert state.mode == "manual"
                 assert meshed["spec"] == before["spec"]

@@ -17,7 +17,10 @@ Ownership (ownerReferences) lets the cluster's garbage collector finish every re
 router's Deployment and RBAC are owned by the origin Service, a session's shadow pod and
 Secret by its Lease. Deleting the origin Service removes the router and its rights (so the
 router can remove itself without deleting the objects that grant it the right to);
-deleting a dead session's Lease removes the rest of that session.
+deleting a dead session's Lease removes the rest of that session. The collector works
+asynchronously (seconds later): a joiner replaces what a deleted owner left instead of
+relying on it (`membership.ensure`), and the router's pods carry their origin Service's uid
+(`ORIGIN_UID_LABEL`) so the meshed Service never selects a collected router's pod.
 
 Objects are plain JSON dicts, exactly what is sent to the API server (no model classes: a
 round trip through them would drop fields a newer server knows).
@@ -42,6 +45,11 @@ MANAGER = "localmesh"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 SERVICE_LABEL = "localmesh.dev/service"
 SESSION_LABEL = "localmesh.dev/session"
+# On the router's pods, and in the meshed Service's selector while it is meshed: the uid of
+# the origin Service that owns the router. The objects of a router whose origin Service was
+# deleted outlive it until the garbage collector gets to them (seconds, on a real cluster);
+# a router made again under the same names never counts that one's pods as its own.
+ORIGIN_UID_LABEL = "localmesh.dev/origin-uid"
 
 # On the meshed Service: what was there before, and who is meshing it.
 ORIGINAL_SELECTOR_ANNOTATION = "localmesh.dev/original-selector"
@@ -96,8 +104,29 @@ def service_labels(service: str, component: str) -> dict[str, str]:
 
 
 def router_selector(service: str) -> dict[str, str]:
-    """The router pod's labels: the meshed Service's selector while it is meshed."""
+    """The labels of every router pod of `service` (the Deployment's selector)."""
     return service_labels(service, "router")
+
+
+def routed_selector(service: str, origin_uid: str | None) -> dict[str, str]:
+    """The meshed Service's selector: the pods of the router owned by the origin Service
+    of uid `origin_uid` (None: any router pod of `service`)."""
+    labels = router_selector(service)
+    return {**labels, ORIGIN_UID_LABEL: origin_uid} if origin_uid else labels
+
+
+def router_pod_labels(deployment: JSON, service: str) -> dict[str, str]:
+    """What selects the pods of this router `deployment` (as stored) and no other router's:
+    `routed_selector` with the origin uid its template carries."""
+    template = deployment.get("spec", {}).get("template", {}).get("metadata", {})
+    uid = (template.get("labels") or {}).get(ORIGIN_UID_LABEL)
+    return routed_selector(service, str(uid) if uid else None)
+
+
+def owner_uids(obj: JSON) -> set[str]:
+    """The uids of `obj`'s owners."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return {str(r.get("uid")) for r in refs if isinstance(r, dict) and r.get("uid")}
 
 
 def managed_selector(service: str | None = None) -> str:
@@ -294,11 +323,14 @@ def router_deployment(
     ports: Sequence[RouterPort],
     *,
     idle_timeout: float | None = None,
+    origin_uid: str | None = None,
 ) -> JSON:
     """One router pod: the localmesh image running `agent router` (Envoy + its xDS agent),
     listening on the Service's targetPorts, Ready once it serves the default route;
-    `idle_timeout`: the agent's --idle-timeout (None: its default)."""
+    `idle_timeout`: the agent's --idle-timeout (None: its default); `origin_uid`: the
+    origin Service owning it, a label of its pods (`routed_selector`)."""
     labels = router_selector(service)
+    pod_labels = routed_selector(service, origin_uid)
     health = health_port(ports)
     container_ports: list[JSON] = []
     for port in ports:
@@ -338,7 +370,7 @@ def router_deployment(
             "replicas": 1,
             "selector": {"matchLabels": dict(labels)},
             "template": {
-                "metadata": {"labels": dict(labels)},
+                "metadata": {"labels": pod_labels},
                 "spec": {
                     "serviceAccountName": router_name(service),
                     "securityContext": pod_security,

@@ -9,8 +9,10 @@ The Service carries, while meshed:
 Every write is a compare-and-swap (the resourceVersion read, retried on 409), never a lock:
 
     join   CAS-add own name (the first also records the selector), make sure the origin
-           Service, RBAC and router exist (claiming them), wait until the router is Ready,
-           then CAS-swap the selector to the router's labels
+           Service, RBAC and router exist (claiming them; replacing, by uid, any left by
+           an earlier origin Service that only waits for the garbage collector), wait until
+           the router pod of this origin is Ready, then CAS-swap the selector to the
+           router's labels and this origin's uid
     leave  CAS-remove own name, pruning sessions whose Lease expired; the writer that
            removes the last live one restores the selector and drops the annotations in
            the same write, then deletes the router, origin Service and RBAC
@@ -25,6 +27,7 @@ Because the intent is on the objects first, a crash at any point is undone by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import random
@@ -97,10 +100,10 @@ def without_sessions(service: JSON, gone: Iterable[str]) -> JSON:
     return changed
 
 
-def routed(service: JSON) -> JSON:
-    """`service` selecting the router pod."""
+def routed(service: JSON, origin_uid: str | None = None) -> JSON:
+    """`service` selecting the pod of the router owned by the origin Service `origin_uid`."""
     changed = copy.deepcopy(service)
-    changed["spec"]["selector"] = m.router_selector(changed["metadata"]["name"])
+    changed["spec"]["selector"] = m.routed_selector(changed["metadata"]["name"], origin_uid)
     return changed
 
 
@@ -196,14 +199,59 @@ def _is_ours(obj: JSON) -> bool:
     return (obj.get("metadata", {}).get("labels") or {}).get(m.MANAGED_BY_LABEL) == m.MANAGER
 
 
+GONE_POLL_SECONDS = 0.1  # while an object on its way out is waited for
+
+
+def _stale(current: JSON, wanted: JSON) -> bool:
+    """`current` is not owned by the owner `wanted` names."""
+    want = m.owner_uids(wanted)
+    return bool(want) and not (m.owner_uids(current) & want)
+
+
+async def _garbage(kube: KubeObjects, current: JSON) -> bool:
+    """Every owner `current` (one of localmesh's) names is gone, being deleted, or another
+    object of its name (as the garbage collector judges, which will delete it, however
+    late); or it names none (released by an orphaning delete: nobody's, nobody removes it)."""
+    meta = current["metadata"]
+    refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict)]
+    for ref in refs:
+        if ref.get("kind") not in ("Service", "Lease"):
+            return False  # not an owner localmesh makes: never judged on a guess
+        owner = await kube.get(str(ref["kind"]), meta["namespace"], str(ref.get("name")))
+        if (
+            owner is not None
+            and owner["metadata"].get("uid") == ref.get("uid")
+            and not owner["metadata"].get("deletionTimestamp")
+        ):
+            return False
+    return True
+
+
+async def _replace_garbage(kube: KubeObjects, current: JSON, wanted: JSON) -> None:
+    """Delete `current`, which is in the way of `wanted`, if it is garbage (in that
+    incarnation only: its uid); MeshError when its owner lives."""
+    meta = current["metadata"]
+    kind, name = current.get("kind") or wanted["kind"], meta["name"]
+    if not await _garbage(kube, current):
+        raise MeshError(
+            f"{kind} {meta['namespace']}/{name} belongs to another owner than this session's; "
+            "run mesh again"
+        )
+    log.info("replacing what a deleted owner left", kind=kind, name=name, uid=meta["uid"])
+    with contextlib.suppress(Conflict, NotFound):  # gone or replaced meanwhile: look again
+        await kube.delete(kind, meta["namespace"], name, uid=str(meta["uid"]))
+
+
 async def ensure(
     kube: KubeObjects, obj: JSON, claim: str, deadline: float = 30.0
 ) -> tuple[JSON, bool]:
     """Create `obj`, or claim the existing one (bump its claim annotation, so a leaver's
-    preconditioned delete misses it; take `obj`'s owner, and for the router's Role add its
-    session Leases). An object of that name that localmesh did not create
-    is an error; one being deleted is waited for, then created again. Returns the object and
-    whether this call created it."""
+    preconditioned delete misses it; for the router's Role add its session Leases). An
+    object of that name that localmesh did not create is an error. One that is not owned
+    by `obj`'s owner (it belongs to a deleted origin Service and only waits for the garbage
+    collector, which may take seconds) is never relied on: it is deleted, only in that
+    incarnation (its uid), and made again. One being deleted is waited for, then made
+    again. Returns the object and whether this call created it."""
     kind, meta = obj["kind"], obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     wanted = copy.deepcopy(obj)
@@ -221,18 +269,46 @@ async def ensure(
                     "rename or remove it to mesh this service"
                 )
             if current["metadata"].get("deletionTimestamp"):
-                await asyncio.sleep(0.2)  # a leaver's delete in progress: recreate after
+                await asyncio.sleep(GONE_POLL_SECONDS)  # on its way out: made again after
+                continue
+            if _stale(current, wanted):
+                await _replace_garbage(kube, current, wanted)
                 continue
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
-            if "ownerReferences" in wanted["metadata"]:  # the owner may be a new one
-                claimed["metadata"]["ownerReferences"] = wanted["metadata"]["ownerReferences"]
             if kind == "Role":  # the router may delete this joiner's Lease once dead
                 claimed = m.with_session_leases(claimed, wanted)
             return await kube.replace(kind, namespace, name, claimed), False
         except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again
     raise MeshError(f"{kind} {namespace}/{name} could not be created or claimed in {deadline:g}s")
+
+
+async def create_owned(kube: KubeObjects, obj: JSON, deadline: float = 30.0) -> JSON:
+    """Create `obj` (one of a session's own objects, owned by its Lease). One of its name
+    left by an earlier Lease of the same name, waiting for the garbage collector, is
+    deleted (only that incarnation) and waited for first; anything else of that name is
+    an error."""
+    kind, meta = obj["kind"], obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    loop = asyncio.get_running_loop()
+    until = loop.time() + deadline
+    while loop.time() < until:
+        try:
+            return await kube.create(kind, namespace, obj)
+        except Conflict:
+            pass
+        current = await kube.get(kind, namespace, name)
+        if current is None:
+            continue
+        if _is_ours(current) and m.owner_uids(current) & m.owner_uids(obj):
+            return current  # this session's own (a create answered late, retried)
+        if not _is_ours(current) or not _stale(current, obj):
+            raise MeshError(f"{kind} {namespace}/{name} exists already; run mesh again")
+        if not current["metadata"].get("deletionTimestamp"):
+            await _replace_garbage(kube, current, obj)
+        await asyncio.sleep(GONE_POLL_SECONDS)  # a pod takes its grace period to go
+    raise MeshError(f"{kind} {namespace}/{name} could not be created in {deadline:g}s")
 
 
 async def snapshot_shared(kube: KubeObjects, namespace: str, service: str) -> dict[str, str]:

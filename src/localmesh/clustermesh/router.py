@@ -421,7 +421,13 @@ class RouterAgent:
         if version and labels.get(m.MANAGED_BY_LABEL) == m.MANAGER:
             # Last: with it go this router's Deployment and the RBAC that lets it act.
             shared = {f"Service/{origin_name}": version}
-            deleted += await delete_shared(kube, self.namespace, shared)
+            gone = await delete_shared(kube, self.namespace, shared)
+            deleted += gone
+            if not gone:
+                # A joiner claimed the origin Service after the restore: it relies on this
+                # router (which it found Ready), so this router stays in service.
+                log.info("router kept: a session joined while it retired")
+                return False
         log.info("router retired", deleted=deleted)
         return True
 

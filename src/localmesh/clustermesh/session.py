@@ -29,6 +29,7 @@ from localmesh.clustermesh.membership import (
     LeaveResult,
     MeshError,
     cas_service,
+    create_owned,
     delete_session_objects,
     ensure,
     lease_live,
@@ -452,14 +453,22 @@ class MeshSession:
             # The Lease first: it owns the session's Secret and shadow pod, so deleting a
             # dead session's Lease removes them, and `clean` finds a crash at any point.
             lease = m.session_lease(spec, duration=o.lease_seconds)
-            self._lease = await self.kube.create("Lease", o.namespace, lease)
+            try:
+                self._lease = await self.kube.create("Lease", o.namespace, lease)
+            except Conflict:
+                self.spec = None  # someone else's: the rollback must not touch it
+                raise MeshError(
+                    f"a mesh session named {o.namespace}/{spec.name} exists already; "
+                    "run mesh again (it picks another name)"
+                ) from None
             created.append(f"Lease {o.namespace}/{spec.name}")
             self._renewer = asyncio.create_task(self._renew(), name=f"renew {spec.name}")
+            # Owned by this Lease: one of the same name still there was an earlier Lease's.
             secret_obj = m.tunnel_secret(spec, secret, self._lease)
-            await self.kube.create("Secret", o.namespace, secret_obj)
+            await create_owned(self.kube, secret_obj)
             created.append(f"Secret {o.namespace}/{spec.name}")
             # The shadow next: its pod starts while the Service and the router are seen to.
-            await self.kube.create("Pod", o.namespace, m.shadow_pod(spec, self._lease))
+            await create_owned(self.kube, m.shadow_pod(spec, self._lease))
             created.append(f"Pod {o.namespace}/{spec.name} (shadow)")
             phase("session objects")
             shadow = asyncio.create_task(self._shadow_running(spec, secret))
@@ -480,27 +489,37 @@ class MeshSession:
             phase("listed on the service")
             claim = f"{spec.name} {m.micro_time()}"
             # The origin Service first: it owns the rest (deleting it removes them all).
+            # What an earlier, deleted origin Service owned may still be there, waiting for
+            # the garbage collector: `ensure` replaces it, and only this origin's router pod
+            # is waited for and selected (its uid is in the pod's labels).
             origin, made = await ensure(self.kube, m.origin_service(meshed), claim)
             (created if made else reused).append(
                 f"Service {o.namespace}/{m.origin_name(o.service)}"
             )
+            origin_uid = str(origin["metadata"]["uid"])
             deployment = m.router_deployment(
                 o.namespace,
                 o.service,
                 o.image,
                 checked.router_ports,
                 idle_timeout=o.router_idle_timeout,
+                origin_uid=origin_uid,
             )
             # The router's ServiceAccount and Role before its Deployment: a pod naming a
             # ServiceAccount that does not exist yet is refused, and the agent reads at once.
             for group in (m.router_rbac(o.namespace, o.service, [spec.name]), [deployment]):
                 owned = [m.owned_by(obj, origin) for obj in group]
                 made_all = await asyncio.gather(*(ensure(self.kube, obj, claim) for obj in owned))
-                for obj, (_, new) in zip(owned, made_all, strict=True):
+                for obj, (found, new) in zip(owned, made_all, strict=True):
                     what = f"{obj['kind']} {o.namespace}/{obj['metadata']['name']}"
                     (created if new else reused).append(what)
+                    if obj["kind"] == "Deployment":
+                        deployment = found
             phase("router objects")
-            router_selector = f"{m.managed_selector(o.service)},{m.COMPONENT_LABEL}=router"
+            # The pods of this very Deployment: its template's labels carry the origin's uid
+            # (one made by an earlier localmesh has none: its pods are selected as before).
+            wanted_selector = m.router_pod_labels(deployment, o.service)
+            router_selector = ",".join(f"{k}={v}" for k, v in wanted_selector.items())
             router_pod, _ = await asyncio.gather(
                 wait_pod_ready(
                     self.kube,
@@ -520,9 +539,9 @@ class MeshSession:
                         f"this session was removed from {self.where} while joining "
                         "(its Lease expired?)"
                     )
-                if current["spec"].get("selector") == m.router_selector(o.service):
+                if current["spec"].get("selector") == wanted_selector:
                     return None
-                return routed(current)
+                return routed(current, wanted_selector.get(m.ORIGIN_UID_LABEL))
 
             await cas_service(self.kube, o.namespace, o.service, swap)
             phase("selector on the router")

@@ -239,14 +239,22 @@ class KubeObjects:
         return await self._call("PUT", KINDS[kind].path(namespace, name), body=body)
 
     async def delete(
-        self, kind: str, namespace: str, name: str, resource_version: str | None = None
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        resource_version: str | None = None,
+        *,
+        uid: str | None = None,
     ) -> bool:
         """Delete (in the background); False when it was already gone. With
-        `resource_version`, only that version is deleted (Conflict otherwise)."""
+        `resource_version`, only that version is deleted; with `uid`, only that object (not
+        one created again under its name); Conflict otherwise."""
         options: JSON = {"apiVersion": "v1", "kind": "DeleteOptions"}
         options["propagationPolicy"] = "Background"
-        if resource_version is not None:
-            options["preconditions"] = {"resourceVersion": resource_version}
+        preconditions = {"resourceVersion": resource_version, "uid": uid}
+        if any(preconditions.values()):
+            options["preconditions"] = {k: v for k, v in preconditions.items() if v}
         try:
             await self._call("DELETE", KINDS[kind].path(namespace, name), body=options)
         except NotFound:

@@ -29,6 +29,9 @@ class Faults:
         # First back-off (s) of a crashing container or a failing image pull; it doubles
         # up to 300 s, as the kubelet's does.
         self.backoff_base: float = 10.0
+        # Seconds the garbage collector takes to act on a deletion (0: at once, within the
+        # delete call). Above 0 it is asynchronous, as a real cluster's (see garbage.py).
+        self.garbage_delay: float = 0.0
         self._restart_apiserver: Callable[[float, bool], Awaitable[None]] | None = None
         self._held_unready: list[tuple[str, dict[str, str]]] = []  # (namespace, labels)
 
@@ -70,6 +73,11 @@ class Faults:
         """Start the servers `kill_listener` stopped again, on the same IP and port."""
         kubelet = self._cluster.kubelet
         await kubelet.revive_listener(kubelet.runtime(namespace, pod), port)
+
+    def collect_garbage_now(self) -> int:
+        """With `garbage_delay`: do at once what the garbage collector has yet to do (and
+        what follows from it), ending the window where owned objects outlive their owner."""
+        return self._cluster.garbage.catch_up()
 
     def delete_pod(self, namespace: str, pod: str, grace: int = 0) -> None:
         """Delete a pod (its deployment creates a replacement with a new name and IP)."""

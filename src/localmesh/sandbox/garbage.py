@@ -16,6 +16,15 @@ dependent's namespace, or cluster-wide for a cluster-scoped kind). So:
   its dependents are gone, and so in turn for theirs.
 
 An index from owner uid to dependents keeps each deletion cheap with thousands of pods.
+
+By default it collects at once (the delete call's own cascade), which keeps tests simple.
+With `faults.garbage_delay` > 0 it runs as a real cluster's does, asynchronously: each
+deleted owner, and each new reference, is looked at that many seconds later, reading the
+objects as they are then. So a Background delete removes the owner at once and its
+dependents later (theirs later again); a Foreground delete marks the owner at once and
+deletes its dependents later; a dependent whose owner was recreated under the same name
+(another uid) is collected as one whose owner is gone, unless its references were
+changed to a live owner meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -61,6 +71,8 @@ class GarbageCollector:
         self._check: set[Key] = set()  # dependents whose owners may be missing
         self._scheduled = False
         self._waiting: dict[str, Key] = {}  # foreground owners by uid: gone once alone
+        # Actions waiting for `delay` (asynchronous mode): timer and action, by token.
+        self._deferred: dict[object, tuple[asyncio.TimerHandle, Callable[[], None]]] = {}
         # by store table, as the store tells types apart (a CRD may reuse a plural)
         self._types: dict[str, ResourceType] = {table_key(t): t for t in TYPES}
 
@@ -91,17 +103,74 @@ class GarbageCollector:
         if ev.type == "DELETED":
             uid = ev.obj["metadata"].get("uid")
             if uid and uid in self._dependents:
-                self._gone.add(uid)
-            elif not any(u in self._waiting for u in old_uids):
+                self._later(gone=uid)
+                return
+            if not any(u in self._waiting for u in old_uids):
                 return
         elif new_uids - old_uids:
-            self._check.add(key)  # a new reference: its owner may already be gone
+            self._later(check=key)  # a new reference: its owner may already be gone
+            return
         else:
             return
+        self._schedule()  # a foreground owner may have lost its last dependent
+
+    @property
+    def delay(self) -> float:
+        """Seconds from a deletion (or a new reference) to the collector looking at it."""
+        return self.cluster.faults.garbage_delay
+
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+    def _schedule(self) -> None:
         if not self._scheduled:
-            with contextlib.suppress(RuntimeError):  # no loop: collect() runs it
-                asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop()
+            if loop is not None:  # no loop: collect() runs it
+                loop.call_soon(self.flush)
                 self._scheduled = True
+
+    def _defer(self, action: Callable[[], None]) -> bool:
+        """Run `action` `delay` seconds from now (False: no delay, or no loop to wait on)."""
+        loop = self._loop()
+        if self.delay <= 0 or loop is None:
+            return False
+        token = object()
+
+        def run() -> None:
+            if self._deferred.pop(token, None) is not None:
+                action()
+
+        self._deferred[token] = (loop.call_later(self.delay, run), run)
+        return True
+
+    def _later(self, *, gone: str | None = None, check: Key | None = None) -> None:
+        """Queue an owner gone or a reference to check: now, or `delay` seconds from now."""
+        if self._defer(lambda: self._due(gone, check)):
+            return
+        self._due(gone, check, flush=False)
+        self._schedule()
+
+    def _due(self, gone: str | None, check: Key | None, flush: bool = True) -> None:
+        if gone is not None:
+            self._gone.add(gone)
+        if check is not None:
+            self._check.add(check)
+        if flush:
+            self.flush()
+
+    def catch_up(self) -> int:
+        """Do now what waits for the delay, and what that leads to (a test ends the window
+        in which owned objects outlive their owner). Returns how many actions ran."""
+        ran = 0
+        while self._deferred:
+            handle, run = self._deferred[next(iter(self._deferred))]
+            handle.cancel()
+            run()
+            ran += 1
+        return ran
 
     def flush(self) -> None:
         self._scheduled = False
@@ -121,7 +190,10 @@ class GarbageCollector:
                 return
 
     def collect(self, owner_uid: str) -> None:
-        """Collect the dependents of a deleted owner now (the delete call's own cascade)."""
+        """Collect the dependents of a deleted owner: now (the delete call's own cascade),
+        or `delay` seconds from now."""
+        if self._defer(lambda: self._due(owner_uid, None)):
+            return
         self._gone.add(owner_uid)
         self.flush()
 
@@ -169,15 +241,22 @@ class GarbageCollector:
             finalizers.append("foregroundDeletion")
         self.cluster.store.update(rtype, new, check_version=False)
         marked = self.cluster.store.mark_deleting(rtype, key[1] or None, key[2], 0)
-        self._waiting[owner["metadata"]["uid"]] = key
-        for dependent in sorted(self._dependents.get(owner["metadata"]["uid"], set())):
+        uid = owner["metadata"]["uid"]
+        self._waiting[uid] = key
+        if not self._defer(lambda: self._delete_dependents(uid)):
+            self._delete_dependents(uid)
+        return marked
+
+    def _delete_dependents(self, owner_uid: str) -> None:
+        """Delete the dependents of a foreground owner, in the foreground too (as the real
+        collector does); the owner goes once the last of them has."""
+        for dependent in sorted(self._dependents.get(owner_uid, set())):
             table, namespace, name = dependent
-            with contextlib.suppress(errors.ApiError):  # in the foreground too, as the real GC
+            with contextlib.suppress(errors.ApiError):
                 self.cluster.delete(
                     self._types[table], namespace or None, name, propagation="Foreground"
                 )
         self.flush()
-        return marked
 
     def orphan(self, owner_uid: str) -> None:
         """Remove references to `owner_uid` from its dependents (propagationPolicy Orphan)."""

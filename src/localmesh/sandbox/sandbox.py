@@ -58,6 +58,23 @@ def _raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+GARBAGE_DELAY_ENV = "LOCALMESH_SANDBOX_GARBAGE_DELAY"
+
+
+def garbage_delay_of(wanted: float | None) -> float:
+    """Seconds the garbage collector waits (faults.garbage_delay): `wanted`, else the
+    environment's LOCALMESH_SANDBOX_GARBAGE_DELAY, else 0 (at once)."""
+    if wanted is None:
+        text = os.environ.get(GARBAGE_DELAY_ENV, "").strip() or "0"
+        try:
+            wanted = float(text)
+        except ValueError:
+            raise ConfigError(f"{GARBAGE_DELAY_ENV}={text!r}: a number of seconds") from None
+    if not wanted >= 0:
+        raise ConfigError(f"garbage delay {wanted!r}: seconds, 0 or more")
+    return wanted
+
+
 class Sandbox:
     def __init__(
         self,
@@ -75,6 +92,7 @@ class Sandbox:
         process_images: tuple[str, ...] = DEFAULT_PROCESS_IMAGES,
         exec_token_seconds: float | None = None,
         loopback: str | None = None,
+        garbage_delay: float | None = None,
     ) -> None:
         if not re.fullmatch(r"1\.\d+(\.\d+)?", kube_version):
             raise ConfigError(
@@ -88,6 +106,7 @@ class Sandbox:
             self.cluster.kubelet.ips = LoopbackAllocator(shared=True)
             self.cluster.service_ips.serve_cluster_ips = False
         self.cluster.faults.ready_delay = ready_delay
+        self.cluster.faults.garbage_delay = garbage_delay_of(garbage_delay)
         self.identities = Identities(self.cluster.store)
         self.process_images = process_images
         self.token = token or secrets.token_urlsafe(24)
