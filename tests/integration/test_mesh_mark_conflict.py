@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import aiohttp
 import pytest
 
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.membership import MeshError
-from localmesh.clustermesh.session import MeshSession
+from localmesh.clustermesh.session import Checked, MeshSession, wait_routed
+from localmesh.forward import Connector
+from localmesh.kube import load_access
 from localmesh.sandbox import Sandbox
 from tests import sandbox_fixtures
 from tests.integration.mesh_helpers import (
@@ -19,6 +22,7 @@ from tests.integration.mesh_helpers import (
     managed_objects,
     options,
     service_json,
+    wait_managed_gone,
 )
 
 pytestmark = pytest.mark.integration
@@ -84,4 +88,38 @@ async def test_an_expired_lease_with_the_same_mark_does_not_block(sandbox: Sandb
             "Lease", "billing", lease_of(port, "dev", "ana@laptop", "d4e5f6", long_ago)
         )
         await MeshSession(kube, options(port, "dev", holder="bo@desk")).check()
+    await kube.close()
+
+
+async def test_the_same_mark_joined_at_once_the_later_session_is_told_who_holds_it(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two developers start the same mark at the same moment: both pass the check (neither
+    Lease exists yet) and both join. The router routes the mark to the older session only,
+    and answers the younger's question with who holds it, so its `mesh` stops at once."""
+    kube = kube_for(sandbox)
+    async with local_server() as port, aiohttp.ClientSession() as http:
+        connector = Connector(load_access(str(sandbox.kubeconfig_path)), http)
+        ana = MeshSession(kube, options(port, "dev", holder="ana@laptop"))
+        bo = MeshSession(kube, options(port, "dev", holder="bo@desk"))
+        for session in (ana, bo):
+            checked = await session.check()
+
+            async def passed(checked: Checked = checked) -> Checked:
+                return checked
+
+            monkeypatch.setattr(session, "check", passed)
+        first = await ana.join()
+        second = await bo.join()
+        with pytest.raises(MeshError) as refused:
+            await wait_routed(connector, "billing", second, 30)
+        message = str(refused.value)
+        assert message.startswith("the mark version: dev is already routed to ana@laptop")
+        assert first.spec.name in message and "choose another --version-mark" in message
+        # The older session is not held: it is told "not routed" (no tunnel here), no more.
+        with pytest.raises(MeshError, match="did not route this session's mark within 1s"):
+            await wait_routed(connector, "billing", first, 1)
+        for session in (bo, ana):
+            await session.leave()
+    await wait_managed_gone(sandbox)
     await kube.close()

@@ -332,3 +332,22 @@ async def test_checks_skip_ports_and_need_a_selector(sandbox: Sandbox) -> None:
         await MeshSession(kube, options(1, service="by-hand", skip_port_checking=True)).check()
     assert await managed_objects(sandbox) == []
     await kube.close()
+
+
+async def test_the_routers_role_names_only_the_leases_that_exist(sandbox: Sandbox) -> None:
+    """Each joiner adds its Lease to the router's Role (the router may delete it once
+    dead) and drops the names of sessions that ended: the Role does not grow forever."""
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        one, two, three = (MeshSession(kube, options(port, f"kt-mark:s{i}")) for i in range(3))
+        await one.join()
+        await two.join()
+        await one.leave()
+        await three.join()
+        role = await kube.get("Role", "billing", m.router_name("billing-api"))
+        assert role is not None and two.spec is not None and three.spec is not None
+        assert m.role_sessions(role) == sorted([two.spec.name, three.spec.name])
+        await two.leave()
+        await three.leave()
+    await wait_managed_gone(sandbox)
+    await kube.close()

@@ -51,7 +51,11 @@ async def test_router_objects_of_a_deleted_origin_are_replaced_not_claimed(
 
         second = await origin_of(kube, sandbox, "b")
         assert second["metadata"]["uid"] != first["metadata"]["uid"]
-        # Two joiners at once: one makes the Role again, the other claims that one.
+        # Two joiners at once (each Lease first, as a join does): one makes the Role
+        # again, the other claims that one.
+        for session in ("b1", "b2"):
+            lease = {"metadata": {"name": session, "labels": m.service_labels(SERVICE, "session")}}
+            await kube.create("Lease", NS, {"kind": "Lease", **lease, "spec": {}})
         (_, one_made), (_, two_made) = await asyncio.gather(
             ensure(kube, role_owned_by(second, ["b1"]), "b1"),
             ensure(kube, role_owned_by(second, ["b2"]), "b2"),

@@ -41,6 +41,7 @@ def with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--ports", "80", "--tunnel-port", "80"], "--tunnel-port 80 is also one of --ports"),
         (["--ports", "80", "--tunnel-port", "70000"], "--tunnel-port 70000 is not a valid"),
         (["--ports", "80", "--wait", "0"], "--wait 0: give a positive number of seconds"),
+        (["--ports", "80", "--wait", "nan"], "--wait nan: give a positive number of seconds"),
         (["--ports", "80", "--health-port", "80"], "--health-port 80: give a free port"),
         (["--ports", "80", "--health-port", "-1"], "--health-port -1: give a free port"),
     ],

@@ -208,9 +208,12 @@ def test_router_may_delete_only_the_leases_of_sessions_that_joined() -> None:
     )
     assert rule["resourceNames"] == ["s1"]  # never empty: that would be every Lease
     second = m.router_rbac("billing", "billing-api", ["s2"])[1]
-    merged = m.with_session_leases(first, second)
+    merged = m.with_session_leases(first, second, {"s1", "s2"})
     assert m.role_sessions(merged) == ["s1", "s2"]
-    assert m.with_session_leases(merged, second) == merged
+    assert m.with_session_leases(merged, second, {"s1", "s2"}) == merged
+    # A name whose Lease is gone (its session ended) is dropped; the joiner's own stays.
+    third = m.router_rbac("billing", "billing-api", ["s3"])[1]
+    assert m.role_sessions(m.with_session_leases(merged, third, {"s2", "s3"})) == ["s2", "s3"]
     # Nothing else of the router's is deletable by it but the origin Service.
     deletes = [r for r in merged["rules"] if "delete" in r["verbs"]]
     assert [(r["resources"], r["resourceNames"]) for r in deletes] == [

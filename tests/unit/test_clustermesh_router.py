@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,8 @@ def _restore_logging() -> Iterator[None]:
     [
         (["--health-port", "0"], "--health-port 0 is not a valid port"),
         (["--health-port", "15021", "--idle-timeout", "0"], "--idle-timeout 0: give a positive"),
+        (["--health-port", "15021", "--idle-timeout", "nan"], "--idle-timeout nan: give a"),
+        (["--health-port", "15021", "--idle-timeout", "inf"], "--idle-timeout inf: give a"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
@@ -152,3 +154,25 @@ def test_the_origin_pods_stay_routed_when_the_origin_service_goes() -> None:
     assert origin() == ["10.0.0.2"]
     agent._deliver("EndpointSlice")("MODIFIED", _slice("origin-b"))
     assert origin() == []
+
+
+async def test_routed_says_who_holds_a_mark_at_once() -> None:
+    """A session whose mark an older session holds gets 409 naming the holder, without
+    waiting out its ?wait=: waiting would not change it."""
+    from tests.unit.test_clustermesh_router_plan import NOW, lease, make, pod
+
+    agent = RouterAgent("billing", "billing-api", pod_ip="127.0.0.1", health_port=0)
+    young = lease("a-young", acquired=NOW)
+    old = lease("z-old", acquired=NOW - timedelta(seconds=9))
+    agent._planned = make([young, old], [pod("a-young", "10.0.1.1")], [])
+    server = await asyncio.start_server(agent._on_health, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(10):
+            answer = await _get(port, "/routed/a-young?wait=25")
+            assert answer.startswith(b"HTTP/1.1 409")
+            assert answer.endswith(b"mark held by z-old@laptop (session z-old)\n")
+            assert (await _get(port, "/routed/z-old?wait=nan")).startswith(b"HTTP/1.1 404")
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -128,14 +128,27 @@ def test_two_developers_with_different_keys_each_get_a_route() -> None:
     ]
 
 
-def test_the_oldest_of_two_equal_marks_comes_first() -> None:
-    young = lease("a-young", acquired=NOW - timedelta(seconds=1))
+def test_a_mark_is_the_oldest_sessions_and_the_younger_is_held() -> None:
+    """Two live sessions with one mark on one port (they started at the same moment, so
+    neither `mesh` saw the other's Lease): only the older is routed, whether or not its
+    shadow is connected; the younger is held, and its `mesh` is told by whom. Another
+    header, another value or another port is another mark."""
+    young = lease("a-young", header="x-VERSION", acquired=NOW - timedelta(seconds=1))
     old = lease("z-old", acquired=NOW - timedelta(seconds=9))
-    router = make([young, old], [pod("a-young", "10.0.1.1"), pod("z-old", "10.0.1.2")], [])
-    assert [r.cluster for r in router.routes(8081)][:2] == [
+    other = lease("b-other", value="qa", acquired=NOW - timedelta(seconds=5))
+    elsewhere = lease("c-port", ports="9091:80:9000", acquired=NOW - timedelta(seconds=3))
+    shadows = [pod(n, f"10.0.1.{i}") for i, n in enumerate(("a-young", "z-old", "b-other"), 1)]
+    router = make([young, old, other, elsewhere], shadows, [], ports=[8081, 9000])
+    assert [r.cluster for r in router.routes(8081)] == [
         "shadow.z-old.8081",
-        "shadow.a-young.8081",
+        "shadow.b-other.8081",
+        "origin.8081",
     ]
+    assert {name: s.name for name, s in router.held.items()} == {"a-young": "z-old"}
+    # The older one's shadow not connected: the mark goes to the pods, not to the younger.
+    router = make([young, old], [pod("a-young", "10.0.1.1")], [])
+    assert [r.cluster for r in router.routes(8081)] == ["origin.8081"]
+    assert set(router.held) == {"a-young"}
 
 
 def test_marks_route_only_the_ports_their_session_exposes() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 from pathlib import Path
@@ -144,7 +145,7 @@ async def run_shadow(args: argparse.Namespace) -> int:
         not 0 <= args.health_port <= 65535 or args.health_port in (*ports, args.tunnel_port)
     ):
         raise ConfigError(f"--health-port {args.health_port}: give a free port of its own")
-    if args.wait <= 0:
+    if not (math.isfinite(args.wait) and args.wait > 0):
         raise ConfigError(f"--wait {args.wait:g}: give a positive number of seconds")
     secret = read_secret(args.secret_file)
     bind = args.bind or os.environ.get("POD_IP") or "127.0.0.1"
@@ -190,7 +191,7 @@ async def run_router(args: argparse.Namespace) -> int:
 
     if not 0 < args.health_port <= 65535:
         raise ConfigError(f"--health-port {args.health_port} is not a valid port")
-    if args.idle_timeout <= 0:
+    if not (math.isfinite(args.idle_timeout) and args.idle_timeout > 0):
         raise ConfigError(f"--idle-timeout {args.idle_timeout:g}: give a positive number")
     bind = args.bind or os.environ.get("POD_IP")
     if not bind:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -462,10 +462,11 @@ def role_sessions(role: JSON) -> list[str]:
     return [n for r in role.get("rules") or [] if _is_lease_delete(r) for n in r["resourceNames"]]
 
 
-def with_session_leases(role: JSON, wanted: JSON) -> JSON:
+def with_session_leases(role: JSON, wanted: JSON, leases: Collection[str]) -> JSON:
     """The router's Role `wanted`, with the Lease names of the one in the cluster kept
-    (never removed: a concurrent joiner's name must not be lost)."""
-    names = {*role_sessions(role), *role_sessions(wanted)}
+    while their Lease exists (`leases`, listed after `role` was read): a concurrent
+    joiner's name is never lost, and ended sessions' names do not pile up."""
+    names = {*(n for n in role_sessions(role) if n in leases), *role_sessions(wanted)}
     rules = [r for r in wanted.get("rules") or [] if not _is_lease_delete(r)]
     merged = next((r for r in wanted.get("rules") or [] if _is_lease_delete(r)), None)
     if merged is not None:

@@ -277,7 +277,11 @@ async def ensure(
             claimed = copy.deepcopy(current)
             claimed["metadata"].setdefault("annotations", {})[m.CLAIM_ANNOTATION] = claim
             if kind == "Role":  # the router may delete this joiner's Lease once dead
-                claimed = m.with_session_leases(claimed, wanted)
+                # Listed after the Role was read: a name the Role holds whose Lease is gone
+                # now is a session that ended, never a joiner's (its Lease comes first).
+                service = (meta.get("labels") or {}).get(m.SERVICE_LABEL, "")
+                leases = set(await session_leases(kube, namespace, service))
+                claimed = m.with_session_leases(claimed, wanted, leases)
             return await kube.replace(kind, namespace, name, claimed), False
         except (Conflict, NotFound):
             continue  # created, claimed or deleted in between: look again

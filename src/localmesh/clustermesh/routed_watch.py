@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from localmesh.clustermesh import manifests as m
-from localmesh.clustermesh.session import health_port_of
+from localmesh.clustermesh.session import ask_routed, health_port_of
 from localmesh.errors import KubeError
 from localmesh.forward import Connector, PodForwarder
 from localmesh.kube import Target
@@ -30,7 +30,6 @@ log = structlog.get_logger(__name__)
 
 RECHECK_SECONDS = 3.0  # between two questions while the mark is routed
 NOT_ROUTED_WAIT = 3.0  # the long-poll while it is not: an answer as soon as it is routed
-ANSWER_GRACE = 5.0  # beyond ?wait=, for the port-forward and the router to answer
 ERROR_PAUSE = 1.0  # after a failed question, before the next
 
 
@@ -48,25 +47,6 @@ def _ready(pod: JSON) -> bool:
         return False  # a router on its way out serves no one for long
     conditions = pod.get("status", {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-async def ask_routed(host: str, port: int, session: str, wait: float) -> bool:
-    """One GET /routed/<session>?wait=S to a router's health port: True on 200, False on
-    404; OSError/TimeoutError when there is no answer."""
-    async with asyncio.timeout(wait + ANSWER_GRACE):
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            path = f"/routed/{session}?wait={wait:.1f}"
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
-            await writer.drain()
-            status = (await reader.readline()).split(b" ")[1:2]
-        finally:
-            writer.close()
-    if status == [b"200"]:
-        return True
-    if status == [b"404"]:
-        return False
-    raise OSError(f"the router answers {status[0].decode() if status else 'nothing'}")
 
 
 class RoutedWatch:
@@ -127,8 +107,11 @@ class RoutedWatch:
         wait = 0.0 if self.answer.routed else NOT_ROUTED_WAIT
         try:
             host, port = await self._forward_to(pod)
-            if await ask_routed(host, port, self.session, wait):
+            answer = await ask_routed(host, port, self.session, wait)
+            if answer.routed:
                 return RoutedAnswer(True)
+            if answer.held_by is not None:
+                return RoutedAnswer(False, f"mark held by {answer.held_by}")
         except (KubeError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             await self._close_forwarder()  # a fresh port-forward next time
             return RoutedAnswer(False, f"router unreachable: {str(exc) or type(exc).__name__}")

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import random
 import tempfile
@@ -210,10 +211,15 @@ class RouterAgent:
             path = parts[1].decode("latin-1") if len(parts) > 2 else ""
             path, _, query = path.partition("?")
             if path.startswith("/routed/"):
-                routed = await self._wait_routed(path.removeprefix("/routed/"), query)
-                status, body = (
-                    ("200 OK", "routed\n") if routed else ("404 Not Found", "not routed\n")
-                )
+                session = path.removeprefix("/routed/")
+                routed = await self._wait_routed(session, query)
+                holder = self._holder_of(session)
+                if routed:
+                    status, body = "200 OK", "routed\n"
+                elif holder is not None:
+                    status, body = "409 Conflict", f"mark held by {holder}\n"
+                else:
+                    status, body = "404 Not Found", "not routed\n"
             elif path == "/healthz":
                 status, body = "200 OK", "ok\n"
             elif path == "/ready":
@@ -234,17 +240,24 @@ class RouterAgent:
         finally:
             writer.close()
 
+    def _holder_of(self, session: str) -> str | None:
+        """Who holds `session`'s mark when an older session has it: `holder (session)`."""
+        owner = self._planned.held.get(session) if self._planned is not None else None
+        return None if owner is None else f"{owner.holder} (session {owner.name})"
+
     async def _wait_routed(self, session: str, query: str) -> bool:
-        """Whether Envoy holds a route for `session`, waiting up to ?wait=S for it."""
+        """Whether Envoy holds a route for `session`, waiting up to ?wait=S for it (not
+        while an older session holds its mark: that will not change by waiting)."""
         wait = 0.0
         for item in query.split("&"):
             key, _, value = item.partition("=")
             if key == "wait":
                 with contextlib.suppress(ValueError):
-                    wait = min(max(float(value), 0.0), ROUTED_WAIT_MAX)
+                    asked = float(value)
+                    wait = min(max(asked, 0.0), ROUTED_WAIT_MAX) if math.isfinite(asked) else 0.0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                while session not in self._routed:
+                while session not in self._routed and self._holder_of(session) is None:
                     self._routed_changed.clear()
                     await self._routed_changed.wait()
         return session in self._routed
@@ -260,7 +273,9 @@ class RouterAgent:
                 log.error("router snapshot not acked", version=version, reason=str(exc))
             else:
                 if planned is not None and self._cache.snapshot.version == version:
-                    routed = frozenset(s.name for s in planned.sessions if s.routed)
+                    routed = frozenset(
+                        s.name for s in planned.sessions if s.routed and s.name not in planned.held
+                    )
                     if routed != self._routed:
                         self._routed = routed
                         self._routed_changed.set()
@@ -295,6 +310,7 @@ class RouterAgent:
         if router == self._planned:
             return router  # a tick or a Lease renewal that changes nothing: build nothing
         self._planned = router
+        self._routed_changed.set()  # waiters re-check: a mark may now be held by another
         snapshot = rp.build_router_snapshot(router)
         if snapshot.version != self._cache.snapshot.version:
             self._cache.set_snapshot(snapshot)

@@ -99,6 +99,20 @@ class RouterPlan:
     sessions: tuple[Session, ...]  # live, in route order
     origin: Mapping[int, tuple[Endpoint, ...]]  # router port -> ready origin pods
 
+    @functools.cached_property
+    def held(self) -> Mapping[str, Session]:
+        """Sessions whose mark (header and value) an older live session already has on one
+        of their ports: name -> that session. A mark is one developer's: the younger one
+        is not routed, and its `mesh` says who holds the mark."""
+        owners: dict[tuple[str, str, int], Session] = {}
+        held: dict[str, Session] = {}
+        for s in self.sessions:  # oldest first
+            for port in s.targets:
+                owner = owners.setdefault((s.header, s.value, port), s)
+                if owner is not s:
+                    held.setdefault(s.name, owner)
+        return held
+
     def routes(self, port: int) -> tuple[RouteSpec, ...]:
         marked = tuple(
             RouteSpec(
@@ -109,7 +123,7 @@ class RouterPlan:
                 unreachable=unreachable_text(s),
             )
             for s in self.sessions
-            if s.routed and port in s.targets
+            if s.routed and port in s.targets and s.name not in self.held
         )
         return (*marked, RouteSpec(cluster=origin_cluster(port), streams=True, name="origin"))
 

@@ -256,10 +256,46 @@ def health_port_of(pod: JSON) -> int:
     return m.ROUTER_HEALTH_PORT
 
 
+@dataclass(frozen=True)
+class RouterAnswer:
+    """The router's answer to GET /routed/<session>."""
+
+    routed: bool
+    held_by: str | None = None  # an older session routes this mark: `holder (session …)`
+
+
+ANSWER_GRACE = 5.0  # beyond ?wait=, for the port-forward and the router to answer
+
+
+async def ask_routed(host: str, port: int, session: str, wait: float) -> RouterAnswer:
+    """One GET /routed/<session>?wait=S to a router's health port (200 routed, 404 not
+    yet, 409 an older session holds the mark); OSError/TimeoutError without an answer."""
+    async with asyncio.timeout(wait + ANSWER_GRACE):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            path = f"/routed/{session}?wait={wait:.1f}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
+            await writer.drain()
+            reply = await reader.read(4096)  # the router closes after its short answer
+        finally:
+            writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = head.split(b" ")[1:2]
+    if status == [b"200"]:
+        return RouterAnswer(True)
+    if status == [b"404"]:
+        return RouterAnswer(False)
+    if status == [b"409"]:
+        held = body.decode("utf-8", "replace").strip().removeprefix("mark held by ")
+        return RouterAnswer(False, held or "another session")
+    raise OSError(f"the router answers {status[0].decode() if status else 'nothing'}")
+
+
 async def wait_routed(connector: Connector, namespace: str, joined: Joined, seconds: float) -> None:
     """Until the router's Envoy ACKed a route for this session's mark: its GET
     /routed/<session>, long-polled through a port-forward to the router pod (the user's own
-    right; the router needs none to tell). MeshError after `seconds`."""
+    right; the router needs none to tell). MeshError after `seconds`, or at once when an
+    older session holds the same mark (two developers started it at the same moment)."""
     target = Target(joined.router_pod, "", joined.router_health_port)
     forwarder = PodForwarder(connector, namespace, target, spares=0)
     host, port = await forwarder.start()
@@ -268,21 +304,23 @@ async def wait_routed(connector: Connector, namespace: str, joined: Joined, seco
     last = "no answer yet"
     try:
         while (left := until - loop.time()) > 0:
-            path = f"/routed/{joined.spec.name}?wait={min(left, ROUTED_POLL_SECONDS):.1f}"
             try:
-                async with asyncio.timeout(left + 1):
-                    reader, writer = await asyncio.open_connection(host, port)
-                    try:
-                        writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
-                        status = (await reader.readline()).split(b" ")[1:2]
-                    finally:
-                        writer.close()
-                if status == [b"200"]:
-                    return
-                last = f"the router answers {status[0].decode() if status else 'nothing'}"
+                answer = await ask_routed(
+                    host, port, joined.spec.name, min(left, ROUTED_POLL_SECONDS)
+                )
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 last = str(exc) or type(exc).__name__
                 await asyncio.sleep(POLL_SECONDS)  # the port-forward is retried shortly
+                continue
+            if answer.routed:
+                return
+            if answer.held_by is not None:
+                spec = joined.spec
+                raise MeshError(
+                    f"the mark {spec.header}: {spec.value} is already routed to "
+                    f"{answer.held_by}, which started first; choose another --version-mark"
+                )
+            last = "the router answers 404"
     finally:
         await forwarder.stop()
     raise MeshError(
