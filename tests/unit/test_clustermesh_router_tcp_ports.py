@@ -1,6 +1,7 @@
 """The router's per-port mode: a port some live session exposes is HTTP (marked routes);
 every other port is a TCP pass-through to the origin pods, so TLS, server-first and binary
-protocols on a meshed Service keep working."""
+protocols on a meshed Service keep working. Which ports are declared not HTTP (they cannot
+be exposed), and the try line `mesh` prints."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from localmesh.cli.mesh import service_url
 from localmesh.clustermesh import router_plan as rp
+from localmesh.clustermesh.port_protocols import declared_not_http
 from localmesh.envoy import validate_config
 from localmesh.xds import resources as rs
 from localmesh.xds.snapshot import Snapshot, render_xds_view
@@ -114,3 +117,18 @@ def test_envoy_accepts_a_router_with_one_http_and_one_tcp_port(tmp_path: Path) -
     path = tmp_path / "router.json"
     path.write_text(json.dumps(config))
     validate_config(path)
+
+
+def test_a_port_is_not_http_by_its_name_prefix_or_app_protocol() -> None:
+    assert declared_not_http({"name": "https", "port": 443}) == "https"
+    assert declared_not_http({"name": "tls-api", "port": 9443}) == "tls"
+    assert declared_not_http({"name": "web", "appProtocol": "kubernetes.io/redis"}) == "redis"
+    assert declared_not_http({"name": "http", "port": 8080}) is None
+    assert declared_not_http({"port": 8443}) is None  # unnamed: HTTP, as Istio sniffs it
+    assert declared_not_http({"name": "tcp", "appProtocol": "http"}) is None  # appProtocol wins
+
+
+def test_the_try_line_is_http_on_any_exposed_port() -> None:
+    # An exposed port carries HTTP (a declared TLS port cannot be exposed), 443 too.
+    assert service_url("billing", "billing-api", 443) == "http://billing-api.billing:443/"
+    assert service_url("billing", "billing-api", 8443) == "http://billing-api.billing:8443/"
