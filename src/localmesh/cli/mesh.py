@@ -236,8 +236,8 @@ def _check_seconds(flag: str, value: float) -> None:
 
 
 def service_url(namespace: str, service: str, port: int) -> str:
-    scheme = "https" if port in (443, 8443) else "http"
-    return f"{scheme}://{service}.{namespace}:{port}/"
+    # An exposed port carries HTTP (session.check refuses the others), whatever its number.
+    return f"http://{service}.{namespace}:{port}/"
 
 
 def joined_text(options: MeshOptions, joined: Joined) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.port_protocols import NOT_HTTP, port_protocol
 from localmesh.kube.targets import JSON
 
 ISTIO_API = "networking.istio.io/v1"
@@ -27,8 +28,6 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 CLUSTER_SUBSET = "cluster"
 # Labels that tell ReplicaSets of one Deployment apart: usable, but a rollout changes them.
 VOLATILE_LABELS = frozenset({"pod-template-hash", "controller-revision-hash"})
-# Port protocols (Istio's name prefix or appProtocol) that are not HTTP: no header routes.
-NOT_HTTP = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "udp", "sctp"})
 
 
 class RulesError(Exception):
@@ -49,14 +48,6 @@ def mark_subset_name(slug: str) -> str:
 
 def rules_name(service: str, slug: str) -> str:
     return m.bounded_name(service, "localmesh", slug)
-
-
-def port_protocol(port: Mapping[str, object]) -> str:
-    """Istio's reading of a Service port: appProtocol, else the name's prefix."""
-    app = str(port.get("appProtocol") or "")
-    if app:
-        return app.rsplit("/", 1)[-1].lower()
-    return str(port.get("name") or "").split("-", 1)[0].lower()
 
 
 def http_ports(service: JSON) -> list[int]:

@@ -4,12 +4,22 @@ Inputs: the session Leases of one meshed Service, the shadow pods they name and 
 EndpointSlices of the origin Service (`<svc>-localmesh-origin`, the original selector).
 Output: one Snapshot for the router's own Envoy:
 
-- per router port (a Service targetPort) a listener on the pod IP, codec AUTO (HTTP/1.1,
-  h2c, gRPC on one port), websocket upgrades, its routes by RDS;
-- per port a route configuration with one virtual host `*`: first a route per live,
+- per router port (a Service targetPort) one listener on the pod IP, named by the port. A
+  port some live session exposes carries marks, so it is HTTP: codec AUTO (HTTP/1.1, h2c,
+  gRPC on one port), websocket upgrades, its routes by RDS. Every other port is a TCP
+  pass-through (tcp_proxy) to the origin pods, byte for byte: TLS, a server that speaks
+  first, any binary protocol keep working. As sessions come and go a port switches mode
+  by an in-place update of its listener's filter chain (same name and address): Envoy
+  keeps the socket, new connections take the new chain, open ones drain;
+- per HTTP port a route configuration (Envoy asks only for the ones its listeners name:
+  one it never asks for would never be ACKed) with one virtual host `*`: first a route per live,
   routed session (`header: value`, exact, header name lower case) to a cluster of that
   session's shadow pod, then a catch-all to the cluster of the origin pods (one EDS
   endpoint per ready pod);
+- per port two clusters of the origin pods with the same endpoints: `origin.PORT` (HTTP,
+  the catch-all's) and `origin-tcp.PORT` (no HTTP options, the pass-through's). Both are
+  served whatever the port's mode, so a switch never points a listener at a cluster Envoy
+  is still warming (a listener switching to HTTP warms until its routes arrive);
 - upstream protocol = the caller's (h1 stays h1, h2c/gRPC stays h2c); Host/:authority kept;
 - a marked request whose shadow or tunnel fails gets a 503 whose body names the mark.
 
@@ -40,7 +50,7 @@ from localmesh.desired import (
 )
 from localmesh.kube.targets import JSON
 from localmesh.xds import resources as rs
-from localmesh.xds.proto import Message
+from localmesh.xds.proto import Message, message_type
 from localmesh.xds.resources import (
     AccessLogFilter,
     Address,
@@ -65,6 +75,8 @@ from localmesh.xds.resources import (
     SubstitutionFormatString,
 )
 from localmesh.xds.snapshot import Snapshot
+
+TcpProxy = message_type("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
 
 # Failures of the upstream connection a marked request may meet on the way to the
 # developer's machine: reset (UC), connect failure (UF), retries exhausted (URX), no
@@ -113,6 +125,12 @@ class RouterPlan:
                     held.setdefault(s.name, owner)
         return held
 
+    @property
+    def http_ports(self) -> frozenset[int]:
+        """The ports some live session exposes (routed or not yet: a port does not switch
+        back and forth while a shadow pod starts); the others are TCP pass-throughs."""
+        return frozenset(p for s in self.sessions for p in s.targets) & frozenset(self.ports)
+
     def routes(self, port: int) -> tuple[RouteSpec, ...]:
         marked = tuple(
             RouteSpec(
@@ -151,6 +169,10 @@ _PODS = ClusterKind.POD_IPS
 
 def origin_cluster(port: int) -> str:
     return f"origin.{port}"
+
+
+def origin_tcp_cluster(port: int) -> str:
+    return f"origin-tcp.{port}"
 
 
 def shadow_cluster(session: str, port: int) -> str:
@@ -322,8 +344,36 @@ def _local_reply_config() -> Message:
     )
 
 
+def build_router_listener(pod_ip: str, port: int, *, http: bool = True) -> Message:
+    """The listener of one router port: HTTP with marked routes, or a TCP pass-through.
+    The name and address are the same in both modes (an in-place filter-chain update)."""
+    network = _http_filter(port) if http else _tcp_proxy_filter(port)
+    return Listener(
+        name=listener_name(port),
+        address=Address(socket_address=SocketAddress(address=pod_ip, port_value=port)),
+        enable_reuse_port=False,
+        filter_chains=[FilterChain(filters=[network])],
+    )
+
+
 @functools.cache
-def build_router_listener(pod_ip: str, port: int) -> Message:
+def _tcp_proxy_filter(port: int) -> Message:
+    proxy = TcpProxy(stat_prefix=f"router_tcp_{port}", cluster=origin_tcp_cluster(port))
+    return Filter(name="envoy.filters.network.tcp_proxy", typed_config=rs.pack(proxy))
+
+
+def build_tcp_cluster(spec: ClusterSpec) -> Message:
+    """An EDS cluster of pod IPs without HTTP protocol options: tcp_proxy's upstream."""
+    return rs.Cluster(
+        name=spec.name,
+        connect_timeout=rs.CONNECT_TIMEOUT,
+        type=rs.ClusterDiscoveryType.EDS,
+        eds_cluster_config=rs.ClusterEdsClusterConfig(eds_config=rs.ads_config_source()),
+    )
+
+
+@functools.cache
+def _http_filter(port: int) -> Message:
     hcm = HttpConnectionManager(
         stat_prefix=f"router_{port}",
         codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -341,38 +391,34 @@ def build_router_listener(pod_ip: str, port: int) -> Message:
         upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="websocket")],
         rds=Rds(config_source=rs.ads_config_source(), route_config_name=route_config_name(port)),
     )
-    return Listener(
-        name=listener_name(port),
-        address=Address(socket_address=SocketAddress(address=pod_ip, port_value=port)),
-        enable_reuse_port=False,
-        filter_chains=[
-            FilterChain(
-                filters=[
-                    Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=rs.pack(hcm),
-                    )
-                ]
-            )
-        ],
-    )
+    return Filter(name="envoy.filters.network.http_connection_manager", typed_config=rs.pack(hcm))
 
 
 def build_router_snapshot(router: RouterPlan) -> Snapshot:
     clusters = router.clusters()
+    tcp = [
+        ClusterSpec(origin_tcp_cluster(p), Protocol.DOWNSTREAM, router.origin.get(p, ()), _PODS)
+        for p in router.ports
+    ]
+    http = router.http_ports
     routes = {
         route_config_name(p): rs.build_route_configuration(
             route_config_name(p),
             [rs.build_virtual_host(VirtualHostSpec("*", router.routes(p), domains=("*",)))],
         )
         for p in router.ports
+        if p in http
     }
     snapshot = Snapshot.from_messages(
         {
-            rs.CLUSTER_TYPE: {c.name: rs.build_cluster(c) for c in clusters},
-            rs.ENDPOINT_TYPE: {c.name: rs.build_load_assignment(c) for c in clusters},
+            rs.CLUSTER_TYPE: {
+                **{c.name: rs.build_cluster(c) for c in clusters},
+                **{c.name: build_tcp_cluster(c) for c in tcp},
+            },
+            rs.ENDPOINT_TYPE: {c.name: rs.build_load_assignment(c) for c in (*clusters, *tcp)},
             rs.LISTENER_TYPE: {
-                listener_name(p): build_router_listener(router.pod_ip, p) for p in router.ports
+                listener_name(p): build_router_listener(router.pod_ip, p, http=p in http)
+                for p in router.ports
             },
             rs.ROUTE_TYPE: routes,
         }

@@ -39,12 +39,13 @@ from localmesh.clustermesh.membership import (
     session_leases,
     with_session,
 )
+from localmesh.clustermesh.port_protocols import declared_not_http
 from localmesh.clustermesh.tunnel_wire import new_secret
 from localmesh.errors import KubeError
 from localmesh.forward import Connector, PodForwarder
 from localmesh.kube import Target
 from localmesh.kube.objects import Conflict, KubeObjects
-from localmesh.kube.targets import JSON, PortNotFound
+from localmesh.kube.targets import JSON, PortNotFound, describe_port
 
 log = structlog.get_logger(__name__)
 
@@ -410,6 +411,15 @@ class MeshSession:
             ) from None
         except m.PortError as exc:
             raise MeshError(str(exc)) from None
+        # A mark is an HTTP header: a port declared as another protocol cannot carry it.
+        for spec in service.get("spec", {}).get("ports") or []:
+            protocol = declared_not_http(spec)
+            if protocol is not None and any(p.remote == spec.get("port") for p in ports):
+                raise MeshError(
+                    f"service {self.where} port {describe_port(spec)} is declared {protocol} "
+                    "(its name or appProtocol), not HTTP: marks are HTTP headers, so only an "
+                    "HTTP or gRPC port can be exposed"
+                )
         # The router serves a mark to its oldest session: a second developer with the same
         # mark on the same port would be told a header whose requests go to the first.
         remotes = {p.remote for p in ports}

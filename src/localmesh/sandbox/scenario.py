@@ -4,7 +4,7 @@ namespaces: [users, billing]
 deployments:
   - name: billing-api            # pods billing-api-<hash>-<suffix>
     namespace: billing
-    workload: http-echo          # http-echo | grpc-greeter | tcp-echo | frontend
+    workload: http-echo          # http-echo | grpc-greeter | tcp-echo | tcp-banner | frontend
     replicas: 2                  # default 1
     labels: {app: billing-api}   # default {app: <name>}
     ports:                       # default: the workload's port (8080, 50051, 9000)

@@ -2,10 +2,11 @@
 
 `http-echo` answers every request with JSON naming the pod and echoing the request,
 `grpc-greeter` serves localmesh.api.sandbox.v1.Greeter with reflection and health,
-`tcp-echo` sends back whatever it receives, `frontend` forwards each request to its
-downstream service (container env DOWNSTREAM_URL), passing on the headers that carry a
-request's identity (PROPAGATE_HEADERS), and answers with its own name and the downstream's
-answer.
+`tcp-echo` sends back whatever it receives, `tcp-banner` first sends a line naming the
+pod (a server that speaks first, as SMTP's greeting) then echoes, `frontend` forwards each
+request to its downstream service (container env DOWNSTREAM_URL), passing on the headers
+that carry a request's identity (PROPAGATE_HEADERS), and answers with its own name and the
+downstream's answer.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from localmesh.api.sandbox.v1 import greeter_pb2, greeter_pb2_grpc
 from localmesh.sandbox.dns import ClusterDNS, ClusterResolver
 from localmesh.sandbox.ips import share_port, unshare_port
 
-WORKLOADS = ("http-echo", "grpc-greeter", "tcp-echo", "frontend")
+WORKLOADS = ("http-echo", "grpc-greeter", "tcp-echo", "tcp-banner", "frontend")
 DOWNSTREAM_ENV = "DOWNSTREAM_URL"
 PROPAGATE_ENV = "PROPAGATE_HEADERS"
 KEEPALIVE_ENV = "DOWNSTREAM_KEEPALIVE"
@@ -151,6 +152,7 @@ class _TcpEcho:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
         try:
+            await self.greet(writer)
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
@@ -159,6 +161,9 @@ class _TcpEcho:
         finally:
             self.writers.discard(writer)
             writer.close()
+
+    async def greet(self, writer: asyncio.StreamWriter) -> None:
+        """Nothing: an echo server waits for the client."""
 
     async def close(self) -> None:
         if self.server is not None:
@@ -345,9 +350,16 @@ class _Frontend:
             await self.session.close()
 
 
+class _TcpBanner(_TcpEcho):
+    async def greet(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"banner from {self.pod.name}\n".encode())
+        await writer.drain()
+
+
 _FACTORIES: dict[str, Callable[[PodInfo], Any]] = {
     "http-echo": _HttpEcho,
     "tcp-echo": _TcpEcho,
+    "tcp-banner": _TcpBanner,
     "grpc-greeter": _GrpcGreeter,
     "frontend": _Frontend,
 }
@@ -380,4 +392,10 @@ async def start_listener(workload: str, pod: PodInfo, port: int) -> Listener:
 
 
 def default_port(workload: str) -> int:
-    return {"http-echo": 8080, "grpc-greeter": 50051, "tcp-echo": 9000, "frontend": 8080}[workload]
+    return {
+        "http-echo": 8080,
+        "grpc-greeter": 50051,
+        "tcp-echo": 9000,
+        "tcp-banner": 9001,
+        "frontend": 8080,
+    }[workload]

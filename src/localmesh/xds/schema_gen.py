@@ -33,6 +33,7 @@ ROOTS = (
     "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "google.protobuf.Any",
