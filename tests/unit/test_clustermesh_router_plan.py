@@ -54,9 +54,11 @@ def pod(name: str, ip: str, *, ready: bool = True) -> JSON:
     }
 
 
-def endpoint_slice(*ips: str, port: int = 8081, not_ready: tuple[str, ...] = ()) -> JSON:
+def endpoint_slice(
+    *ips: str, port: int = 8081, not_ready: tuple[str, ...] = (), name: str = "web"
+) -> JSON:
     return {
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "ports": [{"name": name, "port": port, "protocol": "TCP"}],
         "endpoints": [
             {
                 "addresses": [ip],
@@ -200,3 +202,30 @@ def test_snapshot_serves_a_listener_per_port_and_envoy_accepts_it(tmp_path: Path
     path = tmp_path / "router.json"
     path.write_text(json.dumps(config))
     validate_config(path)
+
+
+def test_a_routed_mark_never_moves_to_a_later_comer() -> None:
+    """Ownership by age, as the API server saw it (creationTimestamp) before the
+    developers' clocks (acquireTime); and a session Envoy routes now keeps its mark even if
+    a later Lease claims an older age (a laptop clock behind)."""
+    ana = lease("ana", acquired=NOW)
+    bob = lease("bob", acquired=NOW - timedelta(seconds=5))  # bob's clock is behind
+    ana["metadata"]["creationTimestamp"] = "2026-12-03T10:00:00Z"
+    bob["metadata"]["creationTimestamp"] = "2026-12-03T10:00:02Z"
+    shadows = [pod("ana", "10.0.1.1"), pod("bob", "10.0.1.2")]
+    by_server = make([ana, bob], shadows, [])
+    assert set(by_server.held) == {"bob"}
+    # Created in the same second: acquireTime decides, unless one is routed already.
+    bob["metadata"]["creationTimestamp"] = ana["metadata"]["creationTimestamp"]
+    assert set(make([ana, bob], shadows, []).held) == {"ana"}
+    sticky = rp.plan(
+        "10.0.0.9",
+        [8081],
+        leases=[ana, bob],
+        pods={p["metadata"]["name"]: p for p in shadows},
+        slices=[],
+        now=NOW,
+        incumbents=frozenset({"ana"}),
+    )
+    assert set(sticky.held) == {"bob"}
+    assert [r.cluster for r in sticky.routes(8081)] == ["shadow.ana.8081", "origin.8081"]

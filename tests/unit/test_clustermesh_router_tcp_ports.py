@@ -55,6 +55,17 @@ def test_a_port_no_session_exposes_is_a_tcp_pass_through_to_the_origin_pods() ->
     }
 
 
+def test_a_port_the_service_declares_http_is_http_from_the_start() -> None:
+    """`name: http…`/`grpc…` or an HTTP appProtocol: such a port never switches (a switch
+    from pass-through closes the connections open on it), marks or not."""
+    declared = [endpoint_slice("10.0.2.1", port=HTTP, name="grpc-api"), SLICES[1]]
+    nobody = make([], [], declared, ports=[HTTP, TCP])
+    assert nobody.http_ports == {HTTP}
+    app = [{**SLICES[0], "ports": [{"name": "web", "port": HTTP, "appProtocol": "http"}]}]
+    assert make([], [], app, ports=[HTTP]).http_ports == {HTTP}
+    assert make([], [], SLICES, ports=[HTTP, TCP]).http_ports == frozenset()
+
+
 def test_the_mode_follows_the_live_sessions_and_keeps_the_listener_name() -> None:
     nobody = make([], [], SLICES, ports=[HTTP, TCP])
     assert nobody.http_ports == frozenset()

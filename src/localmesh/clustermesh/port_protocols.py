@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 # Port protocols (Istio's name prefix or appProtocol) that are not HTTP: no header routes.
 NOT_HTTP = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "udp", "sctp"})
+# Port protocols that say HTTP outright (appProtocol, or Istio's name prefix).
+HTTP = frozenset({"http", "http2", "h2c", "grpc", "grpc-web"})
 
 
 def port_protocol(port: Mapping[str, object]) -> str:
@@ -26,3 +28,8 @@ def declared_not_http(port: Mapping[str, object]) -> str | None:
     """The protocol a port declares when it is not HTTP, else None."""
     protocol = port_protocol(port)
     return protocol if protocol in NOT_HTTP else None
+
+
+def declared_http(port: Mapping[str, object]) -> bool:
+    """Whether a port says it carries HTTP (or gRPC): `appProtocol: http`, `name: grpc-api`."""
+    return port_protocol(port) in HTTP

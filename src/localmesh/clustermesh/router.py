@@ -293,6 +293,7 @@ class RouterAgent:
             slices=self._objects["EndpointSlice"].values(),
             now=now,
             verified=self._verifier.fresh(),
+            incumbents=self._routed,
         )
 
     def _shadows_to_verify(self, router: rp.RouterPlan) -> dict[str, sv.ProbeTarget]:
@@ -330,7 +331,10 @@ class RouterAgent:
         still sends them here keep reaching the pods last known until this pod stops."""
         synced = len(self._synced) == len(KINDS)
         if synced and not self._objects["EndpointSlice"] and self._planned is not None:
-            return dataclasses.replace(router, origin=self._planned.origin)
+            planned = self._planned
+            return dataclasses.replace(
+                router, origin=planned.origin, declared_http=planned.declared_http
+            )
         return router
 
     async def _serve_until_quiet(self) -> None:
@@ -488,9 +492,7 @@ class RouterAgent:
             self._startup["envoy started"] = process_age()
             self._tasks.append(asyncio.create_task(self._become_ready()))
             self._tasks.append(asyncio.create_task(self._track_routes()))
-            code = await self._loop(kube, stop)
-            await self._serve_until_quiet()
-            return code
+            return await self._loop(kube, stop)
         finally:
             if envoy_started is not None and not envoy_started.done():
                 envoy_started.cancel()  # its own clean-up stops the process
@@ -501,8 +503,13 @@ class RouterAgent:
     async def _loop(self, kube: KubeObjects, stop: asyncio.Event) -> int:
         self._last_live = time.monotonic()
         stopping = asyncio.create_task(stop.wait())
+        draining: asyncio.Task[None] | None = None
         try:
-            while not stop.is_set():
+            while draining is None or not draining.done():
+                if draining is None and stop.is_set():
+                    # Planning goes on while it drains: a Lease expiring or a tunnel
+                    # dropping still sends its mark back to the pods.
+                    draining = asyncio.create_task(self._serve_until_quiet())
                 self._changed.clear()  # before planning: an event during it is not lost
                 now = datetime.now(UTC)
                 router = self._publish(now)
@@ -514,7 +521,11 @@ class RouterAgent:
                         log.warning("router could not remove dead sessions", reason=str(exc))
                 if router.sessions or len(self._synced) < len(KINDS):
                     self._last_live = time.monotonic()
-                elif not self.retired and time.monotonic() - self._last_live >= self.idle_timeout:
+                elif (
+                    draining is None
+                    and not self.retired
+                    and time.monotonic() - self._last_live >= self.idle_timeout
+                ):
                     try:
                         self.retired = await self.retire(kube)
                     except KubeError as exc:
@@ -528,11 +539,17 @@ class RouterAgent:
                 tick = MAX_TICK if expiry is None else min(MAX_TICK, max(expiry, 0.0) + 0.01)
                 changed = asyncio.create_task(self._changed.wait())
                 await asyncio.wait(
-                    {changed, stopping}, timeout=tick, return_when=asyncio.FIRST_COMPLETED
+                    {changed, draining or stopping},
+                    timeout=tick,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 changed.cancel()
         finally:
             stopping.cancel()
+            if draining is not None and not draining.done():
+                draining.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await draining
         return 0
 
     async def _shutdown(self, kube: KubeObjects) -> None:

@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.membership import lease_live, parse_time
+from localmesh.clustermesh.port_protocols import declared_http
 from localmesh.desired import (
     ClusterKind,
     ClusterSpec,
@@ -95,7 +96,8 @@ class Session:
     targets: tuple[int, ...]  # the router ports whose marked requests it takes
     shadow: str  # the shadow pod's name
     shadow_ip: str | None  # set only while the shadow pod is Ready (or router-verified)
-    acquired: datetime | None
+    acquired: datetime | None  # the developer's clock
+    created: datetime | None = None  # the API server's (whole seconds): orders first
 
     @property
     def routed(self) -> bool:
@@ -110,15 +112,19 @@ class RouterPlan:
     ports: tuple[int, ...]
     sessions: tuple[Session, ...]  # live, in route order
     origin: Mapping[int, tuple[Endpoint, ...]]  # router port -> ready origin pods
+    declared_http: frozenset[int] = frozenset()  # ports whose name/appProtocol say HTTP
+    incumbents: frozenset[str] = frozenset()  # sessions Envoy routes now (ACKed)
 
     @functools.cached_property
     def held(self) -> Mapping[str, Session]:
         """Sessions whose mark (header and value) an older live session already has on one
         of their ports: name -> that session. A mark is one developer's: the younger one
-        is not routed, and its `mesh` says who holds the mark."""
+        is not routed, and its `mesh` says who holds the mark. A session Envoy routes now
+        keeps its mark whatever the clocks say: a mark never moves to a later comer."""
         owners: dict[tuple[str, str, int], Session] = {}
         held: dict[str, Session] = {}
-        for s in self.sessions:  # oldest first
+        # Incumbents first, then oldest first (a stable sort keeps the age order).
+        for s in sorted(self.sessions, key=lambda s: s.name not in self.incumbents):
             for port in s.targets:
                 owner = owners.setdefault((s.header, s.value, port), s)
                 if owner is not s:
@@ -128,8 +134,11 @@ class RouterPlan:
     @property
     def http_ports(self) -> frozenset[int]:
         """The ports some live session exposes (routed or not yet: a port does not switch
-        back and forth while a shadow pod starts); the others are TCP pass-throughs."""
-        return frozenset(p for s in self.sessions for p in s.targets) & frozenset(self.ports)
+        back and forth while a shadow pod starts), and those the Service declares HTTP
+        (they never switch: a switch closes the pass-through's open connections); the
+        others are TCP pass-throughs."""
+        exposed = frozenset(p for s in self.sessions for p in s.targets)
+        return (exposed | self.declared_http) & frozenset(self.ports)
 
     def routes(self, port: int) -> tuple[RouteSpec, ...]:
         marked = tuple(
@@ -244,10 +253,11 @@ def live_sessions(
                 shadow=shadow,
                 shadow_ip=_pod_ready(pods.get(shadow), verified),
                 acquired=parse_time(spec.get("acquireTime")),
+                created=parse_time(meta.get("creationTimestamp")),
             )
         )
     epoch = datetime.min.replace(tzinfo=now.tzinfo)
-    return tuple(sorted(found, key=lambda s: (s.acquired or epoch, s.name)))
+    return tuple(sorted(found, key=lambda s: (s.created or epoch, s.acquired or epoch, s.name)))
 
 
 def next_expiry(leases: Iterable[JSON], now: datetime) -> float | None:
@@ -298,12 +308,27 @@ def plan(
     slices: Iterable[JSON],
     now: datetime,
     verified: frozenset[str] = frozenset(),
+    incumbents: frozenset[str] = frozenset(),
 ) -> RouterPlan:
+    slices = list(slices)
     return RouterPlan(
         pod_ip=pod_ip,
         ports=tuple(sorted(set(ports))),
         sessions=live_sessions(leases, pods, now, verified),
         origin=origin_endpoints(slices, ports),
+        declared_http=declared_http_ports(slices),
+        incumbents=incumbents,
+    )
+
+
+def declared_http_ports(slices: Iterable[JSON]) -> frozenset[int]:
+    """The origin's ports whose name or appProtocol say HTTP (EndpointSlice ports carry
+    both, as the Service's ports do)."""
+    return frozenset(
+        int(p["port"])
+        for piece in slices
+        for p in piece.get("ports") or []
+        if p.get("port") is not None and declared_http(p)
     )
 
 
