@@ -182,7 +182,7 @@ class RouterAgent:
         return deliver
 
     def _start_watches(self, kube: KubeObjects) -> None:
-        lists = list_functions(kube.access)
+        lists = list_functions(kube)
         selectors = {
             "Lease": f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=session",
             "Pod": f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=shadow",
