@@ -33,7 +33,10 @@ def _restore_logging() -> Iterator[None]:
         (["--health-port", "0"], "--health-port 0 is not a valid port"),
         (["--health-port", "15021", "--idle-timeout", "0"], "--idle-timeout 0: give a positive"),
         (["--health-port", "15021", "--idle-timeout", "nan"], "--idle-timeout nan: give a"),
-        (["--health-port", "15021", "--idle-timeout", "inf"], "--idle-timeout inf: give a"),
+        (
+            ["--health-port", "15021", "--idle-timeout", "inf"],
+            "--idle-timeout inf: give a positive number of seconds",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
