@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.marks import parse_expose
 from localmesh.clustermesh.membership import MeshError
 from localmesh.clustermesh.pods import pod_ready
 from localmesh.clustermesh.routed_watch import RoutedWatch
@@ -81,6 +82,26 @@ async def test_the_same_mark_on_the_same_port_is_refused(sandbox: Sandbox) -> No
         # Another value, or the same value under another header, is another mark.
         for mark in ("other", "kt-mark:dev"):
             await MeshSession(kube, options(port, mark, holder="bo@desk")).check()
+    await kube.close()
+
+
+async def test_two_service_ports_on_one_pod_port_are_the_same_port(sandbox: Sandbox) -> None:
+    """The router routes by the pod's port: a mark on Service port 80 and the same mark on
+    Service port 8080, both targeting the pod's port 8080, would collide there."""
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        service = await kube.get("Service", "billing", "billing-api")
+        assert service is not None
+        service["spec"]["ports"].append({"name": "alt", "port": 80, "targetPort": "http"})
+        await kube.replace("Service", "billing", "billing-api", service)
+        await kube.create("Lease", "billing", lease_of(port, "dev", "ana@laptop", "a1b2c3"))
+        second = MeshSession(
+            kube, options(port, "dev", holder="bo@desk", exposed=parse_expose(f"{port}:80"))
+        )
+        with pytest.raises(MeshError) as refused:
+            await second.check()
+        message = str(refused.value)
+        assert "ana@laptop" in message and "port 80 (pod port 8080)" in message, message
     await kube.close()
 
 
