@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -98,6 +99,18 @@ async def _get(port: int, path: str) -> bytes:
         writer.close()
 
 
+class _Parking(asyncio.Event):
+    """The router's routed-set event, telling `parked` when a request waits on it."""
+
+    def __init__(self, parked: asyncio.Event) -> None:
+        super().__init__()
+        self.parked = parked
+
+    async def wait(self) -> Literal[True]:
+        self.parked.set()
+        return await super().wait()
+
+
 async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
     """GET /routed/<session>?wait=S: 404 when the session is not routed within S, and a
     waiting request answers 200 as soon as the ACKed routes hold it. (What sets the
@@ -110,8 +123,14 @@ async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
         async with asyncio.timeout(30):
             assert (await _get(port, "/routed/ana?wait=0")).startswith(b"HTTP/1.1 404")
             assert (await _get(port, "/routed/ana?wait=oops")).startswith(b"HTTP/1.1 404")
+            # A short wait that nothing routes ends in 404, not in an answer at once.
+            assert (await _get(port, "/routed/ana?wait=0.2")).startswith(b"HTTP/1.1 404")
+            # A waiting request is parked on the routed set's change, then answered by it.
+            parked = asyncio.Event()
+            agent._routed_changed = _Parking(parked)
             waiting = asyncio.create_task(_get(port, "/routed/ana?wait=25"))
-            await asyncio.sleep(0)  # let the request start waiting; the answer waits anyway
+            await parked.wait()
+            assert not waiting.done()
             agent._routed = frozenset({"bob"})  # as _track_routes does after an ACK
             agent._routed_changed.set()
             agent._routed = frozenset({"bob", "ana"})
