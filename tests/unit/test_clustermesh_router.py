@@ -130,9 +130,13 @@ async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
             agent._routed_changed = _Parking(parked)
             waiting = asyncio.create_task(_get(port, "/routed/ana?wait=25"))
             await parked.wait()
-            assert not waiting.done()
+            # A change that does not route it: the request parks again, unanswered.
+            parked.clear()
             agent._routed = frozenset({"bob"})  # as _track_routes does after an ACK
             agent._routed_changed.set()
+            parked_again = asyncio.create_task(parked.wait())
+            await asyncio.wait({parked_again, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            assert parked_again.done() and not waiting.done()
             agent._routed = frozenset({"bob", "ana"})
             agent._routed_changed.set()
             answer = await waiting
