@@ -9,10 +9,11 @@ import asyncio
 async def http_get(
     host: str, port: int, path: str, *, within: float, host_header: str | None = None
 ) -> tuple[int, bytes]:
-    """(status, body) of `GET path`, the body read whole (by Content-Length, else to EOF):
-    a body can arrive in several pieces, through a port-forward above all. TimeoutError
-    after `within` seconds in all; OSError, asyncio.IncompleteReadError or ValueError when
-    the connection or the answer breaks."""
+    """(status, body) of `GET path` with `Connection: close`, the answer read to EOF (the
+    health servers asked close after their short answer): a body can arrive in several
+    pieces, through a port-forward above all, and an older router's Content-Length may be
+    short. TimeoutError after `within` seconds in all; OSError or ValueError when the
+    connection or the answer breaks."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(within):
@@ -22,21 +23,12 @@ async def http_get(
                 "User-Agent: localmesh\r\nConnection: close\r\n\r\n".encode()
             )
             await writer.drain()
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                raise ValueError("the answer's head is too long") from None
-            lines = head.decode("latin-1").split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-                raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
-            length = None
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            body = await (reader.readexactly(length) if length is not None else reader.read())
-            return int(parts[1]), body
+            reply = await reader.read()
     finally:
         if writer is not None:
             writer.close()
+    head, found, body = reply.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if not found or len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not a whole HTTP answer: {reply[:80]!r}")
+    return int(parts[1]), body

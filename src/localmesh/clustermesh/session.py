@@ -266,8 +266,8 @@ ANSWER_GRACE = 5.0  # beyond ?wait=, for the port-forward and the router to answ
 
 async def ask_routed(host: str, port: int, session: str, wait: float) -> RouterAnswer:
     """One GET /routed/<session>?wait=S to a router's health port (200 routed, 404 not
-    yet, 409 an older session holds the mark); OSError, TimeoutError, ValueError or
-    asyncio.IncompleteReadError without a whole answer."""
+    yet, 409 an older session holds the mark); OSError, TimeoutError or ValueError without
+    a whole answer."""
     status, body = await http_get(
         host,
         port,
