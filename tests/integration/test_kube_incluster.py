@@ -17,7 +17,6 @@ from localmesh.kube.incluster import (
     SERVICEACCOUNT_DIR_ENV,
     incluster_objects,
     list_functions,
-    load_incluster_access,
 )
 from localmesh.kube.objects import Conflict, KubeObjects
 from localmesh.kube.reflector import Reflector
@@ -74,8 +73,18 @@ async def test_a_token_the_server_refuses_is_a_clear_error(router_pod_env: Path)
 async def test_reflectors_list_then_watch_and_report_refusals(
     sandbox: Sandbox, router_pod_env: Path
 ) -> None:
-    access = load_incluster_access()
-    lists = list_functions(access)
+    """The list calls go over the KubeObjects' own pool (one pool, closed with it)."""
+    kube = incluster_objects()
+    access = kube.access
+    sent: list[str] = []
+    plain_open = kube.plain.open
+
+    def counted(method: str, path: str, **options: Any) -> Any:
+        sent.append(path)
+        return plain_open(method, path, **options)
+
+    kube.plain.open = counted  # type: ignore[method-assign]
+    lists = list_functions(kube)
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     selector = f"{m.managed_selector(SERVICE)},{m.COMPONENT_LABEL}=session"
@@ -115,6 +124,9 @@ async def test_reflectors_list_then_watch_and_report_refusals(
     finally:
         pods.stop()
         await pods.join()
+        await kube.close()
+    assert f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases" in sent
+    assert "/api/v1/namespaces/default/pods" in sent
 
 
 def trust_other_cas(folder: Path) -> None:

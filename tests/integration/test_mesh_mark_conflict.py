@@ -10,11 +10,16 @@ import aiohttp
 import pytest
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.marks import parse_expose
 from localmesh.clustermesh.membership import MeshError
+from localmesh.clustermesh.pods import pod_ready
+from localmesh.clustermesh.routed_watch import RoutedWatch
 from localmesh.clustermesh.session import Checked, MeshSession, wait_routed
 from localmesh.forward import Connector
 from localmesh.kube import load_access
 from localmesh.sandbox import Sandbox
+from localmesh.sandbox.resources import PODS
+from localmesh.sandbox.workloads import image_for
 from tests import sandbox_fixtures
 from tests.integration.mesh_helpers import (
     kube_for,
@@ -80,6 +85,26 @@ async def test_the_same_mark_on_the_same_port_is_refused(sandbox: Sandbox) -> No
     await kube.close()
 
 
+async def test_two_service_ports_on_one_pod_port_are_the_same_port(sandbox: Sandbox) -> None:
+    """The router routes by the pod's port: a mark on Service port 80 and the same mark on
+    Service port 8080, both targeting the pod's port 8080, would collide there."""
+    kube = kube_for(sandbox)
+    async with local_server() as port:
+        service = await kube.get("Service", "billing", "billing-api")
+        assert service is not None
+        service["spec"]["ports"].append({"name": "alt", "port": 80, "targetPort": "http"})
+        await kube.replace("Service", "billing", "billing-api", service)
+        await kube.create("Lease", "billing", lease_of(port, "dev", "ana@laptop", "a1b2c3"))
+        second = MeshSession(
+            kube, options(port, "dev", holder="bo@desk", exposed=parse_expose(f"{port}:80"))
+        )
+        with pytest.raises(MeshError) as refused:
+            await second.check()
+        message = str(refused.value)
+        assert "ana@laptop" in message and "port 80 (pod port 8080)" in message, message
+    await kube.close()
+
+
 async def test_an_expired_lease_with_the_same_mark_does_not_block(sandbox: Sandbox) -> None:
     kube = kube_for(sandbox)
     async with local_server() as port:
@@ -96,11 +121,13 @@ async def test_the_same_mark_joined_at_once_the_later_session_is_told_who_holds_
 ) -> None:
     """Two developers start the same mark at the same moment: both pass the check (neither
     Lease exists yet) and both join. The router routes the mark to the older session only,
-    and answers the younger's question with who holds it, so its `mesh` stops at once."""
+    and answers the younger's question with who holds it, so its `mesh` stops at once.
+    The holder's name is any text: the answer carries it whole."""
     kube = kube_for(sandbox)
+    ana_holder = "anä@läptöp"
     async with local_server() as port, aiohttp.ClientSession() as http:
         connector = Connector(load_access(str(sandbox.kubeconfig_path)), http)
-        ana = MeshSession(kube, options(port, "dev", holder="ana@laptop"))
+        ana = MeshSession(kube, options(port, "dev", holder=ana_holder))
         bo = MeshSession(kube, options(port, "dev", holder="bo@desk"))
         for session in (ana, bo):
             checked = await session.check()
@@ -114,8 +141,42 @@ async def test_the_same_mark_joined_at_once_the_later_session_is_told_who_holds_
         with pytest.raises(MeshError) as refused:
             await wait_routed(connector, "billing", second, 30)
         message = str(refused.value)
-        assert message.startswith("the mark version: dev is already routed to ana@laptop")
-        assert first.spec.name in message and "choose another --version-mark" in message
+        held = f"{ana_holder} (session {first.spec.name})"
+        assert message.startswith(f"the mark version: dev is already routed to {held}, ")
+        assert "choose another --version-mark" in message
+        # A router pod the Service no longer selects (a retired one the garbage collector
+        # has not removed yet) is Ready too, and first by name: `status` asks the selected.
+        retired = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "a-retired-router",
+                "namespace": "billing",
+                "labels": {**m.router_selector("billing-api"), m.ORIGIN_UID_LABEL: "gone"},
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": "echo",  # answers 200 to any GET, /routed/... too
+                        "image": image_for("http-echo"),
+                        "ports": [{"name": "lm-health", "containerPort": 8080}],
+                    }
+                ]
+            },
+        }
+        await kube.create("Pod", "billing", retired)
+        await sandbox.wait_for(
+            lambda: pod_ready(sandbox.store.peek(PODS, "billing", "a-retired-router")),
+            30,
+            "the retired router pod Ready",
+        )
+        watch = RoutedWatch(kube, connector, "billing", "billing-api", second.spec.name)
+        try:
+            answer = await watch.check()
+        finally:
+            await watch.stop()
+        assert answer.held and answer.why == f"mark held by {held}", answer
+        await kube.delete("Pod", "billing", "a-retired-router")
         # The older session is not held: it is told "not routed" (no tunnel here), no more.
         with pytest.raises(MeshError, match="did not route this session's mark within 1s"):
             await wait_routed(connector, "billing", first, 1)

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -33,7 +34,10 @@ def _restore_logging() -> Iterator[None]:
         (["--health-port", "0"], "--health-port 0 is not a valid port"),
         (["--health-port", "15021", "--idle-timeout", "0"], "--idle-timeout 0: give a positive"),
         (["--health-port", "15021", "--idle-timeout", "nan"], "--idle-timeout nan: give a"),
-        (["--health-port", "15021", "--idle-timeout", "inf"], "--idle-timeout inf: give a"),
+        (
+            ["--health-port", "15021", "--idle-timeout", "inf"],
+            "--idle-timeout inf: give a positive number of seconds",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
@@ -95,6 +99,18 @@ async def _get(port: int, path: str) -> bytes:
         writer.close()
 
 
+class _Parking(asyncio.Event):
+    """The router's routed-set event, telling `parked` when a request waits on it."""
+
+    def __init__(self, parked: asyncio.Event) -> None:
+        super().__init__()
+        self.parked = parked
+
+    async def wait(self) -> Literal[True]:
+        self.parked.set()
+        return await super().wait()
+
+
 async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
     """GET /routed/<session>?wait=S: 404 when the session is not routed within S, and a
     waiting request answers 200 as soon as the ACKed routes hold it. (What sets the
@@ -107,10 +123,20 @@ async def test_routed_answers_once_the_acked_routes_hold_the_session() -> None:
         async with asyncio.timeout(30):
             assert (await _get(port, "/routed/ana?wait=0")).startswith(b"HTTP/1.1 404")
             assert (await _get(port, "/routed/ana?wait=oops")).startswith(b"HTTP/1.1 404")
+            # A short wait that nothing routes ends in 404, not in an answer at once.
+            assert (await _get(port, "/routed/ana?wait=0.2")).startswith(b"HTTP/1.1 404")
+            # A waiting request is parked on the routed set's change, then answered by it.
+            parked = asyncio.Event()
+            agent._routed_changed = _Parking(parked)
             waiting = asyncio.create_task(_get(port, "/routed/ana?wait=25"))
-            await asyncio.sleep(0)  # let the request start waiting; the answer waits anyway
+            await parked.wait()
+            # A change that does not route it: the request parks again, unanswered.
+            parked.clear()
             agent._routed = frozenset({"bob"})  # as _track_routes does after an ACK
             agent._routed_changed.set()
+            parked_again = asyncio.create_task(parked.wait())
+            await asyncio.wait({parked_again, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            assert parked_again.done() and not waiting.done()
             agent._routed = frozenset({"bob", "ana"})
             agent._routed_changed.set()
             answer = await waiting

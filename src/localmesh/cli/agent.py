@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from localmesh.cli.seconds import check_seconds
 from localmesh.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -145,8 +145,7 @@ async def run_shadow(args: argparse.Namespace) -> int:
         not 0 <= args.health_port <= 65535 or args.health_port in (*ports, args.tunnel_port)
     ):
         raise ConfigError(f"--health-port {args.health_port}: give a free port of its own")
-    if not (math.isfinite(args.wait) and args.wait > 0):
-        raise ConfigError(f"--wait {args.wait:g}: give a positive number of seconds")
+    check_seconds("--wait", args.wait)
     secret = read_secret(args.secret_file)
     bind = args.bind or os.environ.get("POD_IP") or "127.0.0.1"
     # Where port-forwards arrive: localhost in the pod's network namespace. A stand-in
@@ -191,8 +190,7 @@ async def run_router(args: argparse.Namespace) -> int:
 
     if not 0 < args.health_port <= 65535:
         raise ConfigError(f"--health-port {args.health_port} is not a valid port")
-    if not (math.isfinite(args.idle_timeout) and args.idle_timeout > 0):
-        raise ConfigError(f"--idle-timeout {args.idle_timeout:g}: give a positive number")
+    check_seconds("--idle-timeout", args.idle_timeout)
     bind = args.bind or os.environ.get("POD_IP")
     if not bind:
         raise ConfigError("no listen address: set $POD_IP (the downward API) or give --bind")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import shlex
 import signal
 import time
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from localmesh.cli import mesh_help, mesh_manual
+from localmesh.cli.seconds import check_seconds
 from localmesh.cli.up import add_cluster_arguments
 from localmesh.errors import ConfigError
 
@@ -211,10 +211,10 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
 
     if not args.expose:
         raise ConfigError("--expose is required, e.g. --expose 8080 or --expose 9090:8080")
-    _check_seconds("--ready-timeout", args.ready_timeout)
+    check_seconds("--ready-timeout", args.ready_timeout)
     idle = args.router_idle_timeout
     if idle is not None:
-        _check_seconds("--router-idle-timeout", idle)
+        check_seconds("--router-idle-timeout", idle)
     return MeshOptions(
         namespace=namespace,
         service=service,
@@ -226,13 +226,6 @@ def mesh_options(args: argparse.Namespace, namespace: str, service: str) -> Mesh
         ready_timeout=args.ready_timeout,
         router_idle_timeout=idle,
     )
-
-
-def _check_seconds(flag: str, value: float) -> None:
-    """A number of seconds above 0 and finite: float() takes `nan` and `inf` too, and a nan
-    timeout never expires."""
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{flag} {value:g}: give a positive number of seconds")
 
 
 def service_url(namespace: str, service: str, port: int) -> str:

@@ -139,16 +139,23 @@ def parse_time(text: str | None) -> datetime | None:
 PRUNE_GRACE_SECONDS = 5.0
 
 
+def lease_expires_in(lease: JSON, now: datetime | None = None) -> float | None:
+    """Seconds from `now` until the Lease expires (renewTime, else acquireTime, plus its
+    duration; below 0 once expired), by this machine's clock; None without either time."""
+    spec = lease.get("spec") or {}
+    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+    if renewed is None:
+        return None
+    duration = float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
+    return duration - ((now or datetime.now(UTC)) - renewed).total_seconds()
+
+
 def lease_live(lease: JSON | None, now: datetime | None = None, grace: float = 0.0) -> bool:
     """Renewed within its duration (plus `grace` seconds), by this machine's clock."""
     if lease is None or lease.get("metadata", {}).get("deletionTimestamp"):
         return False
-    spec = lease.get("spec") or {}
-    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-    if renewed is None:
-        return False
-    age = ((now or datetime.now(UTC)) - renewed).total_seconds()
-    return age < float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS) + grace
+    left = lease_expires_in(lease, now)
+    return left is not None and left + grace > 0
 
 
 def lease_dead(lease: JSON | None, now: datetime | None = None) -> bool:

@@ -8,6 +8,10 @@ cannot tell "no longer routed" by itself: `RoutedWatch` asks again every few sec
 once while routed, with a short long-poll while not) and keeps the latest answer for
 `status`. It asks the router pod that is Ready now, through a port-forward (the user's own
 right), and says why when the mark is not routed.
+
+The router pod asked is one the meshed Service selects now (its `spec.selector`, exactly
+what its ClusterIP uses): a retired router that the garbage collector has not removed yet
+may still be Ready, but no request reaches it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 import structlog
 
 from localmesh.clustermesh import manifests as m
+from localmesh.clustermesh.membership import lease_expires_in, lease_live, mesh_state
+from localmesh.clustermesh.pods import pod_ready
 from localmesh.clustermesh.session import ask_routed, health_port_of
 from localmesh.errors import KubeError
 from localmesh.forward import Connector, PodForwarder
@@ -28,25 +34,29 @@ from localmesh.kube.targets import JSON
 
 log = structlog.get_logger(__name__)
 
-RECHECK_SECONDS = 3.0  # between two questions while the mark is routed
+RECHECK_SECONDS = 3.0  # between two questions while the mark is routed, or held by another
 NOT_ROUTED_WAIT = 3.0  # the long-poll while it is not: an answer as soon as it is routed
-ERROR_PAUSE = 1.0  # after a failed question, before the next
+ERROR_PAUSE = 1.0  # the shortest round: no answer makes the loop ask back to back
 
 
 @dataclass(frozen=True)
 class RoutedAnswer:
     routed: bool
     why: str = ""  # when not routed: the reason, for `status`
+    held: bool = False  # an older session holds the mark: the router answers that at once
 
     def __str__(self) -> str:
         return "routed" if self.routed else f"not routed ({self.why})"
 
 
-def _ready(pod: JSON) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False  # a router on its way out serves no one for long
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+def pause_after(answer: RoutedAnswer, took: float) -> float:
+    """Seconds to wait after a round that took `took` seconds and answered `answer`. Routed
+    and held are answered at once and stay so for a while: RECHECK_SECONDS. A long-poll
+    (not routed yet) paced its own round; every other round is stretched to ERROR_PAUSE, so
+    no answer, however quick, has the loop ask back to back."""
+    if answer.routed or answer.held:
+        return RECHECK_SECONDS
+    return max(0.0, ERROR_PAUSE - took)
 
 
 class RoutedWatch:
@@ -77,24 +87,31 @@ class RoutedWatch:
         self._task = asyncio.create_task(self._loop(), name=f"routed? {self.session}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the watch. Never raises (the caller's leave runs after it): what the watch
+        died of is logged."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                log.error("mesh routing watch failed", session=self.session, error=repr(exc))
         await self._close_forwarder()
 
+    async def _pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
             answer = await self.check()
             if answer != self.answer:
                 log.info("mesh routing changed", session=self.session, now=str(answer))
             self.answer = answer
-            if answer.routed:
-                await asyncio.sleep(RECHECK_SECONDS)
-            elif answer.why.startswith(("no Ready router", "router unreachable")):
-                await asyncio.sleep(ERROR_PAUSE)
-            # else: the long-poll itself paced this round
+            await self._pause(pause_after(answer, loop.time() - began))
 
     async def check(self) -> RoutedAnswer:
         """Ask the Ready router pod now; why not, when it does not route the mark."""
@@ -102,8 +119,8 @@ class RoutedWatch:
             pod = await self._router_pod()
         except (KubeError, OSError) as exc:  # the API server unreachable: ask again later
             return RoutedAnswer(False, f"router unreachable: {exc}")
-        if pod is None:
-            return RoutedAnswer(False, "no Ready router pod")
+        if isinstance(pod, str):
+            return RoutedAnswer(False, pod)
         wait = 0.0 if self.answer.routed else NOT_ROUTED_WAIT
         try:
             host, port = await self._forward_to(pod)
@@ -111,8 +128,8 @@ class RoutedWatch:
             if answer.routed:
                 return RoutedAnswer(True)
             if answer.held_by is not None:
-                return RoutedAnswer(False, f"mark held by {answer.held_by}")
-        except (KubeError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                return RoutedAnswer(False, f"mark held by {answer.held_by}", held=True)
+        except (KubeError, OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
             await self._close_forwarder()  # a fresh port-forward next time
             return RoutedAnswer(False, f"router unreachable: {str(exc) or type(exc).__name__}")
         return RoutedAnswer(False, await self._why_not())
@@ -120,23 +137,38 @@ class RoutedWatch:
     async def _why_not(self) -> str:
         """The router routes a session while its Lease is live and its shadow pod Ready."""
         with contextlib.suppress(KubeError, OSError):
+            lease = await self.kube.get("Lease", self.namespace, self.session)
+            if lease is None:
+                return "Lease gone"
+            if not lease_live(lease):
+                left = lease_expires_in(lease)
+                ago = f" {-left:.0f}s ago" if left is not None else ""
+                return f"Lease expired{ago} (not renewed: this machine asleep or offline?)"
             shadow = await self.kube.get("Pod", self.namespace, self.session)
             if shadow is None:
                 return "shadow pod gone"
-            if not _ready(shadow):
+            if not pod_ready(shadow):
                 return "shadow pod not Ready"
         return f"router {self._forwarding[0] if self._forwarding else ''} has no route for it"
 
-    async def _router_pod(self) -> JSON | None:
-        selector = f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=router"
-        pods = await self.kube.list("Pod", self.namespace, selector)
-        ready = sorted((p for p in pods if _ready(p)), key=lambda p: str(p["metadata"]["name"]))
+    async def _router_pod(self) -> JSON | str:
+        """A Ready router pod the meshed Service selects, or why there is none."""
+        service = await self.kube.get("Service", self.namespace, self.service)
+        selector = ((service or {}).get("spec") or {}).get("selector") or {}
+        if service is None or mesh_state(service).original_selector is None or not selector:
+            return f"not meshed: service {self.namespace}/{self.service} is not meshed now"
+        if selector.get(m.COMPONENT_LABEL) != "router":
+            return f"not meshed: service {self.namespace}/{self.service} does not select a router"
+        pods = await self.kube.list(
+            "Pod", self.namespace, ",".join(f"{k}={v}" for k, v in selector.items())
+        )
+        ready = sorted((p for p in pods if pod_ready(p)), key=lambda p: str(p["metadata"]["name"]))
         current = self._forwarding[0] if self._forwarding else None
         # Keep asking the same pod while it is Ready (its port-forward is warm).
         for pod in ready:
             if pod["metadata"]["name"] == current:
                 return pod
-        return ready[0] if ready else None
+        return ready[0] if ready else "no Ready router pod"
 
     async def _forward_to(self, pod: JSON) -> tuple[str, int]:
         wanted = (str(pod["metadata"]["name"]), health_port_of(pod))

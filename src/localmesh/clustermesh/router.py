@@ -182,7 +182,7 @@ class RouterAgent:
         return deliver
 
     def _start_watches(self, kube: KubeObjects) -> None:
-        lists = list_functions(kube.access)
+        lists = list_functions(kube)
         selectors = {
             "Lease": f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=session",
             "Pod": f"{m.managed_selector(self.service)},{m.COMPONENT_LABEL}=shadow",
@@ -230,9 +230,11 @@ class RouterAgent:
                 )
             else:
                 status, body = "404 Not Found", "not found\n"
+            data = body.encode()  # a holder's name may be any text: its length in bytes
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode()
+                f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+                + data
             )
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):

@@ -207,14 +207,12 @@ def unreachable_text(session: Session) -> str:
 # -- from the cluster's objects --------------------------------------------------------
 def _pod_ready(pod: JSON | None, verified: frozenset[str] = frozenset()) -> str | None:
     """The pod's IP while it is Ready (or its UID is in `verified`) and not being deleted."""
+    from localmesh.clustermesh.pods import pod_ready
+
     if pod is None or pod.get("metadata", {}).get("deletionTimestamp"):
         return None
-    status = pod.get("status") or {}
-    ready = pod.get("metadata", {}).get("uid") in verified or any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    ip = status.get("podIP")
+    ready = pod.get("metadata", {}).get("uid") in verified or pod_ready(pod)
+    ip = (pod.get("status") or {}).get("podIP")
     return str(ip) if ready and ip else None
 
 

@@ -32,6 +32,7 @@ from localmesh.clustermesh.membership import (
     create_owned,
     delete_session_objects,
     ensure,
+    lease_expires_in,
     lease_live,
     mesh_state,
     remove_sessions,
@@ -39,7 +40,9 @@ from localmesh.clustermesh.membership import (
     session_leases,
     with_session,
 )
+from localmesh.clustermesh.pods import pod_ready
 from localmesh.clustermesh.port_protocols import declared_not_http
+from localmesh.clustermesh.raw_http import http_get
 from localmesh.clustermesh.tunnel_wire import new_secret
 from localmesh.errors import KubeError
 from localmesh.forward import Connector, PodForwarder
@@ -174,13 +177,6 @@ async def local_port_open(port: int, seconds: float = 1.0) -> bool:
     return False
 
 
-def _ready(pod: JSON) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in pod.get("status", {}).get("conditions") or []
-    )
-
-
 def _running(pod: JSON) -> bool:
     statuses = pod.get("status", {}).get("containerStatuses") or []
     return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
@@ -207,7 +203,7 @@ async def wait_pod_ready(
 ) -> JSON:
     """The first Ready (or, with `running_is_enough`, running) pod matching `selector`;
     MeshError when one cannot start (image pull, crash loop) or none is in `seconds`."""
-    done = _running if running_is_enough else _ready
+    done = _running if running_is_enough else pod_ready
     loop = asyncio.get_running_loop()
     until = loop.time() + seconds
     last = "no pod yet"
@@ -270,26 +266,23 @@ ANSWER_GRACE = 5.0  # beyond ?wait=, for the port-forward and the router to answ
 
 async def ask_routed(host: str, port: int, session: str, wait: float) -> RouterAnswer:
     """One GET /routed/<session>?wait=S to a router's health port (200 routed, 404 not
-    yet, 409 an older session holds the mark); OSError/TimeoutError without an answer."""
-    async with asyncio.timeout(wait + ANSWER_GRACE):
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            path = f"/routed/{session}?wait={wait:.1f}"
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: router\r\n\r\n".encode())
-            await writer.drain()
-            reply = await reader.read(4096)  # the router closes after its short answer
-        finally:
-            writer.close()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    status = head.split(b" ")[1:2]
-    if status == [b"200"]:
+    yet, 409 an older session holds the mark); OSError, TimeoutError or ValueError without
+    a whole answer."""
+    status, body = await http_get(
+        host,
+        port,
+        f"/routed/{session}?wait={wait:.1f}",
+        within=wait + ANSWER_GRACE,
+        host_header="router",
+    )
+    if status == 200:
         return RouterAnswer(True)
-    if status == [b"404"]:
+    if status == 404:
         return RouterAnswer(False)
-    if status == [b"409"]:
+    if status == 409:
         held = body.decode("utf-8", "replace").strip().removeprefix("mark held by ")
         return RouterAnswer(False, held or "another session")
-    raise OSError(f"the router answers {status[0].decode() if status else 'nothing'}")
+    raise OSError(f"the router answers {status}")
 
 
 async def wait_routed(connector: Connector, namespace: str, joined: Joined, seconds: float) -> None:
@@ -309,7 +302,7 @@ async def wait_routed(connector: Connector, namespace: str, joined: Joined, seco
                 answer = await ask_routed(
                     host, port, joined.spec.name, min(left, ROUTED_POLL_SECONDS)
                 )
-            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
                 last = str(exc) or type(exc).__name__
                 await asyncio.sleep(POLL_SECONDS)  # the port-forward is retried shortly
                 continue
@@ -360,10 +353,6 @@ class MeshSession:
 
     async def check(self) -> Checked:
         """Every check that must pass before anything changes."""
-        from datetime import UTC, datetime
-
-        from localmesh.clustermesh.membership import parse_time
-
         o = self.options
         if o.mode not in ("auto", "manual"):
             raise MeshError(f"--mode {o.mode}: use auto (the default) or manual")
@@ -421,8 +410,10 @@ class MeshSession:
                     "HTTP or gRPC port can be exposed"
                 )
         # The router serves a mark to its oldest session: a second developer with the same
-        # mark on the same port would be told a header whose requests go to the first.
-        remotes = {p.remote for p in ports}
+        # mark on the same port would be told a header whose requests go to the first. The
+        # router routes by target port (the pod's), so two Service ports targeting one pod
+        # port are the same port here.
+        targets = {p.target for p in ports}
         for lease in leases.values():
             notes = lease["metadata"].get("annotations") or {}
             same = (
@@ -432,18 +423,18 @@ class MeshSession:
             if not same or not lease_live(lease):
                 continue
             try:
-                theirs = {p.remote for p in m.parse_port_maps(notes.get(m.PORTS_ANNOTATION, ""))}
+                theirs = {p.target for p in m.parse_port_maps(notes.get(m.PORTS_ANNOTATION, ""))}
             except ValueError:
-                theirs = remotes  # unreadable ports: assume they overlap
-            if shared := sorted(remotes & theirs):
+                theirs = targets  # unreadable ports: assume they overlap
+            if shared := targets & theirs:
                 spec = lease.get("spec") or {}
+                mine = sorted({p.remote for p in ports if p.target in shared})
                 # A session that crashed holds its mark until its Lease expires: say when.
-                renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-                duration = float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
-                left = duration - (datetime.now(UTC) - renewed).total_seconds() if renewed else 0
+                left = lease_expires_in(lease) or 0.0
                 raise MeshError(
                     f"the mark `{o.mark.header}` is already in use on {self.where} port "
-                    f"{', '.join(map(str, shared))} by {spec.get('holderIdentity', '?')} "
+                    f"{', '.join(map(str, mine))} (pod port {', '.join(map(str, sorted(shared)))})"
+                    f" by {spec.get('holderIdentity', '?')} "
                     f"(session {lease['metadata']['name']}; if that `mesh` is gone, its Lease "
                     f"expires in {max(left, 0):.0f}s): pick another --version-mark"
                 )

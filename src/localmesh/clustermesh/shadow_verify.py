@@ -11,7 +11,7 @@ ever said Ready sends the mark back to the pods within a fraction of a second. T
 kubelet's Ready=True stays authoritative: a Ready pod is not polled.
 
 Cheap on purpose: one short-lived HTTP/1.1 GET on a raw asyncio connection per pod and
-interval, no client library.
+interval (raw_http), no client library.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from localmesh.clustermesh.pods import pod_ready
+from localmesh.clustermesh.raw_http import http_get
 
 # A Kubernetes object as JSON (as localmesh.kube.targets names it; that package imports
 # the Kubernetes client, which this module must not).
@@ -42,11 +45,6 @@ class ProbeTarget:
     path: str
 
 
-def _ready(pod: JSON) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def probe_target(pod: JSON | None) -> ProbeTarget | None:
     """The shadow pod's readiness probe (httpGet, HTTP) at its pod IP while the pod is
     Running with an IP, not being deleted and not Ready; None when there is nothing to
@@ -58,7 +56,7 @@ def probe_target(pod: JSON | None) -> ProbeTarget | None:
     ip, uid = status.get("podIP"), meta.get("uid")
     if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not ip or not uid:
         return None
-    if _ready(pod):
+    if pod_ready(pod):
         return None
     for container in (pod.get("spec") or {}).get("containers") or []:
         get = (container.get("readinessProbe") or {}).get("httpGet")
@@ -111,23 +109,13 @@ class Verifications:
 async def ask(target: ProbeTarget, within: float = ASK_TIMEOUT) -> bool:
     """One GET of the target's readiness path: True on 2xx/3xx (as a kubelet judges)."""
     host = f"[{target.ip}]" if ":" in target.ip else target.ip
-    request = (
-        f"GET {target.path} HTTP/1.1\r\nHost: {host}:{target.port}\r\n"
-        "User-Agent: localmesh-router\r\nConnection: close\r\n\r\n"
-    )
-    writer: asyncio.StreamWriter | None = None
     try:
-        async with asyncio.timeout(within):
-            reader, writer = await asyncio.open_connection(target.ip, target.port)
-            writer.write(request.encode())
-            line = await reader.readline()
-    except (OSError, TimeoutError, ValueError):
+        status, _ = await http_get(
+            target.ip, target.port, target.path, within=within, host_header=f"{host}:{target.port}"
+        )
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
         return False
-    finally:
-        if writer is not None:
-            writer.close()
-    parts = line.split(b" ", 2)
-    return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
+    return 200 <= status < 400
 
 
 class ShadowVerifier:

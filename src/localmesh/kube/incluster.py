@@ -11,8 +11,9 @@ import (0.3 s, pydantic) is on the router pod's start-up, which a developer's fi
 waits for.
 
     access = load_incluster_access()
-    kube = incluster_objects(access)     # KubeObjects over plain requests
-    lists = list_functions(access)       # for Reflectors: kind -> list(namespace, ...)
+    kube = incluster_objects(access)     # KubeObjects over plain requests (one pool)
+    lists = list_functions(kube)         # for Reflectors: kind -> list(namespace, ...)
+    await kube.close()                   # closes that pool, for both
 """
 
 from __future__ import annotations
@@ -152,10 +153,17 @@ class PlainRequests:
         self._pool.clear()
 
 
-def incluster_objects(access: ClusterAccess | None = None) -> KubeObjects:
+class InClusterObjects(KubeObjects):
+    """KubeObjects over plain requests; `plain` is its pool, which `close` closes."""
+
+    def __init__(self, access: ClusterAccess) -> None:
+        self.plain = PlainRequests(access)
+        super().__init__(access, self.plain)
+
+
+def incluster_objects(access: ClusterAccess | None = None) -> InClusterObjects:
     """KubeObjects with the pod's ServiceAccount, over plain requests."""
-    access = access or load_incluster_access()
-    return KubeObjects(access, PlainRequests(access))
+    return InClusterObjects(access or load_incluster_access())
 
 
 def _query_value(value: Any) -> str:
@@ -199,7 +207,9 @@ def _lister(requests: PlainRequests, kind: str) -> Callable[..., Any]:
     return list_namespaced
 
 
-def list_functions(access: ClusterAccess) -> dict[str, Any]:
-    """The namespaced list calls a Reflector follows, by kind."""
-    requests = PlainRequests(access)
+def list_functions(kube: KubeObjects) -> dict[str, Any]:
+    """The namespaced list calls a Reflector follows, by kind, over `kube`'s own pool when
+    it has one (incluster_objects: closed by its `close`); a KubeObjects of another kind
+    lends its access to a pool of their own."""
+    requests = kube.plain if isinstance(kube, InClusterObjects) else PlainRequests(kube.access)
     return {kind: _lister(requests, kind) for kind in ("Pod", "Lease", "EndpointSlice")}
