@@ -34,10 +34,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from localmesh.clustermesh import manifests as m
-from localmesh.clustermesh.membership import lease_live, parse_time
+from localmesh.clustermesh.membership import lease_expires_in, lease_live, parse_time
 from localmesh.clustermesh.port_protocols import declared_http
 from localmesh.desired import (
     ClusterKind,
@@ -261,18 +261,8 @@ def live_sessions(
 def next_expiry(leases: Iterable[JSON], now: datetime) -> float | None:
     """Seconds until the first live Lease expires (None: none is live): the router
     re-plans then even if no event comes."""
-    soonest: float | None = None
-    for lease in leases:
-        if not lease_live(lease, now):
-            continue
-        spec = lease.get("spec") or {}
-        renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-        if renewed is None:
-            continue
-        duration = float(spec.get("leaseDurationSeconds") or m.LEASE_DURATION_SECONDS)
-        left = (renewed + timedelta(seconds=duration) - now).total_seconds()
-        soonest = left if soonest is None else min(soonest, left)
-    return soonest
+    left = (lease_expires_in(lease, now) for lease in leases if lease_live(lease, now))
+    return min((s for s in left if s is not None), default=None)
 
 
 def origin_endpoints(
