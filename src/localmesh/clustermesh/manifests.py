@@ -129,6 +129,11 @@ def owner_uids(obj: JSON) -> set[str]:
     return {str(r.get("uid")) for r in refs if isinstance(r, dict) and r.get("uid")}
 
 
+def label_selector(labels: Mapping[str, str]) -> str:
+    """`labels` as a label selector for a list call: `k=v,k2=v2`."""
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
 def managed_selector(service: str | None = None) -> str:
     """A label selector matching what localmesh created (for one Service or all)."""
     base = f"{MANAGED_BY_LABEL}={MANAGER}"
@@ -244,6 +249,29 @@ def parse_port_maps(text: str) -> list[PortMap]:
         local, remote, target = (int(x) for x in item.split(":"))
         maps.append(PortMap(local, remote, target))
     return maps
+
+
+@dataclass(frozen=True)
+class LeaseMark:
+    """The mark a session Lease records, as the router and other sessions read it."""
+
+    header: str  # lower case
+    value: str
+    targets: frozenset[int] | None  # the pod ports it takes; None: unreadable annotation
+
+
+def lease_mark(lease: JSON) -> LeaseMark | None:
+    """The Lease's mark; None for a Lease without a header or value (not a session)."""
+    notes = (lease.get("metadata") or {}).get("annotations") or {}
+    header = (notes.get(HEADER_ANNOTATION) or "").strip().lower()
+    value = notes.get(VALUE_ANNOTATION)
+    if not header or value is None:
+        return None
+    try:
+        targets = frozenset(p.target for p in parse_port_maps(notes.get(PORTS_ANNOTATION) or ""))
+    except ValueError:
+        return LeaseMark(header, str(value), None)
+    return LeaseMark(header, str(value), targets)
 
 
 # -- per Service -------------------------------------------------------------------------

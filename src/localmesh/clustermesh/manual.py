@@ -342,8 +342,7 @@ class ManualSession(MeshSession):
         labels = shadow_labels(
             o.service, spec.name, selector if self.selector_labels else None, mark
         )
-        selector_text = ",".join(f"{k}={v}" for k, v in selector.items())
-        pods = await self.kube.list("Pod", o.namespace, selector_text)
+        pods = await self.kube.list("Pod", o.namespace, m.label_selector(selector))
         notes: list[str] = []
         cluster: rules.ClusterSubset | None = None
         if self.selector_labels:

@@ -159,9 +159,7 @@ class RoutedWatch:
             return f"not meshed: service {self.namespace}/{self.service} is not meshed now"
         if selector.get(m.COMPONENT_LABEL) != "router":
             return f"not meshed: service {self.namespace}/{self.service} does not select a router"
-        pods = await self.kube.list(
-            "Pod", self.namespace, ",".join(f"{k}={v}" for k, v in selector.items())
-        )
+        pods = await self.kube.list("Pod", self.namespace, m.label_selector(selector))
         ready = sorted((p for p in pods if pod_ready(p)), key=lambda p: str(p["metadata"]["name"]))
         current = self._forwarding[0] if self._forwarding else None
         # Keep asking the same pod while it is Ready (its port-forward is warm).

@@ -38,6 +38,7 @@ from datetime import datetime
 
 from localmesh.clustermesh import manifests as m
 from localmesh.clustermesh.membership import lease_expires_in, lease_live, parse_time
+from localmesh.clustermesh.pods import pod_ready
 from localmesh.clustermesh.port_protocols import declared_http
 from localmesh.desired import (
     ClusterKind,
@@ -205,10 +206,8 @@ def unreachable_text(session: Session) -> str:
 
 
 # -- from the cluster's objects --------------------------------------------------------
-def _pod_ready(pod: JSON | None, verified: frozenset[str] = frozenset()) -> str | None:
+def _routable_ip(pod: JSON | None, verified: frozenset[str] = frozenset()) -> str | None:
     """The pod's IP while it is Ready (or its UID is in `verified`) and not being deleted."""
-    from localmesh.clustermesh.pods import pod_ready
-
     if pod is None or pod.get("metadata", {}).get("deletionTimestamp"):
         return None
     ready = pod.get("metadata", {}).get("uid") in verified or pod_ready(pod)
@@ -229,27 +228,22 @@ def live_sessions(
     for lease in leases:
         if not lease_live(lease, now):
             continue
+        mark = m.lease_mark(lease)
+        if mark is None or mark.targets is None:
+            continue
         meta = lease.get("metadata") or {}
         notes = meta.get("annotations") or {}
-        header = (notes.get(m.HEADER_ANNOTATION) or "").strip().lower()
-        value = notes.get(m.VALUE_ANNOTATION)
-        if not header or value is None:
-            continue
-        try:
-            maps = m.parse_port_maps(notes.get(m.PORTS_ANNOTATION) or "")
-        except ValueError:
-            continue
         shadow = notes.get(m.SHADOW_ANNOTATION) or str(meta.get("name", ""))
         spec = lease.get("spec") or {}
         found.append(
             Session(
                 name=str(meta.get("name", "")),
-                header=header,
-                value=str(value),
+                header=mark.header,
+                value=mark.value,
                 holder=str(spec.get("holderIdentity") or "?"),
-                targets=tuple(sorted({pm.target for pm in maps})),
+                targets=tuple(sorted(mark.targets)),
                 shadow=shadow,
-                shadow_ip=_pod_ready(pods.get(shadow), verified),
+                shadow_ip=_routable_ip(pods.get(shadow), verified),
                 acquired=parse_time(spec.get("acquireTime")),
                 created=parse_time(meta.get("creationTimestamp")),
             )

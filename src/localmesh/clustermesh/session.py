@@ -388,8 +388,7 @@ class MeshSession:
                 f"service {self.where} has no selector (its endpoints are managed by hand); "
                 "mesh needs a Service that selects its pods"
             )
-        label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
-        pods = await self.kube.list("Pod", o.namespace, label_selector)
+        pods = await self.kube.list("Pod", o.namespace, m.label_selector(selector))
         try:
             ports = m.port_maps(service, ((e.local, e.remote) for e in o.exposed), pods)
             router_ports = m.router_ports(service, pods)
@@ -415,17 +414,15 @@ class MeshSession:
         # port are the same port here.
         targets = {p.target for p in ports}
         for lease in leases.values():
-            notes = lease["metadata"].get("annotations") or {}
-            same = (
-                notes.get(m.HEADER_ANNOTATION, "").lower() == o.mark.key.lower()
-                and notes.get(m.VALUE_ANNOTATION) == o.mark.value
+            mark = m.lease_mark(lease)
+            same = mark is not None and (mark.header, mark.value) == (
+                o.mark.key.lower(),
+                o.mark.value,
             )
-            if not same or not lease_live(lease):
+            if mark is None or not same or not lease_live(lease):
                 continue
-            try:
-                theirs = {p.target for p in m.parse_port_maps(notes.get(m.PORTS_ANNOTATION, ""))}
-            except ValueError:
-                theirs = targets  # unreadable ports: assume they overlap
+            # Unreadable ports: assume they overlap.
+            theirs = targets if mark.targets is None else mark.targets
             if shared := targets & theirs:
                 spec = lease.get("spec") or {}
                 mine = sorted({p.remote for p in ports if p.target in shared})
@@ -558,7 +555,7 @@ class MeshSession:
             # The pods of this very Deployment: its template's labels carry the origin's uid
             # (one made by an earlier localmesh has none: its pods are selected as before).
             wanted_selector = m.router_pod_labels(deployment, o.service)
-            router_selector = ",".join(f"{k}={v}" for k, v in wanted_selector.items())
+            router_selector = m.label_selector(wanted_selector)
             router_pod, _ = await asyncio.gather(
                 wait_pod_ready(
                     self.kube,

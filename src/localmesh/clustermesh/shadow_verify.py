@@ -21,14 +21,10 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from localmesh.clustermesh.pods import pod_ready
 from localmesh.clustermesh.raw_http import http_get
-
-# A Kubernetes object as JSON (as localmesh.kube.targets names it; that package imports
-# the Kubernetes client, which this module must not).
-JSON = dict[str, Any]
+from localmesh.kube.targets import JSON
 
 VERIFY_INTERVAL = 0.1  # seconds between two questions to one shadow
 ASK_TIMEOUT = 0.4  # a question without an answer by then failed
