@@ -287,7 +287,9 @@ class Cluster:
         if rtype is NAMESPACES:
             return self._delete_namespace(name)
         deleted = self.store.delete(rtype, namespace, name)
-        self.collect_garbage(deleted["metadata"]["uid"])
+        # The collector queued the owner as the store told of its delete: with no delay,
+        # what it owned is gone before this call returns (a delete's own cascade).
+        self.garbage.flush()
         return deleted
 
     def _delete_namespace(self, name: str) -> Obj:
@@ -297,7 +299,3 @@ class Cluster:
                     with contextlib.suppress(errors.ApiError):
                         self.store.delete(rtype, name, obj["metadata"]["name"])
         return self.store.delete(NAMESPACES, None, name)
-
-    def collect_garbage(self, owner_uid: str) -> None:
-        """Delete, now, what the removed object owned (every type; see garbage.py)."""
-        self.garbage.collect(owner_uid)

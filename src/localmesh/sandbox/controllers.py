@@ -98,7 +98,6 @@ class Controllers:
         self._dirty_replicasets: set[tuple[str, str]] = set()
         self._new_namespaces: set[str] = set()
         self._dirty_services: set[tuple[str, str]] = set()
-        self._orphaned: set[str] = set()  # uids of deleted owners
         self._selector_index: dict[tuple[str, str, str], set[str]] = {}
         self._scheduled = False
 
@@ -111,12 +110,9 @@ class Controllers:
         ns = ev.obj["metadata"].get("namespace", "")
         name = ev.obj["metadata"]["name"]
         if ev.rtype is DEPLOYMENTS or ev.rtype is REPLICASETS:
-            if ev.type == "DELETED":
-                self._orphaned.add(ev.obj["metadata"]["uid"])
-            elif ev.rtype is DEPLOYMENTS:
-                self._dirty_deployments.add((ns, name))
-            else:
-                self._dirty_replicasets.add((ns, name))
+            if ev.type != "DELETED":  # what a deleted one owned is the collector's
+                dirty = self._dirty_deployments if ev.rtype is DEPLOYMENTS else None
+                (dirty if dirty is not None else self._dirty_replicasets).add((ns, name))
             if ev.rtype is REPLICASETS:
                 self._dirty_deployments.update(self._owners(ev.obj, DEPLOYMENTS.kind))
         elif ev.rtype is NAMESPACES:
@@ -148,7 +144,6 @@ class Controllers:
             self._dirty_deployments
             or self._dirty_replicasets
             or self._dirty_services
-            or self._orphaned
             or self._new_namespaces
         ):
             self._scheduled = True
@@ -156,9 +151,6 @@ class Controllers:
 
     def flush(self) -> None:
         self._scheduled = False
-        orphaned, self._orphaned = self._orphaned, set()
-        for uid in orphaned:
-            self.cluster.collect_garbage(uid)
         namespaces, self._new_namespaces = self._new_namespaces, set()
         for ns in sorted(namespaces):
             self._default_service_account(ns)

@@ -128,7 +128,7 @@ class GarbageCollector:
     def _schedule(self) -> None:
         if not self._scheduled:
             loop = self._loop()
-            if loop is not None:  # no loop: collect() runs it
+            if loop is not None:  # no loop: Cluster.delete's flush runs it
                 loop.call_soon(self.flush)
                 self._scheduled = True
 
@@ -188,14 +188,6 @@ class GarbageCollector:
                     self.cluster.store.delete(self._types[table], namespace or None, name)
             if not (self._gone or self._check or done):
                 return
-
-    def collect(self, owner_uid: str) -> None:
-        """Collect the dependents of a deleted owner: now (the delete call's own cascade),
-        or `delay` seconds from now."""
-        if self._defer(lambda: self._due(owner_uid, None)):
-            return
-        self._gone.add(owner_uid)
-        self.flush()
 
     # -- deciding --------------------------------------------------------------------------
     def _owner_exists(self, namespace: str, ref: dict[str, Any]) -> bool:
