@@ -131,7 +131,7 @@ def read_secret(secret_file: Path | None) -> bytes:
 
 async def run_shadow(args: argparse.Namespace) -> int:
     from localmesh.clustermesh.marks import parse_expose
-    from localmesh.clustermesh.tunnel_shadow import ShadowAgent
+    from localmesh.clustermesh.tunnel_shadow import TUNNEL_BIND_ENV, ShadowAgent
 
     exposed = parse_expose(args.ports, flag="--ports")
     ports = [p.remote for p in exposed]
@@ -150,7 +150,7 @@ async def run_shadow(args: argparse.Namespace) -> int:
     bind = args.bind or os.environ.get("POD_IP") or "127.0.0.1"
     # Where port-forwards arrive: localhost in the pod's network namespace. A stand-in
     # cluster whose pods share one loopback (the sandbox) points it at the pod's own IP.
-    tunnel_bind = args.tunnel_bind or os.environ.get("LOCALMESH_TUNNEL_BIND") or "127.0.0.1"
+    tunnel_bind = args.tunnel_bind or os.environ.get(TUNNEL_BIND_ENV) or "127.0.0.1"
     agent = ShadowAgent(
         secret,
         ports,

@@ -123,6 +123,10 @@ def _check_namespace_name(namespace: str) -> None:
         raise ConfigError(f"-n {namespace}: {problem}")
 
 
+async def _namespace_names(kube: Any) -> list[str]:
+    return sorted(str(n["metadata"]["name"]) for n in await kube.list("Namespace", None))
+
+
 async def _check_namespaces(kube: Any, namespaces: list[str]) -> None:
     missing = [ns for ns in namespaces if await kube.get("Namespace", None, ns) is None]
     if not missing:
@@ -132,7 +136,7 @@ async def _check_namespaces(kube: Any, namespaces: list[str]) -> None:
     verb = "does" if len(missing) == 1 else "do"
     message = f"namespace {names} {verb} not exist{where}"
     try:
-        existing = sorted(str(n["metadata"]["name"]) for n in await kube.list("Namespace", None))
+        existing = await _namespace_names(kube)
     except KubeError:
         existing = []  # listing namespaces may be forbidden: the plain message stands
     close = [m for ns in missing for m in difflib.get_close_matches(ns, existing, n=1)]
@@ -187,7 +191,7 @@ def namespaces_completer(parsed_args: argparse.Namespace | None = None, **_: Any
             getattr(parsed_args, "kubeconfig", None), getattr(parsed_args, "context", None)
         )
         try:
-            return sorted(str(n["metadata"]["name"]) for n in await kube.list("Namespace", None))
+            return await _namespace_names(kube)
         finally:
             await kube.close()
 

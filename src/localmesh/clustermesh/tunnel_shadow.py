@@ -26,6 +26,8 @@ from localmesh.clustermesh import tunnel_wire as wire
 log = structlog.get_logger(__name__)
 
 DEFAULT_WAIT = 5.0
+# Where port-forwards arrive when the pods share one loopback (the sandbox sets it).
+TUNNEL_BIND_ENV = "LOCALMESH_TUNNEL_BIND"
 MAX_IDLE = 512  # idle tunnel connections held at most; the oldest go first
 LISTEN_BACKLOG = 1024
 

@@ -111,7 +111,7 @@ class ClusterResolver(AbstractResolver):
         if not ips:
             raise socket.gaierror(socket.EAI_NONAME, f"{host}: the service has no ready endpoints")
         # A shared sandbox's pods and cluster IPs listen elsewhere on 127.0.0.1 (ips.py).
-        found = [dial(ip, port) if port else (ip, port) for ip in ips]
+        found = [dial(ip, port) for ip in ips]
         return [
             ResolveResult(
                 hostname=host,

@@ -56,8 +56,9 @@ class Probe:
         scheme = str(spec.get("scheme", "HTTP")).lower()
         host = spec.get("host") or self.host
         path = spec.get("path") or "/"
-        url = f"{scheme}://{host}:{self._port(spec.get('port'))}{path}"
-        dial_host, dial_port = dial(host, self._port(spec.get("port")))
+        port = self._port(spec.get("port"))
+        url = f"{scheme}://{host}:{port}{path}"
+        dial_host, dial_port = dial(host, port)
         target = f"{scheme}://{dial_host}:{dial_port}{path}"  # url itself, unless shared
         headers = {h["name"]: h["value"] for h in spec.get("httpHeaders") or []}
         headers.setdefault("User-Agent", "kube-probe/1.32")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localmesh.clustermesh.tunnel_shadow import TUNNEL_BIND_ENV
 from localmesh.envoy import _die_with_parent
 from localmesh.sandbox.resources import BY_PLURAL, CONFIGMAPS
 from localmesh.sandbox.store import Obj
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 SERVICEACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Where localmesh's agents find "localhost in the pod" (see container_env).
-LOCAL_ADDRESS_ENV = "LOCALMESH_TUNNEL_BIND"
 SERVICEACCOUNT_DIR_ENV = "LOCALMESH_SERVICEACCOUNT_DIR"
 # Repositories (fnmatch patterns, tag and digest removed) that run as processes.
 DEFAULT_PROCESS_IMAGES: tuple[str, ...] = ("localmesh", "*/localmesh")
@@ -168,7 +168,7 @@ def container_env(
     if pod_ip:
         # The pods share this machine's loopback, so a pod's own "localhost" is its pod IP:
         # port-forwards arrive there. localmesh's shadow agent binds its tunnel port to it.
-        env[LOCAL_ADDRESS_ENV] = pod_ip
+        env[TUNNEL_BIND_ENV] = pod_ip
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         for kind, plural in (("configMapRef", "configmaps"), ("secretRef", "secrets")):
