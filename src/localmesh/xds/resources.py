@@ -453,6 +453,10 @@ def build_resources(state: DesiredState) -> dict[str, dict[str, Message]]:
 # -- references (for the snapshot's consistency check) -------------------------------------
 
 
+_HCM_RDS = proto.field_map(HttpConnectionManager.key)["rds"][1]
+_RDS_ROUTE_CONFIG_NAME = proto.field_map(Rds.key)["route_config_name"][1]
+
+
 def route_config_names(listener: Any) -> set[str]:
     """The route configurations a listener fetches by RDS."""
     names = set()
@@ -461,9 +465,15 @@ def route_config_names(listener: Any) -> set[str]:
             config = network_filter.typed_config
             if config is None or not config.type_url.endswith(".HttpConnectionManager"):
                 continue
-            hcm = wire_json.to_json(HttpConnectionManager.key, bytes(config.value))
-            if "rds" in hcm:
-                names.add(hcm["rds"].get("route_config_name", ""))
+            # Two fields read off the wire, not the whole manager decoded: the router
+            # rebuilds its snapshot on every watch event.
+            for number, _, value in wire_json.records(bytes(config.value)):
+                if number == _HCM_RDS:
+                    name = ""
+                    for inner, _, raw in wire_json.records(bytes(value)):
+                        if inner == _RDS_ROUTE_CONFIG_NAME:
+                            name = bytes(raw).decode("utf-8")
+                    names.add(name)
     return names
 
 
