@@ -49,8 +49,8 @@ class ClusterAccess:
     context: str | None
     ssl_context: ssl.SSLContext | None  # None for plain http://
     server_hostname: str | None  # TLS SNI / verification name override (tls-server-name)
-    # kubernetes.client.Configuration; None in-cluster (localmesh.kube.incluster), where
-    # `bearer` gives the Authorization header instead
+    # kubernetes.client.Configuration; None in-cluster (localmesh.kube.incluster's
+    # InClusterAccess, which authenticates with the pod's ServiceAccount token)
     configuration: Any = field(repr=False)
     kubeconfig: str | None = None  # what load_access was given, to load again
     context_arg: str | None = None
@@ -60,7 +60,6 @@ class ClusterAccess:
     _clients: list[Any] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_reload: float = field(default=0.0, repr=False)
-    bearer: Callable[[], str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self._fingerprint:
@@ -79,8 +78,6 @@ class ClusterAccess:
         """Re-read the kubeconfig after a 401/403 or a TLS failure; True when the
         credentials (or server, or CA) changed since generation `seen`, so a retry may
         succeed. Thread-safe and rate-limited; blocks (may run an exec plugin)."""
-        if self.configuration is None:
-            return False  # in-cluster: the ServiceAccount token is read again per request
         from kubernetes.client import rest as k8s_rest
 
         with self._lock:
@@ -115,8 +112,6 @@ class ClusterAccess:
 
     def headers_now(self) -> dict[str, str]:
         """The authorization headers, running the credential refresh hook (may block)."""
-        if self.configuration is None:
-            return {"Authorization": self.bearer()} if self.bearer is not None else {}
         cfg = self.configuration
         headers: dict[str, str] = {}
         # The client's own auth settings: bearer token (static or exec plugin), basic auth.
@@ -132,8 +127,6 @@ class ClusterAccess:
     async def headers(self) -> dict[str, str]:
         """The authorization headers; refreshing credentials are checked off the loop, and
         a cached header never outlives its token (an exec plugin's expirationTimestamp)."""
-        if self.configuration is None:
-            return self.headers_now()  # in-cluster: a stat of the token file
         if self.configuration.refresh_api_key_hook is None:
             if self._cached is None:
                 self._cached = (0.0, self.headers_now())

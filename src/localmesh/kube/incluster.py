@@ -65,15 +65,32 @@ def load_incluster_access() -> ClusterAccess:
         context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
     except (ssl.SSLError, OSError) as exc:
         raise KubeError(f"{folder / 'ca.crt'}: not a usable CA certificate ({exc})") from None
-    return ClusterAccess(
+    access = InClusterAccess(
         server=server,
         context=None,
         ssl_context=context,
         server_hostname=None,
         configuration=None,
         _fingerprint=("in-cluster", server, str(folder)),
-        bearer=_Token(folder / "token").header,
     )
+    access.token = _Token(folder / "token")
+    return access
+
+
+class InClusterAccess(ClusterAccess):
+    """The pod's own access: the ServiceAccount token, read again whenever the file
+    changed, instead of a kubeconfig (nothing to reload, no official client)."""
+
+    token: _Token | None = None
+
+    def reload(self, seen: int) -> bool:
+        return False  # the token is read again per request
+
+    def headers_now(self) -> dict[str, str]:
+        return {"Authorization": self.token.header()} if self.token is not None else {}
+
+    async def headers(self) -> dict[str, str]:
+        return self.headers_now()  # a stat of the token file
 
 
 class _Token:
