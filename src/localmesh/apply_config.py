@@ -15,7 +15,8 @@ backend equal, so no forwarder is touched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -81,12 +82,20 @@ class Backends:
     def choices(self) -> dict[ServiceEntry, ProtocolChoice]:
         return {e: s.choice for e, s in self._states.items() if s.choice is not None}
 
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Protocol choices made meanwhile are published once, by the caller, after it."""
+        self._applying = True
+        try:
+            yield
+        finally:
+            self._applying = False
+
     async def apply(self, config: Config) -> None:
         """Make forwarders and routes follow `config` (only the difference is touched)."""
         wanted = config.backends()
         keep = set(wanted)
-        self._applying = True
-        try:
+        with self._batch():
             for backend in [b for b in self._states if b not in keep]:
                 state = self._states.pop(backend)
                 if state.unfollow is not None:
@@ -100,8 +109,6 @@ class Backends:
                     await self._add(added)
                 else:
                     known.entry = backend  # keep the newest source location
-        finally:
-            self._applying = False
         self.config = config
         self._publish()
 
@@ -136,12 +143,9 @@ class Backends:
 
     async def retry_unresolved(self) -> None:
         pending = [(s, s.reason) for s in self._states.values() if s.key is None]
-        self._applying = True
-        try:
+        with self._batch():
             for state, _ in pending:
                 await self._add(state)
-        finally:
-            self._applying = False
         if any(s.key is not None or s.reason != reason for s, reason in pending):
             self._publish()
 

@@ -155,10 +155,8 @@ def _plain(key: str, data: bytes) -> dict[int, Any]:
         _, _, proto_type, repeated, ref, _, _, _ = field
         if proto_type == "message":
             value = _message(ref or "", bytes(raw))
-        elif proto_type in FIXED and proto_type in ("float", "double"):
+        elif proto_type in ("float", "double"):  # the number itself, not its JSON
             value = struct.unpack(FIXED[proto_type][0], raw)[0]
-        elif proto_type == "string":
-            value = bytes(raw).decode("utf-8")
         else:
             value = _scalar(proto_type, raw, ref)
         if repeated:
