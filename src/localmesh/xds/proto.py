@@ -166,6 +166,15 @@ def load_typed_bindings() -> None:
         importlib.import_module("envoy_data_plane." + module)
 
 
+def typed_class(type_url: str) -> Any:
+    """envoy-data-plane's class for `type_url`, its bindings loaded first (tests, dumps of
+    hand-made resources: never on a serving path)."""
+    from envoy_data_plane.message_pool import default_message_pool
+
+    load_typed_bindings()
+    return default_message_pool.url_to_type[type_url]
+
+
 # -- encoding ------------------------------------------------------------------------------
 
 

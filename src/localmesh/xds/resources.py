@@ -182,11 +182,7 @@ def pack(msg: Message | betterproto2.Message) -> Message | TypedAnyMsg:
 
 def typed(msg: Message) -> betterproto2.Message:
     """The envoy-data-plane message of `msg` (tests compare the two)."""
-    from envoy_data_plane.message_pool import default_message_pool
-
-    proto.load_typed_bindings()
-    cls = default_message_pool.url_to_type[proto.type_url(msg)]
-    found: betterproto2.Message = cls.parse(encode(msg))
+    found: betterproto2.Message = proto.typed_class(proto.type_url(msg)).parse(encode(msg))
     return found
 
 

@@ -62,10 +62,7 @@ class Resource:
 
     def message(self) -> Any:
         """The decoded envoy-data-plane message (slow: for tests, not for serving)."""
-        from envoy_data_plane.message_pool import default_message_pool
-
-        proto.load_typed_bindings()  # the classes register themselves when imported
-        return default_message_pool.url_to_type[self.type_url].parse(self.body)
+        return proto.typed_class(self.type_url).parse(self.body)
 
 
 _ClusterKey = tuple[object, ...]
