@@ -488,23 +488,20 @@ class Kubelet:
         kubelet's back-off, probe it; stop it when the task is cancelled."""
         crashes = 0
         try:
-            while not rt.terminating:
+            # Neither changes while the sandbox runs: the container never starts.
+            if not rt.terminating and (self.ips.shared or self.node is None):
                 if self.ips.shared:
                     # Its process binds the pod IP (POD_IP), which this machine cannot give.
+                    reason = "CreateContainerError"
                     message = f"a process container needs its own pod IP: {NO_PER_POD_ADDRESSES}"
                     self._event(rt, "Failed", message, True)
-                    c.state = {"waiting": {"reason": "CreateContainerError", "message": message}}
-                    self.sync_status(rt)
-                    return
-                if self.node is None:
-                    c.state = {
-                        "waiting": {
-                            "reason": "CreateContainerConfigError",
-                            "message": "the sandbox runs no process containers here",
-                        }
-                    }
-                    self.sync_status(rt)
-                    return
+                else:
+                    reason = "CreateContainerConfigError"
+                    message = "the sandbox runs no process containers here"
+                c.state = {"waiting": {"reason": reason, "message": message}}
+                self.sync_status(rt)
+                return
+            while not rt.terminating:
                 pod = self.cluster.store.peek(PODS, rt.namespace, rt.name)
                 if pod is None or pod["metadata"]["uid"] != rt.uid:
                     return
